@@ -1,0 +1,11 @@
+"""Benchmarks are not timed tests: CI only checks that each one runs and prints its result line."""
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_cli_startup_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cli_startup.py"), "2"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "tp_help_median_s=" in out.splitlines()[-1]
