@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/21_main.ipynb #5e739a71
+# %% ../nbs/21_main.ipynb #9927cac4
 #| eval: false
 from .cli import main
 
