@@ -13,8 +13,7 @@ def requirements(key):
     return shlex.split(cfg.get(key, ""))
 
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
-license_name, license_classifier = licenses[cfg["license"]]
+spdx_licenses = {"apache2": "Apache-2.0"}
 
 setuptools.setup(
     name=cfg["lib_name"],
@@ -24,13 +23,12 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     author=cfg["author"],
     author_email=cfg["author_email"],
-    license=license_name,
+    license=spdx_licenses[cfg["license"]],
     url=cfg["git_url"],
     keywords=cfg["keywords"],
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Developers",
-        f"License :: {license_classifier}",
         "Natural Language :: English",
         f"Programming Language :: Python :: {cfg['min_python']}",
     ],
