@@ -21,15 +21,16 @@ from .core import ConfigError, atomic_write, sha256_json
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
            'OptimizerConfig', 'SchedulerConfig', 'MAX_CONFIG_BYTES', 'KEY_PATTERN', 'Section', 'ExperimentConfig',
-           'DataConfig', 'ModelConfig', 'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig',
-           'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged',
-           'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig', 'CheckpointingConfig',
-           'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig',
-           'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule',
-           'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule',
-           'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'Config',
-           'cross_section_problems', 'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override',
-           'apply_overrides', 'validate_config', 'load_config']
+           'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig',
+           'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig',
+           'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged', 'LossConfig', 'TrainingConfig',
+           'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig', 'CheckpointingConfig', 'WandbConfig',
+           'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig',
+           'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
+           'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
+           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'Config', 'cross_section_problems',
+           'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides',
+           'validate_config', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -56,6 +57,35 @@ class ExperimentConfig(Section):
     @classmethod
     def _number_is_text(cls, v): return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
+class PreprocessingConfig(Section):
+    "Tabular preprocessing, fitted on train only."
+    impute: Literal["median", "mean", "most_frequent", "none"] = "median"  # numeric columns; categoricals: most frequent
+    scale: Literal["standard", "minmax", "none"] = "standard"
+    encode: Literal["onehot", "ordinal"] = "onehot"  # categorical columns
+
+class AugmentConfig(Section):
+    "Random image augmentation, applied to the train split only."
+    rotation_degrees: float = Field(0.0, ge=0, le=180)
+    translate: float = Field(0.0, ge=0, lt=1)  # fraction of width/height
+    scale: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)] = [1.0, 1.0]
+    horizontal_flip: bool = False
+    random_erasing: float = Field(0.0, ge=0, le=1)  # probability
+
+class TransformsConfig(Section):
+    "Image transforms: resize (cached), normalize with train statistics, augmentation."
+    resize: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]|None = None  # [height, width]
+    normalize: bool = True
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+class DriftConfig(Section):
+    "Train vs val/test drift: flagged when larger than the threshold AND than sampling noise explains."
+    numeric_threshold: float = Field(0.1, gt=0, le=1)  # Jensen-Shannon distance of histograms
+    categorical_threshold: float = Field(0.1, gt=0, le=1)  # L-infinity distance of category frequencies
+    bins: int = Field(10, ge=2, le=100)
+    permutations: int = Field(200, ge=20)
+    significance: float = Field(0.01, gt=0, lt=0.5)
+    max_rows: int = Field(50_000, ge=100)  # per split, sampled beyond this
+
 class DataConfig(Section):
     dataset: str|None = None  # built-in dataset `tp prepare` makes: digits, breast_cancer, wine, mnist5k
     data_dir: str = "data"
@@ -66,6 +96,10 @@ class DataConfig(Section):
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: PositiveInt = 2
+    cache: bool = True  # cache decoded/preprocessed tensors under <data_dir>/cache
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    transforms: TransformsConfig = Field(default_factory=TransformsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
 # %% ../nbs/01_config.ipynb #84609ff2
 # Every architecture the model factory (03_models) builds; it tests that it covers exactly these.
