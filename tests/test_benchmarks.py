@@ -9,3 +9,9 @@ def test_cli_startup_benchmark_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cli_startup.py"), "2"],
                          capture_output=True, text=True, check=True).stdout
     assert "tp_help_median_s=" in out.splitlines()[-1]
+
+
+def test_validate_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validate_1m.py"), "20000", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "check_tables_s=" in out.splitlines()[-1]

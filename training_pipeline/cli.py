@@ -14,7 +14,8 @@ from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                                     ConfigError, NotBuiltError, PipelineError, UsageError)
 
 # %% auto #0
-__all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'not_built', 'handler_for', 'main']
+__all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
+           'not_built', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -50,6 +51,7 @@ def _data_commands(sub):
     p.add_argument("--schema", metavar="PATH", help="schema.json (default: <data-dir>/metadata/schema.json)")
     p.add_argument("--source", metavar="FILE_OR_DIR", help="validate this file or image tree instead of the processed splits")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--config", metavar="PATH", help="take drift thresholds from this config's data.drift section")
 
 def _config_commands(sub):
     p = _add(sub, "config", "check configs")
@@ -202,9 +204,36 @@ def cmd_config_check(args) -> int:
         print(f"warning: {problem} (`tp train` checks this before it starts)", file=sys.stderr)
     return EXIT_OK
 
-# %% ../nbs/20_cli.ipynb #3ecbedc3
+# %% ../nbs/20_cli.ipynb #1ae75990
+def cmd_prepare(args) -> int:
+    "Prepare a dataset into the data layout; print where everything went."
+    from training_pipeline.prepare import prepare_data
+    s = prepare_data(args.data_dir, args.dataset, args.source, args.target, args.seed, args.val_fraction, args.test_fraction)
+    splits = " · ".join(f"{k} {v}" for k, v in s["splits"].items())
+    lines = [f"prepared {s['dataset']} ({s['kind']}): {s['rows']} samples, {s['classes']} classes, "
+             f"{s['duplicates_dropped']} exact duplicate(s) dropped",
+             f"  splits           {splits} (seed {args.seed})", f"  processed        {s['processed']}",
+             f"  schema           {s['schema']}", f"  statistics       {s['statistics']}", f"  split file       {s['split_file']}"]
+    if s["features"]: lines.append(f"  features         {s['features']}")
+    lines.append(f"  dataset version  {s['dataset_version']}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+def cmd_validate(args) -> int:
+    "Validate data; print the report (table or JSON); exit 1 when invalid."
+    import json
+    from training_pipeline.validation import validate_data
+    drift = None
+    if args.config:
+        from training_pipeline.config import load_config
+        drift = load_config(args.config).data.drift
+    report = validate_data(args.data_dir, args.schema, args.source, drift)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
+    return EXIT_OK if report.valid else EXIT_FAILED
+
+# %% ../nbs/20_cli.ipynb #dd48ab34
 NOT_BUILT = {  # command -> the issue that builds it
-    "prepare": 3, "validate": 3, "train": 4, "monitor": 8, "report": 9, "runs": 7, "models": 7,
+    "train": 4, "monitor": 8, "report": 9, "runs": 7, "models": 7,
     "notebooks": 9, "sweep": 9, "tune-loader": 10, "jobs": 11,
 }
 
@@ -213,13 +242,13 @@ def not_built(args) -> int:
     raise NotBuiltError(f"`tp {args.command}` is not built yet", f"issue #{issue}",
                         "it arrives with that issue; `tp config check` works today")
 
-HANDLERS = {("config", "check"): cmd_config_check}
+HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
     return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
 
-# %% ../nbs/20_cli.ipynb #96300d85
+# %% ../nbs/20_cli.ipynb #49559935
 def _print_error(message:str, debug:bool):
     if debug: traceback.print_exc()
     for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)

@@ -21,9 +21,9 @@ from PIL import Image, UnidentifiedImageError
 from .core import EXIT_USAGE, DataError, atomic_write_json, sha256_bytes, sha256_file
 
 # %% auto #0
-__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'BUILTIN_DATASETS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'DataLayout', 'TabularData',
-           'ImageSample', 'ImageData', 'read_table', 'check_target', 'tabular_from_file', 'read_image', 'write_png',
-           'scan_image_folder', 'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates',
+__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'BUILTIN_DATASETS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'SPLIT_IDENTITY', 'DataLayout',
+           'TabularData', 'ImageSample', 'ImageData', 'read_table', 'check_target', 'tabular_from_file', 'read_image',
+           'write_png', 'scan_image_folder', 'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates',
            'stratified_split', 'is_numeric', 'infer_tabular_schema', 'infer_image_schema', 'load_schema',
            'column_statistics', 'class_distribution', 'dataset_version', 'now_iso']
 
@@ -364,9 +364,12 @@ def class_distribution(labels) -> dict:
     values, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
     return {str(v): int(c) for v, c in zip(values, counts)}
 
+SPLIT_IDENTITY = ("ids", "seed", "fractions", "stratify", "data_hash")  # what a split file's identity is made of
+
 def dataset_version(processed_dir:str|Path, split_file:str|Path) -> str:
-    "Content hash (16 hex digits) of the processed data and the split file."
-    from training_pipeline.core import sha256_dir
-    return sha256_bytes((sha256_dir(processed_dir) + sha256_file(split_file)).encode())[:16]
+    "Content hash (16 hex digits) of the processed data and the split assignment (not the split file's timestamps)."
+    from training_pipeline.core import sha256_dir, sha256_json
+    split = json.loads(Path(split_file).read_text())
+    return sha256_bytes((sha256_dir(processed_dir) + sha256_json({k: split.get(k) for k in SPLIT_IDENTITY})).encode())[:16]
 
 def now_iso() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -57,9 +57,10 @@ class ValidationReport:
                 "column_count": self.column_count, "splits": self.splits, "issues": [asdict(i) for i in self.issues]}
 
     def to_table(self) -> str:
-        lines = [f"validated {self.source} ({self.kind}): {self.row_count} rows" + (f", {self.column_count} columns" if self.column_count else "")]
+        unit = "images" if self.kind == "image" else "rows"
+        lines = [f"validated {self.source} ({self.kind}): {self.row_count} {unit}" + (f", {self.column_count} columns" if self.column_count else "")]
         per_split = {s: sum(i.split == s for i in self.issues) for s in self.splits}
-        lines.append(f"  {'split':<10}{'rows':>8}{'issues':>8}")
+        lines.append(f"  {'split':<10}{unit:>8}{'issues':>8}")
         lines += [f"  {s:<10}{n:>8}{per_split[s]:>8}" for s, n in self.splits.items()]
         if self.valid: lines.append("VALID: no issues"); return "\n".join(lines)
         lines.append(f"INVALID: {len(self.issues)} issue(s)")
