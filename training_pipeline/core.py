@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'PipelineError', 'UsageError', 'ConfigError',
-           'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'fsync_dir', 'atomic_writer',
+           'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'patch', 'fsync_dir', 'atomic_writer',
            'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes',
            'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed', 'git_info', 'package_version', 'environment_info']
 
@@ -76,6 +76,16 @@ class NotBuiltError(UsageError):
     "A documented feature that does not exist yet: said clearly, never faked."
 
 # %% ../nbs/00_core.ipynb #c174f414
+def patch(f):
+    "Attach `f` to the class annotated on its first parameter (`def m(self:Trainer)`)."
+    import inspect
+    first = next(iter(inspect.signature(f).parameters.values()))
+    cls = first.annotation
+    if isinstance(cls, str): cls = eval(cls, f.__globals__)
+    setattr(cls, f.__name__, f)
+    return f
+
+# %% ../nbs/00_core.ipynb #c28d1ae2
 def fsync_dir(path:str|Path):
     "Make a rename or creation inside `path` durable."
     fd = os.open(path, os.O_RDONLY)
@@ -110,7 +120,7 @@ def atomic_write_json(path:str|Path, obj:Any, **kwargs):
     "Replace `path` with `obj` as indented JSON, atomically."
     return atomic_write(path, json.dumps(obj, indent=2, **kwargs) + "\n")
 
-# %% ../nbs/00_core.ipynb #c28d1ae2
+# %% ../nbs/00_core.ipynb #7881b2bc
 def fsync_tree(path:str|Path):
     "fsync every file and directory below `path` (inclusive)."
     for root, dirs, files in os.walk(path):
@@ -155,7 +165,7 @@ def clean_tmp_dirs(parent:str|Path):
             shutil.rmtree(p, ignore_errors=True); removed.append(p.name)
     return sorted(removed)
 
-# %% ../nbs/00_core.ipynb #7881b2bc
+# %% ../nbs/00_core.ipynb #86101b95
 def sha256_bytes(data:bytes) -> str: return hashlib.sha256(data).hexdigest()
 
 def sha256_file(path:str|Path, chunk_size:int=1<<20) -> str:
@@ -178,7 +188,7 @@ def sha256_json(obj:Any) -> str:
     "Stable hash of a JSON-serialisable object (sorted keys, no whitespace)."
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
 
-# %% ../nbs/00_core.ipynb #86101b95
+# %% ../nbs/00_core.ipynb #3627f5e7
 def set_seed(seed:int, # Seed for python, numpy, torch (CPU and every CUDA device)
              deterministic:bool=False): # Also force deterministic kernels (torch, cuDNN, cuBLAS)
     "Seed python, numpy and torch; optionally make torch deterministic."
@@ -192,7 +202,7 @@ def set_seed(seed:int, # Seed for python, numpy, torch (CPU and every CUDA devic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     return seed
 
-# %% ../nbs/00_core.ipynb #3627f5e7
+# %% ../nbs/00_core.ipynb #75efeb94
 def git_info(path:str|Path=".") -> dict:
     "The git commit and dirty flag of the repository containing `path` (Nones outside git)."
     def git(*args):
