@@ -15,7 +15,7 @@ from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 
 # %% auto #0
 __all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
-           'not_built', 'handler_for', 'main']
+           'cmd_train', 'not_built', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -231,9 +231,25 @@ def cmd_validate(args) -> int:
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
     return EXIT_OK if report.valid else EXIT_FAILED
 
-# %% ../nbs/20_cli.ipynb #dd48ab34
+# %% ../nbs/20_cli.ipynb #3ecbedc3
+def cmd_train(args) -> int:
+    "Train one run; print the run directory and its final metrics."
+    from training_pipeline.config import load_config
+    from training_pipeline.train import train
+    if args.distributed:
+        raise NotBuiltError("`tp train --distributed` is not built yet", "issue #6", "train on one process for now (drop --distributed)")
+    if args.profile:
+        raise NotBuiltError("`tp train --profile` is not built yet", "issue #10", "drop --profile")
+    config = load_config(args.config, args.overrides)
+    result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]])
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
+    print(f"run {result.status}: {result.run_dir}")
+    print("  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
+    return EXIT_OK
+
+# %% ../nbs/20_cli.ipynb #96300d85
 NOT_BUILT = {  # command -> the issue that builds it
-    "train": 4, "monitor": 8, "report": 9, "runs": 7, "models": 7,
+    "monitor": 8, "report": 9, "runs": 7, "models": 7,
     "notebooks": 9, "sweep": 9, "tune-loader": 10, "jobs": 11,
 }
 
@@ -242,13 +258,14 @@ def not_built(args) -> int:
     raise NotBuiltError(f"`tp {args.command}` is not built yet", f"issue #{issue}",
                         "it arrives with that issue; `tp config check` works today")
 
-HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate}
+HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate,
+            ("train", None): cmd_train}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
     return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
 
-# %% ../nbs/20_cli.ipynb #49559935
+# %% ../nbs/20_cli.ipynb #a0c8eee3
 def _print_error(message:str, debug:bool):
     if debug: traceback.print_exc()
     for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)

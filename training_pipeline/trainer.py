@@ -208,6 +208,7 @@ def _do_train(self:Trainer):
     self.dl = self.loaders["train"]
     self.dl.sampler.set_epoch(self.epoch)
     if self.start_iter: self.dl.sampler.start = self.start_iter * self.dl.batch_size
+    self.n_iter = self.start_iter + len(self.dl)
     self._with_events(self._all_batches, "train", CancelTrainException)
 
 @patch
@@ -216,6 +217,7 @@ def _do_validate(self:Trainer, split:str="val"):
     self.training, self.split = False, split
     self.model.eval()
     self.dl = self.loaders[split]
+    self.n_iter = len(self.dl)
     try:
         with torch.no_grad(): self._with_events(self._all_batches, "validate", CancelValidateException)
     finally: self.training = training
@@ -223,7 +225,6 @@ def _do_validate(self:Trainer, split:str="val"):
 # %% ../nbs/05_trainer.ipynb #6f98a7cf
 @patch
 def _all_batches(self:Trainer):
-    self.n_iter = self.start_iter + len(self.dl) if self.training else len(self.dl)
     it, self.iter = iter(self.dl), (self.start_iter if self.training else 0)
     while True:
         t0 = time.perf_counter()
