@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "corpus"
 TP = Path(sys.executable).with_name("tp")
+CHECK_RUN_DIR = REPO.parent / "shared" / "tools" / "check_run_dir.py"
 
 
 def run_tp(*args, cwd=None, env=None, timeout=600):
@@ -33,3 +34,31 @@ def tree_snapshot(root):
 def tp():
     assert TP.exists(), f"{TP} missing: install the package (pip install -e .)"
     return run_tp
+
+
+def check_run_dir(run_dir):
+    "Run shared/tools/check_run_dir.py (DESIGN.md's contract checker) on a run directory."
+    if not CHECK_RUN_DIR.exists(): pytest.skip(f"contract checker not found at {CHECK_RUN_DIR}")
+    r = subprocess.run([sys.executable, str(CHECK_RUN_DIR), str(run_dir)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def data_overrides(data_dir):
+    "KEY=VALUE overrides pointing a config at a prepared data dir."
+    d = Path(data_dir)
+    return [f"data.data_dir={d}", f"data.train_dir={d}/processed/train", f"data.val_dir={d}/processed/val",
+            f"data.test_dir={d}/processed/test"]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    "Prepare a built-in dataset once per session: prepared('digits') -> data dir."
+    cache = {}
+    def get(name):
+        if name not in cache:
+            d = tmp_path_factory.mktemp(f"prepared-{name}") / "data"
+            r = run_tp("prepare", "--dataset", name, "--data-dir", d)
+            assert r.returncode == 0, r.stderr
+            cache[name] = d
+        return cache[name]
+    return get

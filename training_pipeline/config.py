@@ -29,8 +29,8 @@ __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES
            'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
            'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
            'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'Config', 'cross_section_problems',
-           'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides',
-           'validate_config', 'load_config']
+           'SafeLoader', 'safe_load', 'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override',
+           'apply_overrides', 'validate_config', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -485,6 +485,16 @@ def cross_section_problems(raw:dict) -> list[tuple[str, str, str]]:
 # %% ../nbs/01_config.ipynb #553416cd
 MAX_CONFIG_BYTES = 1 << 20
 
+class SafeLoader(yaml.SafeLoader):
+    "yaml.SafeLoader that also reads 1e-3 / 5E+2 as floats (YAML 1.2); no other change."
+
+SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+def safe_load(text:str):
+    "yaml.safe_load with YAML 1.2 floats."
+    return yaml.load(text, Loader=SafeLoader)
+
 def did_you_mean(word:str, choices) -> str:
     "' (did you mean X?)' when a choice is close to `word`, else ''."
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
@@ -534,8 +544,8 @@ def key_lines(node, prefix:str="", path:str="", lines:dict|None=None) -> dict:
 def parse_yaml(text:str, path:str="<string>") -> tuple[Any, dict]:
     "Parse YAML safely; return (data, dotted key -> line)."
     try:
-        lines = key_lines(yaml.compose(text, Loader=yaml.SafeLoader), path=path)
-        data = yaml.safe_load(text)
+        lines = key_lines(yaml.compose(text, Loader=SafeLoader), path=path)
+        data = safe_load(text)
     except yaml.constructor.ConstructorError as e:
         tag = re.search(r"tag '([^']*)'", str(e.problem))
         tag = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "unknown"
@@ -562,7 +572,7 @@ def parse_override(item:str) -> tuple[str, Any]:
     if not sep or not KEY_PATTERN.match(key):
         raise ConfigError(f"override {item!r} is not KEY=VALUE", "command line",
                           "write dotted keys like training.learning_rate=0.01")
-    try: parsed = yaml.safe_load(value) if value.strip() else None
+    try: parsed = safe_load(value) if value.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {key} has an unreadable value {value!r}: {_one_line(getattr(e, 'problem', e))}",
                           "command line", "quote it or use a plain YAML value") from None

@@ -220,6 +220,6 @@ def _tabular_bundle(schema, version, dirs, config, store) -> DataBundle:
     datasets = {}
     for s, df in frames.items():
         t = _cached(store, {"v": version, "t": pre.pipeline.hash, "split": s, "fp": split_fingerprint(dirs[s]), "kind": "tabular"},
-                    lambda df=df: {"x": torch.from_numpy(pre.features(df)), "y": torch.from_numpy(pre.labels(df))})
+                    lambda df=df: {"x": torch.tensor(pre.features(df)), "y": torch.tensor(pre.labels(df))})
         datasets[s] = ArrayDataset(t["x"], t["y"])
     return DataBundle("tabular", schema["classes"], datasets, pre, version, (len(pre.feature_names),), schema)
