@@ -15,3 +15,10 @@ def test_validate_benchmark_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validate_1m.py"), "20000", "1"],
                          capture_output=True, text=True, check=True).stdout
     assert "check_tables_s=" in out.splitlines()[-1]
+
+
+def test_parity_benchmark_runs_and_is_bitwise_equal():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "parity.py"), "--runs", "1", "--epochs", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    last = dict(kv.split("=") for kv in out.splitlines()[-1].split())
+    assert float(last["max_abs_loss_diff"]) == 0.0 and float(last["max_abs_param_diff"]) == 0.0, last

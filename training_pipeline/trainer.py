@@ -183,7 +183,8 @@ def log_event(self:Trainer, kind:str, **details):
 def fit(self:Trainer, n_epochs:int, start_epoch:int=0, start_iter:int=0):
     "Train for epochs `start_epoch`..`n_epochs - 1` (from batch `start_iter` of the first one)."
     self.n_epochs, self.epoch, self.start_iter = n_epochs, start_epoch, start_iter
-    self._with_events(self._do_fit, "fit", CancelFitException)
+    try: self._with_events(self._do_fit, "fit", CancelFitException)
+    finally: self("cleanup_fit")
     return self
 
 @patch
@@ -246,6 +247,7 @@ def _accumulation_group(self:Trainer) -> tuple[int, bool]:
 # %% ../nbs/05_trainer.ipynb #9fbfea25
 @patch
 def _do_one_batch(self:Trainer):
+    self.stepped = False
     group, boundary = self._accumulation_group() if self.training else (1, False)
     n, preds, total = len(self.yb), [], 0.0
     chunks = zip(self.xb.chunk(self.micro_splits), self.yb.chunk(self.micro_splits)) if self.micro_splits > 1 else [(self.xb, self.yb)]
@@ -277,6 +279,7 @@ def _step(self:Trainer):
     self.opt.zero_grad()
     if self.scheduler_interval == "step": self.scheduler.step()
     self.global_step += 1
+    self.stepped = True  # callbacks that act per optimizer step after the batch's metrics are in check this in after_batch
     self("after_step")
 
 # %% ../nbs/05_trainer.ipynb #d0fa7f62
@@ -344,6 +347,18 @@ class MetricsCallback(Callback):
     def before_train(self):
         self.e_loss, self.e_correct, self.e_n, self.e_wait, self.t_epoch = 0.0, 0, 0, 0.0, time.perf_counter()
         self._reset_interval()
+        resumed, self._resumed = getattr(self, "_resumed", None), None
+        if resumed and self.start_iter:  # continuing an epoch from a checkpoint: its sums so far come back
+            self.e_loss, self.e_correct, self.e_n = resumed["e_loss"], resumed["e_correct"], resumed["e_n"]
+            self.i_loss, self.i_correct, self.i_n = resumed["i_loss"], resumed["i_correct"], resumed["i_n"]
+
+    def state_dict(self) -> dict:
+        "Running sums of the epoch and of the logging interval (read at checkpoints only)."
+        if not self.training or not hasattr(self, "e_n"): return {}
+        num = lambda v: float(v) if isinstance(v, torch.Tensor) else v
+        return {k: num(getattr(self, k)) for k in ("e_loss", "e_correct", "e_n", "i_loss", "i_correct", "i_n")}
+
+    def load_state_dict(self, state:dict): self._resumed = state or None
 
     def before_validate(self):
         k, dev = (self.num_classes or 2), self.trainer.device
@@ -366,9 +381,8 @@ class MetricsCallback(Callback):
         self.i_loss, self.i_correct, self.i_n = self.i_loss + loss, self.i_correct + correct, self.i_n + n
         self.e_loss, self.e_correct, self.e_n = self.e_loss + loss, self.e_correct + correct, self.e_n + n
         self.i_wait += self.data_wait; self.e_wait += self.data_wait
-
-    def after_step(self):
-        if self.global_step % self.log_every == 0 and self.iter + 1 < self.n_iter:  # the epoch row covers the last step
+        # a row every log_every optimizer steps, covering the batches since the last; the epoch row covers the last step
+        if self.stepped and self.global_step % self.log_every == 0 and self.iter + 1 < self.n_iter:
             self._log_train(self.i_loss, self.i_correct, self.i_n, self.i_wait, self.t_interval)
             self._reset_interval()
 
