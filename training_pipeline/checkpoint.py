@@ -91,8 +91,14 @@ def _write_state(d:Path, name:str, obj) -> list[str]:
     (d/f"{name}.json").write_text(json.dumps(skeleton))
     return files
 
+_fault_counts = {}
 def _fault(name:str):
-    if os.environ.get("TP_FAULT") == f"checkpoint:{name}": os.kill(os.getpid(), signal.SIGKILL)
+    "Tests kill the process here: TP_FAULT=checkpoint:<name> (first save) or checkpoint:<name>@N (N-th save)."
+    spec = os.environ.get("TP_FAULT", "")
+    if not spec.startswith(f"checkpoint:{name}"): return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    nth = int(spec.partition("@")[2] or 1)
+    if _fault_counts[name] == nth: os.kill(os.getpid(), signal.SIGKILL)
 
 def save_checkpoint(root:str|Path, step:int, model_state:dict, optimizer_state:dict|None=None, scheduler_state:dict|None=None,
                     scaler_state:dict|None=None, rng:dict|None=None, trainer_state:dict|None=None) -> Path:

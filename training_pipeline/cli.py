@@ -240,6 +240,8 @@ def cmd_train(args) -> int:
         raise NotBuiltError("`tp train --distributed` is not built yet", "issue #6", "train on one process for now (drop --distributed)")
     if args.profile:
         raise NotBuiltError("`tp train --profile` is not built yet", "issue #10", "drop --profile")
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "tp train", "give a positive number of epochs")
     config = load_config(args.config, args.overrides)
     result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]])
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
@@ -276,7 +278,12 @@ def main(argv:list[str]|None=None) -> int:
     debug = "--debug" in argv or os.environ.get("TP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # KEY=VALUE overrides may come anywhere, also after options (`--resume X training.epochs=4`)
+        stray = [a for a in extra if not (hasattr(args, "overrides") and "=" in a and not a.startswith("-"))]
+        if stray: raise UsageError(f"unrecognized arguments: {' '.join(stray)}", "tp", "see `tp --help`")
+        if extra: args.overrides = [*args.overrides, *extra]
         return handler_for(args)(args)
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else EXIT_OK

@@ -215,6 +215,7 @@ class TrainingConfig(Section):
     gradient_accumulation_steps: PositiveInt = 1
     max_grad_norm: float|None = Field(None, gt=0)
     max_retries: int = Field(3, ge=0)  # restarts from the last checkpoint after transient failures
+    retry_backoff_s: float = Field(5.0, ge=0)  # first wait before a retry; doubles each time
     deterministic: bool = False
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
 

@@ -23,9 +23,10 @@ from typing import Any, Iterator
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'PipelineError', 'UsageError', 'ConfigError',
-           'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'patch', 'fsync_dir', 'atomic_writer',
-           'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes',
-           'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed', 'git_info', 'package_version', 'environment_info']
+           'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch', 'fsync_dir',
+           'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs',
+           'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed', 'git_info', 'package_version',
+           'environment_info']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -74,6 +75,10 @@ class TrainingError(PipelineError):
 
 class NotBuiltError(UsageError):
     "A documented feature that does not exist yet: said clearly, never faked."
+
+class InterruptedRun(PipelineError):
+    "The run was stopped by a signal (after saving a checkpoint when it could)."
+    exit_code = EXIT_INTERRUPTED
 
 # %% ../nbs/00_core.ipynb #c174f414
 def patch(f):

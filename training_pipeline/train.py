@@ -14,17 +14,24 @@ from pathlib import Path
 
 import torch
 
+from .callback.core import Callback
 from .callback.progress import ProgressCallback
 from .callback.tracker import EarlyStoppingCallback, NonFiniteLossCallback
 from .config import Config, load_config
-from .core import (ConfigError, NotBuiltError, PipelineError, TrainingError, atomic_write_json, set_seed)
+from .checkpoint import (CheckpointCallback, latest_good_checkpoint, list_checkpoints, load_checkpoint,
+                                         restore_trainer, verify_checkpoint)
+from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
+                                    atomic_write, atomic_write_json, set_seed)
+from .models import is_pickle_file
+from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
 from .models import model_from_config
 from .tracking import LOGGER, RunStore, RunStoreCallback, TrackersCallback, setup_run_logging
 from .trainer import Trainer, make_accelerator, make_loss, make_optimizer, make_scheduler
 
 # %% auto #0
-__all__ = ['TrainResult', 'with_epochs', 'build_callbacks', 'write_artifacts', 'train', 'main']
+__all__ = ['TRANSIENT_PATTERNS', 'TrainResult', 'with_epochs', 'build_callbacks', 'write_artifacts', 'ResumePlan',
+           'find_unfinished_run', 'plan_resume', 'TransientError', 'is_transient', 'FaultInjection', 'train', 'main']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -43,11 +50,13 @@ def with_epochs(config:Config, epochs:int|None) -> Config:
     try: return validate_config(raw, "--epochs")
     except ConfigError as e: raise ConfigError(f"--epochs {epochs}: {e.problems[0].what}", "command line", "give a positive number of epochs") from None
 
-def build_callbacks(config:Config, store:RunStore|None, trackers:bool) -> list:
-    "The default callbacks for a config: run store, trackers, progress, non-finite guard, early stopping."
+def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoint:CheckpointCallback|None=None) -> list:
+    "The default callbacks for a config: run store, trackers, checkpoints, progress, non-finite guard, early stopping."
     cbs = [NonFiniteLossCallback(config.training.on_nonfinite_loss), ProgressCallback()]
     if store is not None: cbs.append(RunStoreCallback(store))
     if trackers: cbs.append(TrackersCallback())
+    if checkpoint is not None: cbs.append(checkpoint)
+    if os.environ.get("TP_FAULT", "").startswith("train:"): cbs.append(FaultInjection(os.environ["TP_FAULT"]))
     es = config.validation.early_stopping
     if es.enabled: cbs.append(EarlyStoppingCallback(es.monitor, es.mode, es.min_delta, es.patience))
     return cbs
@@ -64,16 +73,168 @@ def write_artifacts(store:RunStore, data:DataBundle, config:Config, task:str, nu
                                        "dataset_version": data.dataset_version})
 
 # %% ../nbs/15_train.ipynb #5466ac7a
+@dataclass
+class ResumePlan:
+    mode: str                       # fresh | inplace | fork
+    run_dir: Path|None = None       # inplace: the run to continue
+    checkpoint: Path|None = None    # where the state comes from
+    parent: str|None = None         # fork: the parent run's id
+    fallbacks: list = field(default_factory=list)  # (checkpoint, error) skipped because they did not verify
+    note: str|None = None
+
+def _alive(meta:dict, stale_s:float=120.0) -> bool:
+    "Whether the process that owns a 'running' run is still there (same host, pid alive, fresh heartbeat)."
+    import socket
+    from datetime import datetime
+    if meta.get("host") != socket.gethostname(): return True  # can't see it: assume it runs
+    try: os.kill(int(meta.get("pid", -1)), 0)
+    except (OSError, ValueError): return False
+    beat = datetime.fromisoformat(meta["heartbeat"]).timestamp() if meta.get("heartbeat") else 0
+    import time
+    return time.time() - beat < stale_s
+
+def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
+    "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure)."
+    root = Path(runs_dir)/experiment
+    for run in sorted((p for p in root.iterdir() if (p/"run.json").exists()), reverse=True) if root.is_dir() else []:
+        try: meta = json.loads((run/"run.json").read_text())
+        except (OSError, json.JSONDecodeError): continue
+        status = meta.get("status")
+        if status == "completed" or (status == "failed" and meta.get("error_kind") != "transient"): continue
+        if status == "running" and _alive(meta): continue
+        return run
+    return None
+
+# %% ../nbs/15_train.ipynb #6cfe0ebd
+def _checkpoint_of(path:Path, fallbacks:list) -> Path:
+    "The checkpoint a --resume PATH names: a checkpoint dir, or the newest good one of a run."
+    if not path.exists(): raise UsageError("resume path not found", str(path), "give a run directory or a checkpoints/step-N directory")
+    if path.is_file():
+        if is_pickle_file(path) or path.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt"):
+            raise CheckpointError("this file is a pickle, which is never loaded (it can run code)", str(path),
+                                  "resume from a checkpoint directory written by this project")
+        raise CheckpointError("not a checkpoint directory", str(path), "give a run directory or a checkpoints/step-N directory")
+    if (path/"MANIFEST.json").exists() or path.name.startswith("step-"):
+        verify_checkpoint(path); return path
+    root = path/"checkpoints" if (path/"run.json").exists() else path
+    found = latest_good_checkpoint(root, lambda ck, e: fallbacks.append((ck, e)))
+    if found is None:
+        raise CheckpointError("no valid checkpoint" + (f" ({len(fallbacks)} failed verification)" if fallbacks else ""), str(root),
+                              "resume from another run, or start fresh with --resume never")
+    return found
+
+def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
+    "What `--resume auto|never|PATH` means for this config."
+    if resume == "never": return ResumePlan("fresh")
+    if resume != "auto":
+        fallbacks = []
+        ck = _checkpoint_of(Path(resume), fallbacks)
+        run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else None
+        parent = json.loads((run_dir/"run.json").read_text())["id"] if run_dir and (run_dir/"run.json").exists() else None
+        return ResumePlan("fork", checkpoint=ck, parent=parent, fallbacks=fallbacks)
+    run = find_unfinished_run(runs_dir, config.experiment.name)
+    if run is None: return ResumePlan("fresh")
+    meta = json.loads((run/"run.json").read_text())
+    if meta.get("config_hash") != config.hash:
+        return ResumePlan("fresh", note=f"the unfinished run {meta['id']} has another config: starting a new run "
+                                        f"(`--resume {run}` continues that one)")
+    fallbacks = []
+    ck = latest_good_checkpoint(run/"checkpoints", lambda c, e: fallbacks.append((c, e)))
+    if ck is None and fallbacks:
+        raise CheckpointError(f"run {meta['id']} has checkpoints but none passes verification", str(run/"checkpoints"),
+                              "start fresh with --resume never, or restore a checkpoint")
+    return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks,
+                      note=None if ck else f"the unfinished run {meta['id']} has no checkpoint: it restarts from the beginning")
+
+# %% ../nbs/15_train.ipynb #3ca3b13c
+class TransientError(RuntimeError):
+    "A failure that may not happen again: retried from the last checkpoint."
+
+TRANSIENT_PATTERNS = ("dataloader worker", "timed out", "timeout", "nccl", "gloo", "connection reset", "connection refused",
+                      "connection closed", "broken pipe", "socket", "resource temporarily unavailable")
+
+def is_transient(e:BaseException) -> bool:
+    "Whether a failure is worth retrying from the last checkpoint."
+    from training_pipeline.callback.core import CallbackError
+    if isinstance(e, CallbackError) and e.__cause__ is not None: return is_transient(e.__cause__)  # raised inside a callback
+    if isinstance(e, (PipelineError, KeyboardInterrupt)): return False
+    if isinstance(e, TransientError): return True
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)): return False
+    if isinstance(e, OSError): return True
+    if isinstance(e, RuntimeError): return any(p in str(e).lower() for p in TRANSIENT_PATTERNS)
+    return False
+
+class FaultInjection(Callback):
+    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, sleep=SECONDS per batch."
+    order = 90
+    _fired = set()  # per process: a transient fault fires once, so the retry can succeed
+    def __init__(self, spec:str):
+        kind, _, arg = spec.removeprefix("train:").partition("@")
+        self.kind, self.step = kind, int(arg) if arg else None
+        self.sleep = float(kind.split("=")[1]) if kind.startswith("sleep=") else 0.0
+    def after_batch(self):
+        import time, signal
+        if self.sleep: time.sleep(self.sleep)
+        if not self.training or self.step is None or self.global_step != self.step or not self.stepped: return
+        if self.kind == "kill": os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "always" or (self.kind == "transient" and self.step not in FaultInjection._fired):
+            FaultInjection._fired.add(self.step)
+            raise TransientError(f"injected transient failure at step {self.step}")
+
+# %% ../nbs/15_train.ipynb #9da54a50
 def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None) -> TrainResult:
-    "Train one run from a validated config; return where it went and its final metrics."
+    "Train one run from a validated config, resuming and retrying as configured; return where it went and its metrics."
+    import time
     config = with_epochs(config, epochs)
-    if resume not in ("auto", "never"):
-        raise NotBuiltError("resuming from a run or checkpoint path is not built yet", f"--resume {resume}",
-                            "it arrives with issue #5; use --resume never")
     problems = config.check_paths()
     if problems:
         if len(problems) == 1: raise problems[0]
         raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
+    runs_dir = runs_dir or config.experiment.runs_dir
+    plan = plan_resume(config, resume, runs_dir)
+    if plan.note: print(f"note: {plan.note}", file=sys.stderr)
+    attempt, current = 0, {}
+    while True:
+        try: return _train_once(config, plan, command, runs_dir, current)
+        except BaseException as e:
+            run_dir = current.get("run_dir")
+            transient = is_transient(e)
+            from training_pipeline.callback.core import CallbackError
+            cause = e.__cause__ if isinstance(e, CallbackError) and e.__cause__ is not None else e
+            reason = f"{type(cause).__name__}: {cause}"
+            if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
+            if not transient or attempt >= config.training.max_retries or run_dir is None:
+                if transient and attempt:
+                    raise TrainingError(f"training failed after {attempt} retr{'y' if attempt == 1 else 'ies'}: {reason}",
+                                        str(run_dir), "see logs/train.log of the run") from e
+                raise
+            attempt += 1
+            delay = config.training.retry_backoff_s * 2 ** (attempt - 1)
+            store = RunStore(run_dir)
+            store.append_event({"event": "retry", "attempt": attempt, "of": config.training.max_retries,
+                                "error": reason, "delay_s": delay})
+            print(f"warning: transient failure ({reason}); retry {attempt}/{config.training.max_retries} "
+                  f"in {delay:g} s from the last checkpoint", file=sys.stderr)
+            time.sleep(delay)
+            fallbacks = []
+            ck = latest_good_checkpoint(Path(run_dir)/"checkpoints", lambda c, err: fallbacks.append((c, err)))
+            plan = ResumePlan("inplace", run_dir=Path(run_dir), checkpoint=ck, fallbacks=fallbacks)
+
+# %% ../nbs/15_train.ipynb #684cca64
+def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, backend, data:DataBundle) -> RunStore:
+    "The run directory for this attempt: a new one, or the unfinished one continued in place."
+    if plan.mode != "inplace":
+        return RunStore.create(runs_dir, config, command=command, parent=plan.parent, world_size=world,
+                               num_nodes=config.distributed.num_nodes, backend=backend, data_version=data.dataset_version)
+    store = RunStore(plan.run_dir)
+    keep_until = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else -1
+    rows = [r for r in read_jsonl(store.metrics_path) if r["step"] <= keep_until]
+    atomic_write(store.metrics_path, "".join(json_line(r) for r in rows))  # what was logged after the checkpoint goes
+    store.update(status="running", ended=None, error=None, error_kind=None, pid=os.getpid(), heartbeat=now(),
+                 resumed_count=store.meta.get("resumed_count", 0) + 1)
+    return store
+
+def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict) -> TrainResult:
     cpu = config.resources.cpu or not torch.cuda.is_available()
     if config.resources.num_threads: torch.set_num_threads(config.resources.num_threads)
     if not cpu and config.resources.allow_tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -88,17 +249,18 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     world, rank = state.num_processes, state.process_index
     store = None
     if state.is_main_process:
-        store = RunStore.create(runs_dir or config.experiment.runs_dir, config, command=command, world_size=world,
-                                num_nodes=config.distributed.num_nodes, backend=state.backend if world > 1 else None,
-                                data_version=data.dataset_version)
+        store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, data)
+        current["run_dir"] = store.dir
         write_artifacts(store, data, config, task, num_outputs)
     log = setup_run_logging(store.logs_dir if store else Path(os.environ.get("TP_RUN_DIR", "."))/"logs", rank)
     tb = config.logging.tensorboard.enabled and store is not None
     accelerator = make_accelerator(precision, cpu=cpu, log_with=["tensorboard"] if tb else None,
                                    project_dir=str(store.dir) if tb else None)
+    resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
     if tb:
         hparams = {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(config.logging.tensorboard.log_dir, config=hparams)
+        purge = {"tensorboard": {"purge_step": resume_step + 1}} if plan.mode == "inplace" and resume_step is not None else {}
+        accelerator.init_trackers(config.logging.tensorboard.log_dir, config=hparams, init_kwargs=purge)
     per_process = config.training.batch_size // world
     loaders = {s: data.loader(s, per_process, config.data, seed=config.seed, num_replicas=world, rank=rank, even=(s == "train"))
                for s in data.datasets}
@@ -106,16 +268,43 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     optimizer = make_optimizer(config.training.optimizer, model.parameters(), config.training.learning_rate)
     scheduler, interval = make_scheduler(config.training.lr_scheduler, optimizer, config.training.epochs, steps_per_epoch,
                                          config.training.learning_rate)
+    ckpt_cb = None
+    if store is not None:
+        spec = json.loads((store.artifacts_dir/"model.json").read_text())
+        spec["preprocessing"] = json.loads((store.artifacts_dir/"preprocessing.json").read_text())
+        same_dir = plan.mode == "inplace" and plan.checkpoint is not None
+        ckpt_cb = CheckpointCallback(store.dir/config.checkpointing.save_dir, config.checkpointing, spec=spec,
+                                     resumed_from=plan.checkpoint.name if same_dir else None,
+                                     context={"data_version": data.dataset_version, "config_hash": config.hash, "run_id": store.id})
     plateau_monitor = getattr(config.training.lr_scheduler, "monitor", "val_loss")
-    trainer = Trainer(model, loaders, loss_func, optimizer, scheduler, interval, build_callbacks(config, store, tb),
+    trainer = Trainer(model, loaders, loss_func, optimizer, scheduler, interval, build_callbacks(config, store, tb, ckpt_cb),
                       accelerator=accelerator, task=task, num_classes=data.num_classes,
                       grad_accum=config.training.gradient_accumulation_steps, max_grad_norm=config.training.max_grad_norm,
                       log_every=config.logging.log_frequency, val_every=config.validation.frequency,
                       plateau_monitor=plateau_monitor, logger=log.info)
+    start = _restore(trainer, plan, data, store, log) if plan.checkpoint else (0, 0)
     if store: log.info(f"run {store.id}: {store.dir}")
-    return _fit_and_finish(trainer, config, store, accelerator, log)
+    return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
 
-# %% ../nbs/15_train.ipynb #6cfe0ebd
+# %% ../nbs/15_train.ipynb #7be86cf3
+def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|None, log) -> tuple[int, int]:
+    "Load the plan's checkpoint into the trainer; record what happened; return where to start."
+    for ck, err in plan.fallbacks:
+        trainer.log_event("checkpoint_fallback", skipped=ck.name, error=str(err))
+        log.info(f"warning: checkpoint {ck.name} failed verification ({err.what}); using an older one")
+    state = load_checkpoint(plan.checkpoint)
+    t = state["trainer"]
+    if t.get("data_version") not in (None, data.dataset_version):
+        if plan.mode == "inplace":
+            raise CheckpointError(f"the data changed since this run's checkpoint (dataset version {t['data_version']}, now {data.dataset_version})",
+                                  str(plan.checkpoint), "restore that data, or start a new run with --resume never")
+        trainer.log_event("data_version_changed", checkpoint=t["data_version"], now=data.dataset_version)
+    epoch, done = restore_trainer(trainer, state)
+    trainer.log_event("resumed", checkpoint=str(plan.checkpoint), mode=plan.mode, resume_epoch=epoch, batches_done=done)
+    log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
+    return epoch, done
+
+# %% ../nbs/15_train.ipynb #0e92a6e1
 def _flat(d:dict, prefix:str="") -> dict:
     out = {}
     for k, v in d.items():
@@ -123,36 +312,41 @@ def _flat(d:dict, prefix:str="") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
-def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, accelerator, log) -> TrainResult:
+def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, accelerator, log, start=(0, 0), ckpt_cb=None) -> TrainResult:
+    "Fit, evaluate on test, and record how the run ended (whatever happened)."
     status = "failed"
     try:
-        trainer.fit(config.training.epochs)
+        trainer.fit(config.training.epochs, start_epoch=start[0], start_iter=start[1])
+        if ckpt_cb is not None and ckpt_cb.preempt:
+            status = "interrupted"
+            raise InterruptedRun(f"interrupted by {ckpt_cb.preempt} at step {trainer.global_step}, after saving a checkpoint",
+                                 str(store.dir) if store else None, "run the same `tp train` command to resume it")
         if "test" in trainer.loaders: trainer.validate("test")
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"; raise
-    except PipelineError as e:
-        if store: store.update(error=str(e))
-        raise
-    except Exception as e:
-        if store: store.update(error=f"{type(e).__name__}: {e}")
+    except InterruptedRun: raise
+    except BaseException as e:
+        if store: store.update(error=str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}")
         raise
     finally:
         accelerator.wait_for_everyone()  # a rank leaving early makes the others' exit flaky (see ENVIRONMENT.md)
         if store:
             summary = {k: v for k, v in trainer.metrics.items() if k.startswith(("val_", "test_"))}
             summary.update(epochs_completed=trainer.epoch + (status == "completed"), global_step=trainer.global_step)
+            best = json.loads((store.checkpoints_dir/"index.json").read_text()).get("best") if (store.checkpoints_dir/"index.json").exists() else None
+            if best: summary["best"] = best
             store.finish(status, summary=summary)
         accelerator.end_training()
     if store: log.info(f"run {store.id} {status}: {store.dir}")
     return TrainResult(store.dir if store else None, status, dict(trainer.metrics), trainer)
 
-# %% ../nbs/15_train.ipynb #70fc0cbd
+# %% ../nbs/15_train.ipynb #f0b2a64d
 def main(argv:list[str]|None=None) -> int:
     "`tp train` with these arguments."
     from training_pipeline.cli import main as cli_main
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
-# %% ../nbs/15_train.ipynb #9da54a50
+# %% ../nbs/15_train.ipynb #5ddd987d
 #| eval: false
 if __name__ == "__main__": raise SystemExit(main())
