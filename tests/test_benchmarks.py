@@ -22,3 +22,15 @@ def test_parity_benchmark_runs_and_is_bitwise_equal():
                          capture_output=True, text=True, check=True).stdout
     last = dict(kv.split("=") for kv in out.splitlines()[-1].split())
     assert float(last["max_abs_loss_diff"]) == 0.0 and float(last["max_abs_param_diff"]) == 0.0, last
+
+
+def test_resume_position_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "resume_position.py"), "1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "ratio=" in out.splitlines()[-1]
+
+
+def test_async_checkpoint_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "checkpoint_async.py"), "1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "async_blocked_s=" in out.splitlines()[-1]

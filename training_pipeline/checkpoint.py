@@ -208,12 +208,13 @@ def prune_checkpoints(root:str|Path, keep_last:int, keep_best:int=0, monitor:str
 
 # %% ../nbs/07_checkpoint.ipynb #4bc0d113
 def export_best_model(ckpt:str|Path, root:str|Path, spec:dict) -> Path:
-    "Copy a checkpoint's weights to root/best_model.safetensors (+ best_model.json), atomically."
+    "Copy a checkpoint's weights to root/best_model.safetensors (+ model.json beside it), atomically."
     ckpt, root = Path(ckpt), Path(root)
     data = (ckpt/"model.safetensors").read_bytes()
     atomic_write(root/"best_model.safetensors", data)
     import hashlib
-    atomic_write_json(root/"best_model.json", {**spec, "checkpoint": ckpt.name, "sha256": hashlib.sha256(data).hexdigest()})
+    atomic_write_json(root/"model.json", {**spec, "weights": "best_model.safetensors", "checkpoint": ckpt.name,
+                                          "sha256": hashlib.sha256(data).hexdigest()})
     return root/"best_model.safetensors"
 
 # %% ../nbs/07_checkpoint.ipynb #8ff44cb5
