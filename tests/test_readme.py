@@ -13,7 +13,9 @@ def readme_from_index():
     for cell in nb["cells"]:
         src = "".join(cell["source"])
         if cell["cell_type"] == "markdown": parts.append(src)
-        elif not src.lstrip().startswith("#| hide"): parts.append("```python\n" + src + "\n```")
+        elif not src.lstrip().startswith("#| hide"):
+            code = "\n".join(l for l in src.splitlines() if not l.startswith("#|"))  # nbdev directives
+            parts.append("```python\n" + code + "\n```")
     return ("\n\n".join(parts) + "\n").replace("../config/", "config/")
 
 

@@ -28,7 +28,8 @@ from .models import is_pickle_file
 # %% auto #0
 __all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'verify_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_good_checkpoint', 'write_index',
-           'prune_checkpoints', 'export_best_model', 'AsyncCheckpointWriter', 'CheckpointCallback', 'restore_trainer']
+           'prune_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model', 'AsyncCheckpointWriter',
+           'CheckpointCallback', 'restore_trainer']
 
 # %% ../nbs/07_checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -218,6 +219,28 @@ def export_best_model(ckpt:str|Path, root:str|Path, spec:dict) -> Path:
     return root/"best_model.safetensors"
 
 # %% ../nbs/07_checkpoint.ipynb #8ff44cb5
+def spec_candidates(weights:Path) -> list[Path]:
+    "Where the model.json of some weights can be: beside them, or the run's (for checkpoints/step-N/model.safetensors)."
+    weights = Path(weights)
+    return [weights.parent/"model.json", weights.parent.parent/"model.json", weights.parent.parent.parent/"artifacts"/"model.json"]
+
+def load_exported_model(weights:str|Path, spec:dict|None=None):
+    "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json."
+    from training_pipeline.models import create_model, load_safetensors
+    weights = Path(weights)
+    if spec is None:
+        spec_path = next((p for p in spec_candidates(weights) if p.exists()), None)
+        if spec_path is None: raise CheckpointError("no model.json for these weights", str(weights), "keep model.json next to the exported weights")
+        spec = json.loads(spec_path.read_text())
+        if spec_path.parent != weights.parent: spec = {k: v for k, v in spec.items() if k != "sha256"}  # that hash is another file's
+    if spec.get("sha256") and sha256_file(weights) != spec["sha256"]:
+        raise CheckpointError("weights do not match the sha256 in model.json", str(weights), "the file was changed or truncated: export it again")
+    model = create_model(spec["architecture"], spec["num_classes"], tuple(spec["input_shape"]), spec.get("dropout", 0.0),
+                         hidden_dims=spec.get("hidden_dims", (256, 128)), num_outputs=spec.get("num_outputs"))
+    model.load_state_dict(load_safetensors(weights, "model weights"))
+    return model.eval(), spec
+
+# %% ../nbs/07_checkpoint.ipynb #1eefe591
 class AsyncCheckpointWriter:
     "At most one background checkpoint write in flight."
     def __init__(self): self.thread, self.error = None, None
@@ -236,7 +259,7 @@ class AsyncCheckpointWriter:
         self.thread = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
         self.thread.start()
 
-# %% ../nbs/07_checkpoint.ipynb #8fc6aab2
+# %% ../nbs/07_checkpoint.ipynb #b9a50e13
 class CheckpointCallback(TrackerCallback):
     "Owns the checkpoint policy; the trainer's state is collected here and written by `save_checkpoint`."
     order = 28  # before EarlyStopping (30), whose CancelFitException ends after_epoch
@@ -268,7 +291,7 @@ class CheckpointCallback(TrackerCallback):
         finally:
             for sig, handler in self.previous.items(): signal.signal(sig, handler)
 
-# %% ../nbs/07_checkpoint.ipynb #1e1b69f5
+# %% ../nbs/07_checkpoint.ipynb #a9355795
 def _clone_cpu(obj):
     "A copy of a nested state with every tensor on the CPU (so training can go on while it is written)."
     if isinstance(obj, torch.Tensor): return obj.detach().to("cpu", copy=True)
@@ -285,7 +308,7 @@ def _cb_after_batch(self:CheckpointCallback):
     if last_of_epoch:  # the epoch's rows (train summary, validation) come first: save in after_epoch
         self._deferred = self._deferred or due
         return
-    if due or self.preempt: self.save("preempted" if self.preempt and not due else "step", (self.epoch, self.iter + 1))
+    if due or self.preempt: self.save("preempted" if self.preempt else "step", (self.epoch, self.iter + 1))
     if self.preempt: self._stop_for_preemption()
 
 def _cb_after_epoch(self:CheckpointCallback):
@@ -306,7 +329,7 @@ def _cb_stop(self:CheckpointCallback):
 CheckpointCallback.after_batch, CheckpointCallback.after_epoch, CheckpointCallback._stop_for_preemption = _cb_after_batch, _cb_after_epoch, _cb_stop
 CheckpointCallback._deferred = False
 
-# %% ../nbs/07_checkpoint.ipynb #a9355795
+# %% ../nbs/07_checkpoint.ipynb #7edeb234
 def _cb_save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
     t = self.trainer
     if not t.is_main: return
@@ -357,7 +380,7 @@ _init = CheckpointCallback.__init__
 def _init_events(self, *a, **k): _init(self, *a, **k); self._events = []
 CheckpointCallback.__init__ = _init_events
 
-# %% ../nbs/07_checkpoint.ipynb #6914515e
+# %% ../nbs/07_checkpoint.ipynb #fc84724f
 def restore_trainer(trainer, state:dict) -> tuple[int, int]:
     "Load a checkpoint's states into a freshly built trainer; returns (epoch, batches done in it) to fit from."
     t = state["trainer"]

@@ -9,13 +9,14 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                                     ConfigError, NotBuiltError, PipelineError, UsageError)
 
 # %% auto #0
 __all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
-           'cmd_train', 'not_built', 'handler_for', 'main']
+           'cmd_train', 'cmd_report', 'cmd_notebooks', 'not_built', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -100,7 +101,7 @@ def _watch_commands(sub):
     which.add_argument("--run", metavar="DIR", help="a run directory")
     which.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory or best_model.safetensors")
     p.add_argument("--out", metavar="FILE", help="where to write the HTML (default: report.html in the run)")
-    p.add_argument("--data-dir", default="data", help="data used to evaluate a checkpoint (default: data)")
+    p.add_argument("--data-dir", default=None, help="prepared data to evaluate on (default: the run's data.data_dir, else data)")
 
 # %% ../nbs/20_cli.ipynb #76807567
 def _runs_commands(sub):
@@ -249,10 +250,31 @@ def cmd_train(args) -> int:
     print("  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
     return EXIT_OK
 
-# %% ../nbs/20_cli.ipynb #96300d85
+# %% ../nbs/20_cli.ipynb #dd48ab34
+def cmd_report(args) -> int:
+    "Write the HTML report of a run or checkpoint; print where it and its executed notebook are."
+    from training_pipeline.report import build_report
+    data_dir = args.data_dir or (None if args.run else "data")
+    report, executed = build_report(args.run, args.checkpoint, data_dir, args.out)
+    print(f"report: {report}\nexecuted notebook: {executed}")
+    return EXIT_OK
+
+def cmd_notebooks(args) -> int:
+    "Print a template's path, or copy it to edit."
+    import shutil
+    from training_pipeline.report import template_path
+    src = template_path(args.name)
+    if args.notebooks_command == "path": print(src); return EXIT_OK
+    dest = Path(args.dest)
+    dest = dest/src.name if dest.is_dir() else dest
+    if dest.exists(): raise UsageError("destination exists", str(dest), "choose another path, or remove it first")
+    shutil.copyfile(src, dest)
+    print(dest)
+    return EXIT_OK
+
+# %% ../nbs/20_cli.ipynb #49559935
 NOT_BUILT = {  # command -> the issue that builds it
-    "monitor": 8, "report": 9, "runs": 7, "models": 7,
-    "notebooks": 9, "sweep": 9, "tune-loader": 10, "jobs": 11,
+    "monitor": 8, "runs": 7, "models": 7, "sweep": 9, "tune-loader": 10, "jobs": 11,
 }
 
 def not_built(args) -> int:
@@ -261,13 +283,14 @@ def not_built(args) -> int:
                         "it arrives with that issue; `tp config check` works today")
 
 HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate,
-            ("train", None): cmd_train}
+            ("train", None): cmd_train, ("report", None): cmd_report, ("notebooks", "path"): cmd_notebooks,
+            ("notebooks", "copy"): cmd_notebooks}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
     return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
 
-# %% ../nbs/20_cli.ipynb #a0c8eee3
+# %% ../nbs/20_cli.ipynb #0a4db119
 def _print_error(message:str, debug:bool):
     if debug: traceback.print_exc()
     for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)

@@ -23,10 +23,10 @@ from typing import Any, Iterator
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'PipelineError', 'UsageError', 'ConfigError',
-           'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch', 'fsync_dir',
-           'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs',
-           'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed', 'git_info', 'package_version',
-           'environment_info']
+           'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch',
+           'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
+           'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed',
+           'git_info', 'package_version', 'environment_info']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -91,11 +91,19 @@ def patch(f):
     return f
 
 # %% ../nbs/00_core.ipynb #c28d1ae2
+def progress_disabled() -> bool|None:
+    "tqdm's `disable`: True when TQDM_DISABLE is set, else None (off when not a terminal)."
+    return True if os.environ.get("TQDM_DISABLE", "") not in ("", "0") else None
+
+# %% ../nbs/00_core.ipynb #7e07abe8
 def fsync_dir(path:str|Path):
     "Make a rename or creation inside `path` durable."
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
+
+def _umask() -> int:
+    mask = os.umask(0); os.umask(mask); return mask
 
 @contextlib.contextmanager
 def atomic_writer(path:str|Path, # The file to (re)place
@@ -106,6 +114,8 @@ def atomic_writer(path:str|Path, # The file to (re)place
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (or the replaced file's)
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
@@ -125,7 +135,7 @@ def atomic_write_json(path:str|Path, obj:Any, **kwargs):
     "Replace `path` with `obj` as indented JSON, atomically."
     return atomic_write(path, json.dumps(obj, indent=2, **kwargs) + "\n")
 
-# %% ../nbs/00_core.ipynb #7881b2bc
+# %% ../nbs/00_core.ipynb #98bccde2
 def fsync_tree(path:str|Path):
     "fsync every file and directory below `path` (inclusive)."
     for root, dirs, files in os.walk(path):
@@ -170,7 +180,7 @@ def clean_tmp_dirs(parent:str|Path):
             shutil.rmtree(p, ignore_errors=True); removed.append(p.name)
     return sorted(removed)
 
-# %% ../nbs/00_core.ipynb #86101b95
+# %% ../nbs/00_core.ipynb #615f903f
 def sha256_bytes(data:bytes) -> str: return hashlib.sha256(data).hexdigest()
 
 def sha256_file(path:str|Path, chunk_size:int=1<<20) -> str:
@@ -193,7 +203,7 @@ def sha256_json(obj:Any) -> str:
     "Stable hash of a JSON-serialisable object (sorted keys, no whitespace)."
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
 
-# %% ../nbs/00_core.ipynb #3627f5e7
+# %% ../nbs/00_core.ipynb #3c0a9379
 def set_seed(seed:int, # Seed for python, numpy, torch (CPU and every CUDA device)
              deterministic:bool=False): # Also force deterministic kernels (torch, cuDNN, cuBLAS)
     "Seed python, numpy and torch; optionally make torch deterministic."
@@ -207,7 +217,7 @@ def set_seed(seed:int, # Seed for python, numpy, torch (CPU and every CUDA devic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     return seed
 
-# %% ../nbs/00_core.ipynb #75efeb94
+# %% ../nbs/00_core.ipynb #f44828ee
 def git_info(path:str|Path=".") -> dict:
     "The git commit and dirty flag of the repository containing `path` (Nones outside git)."
     def git(*args):

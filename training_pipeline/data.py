@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from .core import EXIT_USAGE, DataError, atomic_write_json, sha256_bytes, sha256_file
+from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, sha256_bytes, sha256_file
 
 # %% auto #0
 __all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'BUILTIN_DATASETS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'SPLIT_IDENTITY', 'DataLayout',
@@ -204,7 +204,7 @@ def images_from_folder(root:str|Path) -> ImageData:
     pairs, empty = scan_image_folder(root)
     if empty: raise DataError(f"empty class folder(s): {', '.join(empty)}", str(root), "add images or remove the folders")
     bad, samples = [], []
-    for path, label in tqdm(pairs, desc="reading images", disable=None, leave=False):
+    for path, label in tqdm(pairs, desc="reading images", disable=progress_disabled(), leave=False):
         try: read_image(path)
         except DataError as e: bad.append(e); continue
         rel = path.relative_to(root/label).with_suffix("").as_posix().replace("/", "__")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from .core import EXIT_USAGE, ConfigError, DataError, atomic_write, atomic_write_json, sha256_bytes, sha256_json
+from .core import progress_disabled, EXIT_USAGE, ConfigError, DataError, atomic_write, atomic_write_json, sha256_bytes, sha256_json
 from .data import IMAGE_EXTENSIONS, SPLITS, DataLayout, load_schema, read_image, read_table
 from .preprocess import ImagePreprocessor, TabularPreprocessor
 
@@ -68,7 +68,7 @@ def read_image_split(split_dir:Path, classes:list, pre:ImagePreprocessor) -> dic
     images, labels = [], []
     files = [(p, c) for c in classes if (split_dir/c).is_dir()
              for p in sorted((split_dir/c).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    for path, c in tqdm(files, desc=f"decoding {split_dir.name}", disable=None, leave=False):
+    for path, c in tqdm(files, desc=f"decoding {split_dir.name}", disable=progress_disabled(), leave=False):
         px, mode = read_image(path)
         if px.ndim == 2: px = px[:, :, None]
         if px.shape[2] != pre.channels: px = np.repeat(px, pre.channels, 2) if px.shape[2] == 1 else px.mean(2, keepdims=True).astype(np.uint8)

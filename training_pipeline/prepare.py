@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (EXIT_USAGE, DataError, atomic_write_json, fsync_dir, sha256_bytes, sha256_dir)
+from .core import (progress_disabled, EXIT_USAGE, DataError, atomic_write_json, fsync_dir, sha256_bytes, sha256_dir)
 from .data import (SPLITS, DataLayout, ImageData, TabularData, class_distribution, column_statistics,
                                     content_hashes, dataset_version, drop_duplicates, images_from_folder,
                                     infer_image_schema, infer_tabular_schema, load_builtin, now_iso, read_image,
@@ -103,7 +103,7 @@ def _write_images(data:ImageData, positions:dict, staged:Path) -> tuple[set, set
     from tqdm.auto import tqdm
     modes, sizes, pixel_stats = set(), set(), {}
     total = sum(len(p) for p in positions.values())
-    with tqdm(total=total, desc="writing images", disable=None, leave=False) as bar:
+    with tqdm(total=total, desc="writing images", disable=progress_disabled(), leave=False) as bar:
         for split, pos in positions.items():
             sums = []
             for i in pos:

@@ -70,7 +70,8 @@ def write_artifacts(store:RunStore, data:DataBundle, config:Config, task:str, nu
     atomic_write_json(a/"model.json", {"architecture": config.model.architecture, "num_classes": data.num_classes,
                                        "num_outputs": num_outputs, "input_shape": list(data.input_shape), "task": task,
                                        "kind": data.kind, "dropout": config.model.dropout, "hidden_dims": config.model.hidden_dims,
-                                       "dataset_version": data.dataset_version})
+                                       "dataset_version": data.dataset_version, "classes": list(data.classes),
+                                       "preprocessing": data.preprocessor.state_dict()})
 
 # %% ../nbs/15_train.ipynb #5466ac7a
 @dataclass
@@ -271,7 +272,6 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
     ckpt_cb = None
     if store is not None:
         spec = json.loads((store.artifacts_dir/"model.json").read_text())
-        spec["preprocessing"] = json.loads((store.artifacts_dir/"preprocessing.json").read_text())
         same_dir = plan.mode == "inplace" and plan.checkpoint is not None
         ckpt_cb = CheckpointCallback(store.dir/config.checkpointing.save_dir, config.checkpointing, spec=spec,
                                      resumed_from=plan.checkpoint.name if same_dir else None,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import EXIT_USAGE, DataError
+from .core import progress_disabled, EXIT_USAGE, DataError
 from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, is_numeric, load_schema, read_image,
                                     read_table, scan_image_folder)
 
@@ -218,7 +218,7 @@ def image_table(root:Path, split:str, schema:dict) -> tuple[pd.DataFrame, list[I
         files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
             issues.append(Issue("empty_class", f"class folder {cdir.name!r} has no images", split, file=str(cdir)))
-        for f in tqdm(files, desc=f"{split}/{cdir.name}", disable=None, leave=False):
+        for f in tqdm(files, desc=f"{split}/{cdir.name}", disable=progress_disabled(), leave=False):
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
                 issues.append(Issue("not_an_image", "file without an image extension in a class folder", split, file=str(f))); continue
             try: px, mode = read_image(f)

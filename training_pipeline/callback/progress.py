@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from .core import Callback
+from ..core import progress_disabled
 
 # %% auto #0
 __all__ = ['epoch_summary', 'ProgressCallback']
@@ -31,7 +32,7 @@ class ProgressCallback(Callback):
 
     def _open(self, desc:str):
         from tqdm.auto import tqdm
-        self.bar = tqdm(total=self.n_iter, desc=desc, leave=self.leave, disable=None, dynamic_ncols=True) if self.show else None
+        self.bar = tqdm(total=self.n_iter, desc=desc, leave=self.leave, disable=progress_disabled(), dynamic_ncols=True) if self.show else None
 
     def before_train(self): self._open(f"epoch {self.epoch + 1}/{self.n_epochs}")
     def before_validate(self):
