@@ -16,7 +16,7 @@ from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 
 # %% auto #0
 __all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
-           'cmd_train', 'cmd_report', 'cmd_notebooks', 'not_built', 'handler_for', 'main']
+           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'not_built', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -272,9 +272,46 @@ def cmd_notebooks(args) -> int:
     print(dest)
     return EXIT_OK
 
-# %% ../nbs/20_cli.ipynb #49559935
+# %% ../nbs/20_cli.ipynb #96300d85
+def _table(rows:list[dict], columns:list[str]) -> str:
+    "A plain fixed-width table."
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+    return "\n".join([line(columns)] + [line(r) for r in cells])
+
+def cmd_runs(args) -> int:
+    "tp runs list | show | compare."
+    import json
+    from training_pipeline.tracking import comparison_html, compare_runs, find_run, read_jsonl, run_dirs, run_summary
+    if args.runs_command == "list":
+        rows = [run_summary(d) for d in run_dirs(args.runs_dir, args.experiment)]
+        if not rows: print(f"no runs under {args.runs_dir}" + (f" for {args.experiment}" if args.experiment else "")); return EXIT_OK
+        print(_table(rows, ["run_id", "experiment", "status", "best", "epochs", "duration_s", "created", "data_version"]))
+        return EXIT_OK
+    if args.runs_command == "show":
+        d = find_run(args.run_id, args.runs_dir)
+        meta, s = json.loads((d/"run.json").read_text()), run_summary(d)
+        print(f"run {meta['id']} ({meta.get('experiment')}): {s['status']}\n  dir {d}")
+        print("summary:\n" + "\n".join(f"  {k}: {v}" for k, v in meta.get("summary", {}).items()))
+        print("lineage:\n" + "\n".join(f"  {k}: {meta.get(k)}" for k in ("git_sha", "git_dirty", "data_version", "config_hash", "parent_run", "command", "world_size")))
+        print(f"config: {d/'config.yaml'}")
+        events = read_jsonl(d/"events.jsonl")
+        print(f"events ({len(events)}, last 15):")
+        for e in events[-15:]:
+            print("  " + " ".join(f"{k}={v}" for k, v in e.items() if k != "time"))
+        return EXIT_OK
+    if len(args.run_ids) < 2: raise UsageError("compare needs at least two runs", "tp runs compare", "give two or more run ids or directories")
+    c = compare_runs(args.run_ids, args.runs_dir)
+    out = comparison_html(args.run_ids, args.out or "compare.html", args.runs_dir)
+    print(c["metrics"].to_string(float_format=lambda v: f"{v:.4f}"))
+    print("\nconfig differences:\n" + (c["config"].to_string() if len(c["config"]) else "  none"))
+    print(f"\ncomparison: {out}")
+    return EXIT_OK
+
+# %% ../nbs/20_cli.ipynb #a0c8eee3
 NOT_BUILT = {  # command -> the issue that builds it
-    "monitor": 8, "runs": 7, "models": 7, "sweep": 9, "tune-loader": 10, "jobs": 11,
+    "monitor": 8, "models": 7, "sweep": 9, "tune-loader": 10, "jobs": 11,
 }
 
 def not_built(args) -> int:
@@ -284,13 +321,14 @@ def not_built(args) -> int:
 
 HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate,
             ("train", None): cmd_train, ("report", None): cmd_report, ("notebooks", "path"): cmd_notebooks,
-            ("notebooks", "copy"): cmd_notebooks}
+            ("notebooks", "copy"): cmd_notebooks, ("runs", "list"): cmd_runs, ("runs", "show"): cmd_runs,
+            ("runs", "compare"): cmd_runs}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
     return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
 
-# %% ../nbs/20_cli.ipynb #0a4db119
+# %% ../nbs/20_cli.ipynb #56e4343c
 def _print_error(message:str, debug:bool):
     if debug: traceback.print_exc()
     for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)
@@ -319,6 +357,9 @@ def main(argv:list[str]|None=None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted", debug)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `tp runs list | head`: the reader left; stop quietly like other command-line tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:
         cmd = " ".join(argv[:2])
         _print_error(f"internal error: {type(e).__name__}: {' '.join(str(e).split())} (tp {cmd}): "

@@ -17,11 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .callback.core import Callback
-from .core import UsageError, atomic_write_json, environment_info
+from .core import UsageError, atomic_write, atomic_write_json, environment_info
 
 # %% auto #0
 __all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunStoreCallback', 'TrackersCallback',
-           'setup_run_logging']
+           'setup_run_logging', 'heartbeat_age', 'run_is_alive', 'effective_status', 'run_dirs', 'find_run',
+           'run_summary', 'runs_df', 'compare_runs', 'comparison_html']
 
 # %% ../nbs/09_tracking.ipynb #46cf3c1c
 def _clean(v):
@@ -156,3 +157,113 @@ def setup_run_logging(logs_dir:str|Path, rank:int=0, console:bool=True) -> loggi
     if console and rank == 0:
         sh = logging.StreamHandler(sys.stdout); sh.setFormatter(logging.Formatter("%(message)s")); log.addHandler(sh)
     return log
+
+# %% ../nbs/09_tracking.ipynb #4319ce8e
+def heartbeat_age(meta:dict) -> float|None:
+    "Seconds since the run's last heartbeat."
+    try: return time.time() - datetime.fromisoformat(meta["heartbeat"]).timestamp()
+    except (KeyError, TypeError, ValueError): return None
+
+def run_is_alive(meta:dict, stale_s:float=120.0) -> bool:
+    "Whether the process that owns a 'running' run is still there (same host: pid alive; and a fresh heartbeat)."
+    if meta.get("host") == socket.gethostname():
+        try: os.kill(int(meta.get("pid", -1)), 0)
+        except (OSError, ValueError): return False
+    age = heartbeat_age(meta)
+    return age is not None and age < stale_s
+
+def effective_status(meta:dict, stale_s:float=120.0) -> str:
+    "The status a reader should believe: 'crashed' for a running run whose process is gone."
+    status = meta.get("status", "?")
+    return "crashed" if status == "running" and not run_is_alive(meta, stale_s) else status
+
+def run_dirs(runs_dir:str|Path="runs", experiment:str|None=None) -> list[Path]:
+    "Every run directory (with a run.json) under runs_dir, oldest first."
+    root = Path(runs_dir)
+    pattern = f"{experiment}/*/run.json" if experiment else "*/*/run.json"
+    return sorted((p.parent for p in root.glob(pattern)), key=lambda p: p.name)
+
+def find_run(ref:str|Path, runs_dir:str|Path="runs") -> Path:
+    "A run directory from a path, a run id, or an experiment name (its latest run)."
+    p = Path(ref)
+    if (p/"run.json").exists(): return p
+    matches = [d for d in run_dirs(runs_dir) if d.name == str(ref)] or run_dirs(runs_dir, str(ref))[-1:]
+    if not matches:
+        known = sorted({d.parent.name for d in run_dirs(runs_dir)})
+        raise UsageError(f"no run or experiment {str(ref)!r}", str(runs_dir),
+                         f"give a run directory, a run id, or an experiment name ({', '.join(known) or 'no runs yet'})")
+    return matches[-1]
+
+# %% ../nbs/09_tracking.ipynb #439ef25d
+def run_summary(run_dir:Path) -> dict:
+    "One row of `tp runs list`."
+    meta = json.loads((Path(run_dir)/"run.json").read_text())
+    s = meta.get("summary", {})
+    best = s.get("best") or {}
+    try:
+        from datetime import datetime as dt
+        end = meta.get("ended") or meta.get("heartbeat")
+        seconds = (dt.fromisoformat(end) - dt.fromisoformat(meta["created"])).total_seconds()
+    except (KeyError, TypeError, ValueError): seconds = None
+    return {"run_id": meta["id"], "experiment": meta.get("experiment"), "status": effective_status(meta),
+            "best": f"{best.get('monitor')}={best['value']:.4f}" if best.get("value") is not None else "-",
+            "val_accuracy": s.get("val_accuracy"), "epochs": s.get("epochs_completed"), "duration_s": round(seconds, 1) if seconds else None,
+            "created": meta.get("created", "")[:19].replace("T", " "), "data_version": meta.get("data_version"),
+            "parent": meta.get("parent_run"), "dir": str(run_dir)}
+
+def runs_df(runs_dir:str|Path="runs", experiment:str|None=None):
+    "All runs as a DataFrame (one row per run), for notebooks."
+    import pandas as pd
+    return pd.DataFrame([run_summary(d) for d in run_dirs(runs_dir, experiment)])
+
+# %% ../nbs/09_tracking.ipynb #e1d809d3
+def _flatten(d:dict, prefix:str="") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict): out.update(_flatten(v, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+def compare_runs(refs, runs_dir:str|Path="runs") -> dict:
+    "{'config': keys whose values differ (rows) by run (columns), 'metrics': final metrics by run, 'dirs': run dirs}."
+    import pandas as pd
+    import yaml
+    dirs = [find_run(r, runs_dir) for r in refs]
+    names = [d.name for d in dirs]
+    configs = {n: _flatten(yaml.safe_load((d/"config.yaml").read_text())) for n, d in zip(names, dirs)}
+    keys = sorted(set().union(*configs.values()))
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1]
+    config = pd.DataFrame({n: [configs[n].get(k) for k in differ] for n in names}, index=pd.Index(differ, name="config key"))
+    summaries = {n: json.loads((d/"run.json").read_text()).get("summary", {}) for n, d in zip(names, dirs)}
+    metric_keys = sorted({k for s in summaries.values() for k, v in s.items() if isinstance(v, (int, float))})
+    metrics = pd.DataFrame({n: [summaries[n].get(k) for k in metric_keys] for n in names}, index=pd.Index(metric_keys, name="metric"))
+    return {"config": config, "metrics": metrics, "dirs": dirs}
+
+def comparison_html(refs, out:str|Path, runs_dir:str|Path="runs") -> Path:
+    "Config diff, metric table and overlaid learning curves of several runs in one offline HTML file."
+    import html as html_lib
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    c = compare_runs(refs, runs_dir)
+    panels = [("train", "loss"), ("val", "loss"), ("val", "accuracy"), ("train", "lr")]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[f"{s} {m}" for s, m in panels])
+    for i, d in enumerate(c["dirs"]):
+        rows = read_jsonl(d/"metrics.jsonl")
+        for j, (split, metric) in enumerate(panels):
+            pts = [(r["step"], r[metric]) for r in rows if r["split"] == split and r.get(metric) is not None]
+            if pts:
+                fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=d.name, legendgroup=d.name,
+                                         showlegend=(j == 0), line=dict(color=f"hsl({(i * 67) % 360},65%,45%)")),
+                              row=j // 2 + 1, col=j % 2 + 1)
+    fig.update_layout(height=700, margin=dict(t=40))
+    table = lambda df: df.to_html(classes="tp-table", border=0, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Run comparison</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table.tp-table{border-collapse:collapse}table.tp-table td,table.tp-table th{border:1px solid #ddd;padding:3px 8px}"
+            "</style></head><body>"
+            f"<h1>Run comparison</h1><p>{html_lib.escape(', '.join(str(d) for d in c['dirs']))}</p>"
+            f"<h2>Learning curves</h2>{fig.to_html(full_html=False, include_plotlyjs=True)}"
+            f"<h2>Final metrics</h2>{table(c['metrics'])}"
+            f"<h2>Config differences</h2>{table(c['config']) if len(c['config']) else '<p>The configs are identical.</p>'}"
+            "</body></html>")
+    return atomic_write(out, page)

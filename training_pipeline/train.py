@@ -26,7 +26,7 @@ from .models import is_pickle_file
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
 from .models import model_from_config
-from .tracking import LOGGER, RunStore, RunStoreCallback, TrackersCallback, setup_run_logging
+from .tracking import LOGGER, RunStore, RunStoreCallback, TrackersCallback, run_is_alive, setup_run_logging
 from .trainer import Trainer, make_accelerator, make_loss, make_optimizer, make_scheduler
 
 # %% auto #0
@@ -83,17 +83,6 @@ class ResumePlan:
     fallbacks: list = field(default_factory=list)  # (checkpoint, error) skipped because they did not verify
     note: str|None = None
 
-def _alive(meta:dict, stale_s:float=120.0) -> bool:
-    "Whether the process that owns a 'running' run is still there (same host, pid alive, fresh heartbeat)."
-    import socket
-    from datetime import datetime
-    if meta.get("host") != socket.gethostname(): return True  # can't see it: assume it runs
-    try: os.kill(int(meta.get("pid", -1)), 0)
-    except (OSError, ValueError): return False
-    beat = datetime.fromisoformat(meta["heartbeat"]).timestamp() if meta.get("heartbeat") else 0
-    import time
-    return time.time() - beat < stale_s
-
 def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
     "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure)."
     root = Path(runs_dir)/experiment
@@ -102,7 +91,7 @@ def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
         except (OSError, json.JSONDecodeError): continue
         status = meta.get("status")
         if status == "completed" or (status == "failed" and meta.get("error_kind") != "transient"): continue
-        if status == "running" and _alive(meta): continue
+        if status == "running" and run_is_alive(meta): continue
         return run
     return None
 
