@@ -16,7 +16,7 @@ from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 
 # %% auto #0
 __all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
-           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'not_built', 'handler_for', 'main']
+           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'not_built', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -309,9 +309,31 @@ def cmd_runs(args) -> int:
     print(f"\ncomparison: {out}")
     return EXIT_OK
 
-# %% ../nbs/20_cli.ipynb #a0c8eee3
+# %% ../nbs/20_cli.ipynb #49559935
+def cmd_models(args) -> int:
+    "tp models register | list | promote | export."
+    from training_pipeline import registry
+    c = args.models_command
+    if c == "register":
+        r = registry.register(args.source, args.name, args.checkpoint, args.models_dir)
+        print(f"registered {r['name']} v{r['version']}: {r['path']}\n  from run {r['run_id']}, checkpoint {r['checkpoint']}, sha256 {r['sha256'][:16]}")
+    elif c == "list":
+        rows = registry.list_versions(args.name, args.models_dir)
+        if not rows: print(f"no models in {args.models_dir}"); return EXIT_OK
+        for r in rows:
+            r["val_accuracy"] = round(r["metrics"].get("val_accuracy"), 4) if r["metrics"].get("val_accuracy") is not None else None
+            r["aliases"] = ",".join(r["aliases"]) or None
+        print(_table(rows, ["name", "version", "aliases", "created", "run_id", "dataset_version", "val_accuracy"]))
+    elif c == "promote":
+        r = registry.promote(args.name, args.version, args.alias, args.models_dir)
+        print(f"{r['name']}@{r['alias']} -> v{r['version']}")
+    else:
+        print(f"exported {args.spec} to {registry.export(args.spec, args.out, args.models_dir)}")
+    return EXIT_OK
+
+# %% ../nbs/20_cli.ipynb #0a4db119
 NOT_BUILT = {  # command -> the issue that builds it
-    "monitor": 8, "models": 7, "sweep": 9, "tune-loader": 10, "jobs": 11,
+    "monitor": 8, "sweep": 9, "tune-loader": 10, "jobs": 11,
 }
 
 def not_built(args) -> int:
@@ -322,13 +344,13 @@ def not_built(args) -> int:
 HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate,
             ("train", None): cmd_train, ("report", None): cmd_report, ("notebooks", "path"): cmd_notebooks,
             ("notebooks", "copy"): cmd_notebooks, ("runs", "list"): cmd_runs, ("runs", "show"): cmd_runs,
-            ("runs", "compare"): cmd_runs}
+            ("runs", "compare"): cmd_runs, **{("models", c): cmd_models for c in ("register", "list", "promote", "export")}}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
     return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
 
-# %% ../nbs/20_cli.ipynb #56e4343c
+# %% ../nbs/20_cli.ipynb #4e8cf4c6
 def _print_error(message:str, debug:bool):
     if debug: traceback.print_exc()
     for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)

@@ -21,8 +21,8 @@ from .data import IMAGE_EXTENSIONS, SPLITS, DataLayout, load_schema, read_image,
 from .preprocess import ImagePreprocessor, TabularPreprocessor
 
 # %% auto #0
-__all__ = ['TensorCache', 'split_fingerprint', 'read_image_split', 'ArrayDataset', 'collate_batches', 'ResumableSampler',
-           'seed_worker', 'DataBundle', 'build_data']
+__all__ = ['TensorCache', 'split_fingerprint', 'image_tensor', 'read_image_split', 'ArrayDataset', 'collate_batches',
+           'ResumableSampler', 'seed_worker', 'DataBundle', 'build_data']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -61,6 +61,13 @@ def split_fingerprint(split_dir:Path) -> str:
             st = os.stat(os.path.join(root, f)); n += 1; size += st.st_size; newest = max(newest, st.st_mtime_ns)
     return f"{n}-{size}-{newest}"
 
+def image_tensor(pixels:np.ndarray, channels:int) -> torch.Tensor:
+    "HxW or HxWxC uint8 pixels -> a (1, channels, H, W) uint8 tensor (gray repeated, or color averaged, to fit)."
+    if pixels.ndim == 2: pixels = pixels[:, :, None]
+    if pixels.shape[2] != channels:
+        pixels = np.repeat(pixels, channels, 2) if pixels.shape[2] == 1 else pixels.mean(2, keepdims=True).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
+
 def read_image_split(split_dir:Path, classes:list, pre:ImagePreprocessor) -> dict[str, torch.Tensor]:
     "All images of a split as uint8 (N, C, H, W) after `pre.prepare`, with integer labels."
     from tqdm.auto import tqdm
@@ -69,10 +76,7 @@ def read_image_split(split_dir:Path, classes:list, pre:ImagePreprocessor) -> dic
     files = [(p, c) for c in classes if (split_dir/c).is_dir()
              for p in sorted((split_dir/c).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
     for path, c in tqdm(files, desc=f"decoding {split_dir.name}", disable=progress_disabled(), leave=False):
-        px, mode = read_image(path)
-        if px.ndim == 2: px = px[:, :, None]
-        if px.shape[2] != pre.channels: px = np.repeat(px, pre.channels, 2) if px.shape[2] == 1 else px.mean(2, keepdims=True).astype(np.uint8)
-        images.append(pre.prepare(torch.from_numpy(px).permute(2, 0, 1).unsqueeze(0)))
+        images.append(pre.prepare(image_tensor(read_image(path)[0], pre.channels)))
         labels.append(index[c])
     if not images: raise DataError("no images", str(split_dir), "run `tp prepare`, or check data.*_dir in the config", exit_code=EXIT_USAGE)
     shapes = {tuple(t.shape[-2:]) for t in images}

@@ -178,15 +178,20 @@ def effective_status(meta:dict, stale_s:float=120.0) -> str:
     return "crashed" if status == "running" and not run_is_alive(meta, stale_s) else status
 
 def run_dirs(runs_dir:str|Path="runs", experiment:str|None=None) -> list[Path]:
-    "Every run directory (with a run.json) under runs_dir, oldest first."
+    "Every run directory (with a run.json) under runs_dir, oldest first (by creation time, then id)."
     root = Path(runs_dir)
     pattern = f"{experiment}/*/run.json" if experiment else "*/*/run.json"
-    return sorted((p.parent for p in root.glob(pattern)), key=lambda p: p.name)
+    def created(d):
+        try: return json.loads((d/"run.json").read_text()).get("created", "")
+        except (OSError, ValueError): return ""
+    return sorted((p.parent for p in root.glob(pattern)), key=lambda d: (created(d), d.name))
 
 def find_run(ref:str|Path, runs_dir:str|Path="runs") -> Path:
     "A run directory from a path, a run id, or an experiment name (its latest run)."
     p = Path(ref)
     if (p/"run.json").exists(): return p
+    if "/" in str(ref) or p.is_absolute():
+        raise UsageError("not a run directory (no run.json)", str(ref), "give runs/<experiment>/<run_id>, a run id or an experiment name")
     matches = [d for d in run_dirs(runs_dir) if d.name == str(ref)] or run_dirs(runs_dir, str(ref))[-1:]
     if not matches:
         known = sorted({d.parent.name for d in run_dirs(runs_dir)})

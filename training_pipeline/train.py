@@ -26,12 +26,14 @@ from .models import is_pickle_file
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
 from .models import model_from_config
-from .tracking import LOGGER, RunStore, RunStoreCallback, TrackersCallback, run_is_alive, setup_run_logging
+from .tracking import (LOGGER, RunStore, RunStoreCallback, TrackersCallback, run_dirs, run_is_alive,
+                                       setup_run_logging)
 from .trainer import Trainer, make_accelerator, make_loss, make_optimizer, make_scheduler
 
 # %% auto #0
-__all__ = ['TRANSIENT_PATTERNS', 'TrainResult', 'with_epochs', 'build_callbacks', 'write_artifacts', 'ResumePlan',
-           'find_unfinished_run', 'plan_resume', 'TransientError', 'is_transient', 'FaultInjection', 'train', 'main']
+__all__ = ['TRANSIENT_PATTERNS', 'TrainResult', 'with_epochs', 'build_callbacks', 'write_artifacts', 'check_trackers',
+           'make_trackers', 'ResumePlan', 'find_unfinished_run', 'plan_resume', 'TransientError', 'is_transient',
+           'FaultInjection', 'train', 'main']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -74,6 +76,29 @@ def write_artifacts(store:RunStore, data:DataBundle, config:Config, task:str, nu
                                        "preprocessing": data.preprocessor.state_dict()})
 
 # %% ../nbs/15_train.ipynb #5466ac7a
+def check_trackers(config:Config):
+    "ConfigError for a tracker that is enabled but not installed."
+    import importlib.util
+    for name in ("wandb", "mlflow", "aim"):
+        if getattr(config.logging, name).enabled and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"logging.{name}.enabled is true but {name} is not installed", f"logging.{name}.enabled",
+                              f"pip install {name}, or set logging.{name}.enabled: false")
+
+def make_trackers(config:Config, store:RunStore, purge_step:int|None=None) -> list:
+    "Tracker instances for the enabled trackers of `logging.*`."
+    from accelerate.tracking import AimTracker, MLflowTracker, TensorBoardTracker, WandBTracker
+    lg, trackers = config.logging, []
+    if lg.tensorboard.enabled:
+        trackers.append(TensorBoardTracker(lg.tensorboard.log_dir, store.dir, **({"purge_step": purge_step} if purge_step else {})))
+    if lg.wandb.enabled:
+        trackers.append(WandBTracker(lg.wandb.project, name=store.id, entity=lg.wandb.entity, mode=lg.wandb.mode, dir=str(store.dir)))
+    if lg.mlflow.enabled:
+        trackers.append(MLflowTracker(config.experiment.name, logging_dir=lg.mlflow.tracking_uri or str(Path(store.dir).parent.parent/"mlruns"),
+                                      run_id=None, run_name=store.id))
+    if lg.aim.enabled: trackers.append(AimTracker(store.id, logging_dir=lg.aim.repo or str(Path(store.dir).parent.parent)))
+    return trackers
+
+# %% ../nbs/15_train.ipynb #3ca3b13c
 @dataclass
 class ResumePlan:
     mode: str                       # fresh | inplace | fork
@@ -85,8 +110,7 @@ class ResumePlan:
 
 def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
     "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure)."
-    root = Path(runs_dir)/experiment
-    for run in sorted((p for p in root.iterdir() if (p/"run.json").exists()), reverse=True) if root.is_dir() else []:
+    for run in reversed(run_dirs(runs_dir, experiment)):
         try: meta = json.loads((run/"run.json").read_text())
         except (OSError, json.JSONDecodeError): continue
         status = meta.get("status")
@@ -95,7 +119,7 @@ def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
         return run
     return None
 
-# %% ../nbs/15_train.ipynb #6cfe0ebd
+# %% ../nbs/15_train.ipynb #d07cac8a
 def _checkpoint_of(path:Path, fallbacks:list) -> Path:
     "The checkpoint a --resume PATH names: a checkpoint dir, or the newest good one of a run."
     if not path.exists(): raise UsageError("resume path not found", str(path), "give a run directory or a checkpoints/step-N directory")
@@ -136,7 +160,7 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
     return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks,
                       note=None if ck else f"the unfinished run {meta['id']} has no checkpoint: it restarts from the beginning")
 
-# %% ../nbs/15_train.ipynb #3ca3b13c
+# %% ../nbs/15_train.ipynb #9da54a50
 class TransientError(RuntimeError):
     "A failure that may not happen again: retried from the last checkpoint."
 
@@ -171,7 +195,7 @@ class FaultInjection(Callback):
             FaultInjection._fired.add(self.step)
             raise TransientError(f"injected transient failure at step {self.step}")
 
-# %% ../nbs/15_train.ipynb #9da54a50
+# %% ../nbs/15_train.ipynb #0e92a6e1
 def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None) -> TrainResult:
     "Train one run from a validated config, resuming and retrying as configured; return where it went and its metrics."
     import time
@@ -180,6 +204,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     if problems:
         if len(problems) == 1: raise problems[0]
         raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
+    check_trackers(config)
     runs_dir = runs_dir or config.experiment.runs_dir
     plan = plan_resume(config, resume, runs_dir)
     if plan.note: print(f"note: {plan.note}", file=sys.stderr)
@@ -210,7 +235,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
             ck = latest_good_checkpoint(Path(run_dir)/"checkpoints", lambda c, err: fallbacks.append((c, err)))
             plan = ResumePlan("inplace", run_dir=Path(run_dir), checkpoint=ck, fallbacks=fallbacks)
 
-# %% ../nbs/15_train.ipynb #684cca64
+# %% ../nbs/15_train.ipynb #e5608a1f
 def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, backend, data:DataBundle) -> RunStore:
     "The run directory for this attempt: a new one, or the unfinished one continued in place."
     if plan.mode != "inplace":
@@ -243,14 +268,14 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
         current["run_dir"] = store.dir
         write_artifacts(store, data, config, task, num_outputs)
     log = setup_run_logging(store.logs_dir if store else Path(os.environ.get("TP_RUN_DIR", "."))/"logs", rank)
-    tb = config.logging.tensorboard.enabled and store is not None
-    accelerator = make_accelerator(precision, cpu=cpu, log_with=["tensorboard"] if tb else None,
-                                   project_dir=str(store.dir) if tb else None)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
+    purge = resume_step + 1 if plan.mode == "inplace" and resume_step is not None else None
+    trackers = make_trackers(config, store, purge) if store is not None else []
+    tb = bool(trackers)
+    accelerator = make_accelerator(precision, cpu=cpu, log_with=trackers or None)
     if tb:
         hparams = {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
-        purge = {"tensorboard": {"purge_step": resume_step + 1}} if plan.mode == "inplace" and resume_step is not None else {}
-        accelerator.init_trackers(config.logging.tensorboard.log_dir, config=hparams, init_kwargs=purge)
+        accelerator.init_trackers(config.experiment.name, config=hparams)
     per_process = config.training.batch_size // world
     loaders = {s: data.loader(s, per_process, config.data, seed=config.seed, num_replicas=world, rank=rank, even=(s == "train"))
                for s in data.datasets}
@@ -275,7 +300,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
     if store: log.info(f"run {store.id}: {store.dir}")
     return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
 
-# %% ../nbs/15_train.ipynb #7be86cf3
+# %% ../nbs/15_train.ipynb #da18ffcc
 def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|None, log) -> tuple[int, int]:
     "Load the plan's checkpoint into the trainer; record what happened; return where to start."
     for ck, err in plan.fallbacks:
@@ -293,7 +318,7 @@ def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|N
     log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
     return epoch, done
 
-# %% ../nbs/15_train.ipynb #0e92a6e1
+# %% ../nbs/15_train.ipynb #34b6e3a7
 def _flat(d:dict, prefix:str="") -> dict:
     out = {}
     for k, v in d.items():
@@ -330,12 +355,12 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
     if store: log.info(f"run {store.id} {status}: {store.dir}")
     return TrainResult(store.dir if store else None, status, dict(trainer.metrics), trainer)
 
-# %% ../nbs/15_train.ipynb #f0b2a64d
+# %% ../nbs/15_train.ipynb #bbf476b9
 def main(argv:list[str]|None=None) -> int:
     "`tp train` with these arguments."
     from training_pipeline.cli import main as cli_main
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
-# %% ../nbs/15_train.ipynb #5ddd987d
+# %% ../nbs/15_train.ipynb #aab0aa1a
 #| eval: false
 if __name__ == "__main__": raise SystemExit(main())
