@@ -215,3 +215,16 @@ def test_killed_prepare_loses_nothing(digits_copy, point):
     code, report = validate_json(digits_copy)  # the next command recovers first
     assert code == 0 and report["kind"] == "image"
     assert managed_snapshot(digits_copy) == before
+
+
+def test_parquet_source_prepares_and_validates(tips_csv, tmp_path):
+    pd.read_csv(tips_csv).to_parquet(tmp_path / "tips.parquet")
+    d = tmp_path / "pq"
+    r = run_tp("prepare", "--source", tmp_path / "tips.parquet", "--target", "day", "--data-dir", d)
+    assert r.returncode == 0, r.stderr
+    assert "prepared tips (tabular): 243 samples, 4 classes" in r.stdout
+    code, report = validate_json(d)
+    assert code == 0 and report["valid"], report["issues"]
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    r = run_tp("prepare", "--source", tmp_path / "broken.parquet", "--target", "day", "--data-dir", d)
+    assert r.returncode == 2 and "not a readable Parquet file" in r.stderr and "Traceback" not in r.stderr

@@ -326,6 +326,14 @@ def _flat(d:dict, prefix:str="") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
+def _hparams_with_final_metrics(accelerator, config:Config, metrics:dict):
+    "TensorBoard's HPARAMS view: the config's scalar settings with the run's final val/test metrics."
+    from accelerate.tracking import TensorBoardTracker
+    finals = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("val_", "test_")) and isinstance(v, (int, float)) and math.isfinite(v)}
+    hparams = {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
+    for t in accelerator.trackers:
+        if isinstance(t, TensorBoardTracker): t.writer.add_hparams(hparams, finals, run_name="hparams")
+
 def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, accelerator, log, start=(0, 0), ckpt_cb=None) -> TrainResult:
     "Fit, evaluate on test, and record how the run ended (whatever happened)."
     status = "failed"
@@ -337,6 +345,7 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
                                  str(store.dir) if store else None, "run the same `tp train` command to resume it")
         if "test" in trainer.loaders: trainer.validate("test")
         status = "completed"
+        _hparams_with_final_metrics(accelerator, config, trainer.metrics)
     except KeyboardInterrupt:
         status = "interrupted"; raise
     except InterruptedRun: raise
