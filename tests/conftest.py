@@ -62,3 +62,12 @@ def prepared(tmp_path_factory):
             cache[name] = d
         return cache[name]
     return get
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory, prepared):
+    "(cwd, run dir) of one 2-epoch run of config/test.yaml on digits, shared by the tests that only read it."
+    cwd = tmp_path_factory.mktemp("short-run")
+    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), "training.epochs=2", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return cwd, next((cwd / "runs" / "test").iterdir())

@@ -9,12 +9,8 @@ import pytest
 from conftest import REPO, TP, data_overrides, run_tp
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, prepared):
-    cwd = tmp_path_factory.mktemp("models")
-    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), "training.epochs=2", cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return cwd, next((cwd / "runs" / "test").iterdir())
+@pytest.fixture
+def run(short_run): return short_run
 
 
 def test_concurrent_registrations_get_distinct_versions(run):

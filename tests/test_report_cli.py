@@ -14,12 +14,8 @@ SECTIONS = ("Summary", "Learning curves", "Evaluation on the test split", "Data"
             "Configuration", "Lineage and environment")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, prepared):
-    cwd = tmp_path_factory.mktemp("report")
-    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), "training.epochs=2", cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return cwd, next((cwd / "runs" / "test").iterdir())
+@pytest.fixture
+def trained(short_run): return short_run
 
 
 def assert_offline_report(path):

@@ -15,9 +15,9 @@ import pandas as pd
 from .core import PipelineError, atomic_write_json, sha256_json
 
 # %% auto #0
-__all__ = ['STEPS', 'Step', 'numeric_columns', 'other_columns', 'Imputer', 'StandardScaler', 'MinMaxScaler', 'OneHotEncoder',
-           'OrdinalEncoder', 'FunctionStep', 'PreprocessingPipeline', 'TabularPreprocessor', 'ImagePreprocessor',
-           'preprocessor_from_state']
+__all__ = ['STEPS', 'Step', 'numeric_columns', 'other_columns', 'Imputer', 'StandardScaler', 'MinMaxScaler', 'CategoricalStep',
+           'OneHotEncoder', 'OrdinalEncoder', 'FunctionStep', 'PreprocessingPipeline', 'TabularPreprocessor',
+           'ImagePreprocessor', 'preprocessor_from_state']
 
 # %% ../nbs/02a_preprocess.ipynb #5b16329a
 STEPS: dict[str, type] = {}
@@ -87,13 +87,16 @@ class MinMaxScaler(Step):
         return X
 
 # %% ../nbs/02a_preprocess.ipynb #7e056391
-class OneHotEncoder(Step):
-    "One column per train category (`col=value`); an unseen category is all zeros."
+class CategoricalStep(Step):
+    "Base of the encoders: learns the sorted categories of each non-numeric column on train."
     def __init__(self, columns:list|None=None): self.columns, self.categories = columns, {}
     def fit(self, X, y=None):
         cols = self.columns if self.columns is not None else other_columns(X)
         self.categories = {c: sorted(X[c].dropna().astype(str).unique().tolist()) for c in cols}
         return self
+
+class OneHotEncoder(CategoricalStep):
+    "One column per train category (`col=value`); an unseen category is all zeros."
     def transform(self, X):
         X = X.copy()
         for c, cats in self.categories.items():
@@ -101,13 +104,8 @@ class OneHotEncoder(Step):
             for cat in cats: X[f"{c}={cat}"] = (values == cat).astype("float64")
         return X
 
-class OrdinalEncoder(Step):
+class OrdinalEncoder(CategoricalStep):
     "Each train category becomes its index; unseen categories become -1."
-    def __init__(self, columns:list|None=None): self.columns, self.categories = columns, {}
-    def fit(self, X, y=None):
-        cols = self.columns if self.columns is not None else other_columns(X)
-        self.categories = {c: sorted(X[c].dropna().astype(str).unique().tolist()) for c in cols}
-        return self
     def transform(self, X):
         X = X.copy()
         for c, cats in self.categories.items():
