@@ -16,7 +16,8 @@ from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 
 # %% auto #0
 __all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
-           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'not_built', 'handler_for', 'main']
+           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'not_built',
+           'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -149,6 +150,8 @@ def _notebook_commands(sub):
     p.add_argument("--config", required=True, metavar="PATH")
     p.add_argument("--param", action="append", required=True, metavar="KEY=V1,V2,...", help="a swept key and its values")
     p.add_argument("--parallel", type=int, default=1, metavar="K", help="runs at once (default: 1)")
+    p.add_argument("--epochs", type=int, help="override training.epochs for every point")
+    p.add_argument("--out", metavar="DIR", help="where the point notebooks and the comparison go (default: sweeps/<experiment>-<time>)")
 
     p = _add(sub, "tune-loader", "benchmark DataLoader settings and recommend the fastest")
     p.add_argument("--config", required=True, metavar="PATH")
@@ -331,9 +334,19 @@ def cmd_models(args) -> int:
         print(f"exported {args.spec} to {registry.export(args.spec, args.out, args.models_dir)}")
     return EXIT_OK
 
-# %% ../nbs/20_cli.ipynb #0a4db119
+# %% ../nbs/20_cli.ipynb #a0c8eee3
+def cmd_sweep(args) -> int:
+    "Run a grid of overrides as papermill runs and compare them; exit 1 if any point failed."
+    from training_pipeline.report import sweep
+    s = sweep(args.config, args.param, args.parallel, args.out, args.epochs)
+    for p in s["points"]:
+        print(f"{p['status']:9s} {p['point']}  {p.get('run_dir', '-')}" + (f"  ({p['error']})" if p.get("error") else ""))
+    print(f"notebooks: {s['out_dir']}\ncomparison: {s['comparison'] or '- (fewer than two completed runs)'}")
+    return EXIT_OK if all(p["status"] == "completed" for p in s["points"]) else EXIT_FAILED
+
+# %% ../nbs/20_cli.ipynb #56e4343c
 NOT_BUILT = {  # command -> the issue that builds it
-    "monitor": 8, "sweep": 9, "tune-loader": 10, "jobs": 11,
+    "monitor": 8, "tune-loader": 10, "jobs": 11,
 }
 
 def not_built(args) -> int:
@@ -344,13 +357,13 @@ def not_built(args) -> int:
 HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate,
             ("train", None): cmd_train, ("report", None): cmd_report, ("notebooks", "path"): cmd_notebooks,
             ("notebooks", "copy"): cmd_notebooks, ("runs", "list"): cmd_runs, ("runs", "show"): cmd_runs,
-            ("runs", "compare"): cmd_runs, **{("models", c): cmd_models for c in ("register", "list", "promote", "export")}}
+            ("runs", "compare"): cmd_runs, ("sweep", None): cmd_sweep, **{("models", c): cmd_models for c in ("register", "list", "promote", "export")}}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
     return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
 
-# %% ../nbs/20_cli.ipynb #4e8cf4c6
+# %% ../nbs/20_cli.ipynb #a4bf9eb5
 def _print_error(message:str, debug:bool):
     if debug: traceback.print_exc()
     for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from .tracking import read_jsonl
 __all__ = ['CURVES', 'TEMPLATES', 'PAGE', 'RunData', 'load_run', 'summary_table', 'learning_curves', 'Evaluation', 'evaluate',
            'confusion_figure', 'roc_pr_figures', 'worst_images_figure', 'class_balance_figure', 'events_table',
            'checkpoints_table', 'lineage_table', 'show', 'show_table', 'ReportContext', 'resolve', 'template_path',
-           'notebook_to_html', 'build_report']
+           'notebook_to_html', 'build_report', 'sweep_grid', 'point_name', 'sweep']
 
 # %% ../nbs/11_report.ipynb #d28d134b
 @dataclass
@@ -368,3 +369,67 @@ def build_report(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data
     title = f"Report: {ctx.run.meta['experiment']} {ctx.run.meta['id']}" if ctx.run else f"Report: {Path(checkpoint).name}"
     atomic_write(out, notebook_to_html(executed, title))
     return out, executed
+
+# %% ../nbs/11_report.ipynb #1b266666
+def sweep_grid(params:list[str]) -> list[list[str]]:
+    "['a=1,2', 'b=x,y'] -> [['a=1', 'b=x'], ['a=1', 'b=y'], ['a=2', 'b=x'], ['a=2', 'b=y']]."
+    import itertools
+    from training_pipeline.config import KEY_PATTERN
+    axes = []
+    for p in params:
+        key, sep, values = p.partition("=")
+        if not sep or not KEY_PATTERN.match(key.strip()) or not values.strip():
+            raise UsageError(f"--param {p!r} is not KEY=V1,V2,...", "tp sweep", "write e.g. --param training.learning_rate=0.1,0.01")
+        axes.append([f"{key.strip()}={v.strip()}" for v in values.split(",") if v.strip()])
+    return [list(point) for point in itertools.product(*axes)]
+
+def point_name(overrides:list[str]) -> str:
+    "A file-system-safe name for a sweep point: learning_rate=0.1_batch_size=32."
+    return "_".join(re.sub(r"[^A-Za-z0-9=.+-]", "-", o.rsplit(".", 1)[-1] if "=" in o.rsplit(".", 1)[-1] else o) for o in overrides)
+
+def sweep(config:str|Path, params:list[str], parallel:int=1, out_dir:str|Path|None=None, epochs:int|None=None) -> dict:
+    "Run the grid of `params` as papermill runs of train.ipynb; compare the runs; return what happened."
+    import concurrent.futures, os, sys
+    import papermill
+    from training_pipeline.config import load_config
+    from training_pipeline.tracking import comparison_html
+    grid = sweep_grid(params)
+    for point in grid: load_config(config, point)  # every point is a valid config before anything runs
+    base = load_config(config)
+    out_dir = Path(out_dir or Path("sweeps")/f"{base.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["TQDM_DISABLE"] = "1"
+
+    def run_point(point):
+        name = point_name(point)
+        nb = out_dir/f"{name}.ipynb"
+        params = {"config": str(config), "overrides": [*point, f"experiment.description=sweep point {name}"],
+                  "epochs": epochs, "resume": "never", "output_notebook": str(nb)}
+        try:
+            papermill.execute_notebook(str(template_path("train")), str(nb), parameters=params, progress_bar=False,
+                                       kernel_name="python3", cwd=os.getcwd(), log_output=False)
+            return {"point": name, "overrides": point, "notebook": str(nb), "status": "completed"}
+        except Exception as e:
+            reason = f"{e.ename}: {e.evalue}" if isinstance(e, papermill.PapermillExecutionError) else f"{type(e).__name__}: {e}"
+            return {"point": name, "overrides": point, "notebook": str(nb), "status": "failed", "error": " ".join(reason.split())[:300]}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        results = list(pool.map(run_point, grid))
+    runs = _runs_by_point(base.experiment.runs_dir, base.experiment.name, results)
+    done = [r["run_dir"] for r in results if r.get("run_dir") and r["status"] == "completed"]
+    comparison = comparison_html(done, out_dir/"compare.html", base.experiment.runs_dir) if len(done) >= 2 else None
+    summary = {"out_dir": str(out_dir), "points": results, "comparison": str(comparison) if comparison else None}
+    atomic_write(out_dir/"sweep.json", json.dumps(summary, indent=2))
+    return summary
+
+def _runs_by_point(runs_dir, experiment, results) -> None:
+    "Attach to each point the run whose config says it belongs to that point."
+    import yaml
+    from training_pipeline.tracking import run_dirs
+    by_name = {}
+    for d in run_dirs(runs_dir, experiment):
+        desc = (yaml.safe_load((d/"config.yaml").read_text()).get("experiment") or {}).get("description", "")
+        if desc.startswith("sweep point "): by_name[desc.removeprefix("sweep point ")] = d
+    for r in results:
+        if r["point"] in by_name: r["run_dir"] = str(by_name[r["point"]])
