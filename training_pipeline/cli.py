@@ -16,8 +16,8 @@ from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 
 # %% auto #0
 __all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
-           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'not_built',
-           'handler_for', 'main']
+           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune_loader',
+           'not_built', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -242,11 +242,9 @@ def cmd_train(args) -> int:
     from training_pipeline.train import train
     if args.distributed:
         raise NotBuiltError("`tp train --distributed` is not built yet", "issue #6", "train on one process for now (drop --distributed)")
-    if args.profile:
-        raise NotBuiltError("`tp train --profile` is not built yet", "issue #10", "drop --profile")
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "tp train", "give a positive number of epochs")
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*args.overrides, *(["profile.enabled=true"] if args.profile else [])])
     result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]])
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
     print(f"run {result.status}: {result.run_dir}")
@@ -344,9 +342,24 @@ def cmd_sweep(args) -> int:
     print(f"notebooks: {s['out_dir']}\ncomparison: {s['comparison'] or '- (fewer than two completed runs)'}")
     return EXIT_OK if all(p["status"] == "completed" for p in s["points"]) else EXIT_FAILED
 
-# %% ../nbs/20_cli.ipynb #56e4343c
+# %% ../nbs/20_cli.ipynb #0a4db119
+def cmd_tune_loader(args) -> int:
+    "Benchmark DataLoader settings for a config's training data; print the table and the recommendation."
+    from training_pipeline.config import load_config
+    from training_pipeline.profiling import apply_recommendation, tune_config, tune_report_html
+    config = load_config(args.config)
+    r = tune_config(config, args.budget_s)
+    print(r.table())
+    print(f"stages per batch: " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in r.stages.items()))
+    print(r.bottleneck)
+    print(f"recommendation: {r.recommendation} ({r.speedup:.2f}x the current setting)")
+    print(f"report: {tune_report_html(r, Path(Path(args.config).stem + '.tune-loader.html'))}")
+    if args.apply: print(f"written: {apply_recommendation(args.config, r)}")
+    return EXIT_OK
+
+# %% ../nbs/20_cli.ipynb #4e8cf4c6
 NOT_BUILT = {  # command -> the issue that builds it
-    "monitor": 8, "tune-loader": 10, "jobs": 11,
+    "monitor": 8, "jobs": 11,
 }
 
 def not_built(args) -> int:
@@ -357,13 +370,13 @@ def not_built(args) -> int:
 HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate,
             ("train", None): cmd_train, ("report", None): cmd_report, ("notebooks", "path"): cmd_notebooks,
             ("notebooks", "copy"): cmd_notebooks, ("runs", "list"): cmd_runs, ("runs", "show"): cmd_runs,
-            ("runs", "compare"): cmd_runs, ("sweep", None): cmd_sweep, **{("models", c): cmd_models for c in ("register", "list", "promote", "export")}}
+            ("runs", "compare"): cmd_runs, ("sweep", None): cmd_sweep, ("tune-loader", None): cmd_tune_loader, **{("models", c): cmd_models for c in ("register", "list", "promote", "export")}}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
     return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
 
-# %% ../nbs/20_cli.ipynb #a4bf9eb5
+# %% ../nbs/20_cli.ipynb #4bf5dd04
 def _print_error(message:str, debug:bool):
     if debug: traceback.print_exc()
     for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)

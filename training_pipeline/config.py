@@ -28,9 +28,9 @@ __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES
            'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig',
            'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
            'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
-           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'Config', 'cross_section_problems',
-           'SafeLoader', 'safe_load', 'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override',
-           'apply_overrides', 'validate_config', 'load_config']
+           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config',
+           'cross_section_problems', 'SafeLoader', 'safe_load', 'did_you_mean', 'read_text_file', 'key_lines',
+           'parse_yaml', 'parse_override', 'apply_overrides', 'validate_config', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -365,8 +365,19 @@ class AlertsConfig(Section):
     rules: RulesConfig = Field(default_factory=RulesConfig)
 
 # %% ../nbs/01_config.ipynb #751a693d
+class ProfileConfig(Section):
+    "torch.profiler on demand (also `tp train --profile`): a schedule of wait, warmup and active steps, repeated."
+    enabled: bool = False
+    wait: int = Field(1, ge=0)
+    warmup: int = Field(1, ge=0)
+    active: PositiveInt = 3
+    repeat: PositiveInt = 1
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+
 class Config(Section):
-    "A validated training config: the seed's sections plus `seed` and `alerts`."
+    "A validated training config: the seed's sections plus `seed`, `alerts` and `profile`."
     seed: int = Field(42, ge=0)
     experiment: ExperimentConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -378,6 +389,7 @@ class Config(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict:
         "The resolved config as plain YAML/JSON types, with the file's key names."

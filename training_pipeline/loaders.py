@@ -66,7 +66,7 @@ def image_tensor(pixels:np.ndarray, channels:int) -> torch.Tensor:
     if pixels.ndim == 2: pixels = pixels[:, :, None]
     if pixels.shape[2] != channels:
         pixels = np.repeat(pixels, channels, 2) if pixels.shape[2] == 1 else pixels.mean(2, keepdims=True).astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
+    return torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(2, 0, 1).unsqueeze(0)  # copies only if read-only
 
 def read_image_split(split_dir:Path, classes:list, pre:ImagePreprocessor) -> dict[str, torch.Tensor]:
     "All images of a split as uint8 (N, C, H, W) after `pre.prepare`, with integer labels."

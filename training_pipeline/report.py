@@ -22,10 +22,11 @@ from .core import CheckpointError, PipelineError, UsageError, atomic_write
 from .tracking import read_jsonl
 
 # %% auto #0
-__all__ = ['CURVES', 'TEMPLATES', 'PAGE', 'RunData', 'load_run', 'summary_table', 'learning_curves', 'Evaluation', 'evaluate',
-           'confusion_figure', 'roc_pr_figures', 'worst_images_figure', 'class_balance_figure', 'events_table',
-           'checkpoints_table', 'lineage_table', 'show', 'show_table', 'ReportContext', 'resolve', 'template_path',
-           'notebook_to_html', 'build_report', 'sweep_grid', 'point_name', 'sweep']
+__all__ = ['CURVES', 'TEMPLATES', 'PAGE', 'RunData', 'load_run', 'summary_table', 'learning_curves', 'step_time_figure',
+           'Evaluation', 'evaluate', 'confusion_figure', 'roc_pr_figures', 'worst_images_figure',
+           'class_balance_figure', 'events_table', 'checkpoints_table', 'lineage_table', 'show', 'show_table',
+           'ReportContext', 'resolve', 'template_path', 'notebook_to_html', 'build_report', 'sweep_grid', 'point_name',
+           'sweep']
 
 # %% ../nbs/11_report.ipynb #d28d134b
 @dataclass
@@ -102,6 +103,17 @@ def learning_curves(metrics:pd.DataFrame):
     return fig
 
 # %% ../nbs/11_report.ipynb #76804de5
+def step_time_figure(metrics:pd.DataFrame):
+    "Stacked seconds per epoch: data wait, transfer, forward, backward, optimizer; None when not recorded."
+    import plotly.graph_objects as go
+    cols = [c for c in ("time_data_s", "time_h2d_s", "time_forward_s", "time_backward_s", "time_optimizer_s") if c in metrics]
+    if not cols or "epoch_time_s" not in metrics: return None
+    epochs = metrics[(metrics["split"] == "train") & metrics["epoch_time_s"].notna()]
+    fig = go.Figure([go.Bar(x=epochs["epoch"] + 1, y=epochs[c], name=c.removeprefix("time_").removesuffix("_s")) for c in cols])
+    fig.update_layout(barmode="stack", xaxis_title="epoch", yaxis_title="seconds", height=320, margin=dict(t=30))
+    return fig
+
+# %% ../nbs/11_report.ipynb #a7350b66
 @dataclass
 class Evaluation:
     classes: list
@@ -128,7 +140,7 @@ class Evaluation:
         return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)},
                             index=pd.Index(self.classes, name="class")).round(4)
 
-# %% ../nbs/11_report.ipynb #30858224
+# %% ../nbs/11_report.ipynb #aec90b37
 def _test_inputs(spec:dict, data_dir:Path):
     "(inputs tensor, targets, raw images or None) of the test split, with the saved preprocessing."
     from training_pipeline.data import read_table
@@ -153,7 +165,7 @@ def evaluate(weights:str|Path, data_dir:str|Path, spec:dict|None=None, batch_siz
         probs = torch.cat([probabilities(model(x[i:i + batch_size]), spec.get("task", "multiclass")) for i in range(0, len(x), batch_size)])
     return Evaluation(list(spec["preprocessing"]["classes"]), probs.numpy(), np.asarray(y), raw, str(weights))
 
-# %% ../nbs/11_report.ipynb #aec90b37
+# %% ../nbs/11_report.ipynb #ec6a4740
 def confusion_figure(ev:Evaluation):
     import plotly.graph_objects as go
     cm = ev.confusion()
@@ -196,7 +208,7 @@ def worst_images_figure(ev:Evaluation, n:int=16):
     fig.update_annotations(font_size=10)
     return fig
 
-# %% ../nbs/11_report.ipynb #ec6a4740
+# %% ../nbs/11_report.ipynb #ba24a225
 def class_balance_figure(statistics:dict):
     "Class counts per split from the data's statistics.json."
     import plotly.graph_objects as go
@@ -235,7 +247,7 @@ def lineage_table(run:RunData) -> pd.DataFrame:
     rows += [(k, env.get(k)) for k in ("python", "torch", "accelerate", "cuda", "gpus", "cpu_count", "platform")]
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
-# %% ../nbs/11_report.ipynb #ba24a225
+# %% ../nbs/11_report.ipynb #0cd3cad2
 _PLOTLY_JS_SHOWN = {"done": False}
 
 def show(fig):
@@ -250,7 +262,7 @@ def show_table(df:pd.DataFrame, caption:str|None=None):
     table = df.to_html(classes="tp-table", border=0, float_format=lambda v: f"{v:.4g}", escape=True, index_names=False)
     display(HTML((f"<p class='caption'>{html.escape(caption)}</p>" if caption else "") + table))
 
-# %% ../nbs/11_report.ipynb #0cd3cad2
+# %% ../nbs/11_report.ipynb #2da1adc4
 @dataclass
 class ReportContext:
     run: RunData|None
@@ -294,7 +306,7 @@ def resolve(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data_dir:
     stats = json.loads(stats_path.read_text()) if stats_path and stats_path.exists() else {}
     return ReportContext(run, weights, spec, data_dir, stats)
 
-# %% ../nbs/11_report.ipynb #2da1adc4
+# %% ../nbs/11_report.ipynb #286e83f0
 TEMPLATES = Path(__file__).parent/"notebooks" if "__file__" in globals() else Path("../training_pipeline/notebooks")
 
 def template_path(name:str) -> Path:
@@ -329,7 +341,7 @@ def notebook_to_html(nb_path:Path, title:str) -> str:
     body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
     return PAGE.format(title=html.escape(title), body=body, created=time.strftime("%Y-%m-%d %H:%M:%S"), notebook=html.escape(nb_path.name))
 
-# %% ../nbs/11_report.ipynb #42904c50
+# %% ../nbs/11_report.ipynb #60d3c4d9
 import contextlib
 
 @contextlib.contextmanager
@@ -370,7 +382,7 @@ def build_report(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data
     atomic_write(out, notebook_to_html(executed, title))
     return out, executed
 
-# %% ../nbs/11_report.ipynb #1b266666
+# %% ../nbs/11_report.ipynb #ba7e682a
 def sweep_grid(params:list[str]) -> list[list[str]]:
     "['a=1,2', 'b=x,y'] -> [['a=1', 'b=x'], ['a=1', 'b=y'], ['a=2', 'b=x'], ['a=2', 'b=y']]."
     import itertools
@@ -385,7 +397,11 @@ def sweep_grid(params:list[str]) -> list[list[str]]:
 
 def point_name(overrides:list[str]) -> str:
     "A file-system-safe name for a sweep point: learning_rate=0.1_batch_size=32."
-    return "_".join(re.sub(r"[^A-Za-z0-9=.+-]", "-", o.rsplit(".", 1)[-1] if "=" in o.rsplit(".", 1)[-1] else o) for o in overrides)
+    parts = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        parts.append(re.sub(r"[^A-Za-z0-9_=.+-]", "-", f"{key.rsplit('.', 1)[-1]}={value}"))
+    return "_".join(parts)
 
 def sweep(config:str|Path, params:list[str], parallel:int=1, out_dir:str|Path|None=None, epochs:int|None=None) -> dict:
     "Run the grid of `params` as papermill runs of train.ipynb; compare the runs; return what happened."

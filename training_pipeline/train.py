@@ -23,6 +23,7 @@ from .checkpoint import (CheckpointCallback, latest_good_checkpoint, list_checkp
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, set_seed)
 from .models import is_pickle_file
+from .profiling import ProfilerCallback, StepTimer
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
 from .models import model_from_config
@@ -58,6 +59,9 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     if store is not None: cbs.append(RunStoreCallback(store))
     if trackers: cbs.append(TrackersCallback())
     if checkpoint is not None: cbs.append(checkpoint)
+    cbs.append(StepTimer())
+    if config.profile.enabled and store is not None:
+        cbs.append(ProfilerCallback(config.profile, store.tensorboard_dir/"profile", store.artifacts_dir))
     if os.environ.get("TP_FAULT", "").startswith("train:"): cbs.append(FaultInjection(os.environ["TP_FAULT"]))
     es = config.validation.early_stopping
     if es.enabled: cbs.append(EarlyStoppingCallback(es.monitor, es.mode, es.min_delta, es.patience))

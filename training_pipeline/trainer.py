@@ -233,7 +233,7 @@ def _all_batches(self:Trainer):
         except StopIteration: break
         self.batch_start = time.perf_counter()
         self.data_wait = self.batch_start - t0
-        self.xb, self.yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+        self.xb, self.yb = xb, yb  # moved to the device inside the batch phase, so callbacks can time the transfer
         self._with_events(self._do_one_batch_with_backoff, "batch", CancelBatchException)
         self.iter += 1
 
@@ -285,6 +285,8 @@ def _step(self:Trainer):
 # %% ../nbs/05_trainer.ipynb #d0fa7f62
 @patch
 def _do_one_batch_with_backoff(self:Trainer):
+    self.xb, self.yb = self.xb.to(self.device, non_blocking=True), self.yb.to(self.device, non_blocking=True)
+    self("after_transfer")
     while True:
         self.chunks_done = 0
         try: return self._do_one_batch()
