@@ -16,8 +16,8 @@ from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 
 # %% auto #0
 __all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
-           'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune_loader',
-           'not_built', 'handler_for', 'main']
+           'launch_distributed', 'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep',
+           'cmd_tune_loader', 'not_built', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -236,16 +236,33 @@ def cmd_validate(args) -> int:
     return EXIT_OK if report.valid else EXIT_FAILED
 
 # %% ../nbs/20_cli.ipynb #3ecbedc3
+def launch_distributed(args) -> int:
+    "Relaunch `tp train` on N processes per node through `accelerate launch` (gloo on CPUs with --cpu)."
+    import subprocess
+    from training_pipeline.tracking import new_run_id
+    if not args.gpus or args.gpus < 1: raise UsageError("--distributed needs --gpus N (processes per node)", "tp train", "e.g. --distributed --gpus 2 --cpu")
+    world = args.gpus * args.nodes
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
+           "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip", args.master_addr,
+           "--main_process_port", str(args.master_port), "--dynamo_backend", "no", "--mixed_precision", "no",
+           "-m", "training_pipeline.train", "--config", args.config, "--resume", args.resume,
+           *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else []), *args.overrides,
+           "distributed.enabled=true", f"distributed.world_size={world}", f"distributed.num_nodes={args.nodes}",
+           *(["resources.cpu=true"] if args.cpu else [])]
+    env = {**os.environ, "TP_RUN_ID": os.environ.get("TP_RUN_ID") or new_run_id()}
+    if args.cpu: env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu this starts N real CPU processes over gloo
+    return subprocess.run(cmd, env=env).returncode
+
 def cmd_train(args) -> int:
     "Train one run; print the run directory and its final metrics."
     from training_pipeline.config import load_config
     from training_pipeline.train import train
-    if args.distributed:
-        raise NotBuiltError("`tp train --distributed` is not built yet", "issue #6", "train on one process for now (drop --distributed)")
+    if args.distributed: return launch_distributed(args)
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "tp train", "give a positive number of epochs")
     config = load_config(args.config, [*args.overrides, *(["profile.enabled=true"] if args.profile else [])])
     result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]])
+    if result.run_dir is None: return EXIT_OK  # another process of a distributed run: the main one reports
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
     print(f"run {result.status}: {result.run_dir}")
     print("  " + "  ".join(f"{k} {v}" for k, v in shown.items()))

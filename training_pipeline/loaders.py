@@ -106,9 +106,11 @@ def collate_batches(batch):
 # %% ../nbs/02d_loaders.ipynb #f420a6ff
 class ResumableSampler(Sampler[int]):
     "Seeded shuffling per epoch, sharded across ranks, resumable at any position."
-    def __init__(self, length:int, shuffle:bool=True, seed:int=0, num_replicas:int=1, rank:int=0, even:bool=True):
+    def __init__(self, length:int, shuffle:bool=True, seed:int=0, num_replicas:int=1, rank:int=0, even:bool=True,
+                 batch_size:int|None=None):
         if not 0 <= rank < num_replicas: raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.length, self.shuffle, self.seed, self.num_replicas, self.rank, self.even = length, shuffle, seed, num_replicas, rank, even
+        self.batch_size = batch_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch:int): self.epoch = epoch
@@ -119,17 +121,25 @@ class ResumableSampler(Sampler[int]):
             g = torch.Generator(); g.manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.length, generator=g)
         else: order = torch.arange(self.length)
-        if self.even and self.length % self.num_replicas:
-            pad = self.num_replicas - self.length % self.num_replicas
-            order = torch.cat([order, order[:pad]])
-        return order[self.rank::self.num_replicas].tolist()
+        R = self.num_replicas
+        if R > 1 and self.even and self.batch_size:
+            # step-synchronous: each global batch (batch_size x R samples) is dealt out across the ranks, so every sample
+            # is seen once per epoch and every rank runs the same number of steps; only a last global batch with
+            # fewer samples than ranks is padded (by wrapping around)
+            G, m = self.batch_size * R, self.length % (self.batch_size * R)
+            if 0 < m < R: order = torch.cat([order, order[:R - m]])
+            return [i for start in range(0, len(order), G) for i in order[start:start + G][self.rank::R].tolist()]
+        if self.even and self.length % R:
+            order = torch.cat([order, order[:R - self.length % R]])
+        return order[self.rank::R].tolist()
 
     def __iter__(self):
         start, self.start = self.start, 0  # a resumed position applies to one iteration only
         return iter(self.indices()[start:])
 
     def __len__(self):
-        full = -(-self.length // self.num_replicas) if self.even else len(range(self.rank, self.length, self.num_replicas))
+        if self.num_replicas > 1 and self.even and self.batch_size: full = len(self.indices())
+        else: full = -(-self.length // self.num_replicas) if self.even else len(range(self.rank, self.length, self.num_replicas))
         return full - self.start
 
     def state_dict(self, consumed:int=0) -> dict:
@@ -169,7 +179,7 @@ class DataBundle:
         "A DataLoader over `split` with a `ResumableSampler` (shuffled for train) and seeded workers."
         workers = getattr(data_cfg, "num_workers", 0) if data_cfg else 0
         ds = self.datasets[split]
-        sampler = ResumableSampler(len(ds), split == "train" if shuffle is None else shuffle, seed, num_replicas, rank, even)
+        sampler = ResumableSampler(len(ds), split == "train" if shuffle is None else shuffle, seed, num_replicas, rank, even, batch_size)
         extra = {}
         if workers > 0:
             extra = {"persistent_workers": data_cfg.persistent_workers, "prefetch_factor": data_cfg.prefetch_factor,

@@ -183,7 +183,7 @@ def is_transient(e:BaseException) -> bool:
     return False
 
 class FaultInjection(Callback):
-    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, sleep=SECONDS per batch."
+    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, sleep=SECONDS per batch."
     order = 90
     _fired = set()  # per process: a transient fault fires once, so the retry can succeed
     def __init__(self, spec:str):
@@ -194,7 +194,8 @@ class FaultInjection(Callback):
         import time, signal
         if self.sleep: time.sleep(self.sleep)
         if not self.training or self.step is None or self.global_step != self.step or not self.stepped: return
-        if self.kind == "kill": os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "kill" or (self.kind == "killrank1" and self.trainer.accelerator.process_index == 1):
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.kind == "always" or (self.kind == "transient" and self.step not in FaultInjection._fired):
             FaultInjection._fired.add(self.step)
             raise TransientError(f"injected transient failure at step {self.step}")
@@ -210,8 +211,16 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
         raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
     check_trackers(config)
     runs_dir = runs_dir or config.experiment.runs_dir
-    plan = plan_resume(config, resume, runs_dir)
-    if plan.note: print(f"note: {plan.note}", file=sys.stderr)
+    from accelerate import PartialState
+    from datetime import timedelta
+    # a timeout on the process group: a rank that dies makes the others fail within distributed.timeout_s, never hang
+    state = PartialState(cpu=config.resources.cpu or not torch.cuda.is_available(), timeout=timedelta(seconds=config.distributed.timeout_s))
+    # one process decides how to resume and tells the others (they would race with its writes otherwise)
+    plan = plan_resume(config, resume, runs_dir) if state.is_main_process else None
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        plan = broadcast_object_list([plan])[0]
+    if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
     attempt, current = 0, {}
     while True:
         try: return _train_once(config, plan, command, runs_dir, current)
@@ -222,7 +231,8 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
             cause = e.__cause__ if isinstance(e, CallbackError) and e.__cause__ is not None else e
             reason = f"{type(cause).__name__}: {cause}"
             if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
-            if not transient or attempt >= config.training.max_retries or run_dir is None:
+            # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)
+            if not transient or attempt >= config.training.max_retries or run_dir is None or state.num_processes > 1:
                 if transient and attempt:
                     raise TrainingError(f"training failed after {attempt} retr{'y' if attempt == 1 else 'ies'}: {reason}",
                                         str(run_dir), "see logs/train.log of the run") from e
@@ -243,7 +253,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
 def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, backend, data:DataBundle) -> RunStore:
     "The run directory for this attempt: a new one, or the unfinished one continued in place."
     if plan.mode != "inplace":
-        return RunStore.create(runs_dir, config, command=command, parent=plan.parent, world_size=world,
+        return RunStore.create(runs_dir, config, run_id=os.environ.get("TP_RUN_ID"), command=command, parent=plan.parent, world_size=world,
                                num_nodes=config.distributed.num_nodes, backend=backend, data_version=data.dataset_version)
     store = RunStore(plan.run_dir)
     keep_until = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else -1
@@ -271,7 +281,9 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
         store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, data)
         current["run_dir"] = store.dir
         write_artifacts(store, data, config, task, num_outputs)
-    log = setup_run_logging(store.logs_dir if store else Path(os.environ.get("TP_RUN_DIR", "."))/"logs", rank)
+    state.wait_for_everyone()  # the run directory exists before any process logs into it
+    run_dir = plan.run_dir if plan.mode == "inplace" else Path(runs_dir)/config.experiment.name/os.environ.get("TP_RUN_ID", "")
+    log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
     purge = resume_step + 1 if plan.mode == "inplace" and resume_step is not None else None
     trackers = make_trackers(config, store, purge) if store is not None else []
@@ -365,6 +377,9 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
             if best: summary["best"] = best
             store.finish(status, summary=summary)
         accelerator.end_training()
+        if accelerator.num_processes > 1 and torch.distributed.is_initialized():
+            accelerator.wait_for_everyone()
+            torch.distributed.destroy_process_group()  # a clean exit for every rank (gloo threads otherwise may abort it)
     if store: log.info(f"run {store.id} {status}: {store.dir}")
     return TrainResult(store.dir if store else None, status, dict(trainer.metrics), trainer)
 

@@ -219,6 +219,7 @@ def _do_validate(self:Trainer, split:str="val"):
     self.model.eval()
     self.dl = self.loaders[split]
     self.n_iter = len(self.dl)
+    self.eval_model = self.accelerator.unwrap_model(self.model)
     try:
         with torch.no_grad(): self._with_events(self._all_batches, "validate", CancelValidateException)
     finally: self.training = training
@@ -255,7 +256,8 @@ def _do_one_batch(self:Trainer):
         last_chunk = i == self.micro_splits - 1 or self.micro_splits == 1
         sync = self.training and boundary and last_chunk
         with (nullcontext() if sync or not self.training else self.accelerator.no_sync(self.model)):
-            self.pred = self.model(self.xc); self("after_pred")
+            # evaluation runs on the unwrapped module: no collective inside, so ranks may have different batch counts
+            self.pred = (self.model if self.training else self.eval_model)(self.xc); self("after_pred")
             self.loss = self.loss_func(self.pred, self.yc)
             if self.micro_splits > 1: self.loss = self.loss * (len(self.yc) / n)
             self("after_loss")
@@ -396,7 +398,7 @@ class MetricsCallback(Callback):
         loss, correct, n = self.trainer._reduce_sum(loss, correct, n)
         row = {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "lr": self.trainer.lr,
                "samples_per_s": round(n / elapsed, 2), "data_wait_s": round(wait, 6), "data_wait_share": round(wait / elapsed, 4)}
-        if epoch_row: row["epoch_time_s"] = round(elapsed, 3)
+        if epoch_row: row.update(epoch_time_s=round(elapsed, 3), samples=int(n))  # samples seen by all processes
         if getattr(self.trainer, "grad_norm", None) is not None: row["grad_norm"] = float(self.trainer.grad_norm)
         self.trainer.log_row("train", **row)
 

@@ -1,0 +1,78 @@
+"""Distributed training on CPU processes over gloo (ENVIRONMENT.md's traps handled by `tp train --distributed`):
+two processes, two simulated nodes, resume of a 2-process run, and a killed rank that fails fast."""
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TP, check_run_dir, data_overrides, run_tp
+
+EXTRA = ["training.epochs=2", "training.batch_size=32"]
+
+
+def free_port():
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def rows(run_dir): return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_cpu_processes(tmp_path, prepared):
+    d = prepared("digits")
+    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(d), *EXTRA, "--distributed", "--gpus", "2",
+               "--cpu", "--master-port", free_port(), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("run completed:") == 1  # only the main process reports
+    run_dir = next((tmp_path / "runs" / "test").iterdir())
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["world_size"], meta["backend"], meta["num_nodes"]) == (2, "gloo", 1)
+    epochs = [r for r in rows(run_dir) if r["split"] == "train" and "epoch_time_s" in r]
+    assert [r["samples"] for r in epochs] == [1257, 1257]  # every training sample exactly once per epoch
+    assert [r["samples"] for r in rows(run_dir) if r["split"] in ("val", "test")] == [270, 270, 270]
+    # the gathered test metrics equal a single-process evaluation of the final weights
+    code = ("import json\nfrom training_pipeline.report import evaluate\n"
+            f"ev = evaluate({str(run_dir)!r} + '/checkpoints/' + json.load(open({str(run_dir)!r} + '/checkpoints/index.json'))['last'] + '/model.safetensors', {str(d)!r})\n"
+            "print(ev.accuracy)")
+    single = float(subprocess.run([str(Path(TP).with_name("python")), "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert single == pytest.approx([r for r in rows(run_dir) if r["split"] == "test"][0]["accuracy"], abs=1e-12)
+    assert (run_dir / "logs" / "train.rank1.log").exists()
+    check_run_dir(run_dir)
+
+
+def test_two_simulated_nodes(tmp_path, prepared):
+    port, env = free_port(), {**os.environ, "TP_RUN_ID": "two-nodes-run"}
+    base = [str(TP), "train", "--config", str(REPO / "config" / "test.yaml"), *data_overrides(prepared("digits")), *EXTRA,
+            "--distributed", "--gpus", "1", "--nodes", "2", "--cpu", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    procs = [subprocess.Popen(base + ["--node-rank", str(r)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    meta = json.loads((tmp_path / "runs" / "test" / "two-nodes-run" / "run.json").read_text())
+    assert (meta["world_size"], meta["num_nodes"], meta["status"]) == (2, 2, "completed")
+
+
+def test_resume_a_two_process_run(tmp_path, prepared):
+    args = ["train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), *EXTRA,
+            "checkpointing.save_every_n_steps=10", "--distributed", "--gpus", "2", "--cpu"]
+    r = run_tp(*args, "--master-port", free_port(), cwd=tmp_path, env={"TP_FAULT": "train:kill@30"}, timeout=300)
+    assert r.returncode != 0
+    r = run_tp(*args, "--master-port", free_port(), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = next((tmp_path / "runs" / "test").iterdir())
+    events = [json.loads(l)["event"] for l in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert "resumed" in events and json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    keys = [(r["split"], r["step"], "epoch_time_s" in r) for r in rows(run_dir)]
+    assert len(keys) == len(set(keys))
+
+
+def test_a_killed_rank_fails_the_job_fast(tmp_path, prepared):
+    start = time.monotonic()
+    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), *EXTRA,
+               "distributed.timeout_s=60", "--distributed", "--gpus", "2", "--cpu", "--master-port", free_port(),
+               cwd=tmp_path, env={"TP_FAULT": "train:killrank1@10"}, timeout=300)
+    assert r.returncode != 0
+    assert time.monotonic() - start < 120, "the surviving rank hung"
