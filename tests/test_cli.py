@@ -48,7 +48,7 @@ def test_python_dash_m_is_the_same_cli():
     assert result.returncode == 0 and "architecture: small_cnn" in result.stdout
 
 
-@pytest.mark.parametrize("argv", [["monitor", "--run", "x"], ["jobs", "list"], ["tune-loader", "--config", "x.yaml"]])
+@pytest.mark.parametrize("argv", [["monitor", "--run", "x"], ["jobs", "list"]])
 def test_unbuilt_commands_say_so(tp, argv, tmp_path):
     result = tp(*argv, cwd=tmp_path)
     assert result.returncode == 2
