@@ -23,6 +23,7 @@ from .checkpoint import (CheckpointCallback, latest_good_checkpoint, list_checkp
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, set_seed)
 from .models import is_pickle_file
+from .monitor import MonitorCallback
 from .profiling import ProfilerCallback, StepTimer
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
@@ -60,6 +61,7 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     if trackers: cbs.append(TrackersCallback())
     if checkpoint is not None: cbs.append(checkpoint)
     cbs.append(StepTimer())
+    if store is not None: cbs.append(MonitorCallback(config.alerts, store.id, store.dir))
     if config.profile.enabled and store is not None:
         cbs.append(ProfilerCallback(config.profile, store.tensorboard_dir/"profile", store.artifacts_dir))
     if os.environ.get("TP_FAULT", "").startswith("train:"): cbs.append(FaultInjection(os.environ["TP_FAULT"]))
@@ -189,11 +191,20 @@ class FaultInjection(Callback):
     def __init__(self, spec:str):
         kind, _, arg = spec.removeprefix("train:").partition("@")
         self.kind, self.step = kind, int(arg) if arg else None
+        if kind.startswith("slowdata="): self.step = None
         self.sleep = float(kind.split("=")[1]) if kind.startswith("sleep=") else 0.0
+    def before_fit(self):
+        if self.kind.startswith("slowdata="):  # every batch of the training data takes this long to load
+            import time
+            ds, delay = self.trainer.loaders["train"].dataset, float(self.kind.split("=")[1])
+            fetch = ds.__getitems__
+            ds.__getitems__ = lambda idx: (time.sleep(delay), fetch(idx))[1]
+
     def after_batch(self):
         import time, signal
         if self.sleep: time.sleep(self.sleep)
         if not self.training or self.step is None or self.global_step != self.step or not self.stepped: return
+        if self.kind.startswith("slowdata="): return
         if self.kind == "kill" or (self.kind == "killrank1" and self.trainer.accelerator.process_index == 1):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.kind == "always" or (self.kind == "transient" and self.step not in FaultInjection._fired):
@@ -355,6 +366,11 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
     status = "failed"
     try:
         trainer.fit(config.training.epochs, start_epoch=start[0], start_iter=start[1])
+        monitor = trainer.cb("monitor")
+        if monitor is not None and monitor.stop_rule:
+            raise TrainingError(f"stopped by the alert rule {monitor.stop_rule} (action: stop) at step {trainer.global_step}, "
+                                "after saving a final checkpoint", str(store.dir) if store else None,
+                                f"see the alert in events.jsonl; change alerts.rules.{monitor.stop_rule} to relax it")
         if ckpt_cb is not None and ckpt_cb.preempt:
             status = "interrupted"
             raise InterruptedRun(f"interrupted by {ckpt_cb.preempt} at step {trainer.global_step}, after saving a checkpoint",
