@@ -22,7 +22,7 @@ import torch
 from .callback.core import CancelFitException
 from .callback.tracker import TrackerCallback
 from .core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json, clean_tmp_dirs,
-                                    sha256_file)
+                                    patch, sha256_file)
 from .models import is_pickle_file
 
 # %% auto #0
@@ -270,6 +270,7 @@ class CheckpointCallback(TrackerCallback):
         self.context = context or {}  # dataset version, config hash: recorded in trainer.json
         self.writer = AsyncCheckpointWriter() if cfg.async_save else None
         self.last_saved, self.preempt, self.saved = None, None, []
+        self._events, self._deferred = [], False  # events of (background) saves not yet logged; a step save moved to the epoch end
         self.root.mkdir(parents=True, exist_ok=True)
         clean_tmp_dirs(self.root)  # leftovers of an interrupted save
 
@@ -299,7 +300,8 @@ def _clone_cpu(obj):
     if isinstance(obj, (list, tuple)): return type(obj)(_clone_cpu(v) for v in obj)
     return obj
 
-def _cb_after_batch(self:CheckpointCallback):
+@patch
+def after_batch(self:CheckpointCallback):
     # after the batch (not in after_step), so the batch is in the metrics' running sums that the checkpoint records
     if not self.training or not self.stepped: return
     self._flush_events()
@@ -311,7 +313,8 @@ def _cb_after_batch(self:CheckpointCallback):
     if due or self.preempt: self.save("preempted" if self.preempt else "step", (self.epoch, self.iter + 1))
     if self.preempt: self._stop_for_preemption()
 
-def _cb_after_epoch(self:CheckpointCallback):
+@patch
+def after_epoch(self:CheckpointCallback):
     TrackerCallback.after_epoch(self)
     self._flush_events()
     due = bool(self.cfg.save_frequency) and (self.epoch + 1) % self.cfg.save_frequency == 0
@@ -321,16 +324,15 @@ def _cb_after_epoch(self:CheckpointCallback):
     self._deferred = False
     if self.preempt: self._stop_for_preemption()
 
-def _cb_stop(self:CheckpointCallback):
+@patch
+def _stop_for_preemption(self:CheckpointCallback):
     self.trainer.log_event("preempted", signal=self.preempt)
     self.trainer.logger(f"{self.preempt}: saved a checkpoint at step {self.global_step}; stopping")
     raise CancelFitException()
 
-CheckpointCallback.after_batch, CheckpointCallback.after_epoch, CheckpointCallback._stop_for_preemption = _cb_after_batch, _cb_after_epoch, _cb_stop
-CheckpointCallback._deferred = False
-
 # %% ../nbs/07_checkpoint.ipynb #7edeb234
-def _cb_save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
+@patch
+def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
     t = self.trainer
     if not t.is_main: return
     epoch, done = position or (t.epoch + 1, 0)
@@ -361,24 +363,20 @@ def _cb_save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=
     else: write(); self._flush_events()
     self.last_saved = step
 
-def _cb_flush(self:CheckpointCallback):
+@patch
+def _flush_events(self:CheckpointCallback):
     while self._events:
         event = dict(self._events.pop(0))
         self.trainer.log_event(event.pop("event"), **event)
 
-def _cb_cleanup(self:CheckpointCallback):
+@patch
+def cleanup_fit(self:CheckpointCallback):
     "Always runs at the end of a fit, even a failed one: finish the background write, restore signal handlers."
     try:
         if self.writer: self.writer.wait()
         self._flush_events()
     finally:
         for sig, handler in getattr(self, "previous", {}).items(): signal.signal(sig, handler)
-
-CheckpointCallback.save, CheckpointCallback._flush_events, CheckpointCallback.cleanup_fit = _cb_save, _cb_flush, _cb_cleanup
-CheckpointCallback._events = None
-_init = CheckpointCallback.__init__
-def _init_events(self, *a, **k): _init(self, *a, **k); self._events = []
-CheckpointCallback.__init__ = _init_events
 
 # %% ../nbs/07_checkpoint.ipynb #fc84724f
 def restore_trainer(trainer, state:dict) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 import torch
 
 from .callback.core import Callback, CancelFitException
+from .core import patch
 
 # %% auto #0
 __all__ = ['alert_text', 'send_email', 'send_webhook', 'MonitorCallback']
@@ -96,17 +97,20 @@ class MonitorCallback(Callback):
         return fired
 
 # %% ../nbs/10_monitor.ipynb #7516a6ef
-def _after_log(self:MonitorCallback):
+@patch
+def after_log(self:MonitorCallback):
     if self.row["split"] != "train" or not self.trainer.is_main: return
     for rule, value, threshold, message in self.check_row(self.row): self.alert(rule, value, threshold, message)
     if self.stop_rule: raise CancelFitException()
 
-def _on_event(self:MonitorCallback, event:dict):
+@patch
+def on_event(self:MonitorCallback, event:dict):
     if not self.trainer.is_main: return
     if event["event"] in ("diverged", "nonfinite_loss_skipped") and self._rule("nonfinite_loss"):
         self.alert("nonfinite_loss", event.get("loss"), "finite", f"the training loss is {event.get('loss')}", stoppable=False)
 
-def _alert(self:MonitorCallback, rule:str, value, threshold, message:str, stoppable:bool=True):
+@patch
+def alert(self:MonitorCallback, rule:str, value, threshold, message:str, stoppable:bool=True):
     "Send one alert through every channel, unless the same rule alerted within the cooldown."
     now = time.monotonic()
     if now - self.last_sent.get(rule, -math.inf) < self.cfg.cooldown_s: return
@@ -126,5 +130,3 @@ def _alert(self:MonitorCallback, rule:str, value, threshold, message:str, stoppa
     t.log_event("alert", **{k: v for k, v in alert.items() if k not in ("step", "epoch")}, delivered=delivered)
     self.sent.append(alert)
     if stoppable and alert["action"] == "stop" and self.stop_rule is None: self.stop_rule = rule
-
-MonitorCallback.after_log, MonitorCallback.on_event, MonitorCallback.alert = _after_log, _on_event, _alert
