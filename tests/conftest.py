@@ -1,6 +1,7 @@
 """Shared helpers for the system tests: they run the real `tp` console script in a subprocess."""
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,8 @@ def short_run(tmp_path_factory, prepared):
     r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), "training.epochs=2", cwd=cwd)
     assert r.returncode == 0, r.stderr
     return cwd, next((cwd / "runs" / "test").iterdir())
+
+
+def free_port():
+    "A TCP port on 127.0.0.1 that nothing listens on now."
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]

@@ -2,20 +2,15 @@
 two processes, two simulated nodes, resume of a 2-process run, and a killed rank that fails fast."""
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TP, check_run_dir, data_overrides, run_tp
+from conftest import free_port, REPO, TP, check_run_dir, data_overrides, run_tp
 
 EXTRA = ["training.epochs=2", "training.batch_size=32"]
-
-
-def free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
 def rows(run_dir): return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

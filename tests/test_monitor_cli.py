@@ -1,18 +1,13 @@
 """Alerts end to end against real servers on 127.0.0.1: a diverging run sends exactly one email (default
 cooldown) and one webhook; a slow-data run raises the starvation alert; a stalled run the stall alert."""
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import REPO, data_overrides, run_tp
-
-
-def free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+from conftest import free_port, REPO, data_overrides, run_tp
 
 
 @pytest.fixture

