@@ -12,12 +12,12 @@ import traceback
 from pathlib import Path
 
 from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
-                                    ConfigError, NotBuiltError, PipelineError, UsageError)
+                                    ConfigError, PipelineError, UsageError)
 
 # %% auto #0
-__all__ = ['DATASETS', 'NOT_BUILT', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
+__all__ = ['DATASETS', 'HANDLERS', 'Parser', 'build_parser', 'cmd_config_check', 'cmd_prepare', 'cmd_validate',
            'launch_distributed', 'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep',
-           'cmd_tune_loader', 'not_built', 'handler_for', 'main']
+           'cmd_tune_loader', 'cmd_monitor', 'cmd_jobs', 'handler_for', 'main']
 
 # %% ../nbs/20_cli.ipynb #64177b04
 class Parser(argparse.ArgumentParser):
@@ -375,23 +375,26 @@ def cmd_tune_loader(args) -> int:
     return EXIT_OK
 
 # %% ../nbs/20_cli.ipynb #4e8cf4c6
-NOT_BUILT = {  # command -> the issue that builds it
-    "monitor": 8, "jobs": 11,
-}
+def cmd_monitor(args) -> int:
+    "Terminal view of a run (and the watcher that alerts on dead runs): see 10a_watch."
+    from training_pipeline.watch import monitor_command
+    return monitor_command(args)
 
-def not_built(args) -> int:
-    issue = NOT_BUILT[args.command]
-    raise NotBuiltError(f"`tp {args.command}` is not built yet", f"issue #{issue}",
-                        "it arrives with that issue; `tp config check` works today")
+def cmd_jobs(args) -> int:
+    "tp jobs submit | worker | list | show | logs | cancel: see 14_jobs."
+    from training_pipeline.jobs import jobs_command
+    return jobs_command(args)
 
 HANDLERS = {("config", "check"): cmd_config_check, ("prepare", None): cmd_prepare, ("validate", None): cmd_validate,
             ("train", None): cmd_train, ("report", None): cmd_report, ("notebooks", "path"): cmd_notebooks,
             ("notebooks", "copy"): cmd_notebooks, ("runs", "list"): cmd_runs, ("runs", "show"): cmd_runs,
-            ("runs", "compare"): cmd_runs, ("sweep", None): cmd_sweep, ("tune-loader", None): cmd_tune_loader, **{("models", c): cmd_models for c in ("register", "list", "promote", "export")}}
+            ("runs", "compare"): cmd_runs, ("sweep", None): cmd_sweep, ("tune-loader", None): cmd_tune_loader,
+            ("monitor", None): cmd_monitor, ("jobs", None): cmd_jobs,
+            **{("models", c): cmd_models for c in ("register", "list", "promote", "export")}}
 
 def handler_for(args):
     sub = next((getattr(args, a) for a in vars(args) if a.endswith("_command") and a != "command"), None)
-    return HANDLERS.get((args.command, sub)) or HANDLERS.get((args.command, None)) or not_built
+    return HANDLERS.get((args.command, sub)) or HANDLERS[(args.command, None)]
 
 # %% ../nbs/20_cli.ipynb #4bf5dd04
 def _print_error(message:str, debug:bool):
