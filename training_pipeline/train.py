@@ -144,7 +144,8 @@ def _checkpoint_of(path:Path, fallbacks:list) -> Path:
     return found
 
 def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
-    "What `--resume auto|never|PATH` means for this config."
+    """What `--resume auto|never|PATH` means for this config. With `TP_RUN_ID` naming an existing run (a job
+    manager's retry), `auto` continues exactly that run."""
     if resume == "never": return ResumePlan("fresh")
     if resume != "auto":
         fallbacks = []
@@ -152,7 +153,13 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
         run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else None
         parent = json.loads((run_dir/"run.json").read_text())["id"] if run_dir and (run_dir/"run.json").exists() else None
         return ResumePlan("fork", checkpoint=ck, parent=parent, fallbacks=fallbacks)
-    run = find_unfinished_run(runs_dir, config.experiment.name)
+    pinned = Path(runs_dir)/config.experiment.name/os.environ.get("TP_RUN_ID", "\0")
+    if (pinned/"run.json").exists():  # a job manager retrying its own run: that run and no other
+        meta = json.loads((pinned/"run.json").read_text())
+        if meta.get("status") == "completed":
+            raise UsageError(f"run {pinned.name} already completed", str(pinned), "unset TP_RUN_ID to start a new run")
+        run = pinned
+    else: run = find_unfinished_run(runs_dir, config.experiment.name)
     if run is None: return ResumePlan("fresh")
     meta = json.loads((run/"run.json").read_text())
     if meta.get("config_hash") != config.hash:
@@ -166,7 +173,7 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
     return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks,
                       note=None if ck else f"the unfinished run {meta['id']} has no checkpoint: it restarts from the beginning")
 
-# %% ../nbs/15_train.ipynb #9da54a50
+# %% ../nbs/15_train.ipynb #7be86cf3
 class TransientError(RuntimeError):
     "A failure that may not happen again: retried from the last checkpoint."
 
@@ -211,7 +218,7 @@ class FaultInjection(Callback):
             FaultInjection._fired.add(self.step)
             raise TransientError(f"injected transient failure at step {self.step}")
 
-# %% ../nbs/15_train.ipynb #0e92a6e1
+# %% ../nbs/15_train.ipynb #da18ffcc
 def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None) -> TrainResult:
     "Train one run from a validated config, resuming and retrying as configured; return where it went and its metrics."
     import time
@@ -260,7 +267,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
             ck = latest_good_checkpoint(Path(run_dir)/"checkpoints", lambda c, err: fallbacks.append((c, err)))
             plan = ResumePlan("inplace", run_dir=Path(run_dir), checkpoint=ck, fallbacks=fallbacks)
 
-# %% ../nbs/15_train.ipynb #e5608a1f
+# %% ../nbs/15_train.ipynb #34b6e3a7
 def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, backend, data:DataBundle) -> RunStore:
     "The run directory for this attempt: a new one, or the unfinished one continued in place."
     if plan.mode != "inplace":
@@ -326,7 +333,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
     if store: log.info(f"run {store.id}: {store.dir}")
     return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
 
-# %% ../nbs/15_train.ipynb #da18ffcc
+# %% ../nbs/15_train.ipynb #f0b2a64d
 def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|None, log) -> tuple[int, int]:
     "Load the plan's checkpoint into the trainer; record what happened; return where to start."
     for ck, err in plan.fallbacks:
@@ -344,7 +351,7 @@ def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|N
     log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
     return epoch, done
 
-# %% ../nbs/15_train.ipynb #34b6e3a7
+# %% ../nbs/15_train.ipynb #5ddd987d
 def scalar_hparams(config:Config) -> dict:
     "The config as dotted keys with scalar values: what trackers take as hyperparameters."
     return {k: v for k, v in flatten_dict(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
@@ -394,12 +401,12 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
     if store: log.info(f"run {store.id} {status}: {store.dir}")
     return TrainResult(store.dir if store else None, status, dict(trainer.metrics), trainer)
 
-# %% ../nbs/15_train.ipynb #bbf476b9
+# %% ../nbs/15_train.ipynb #a6160334
 def main(argv:list[str]|None=None) -> int:
     "`tp train` with these arguments."
     from training_pipeline.cli import main as cli_main
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
-# %% ../nbs/15_train.ipynb #aab0aa1a
+# %% ../nbs/15_train.ipynb #ec56c0f7
 #| eval: false
 if __name__ == "__main__": raise SystemExit(main())
