@@ -21,7 +21,7 @@ from .callback.core import Callback, CancelFitException
 from .core import patch
 
 # %% auto #0
-__all__ = ['alert_text', 'send_email', 'send_webhook', 'MonitorCallback']
+__all__ = ['alert_text', 'send_email', 'send_webhook', 'deliver_alert', 'MonitorCallback']
 
 # %% ../nbs/10_monitor.ipynb #6dd8ce15
 def alert_text(alert:dict) -> str:
@@ -47,6 +47,18 @@ def send_webhook(cfg, alert:dict):
     req = urllib.request.Request(cfg.url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(req, timeout=cfg.timeout_s) as r:
         if r.status >= 300: raise OSError(f"webhook answered {r.status}")
+
+def deliver_alert(cfg, alert:dict, retries:int=3, log=print) -> list[str]:
+    "Send `alert` through every configured channel (`cfg` is the `alerts` config); return the channels that took it."
+    delivered = []
+    for name, send, channel in (("email", send_email, cfg.email), ("webhook", send_webhook, cfg.webhook)):
+        if channel is None: continue
+        for attempt in range(retries):
+            try: send(channel, alert); delivered.append(name); break
+            except Exception as e:  # a failing channel never breaks training (nor the watcher)
+                if attempt + 1 == retries: log(f"warning: alert via {name} failed after {retries} tries: {type(e).__name__}: {e}")
+                else: time.sleep(0.5 * 2 ** attempt)
+    return delivered
 
 # %% ../nbs/10_monitor.ipynb #8ccc054c
 class MonitorCallback(Callback):
@@ -119,14 +131,7 @@ def alert(self:MonitorCallback, rule:str, value, threshold, message:str, stoppab
     alert = {"run_id": self.run_id, "rule": rule, "step": t.global_step, "epoch": t.epoch, "value": value,
              "threshold": threshold, "message": message, "run_dir": self.run_dir, "action": getattr(self.cfg.rules, rule).action}
     t.logger(f"ALERT {alert_text(alert)}")
-    delivered = []
-    for name, send, cfg in (("email", send_email, self.cfg.email), ("webhook", send_webhook, self.cfg.webhook)):
-        if cfg is None: continue
-        for attempt in range(self.retries):
-            try: send(cfg, alert); delivered.append(name); break
-            except Exception as e:  # a failing channel never breaks training
-                if attempt + 1 == self.retries: t.logger(f"warning: alert via {name} failed after {self.retries} tries: {type(e).__name__}: {e}")
-                else: time.sleep(0.5 * 2 ** attempt)
+    delivered = deliver_alert(self.cfg, alert, self.retries, t.logger)
     t.log_event("alert", **{k: v for k, v in alert.items() if k not in ("step", "epoch")}, delivered=delivered)
     self.sent.append(alert)
     if stoppable and alert["action"] == "stop" and self.stop_rule is None: self.stop_rule = rule

@@ -126,7 +126,11 @@ class RunStoreCallback(Callback):
     def __init__(self, store:RunStore): self.store = store
     def before_fit(self):
         self.active = self.trainer.is_main
-        if self.active: self.store.heartbeat(force=True)
+        if not self.active: return
+        t = self.trainer  # the plan, so that watchers can show progress and an ETA
+        steps_per_epoch = math.ceil(len(t.loaders["train"]) / t.grad_accum)
+        self.store.update(planned_epochs=t.n_epochs, planned_steps=t.n_epochs * steps_per_epoch)
+        self.store.heartbeat(force=True)
     def after_log(self):
         if self.active: self.store.append_metrics(self.row)
     def on_event(self, event:dict):
