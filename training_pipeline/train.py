@@ -192,7 +192,7 @@ def is_transient(e:BaseException) -> bool:
     return False
 
 class FaultInjection(Callback):
-    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, sleep=SECONDS per batch."
+    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, hang@S, sleep=SECONDS per batch."
     order = 90
     _fired = set()  # per process: a transient fault fires once, so the retry can succeed
     def __init__(self, spec:str):
@@ -214,6 +214,7 @@ class FaultInjection(Callback):
         if self.kind.startswith("slowdata="): return
         if self.kind == "kill" or (self.kind == "killrank1" and self.trainer.accelerator.process_index == 1):
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "hang": time.sleep(3600)  # alive but stuck, like a deadlocked collective
         if self.kind == "always" or (self.kind == "transient" and self.step not in FaultInjection._fired):
             FaultInjection._fired.add(self.step)
             raise TransientError(f"injected transient failure at step {self.step}")

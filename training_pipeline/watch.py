@@ -151,7 +151,9 @@ def follow(run_dir:str|Path, interval:float=1.0, out=None, once:bool=False, max_
     while True:
         snap = run_snapshot(tail, watcher.rule.stale_s)
         if not once and watcher.check(snap, tail.meta): tail.poll(); snap = run_snapshot(tail, watcher.rule.stale_s)
-        ended = snap["status"] not in ("running",) or once or (max_s is not None and time.monotonic() - start > max_s)
+        # a stale heartbeat alone does not end the view (a slow save, a node that will answer again); a pid gone does
+        over = tail.meta.get("status") != "running" or not run_is_alive(tail.meta, math.inf)
+        ended = over or once or (max_s is not None and time.monotonic() - start > max_s)
         if tty: print("\x1b[H\x1b[J" + render_snapshot(snap), file=out, flush=True)
         elif ended: print(render_snapshot(snap), file=out, flush=True)
         else:
