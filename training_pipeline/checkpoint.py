@@ -29,7 +29,7 @@ from .models import is_pickle_file
 __all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'verify_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_good_checkpoint', 'write_index',
            'prune_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model', 'AsyncCheckpointWriter',
-           'CheckpointCallback', 'restore_trainer']
+           'CheckpointCallback', 'full_states', 'load_full_states', 'rank_rng_states', 'restore_trainer']
 
 # %% ../nbs/07_checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -264,15 +264,17 @@ class CheckpointCallback(TrackerCallback):
     "Owns the checkpoint policy; the trainer's state is collected here and written by `save_checkpoint`."
     order = 28  # before EarlyStopping (30), whose CancelFitException ends after_epoch
 
-    def __init__(self, root:str|Path, cfg, spec:dict|None=None, resumed_from:str|None=None, context:dict|None=None):
+    def __init__(self, root:str|Path, cfg, spec:dict|None=None, resumed_from:str|None=None, context:dict|None=None,
+                 writer:bool=True):  # False on the other processes of a distributed run: they take part, rank 0 writes
         super().__init__(cfg.monitor_metric, cfg.mode)
-        self.root, self.cfg, self.spec, self.resumed_from = Path(root), cfg, spec or {}, resumed_from
+        self.root, self.cfg, self.spec, self.resumed_from, self.is_writer = Path(root), cfg, spec or {}, resumed_from, writer
         self.context = context or {}  # dataset version, config hash: recorded in trainer.json
-        self.writer = AsyncCheckpointWriter() if cfg.async_save else None
+        self.writer = AsyncCheckpointWriter() if cfg.async_save and writer else None
         self.last_saved, self.preempt, self.saved = None, None, []
         self._events, self._deferred = [], False  # events of (background) saves not yet logged; a step save moved to the epoch end
-        self.root.mkdir(parents=True, exist_ok=True)
-        clean_tmp_dirs(self.root)  # leftovers of an interrupted save
+        if writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+            clean_tmp_dirs(self.root)  # leftovers of an interrupted save
 
     # ---- signals (preemption) ----
     def before_fit(self):
@@ -310,13 +312,24 @@ def after_batch(self:CheckpointCallback):
     if last_of_epoch:  # the epoch's rows (train summary, validation) come first: save in after_epoch
         self._deferred = self._deferred or due
         return
+    self._agree_on_preemption()
     if due or self.preempt: self.save("preempted" if self.preempt else "step", (self.epoch, self.iter + 1))
     if self.preempt: self._stop_for_preemption()
+
+@patch
+def _agree_on_preemption(self:CheckpointCallback):
+    "Processes may get the signal a step apart: they agree (any one signalled) so that all save and stop together."
+    acc = self.trainer.accelerator
+    if acc.num_processes == 1: return
+    flag = torch.tensor([1.0 if self.preempt else 0.0], device=acc.device)
+    if torch.distributed.is_initialized(): torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item() and not self.preempt: self.preempt = "SIGTERM"
 
 @patch
 def after_epoch(self:CheckpointCallback):
     TrackerCallback.after_epoch(self)
     self._flush_events()
+    self._agree_on_preemption()
     due = bool(self.cfg.save_frequency) and (self.epoch + 1) % self.cfg.save_frequency == 0
     best = self.cfg.save_best and self.new_best
     if due or best or self._deferred or self.preempt:
@@ -331,20 +344,52 @@ def _stop_for_preemption(self:CheckpointCallback):
     raise CancelFitException()
 
 # %% ../nbs/07_checkpoint.ipynb #7edeb234
+def _is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+    return accelerator.distributed_type == DistributedType.FSDP
+
+def full_states(trainer) -> tuple[dict, dict]:
+    "The model's and optimizer's states as full tensors. Under FSDP a collective: every process calls it; rank 0 gets them."
+    if _is_fsdp(trainer.accelerator):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        return get_state_dict(trainer.model, trainer.opt.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return trainer.accelerator.unwrap_model(trainer.model).state_dict(), trainer.opt.state_dict()
+
+def load_full_states(trainer, model_state:dict, optimizer_state:dict|None):
+    "Load full model/optimizer states (as `full_states` returns them), sharding them again under FSDP."
+    if _is_fsdp(trainer.accelerator):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        set_state_dict(trainer.model, trainer.opt.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state or {},
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    trainer.accelerator.unwrap_model(trainer.model).load_state_dict(model_state)
+    if optimizer_state is not None: trainer.opt.load_state_dict(optimizer_state)
+
+def rank_rng_states(trainer, generator:torch.Generator|None) -> dict:
+    "This process's RNG state; in a distributed run with every rank's under `ranks` (a collective)."
+    state = rng_state(generator)
+    if trainer.accelerator.num_processes == 1: return state
+    from accelerate.utils import gather_object
+    return {**state, "ranks": gather_object([state])}
+
+# %% ../nbs/07_checkpoint.ipynb #9884eb41
 @patch
 def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
     t = self.trainer
-    if not t.is_main: return
+    train_dl = t.loaders["train"]
+    model_state, optimizer_state = full_states(t)
+    rng = rank_rng_states(t, train_dl.generator)
+    if not t.is_main or not self.is_writer:
+        self.last_saved = t.global_step; return
     epoch, done = position or (t.epoch + 1, 0)
     # validation metrics are recorded only where they were just measured (at an epoch's end), never stale mid-epoch
     fresh = {k: v for k, v in t.metrics.items() if isinstance(v, (int, float)) and (done == 0 or k.startswith("train_"))}
-    train_dl = t.loaders["train"]
     callbacks = {cb.name: cb.state_dict() for cb in t.cbs if cb is not self and cb.state_dict()}
     state = dict(
-        model_state=t.accelerator.unwrap_model(t.model).state_dict(), optimizer_state=t.opt.state_dict(),
+        model_state=model_state, optimizer_state=optimizer_state,
         scheduler_state=t.scheduler.state_dict() if t.scheduler is not None else None,
         scaler_state=t.accelerator.scaler.state_dict() if getattr(t.accelerator, "scaler", None) is not None else None,
-        rng=rng_state(train_dl.generator),
+        rng=rng,
         trainer_state={"epoch": epoch, "batches_done": done, "global_step": t.global_step, "micro_splits": t.micro_splits,
                        "n_epochs": t.n_epochs, "reason": reason, "metrics": fresh,
                        "callbacks": {**callbacks, self.name: TrackerCallback.state_dict(self)},
@@ -378,12 +423,11 @@ def cleanup_fit(self:CheckpointCallback):
     finally:
         for sig, handler in getattr(self, "previous", {}).items(): signal.signal(sig, handler)
 
-# %% ../nbs/07_checkpoint.ipynb #fc84724f
+# %% ../nbs/07_checkpoint.ipynb #1c4e8ee8
 def restore_trainer(trainer, state:dict) -> tuple[int, int]:
     "Load a checkpoint's states into a freshly built trainer; returns (epoch, batches done in it) to fit from."
     t = state["trainer"]
-    trainer.accelerator.unwrap_model(trainer.model).load_state_dict(state["model"])
-    if state["optimizer"] is not None: trainer.opt.load_state_dict(state["optimizer"])
+    load_full_states(trainer, state["model"], state["optimizer"])
     if trainer.scheduler is not None and state["scheduler"] is not None: trainer.scheduler.load_state_dict(state["scheduler"])
     scaler = getattr(trainer.accelerator, "scaler", None)
     if scaler is not None and state["scaler"] is not None: scaler.load_state_dict(state["scaler"])
@@ -393,5 +437,6 @@ def restore_trainer(trainer, state:dict) -> tuple[int, int]:
         if cb.name in t.get("callbacks", {}): cb.load_state_dict(t["callbacks"][cb.name])
     train_dl = trainer.loaders["train"]
     train_dl.sampler.load_state_dict(t["sampler"])  # refuses data of another size
-    set_rng_state(state["rng"], train_dl.generator)
+    rank, ranks = trainer.accelerator.process_index, state["rng"].get("ranks") or []
+    set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"], train_dl.generator)  # its own, if it had one
     return t["epoch"], t["batches_done"]

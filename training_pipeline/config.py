@@ -230,7 +230,7 @@ class FSDPConfig(Section):
     sharding_strategy: Literal["full_shard", "shard_grad_op", "no_shard", "hybrid_shard"] = "full_shard"
     auto_wrap_policy: Literal["size", "transformer", "none"] = "size"
     min_num_params: PositiveInt = 1_000_000
-    state_dict_type: Literal["sharded", "full"] = "sharded"
+    state_dict_type: Literal["sharded", "full"] = "full"  # checkpoints gather full tensors (safetensors); sharded is not built
 
 class DeepSpeedConfig(Section):
     zero_stage: int = Field(2, ge=0, le=3)

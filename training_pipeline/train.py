@@ -22,6 +22,7 @@ from .checkpoint import (CheckpointCallback, latest_good_checkpoint, list_checkp
                                          restore_trainer, verify_checkpoint)
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, set_seed)
+from .distributed import broadcast_from_main, check_strategy, strategy_plugins, verify_strategy
 from .models import is_pickle_file
 from .monitor import MonitorCallback
 from .profiling import ProfilerCallback, StepTimer
@@ -229,6 +230,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
         if len(problems) == 1: raise problems[0]
         raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
     check_trackers(config)
+    check_strategy(config, cpu=config.resources.cpu or not torch.cuda.is_available())
     runs_dir = runs_dir or config.experiment.runs_dir
     from accelerate import PartialState
     from datetime import timedelta
@@ -236,9 +238,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     state = PartialState(cpu=config.resources.cpu or not torch.cuda.is_available(), timeout=timedelta(seconds=config.distributed.timeout_s))
     # one process decides how to resume and tells the others (they would race with its writes otherwise)
     plan = plan_resume(config, resume, runs_dir) if state.is_main_process else None
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-        plan = broadcast_object_list([plan])[0]
+    plan = broadcast_from_main(plan)
     if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
     attempt, current = 0, {}
     while True:
@@ -300,14 +300,15 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
         store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, data)
         current["run_dir"] = store.dir
         write_artifacts(store, data, config, task, num_outputs)
-    state.wait_for_everyone()  # the run directory exists before any process logs into it
-    run_dir = plan.run_dir if plan.mode == "inplace" else Path(runs_dir)/config.experiment.name/os.environ.get("TP_RUN_ID", "")
+    # the run directory exists before any process logs into it; its path comes from rank 0 (plain torchrun sets no TP_RUN_ID)
+    run_dir = Path(broadcast_from_main(str(store.dir) if store else None))
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
     purge = resume_step + 1 if plan.mode == "inplace" and resume_step is not None else None
     trackers = make_trackers(config, store, purge) if store is not None else []
     tb = bool(trackers)
-    accelerator = make_accelerator(precision, cpu=cpu, log_with=trackers or None)
+    accelerator = make_accelerator(precision, cpu=cpu, log_with=trackers or None, **strategy_plugins(config))
+    verify_strategy(accelerator, config)
     if tb:
         accelerator.init_trackers(config.experiment.name, config=scalar_hparams(config))
     per_process = config.training.batch_size // world
@@ -317,13 +318,12 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
     optimizer = make_optimizer(config.training.optimizer, model.parameters(), config.training.learning_rate)
     scheduler, interval = make_scheduler(config.training.lr_scheduler, optimizer, config.training.epochs, steps_per_epoch,
                                          config.training.learning_rate)
-    ckpt_cb = None
-    if store is not None:
-        spec = json.loads((store.artifacts_dir/"model.json").read_text())
-        same_dir = plan.mode == "inplace" and plan.checkpoint is not None
-        ckpt_cb = CheckpointCallback(store.dir/config.checkpointing.save_dir, config.checkpointing, spec=spec,
-                                     resumed_from=plan.checkpoint.name if same_dir else None,
-                                     context={"data_version": data.dataset_version, "config_hash": config.hash, "run_id": store.id})
+    # every process takes part in checkpoints (RNG states, FSDP shards); rank 0 writes them
+    spec = json.loads((run_dir/"artifacts"/"model.json").read_text())
+    same_dir = plan.mode == "inplace" and plan.checkpoint is not None
+    ckpt_cb = CheckpointCallback(run_dir/config.checkpointing.save_dir, config.checkpointing, spec=spec,
+                                 resumed_from=plan.checkpoint.name if same_dir else None, writer=store is not None,
+                                 context={"data_version": data.dataset_version, "config_hash": config.hash, "run_id": run_dir.name})
     plateau_monitor = getattr(config.training.lr_scheduler, "monitor", "val_loss")
     trainer = Trainer(model, loaders, loss_func, optimizer, scheduler, interval, build_callbacks(config, store, tb, ckpt_cb),
                       accelerator=accelerator, task=task, num_classes=data.num_classes,
