@@ -57,7 +57,10 @@ def strategy_plugins(config:Config) -> dict:
     return {"fsdp_plugin": FullyShardedDataParallelPlugin(
         fsdp_version=2, reshard_after_forward=f.sharding_strategy == "full_shard",
         auto_wrap_policy="size_based_wrap" if f.auto_wrap_policy == "size" else "no_wrap", min_num_params=f.min_num_params,
-        state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False)}
+        state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False,
+        # parameters stay fp32 and mixed precision comes from autocast: FSDP casting parameters to bf16 but not
+        # BatchNorm's running statistics fails every CNN here ("running_mean to have type BFloat16"; seen on an H200)
+        mixed_precision_policy="fp32")}
 
 def verify_strategy(accelerator, config:Config):
     "After the Accelerator exists: refuse a strategy it did not take (Accelerate falls back silently in places)."
