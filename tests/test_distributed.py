@@ -1,5 +1,7 @@
 """Distributed training on CPU processes over gloo (ENVIRONMENT.md's traps handled by `tp train --distributed`):
-two processes, two simulated nodes, resume of a 2-process run, and a killed rank that fails fast."""
+two processes, two simulated nodes, resume of a 2-process run, and a killed rank that fails fast; under
+`torchrun --max-restarts 1` a killed rank restarts the group, which resumes the same run and completes (with no
+restarts the job fails, fast); `notebook_train` trains on 2 processes from a real Jupyter kernel (papermill)."""
 import json
 import os
 import subprocess
@@ -71,3 +73,62 @@ def test_a_killed_rank_fails_the_job_fast(tmp_path, prepared):
                cwd=tmp_path, env={"TP_FAULT": "train:killrank1@10"}, timeout=300)
     assert r.returncode != 0
     assert time.monotonic() - start < 120, "the surviving rank hung"
+
+
+def torchrun(tmp_path, data_dir, max_restarts, fault):
+    cmd = [str(Path(TP).with_name("python")), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts",
+           str(max_restarts), "--monitor-interval", "1", "--master-port", str(free_port()), "-m", "training_pipeline.train",
+           "--config", str(REPO / "config" / "test.yaml"), *data_overrides(data_dir), *EXTRA,
+           "checkpointing.save_every_n_steps=10", "distributed.timeout_s=60"]
+    env = {**{k: v for k, v in os.environ.items() if k != "TP_DEBUG"}, "TP_FAULT": fault}
+    start = time.monotonic()
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return r, time.monotonic() - start
+
+
+def test_torchrun_restarts_the_group_after_a_killed_rank_and_the_run_completes(tmp_path, prepared):
+    r, _ = torchrun(tmp_path, prepared("digits"), max_restarts=1, fault="train:killrank1@45")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "runs" / "test").iterdir())
+    assert len(runs) == 1  # the restarted group continued the same run, in place
+    run_dir = runs[0]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["status"], meta["world_size"]) == ("completed", 2)
+    events = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["checkpoint"].endswith("step-00000040"), resumed
+    keys = [(r["split"], r["step"], "epoch_time_s" in r) for r in rows(run_dir)]
+    assert len(keys) == len(set(keys))  # no step logged twice across the restart
+    assert [r["samples"] for r in rows(run_dir) if r["split"] == "train" and "epoch_time_s" in r][-1] == 1257
+    rng = json.loads((run_dir / "checkpoints" / json.loads((run_dir / "checkpoints" / "index.json").read_text())["last"] / "rng.json").read_text())
+    assert len(rng["ranks"]) == 2  # every rank's RNG state is in the checkpoint
+    check_run_dir(run_dir)
+
+
+def test_torchrun_without_restarts_fails_fast_with_one_clear_line(tmp_path, prepared):
+    r, seconds = torchrun(tmp_path, prepared("digits"), max_restarts=0, fault="train:killrank1@20")
+    assert r.returncode != 0 and seconds < 120
+    assert "error: process 0 of 2 failed" in r.stderr and "torchrun --max-restarts" in r.stderr, r.stderr[-2000:]
+
+
+def test_notebook_train_runs_two_processes_from_a_jupyter_kernel(tmp_path, prepared):
+    import nbformat
+    import papermill
+    d = prepared("digits")
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                                            "language_info": {"name": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("overrides = []", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(
+                    "import json\nfrom training_pipeline.distributed import notebook_train\n"
+                    f"run_dir = notebook_train({str(REPO / 'config' / 'test.yaml')!r}, overrides, num_processes=2)\n"
+                    "meta = json.loads((run_dir / 'run.json').read_text())\n"
+                    "print('RESULT', meta['status'], meta['world_size'], meta['backend'], run_dir)")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+                               parameters={"overrides": [*data_overrides(d), "training.epochs=1"]}, kernel_name="python3")
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
+    line = next(l for l in text.splitlines() if l.startswith("RESULT"))
+    status, world, backend, run_dir = line.split()[1:]
+    assert (status, world, backend) == ("completed", "2", "gloo")
+    assert (Path(run_dir) / "logs" / "train.rank1.log").exists()

@@ -14,7 +14,7 @@ from .config import Config
 from .core import ConfigError, NotBuiltError
 
 # %% auto #0
-__all__ = ['check_strategy', 'strategy_plugins', 'verify_strategy', 'broadcast_from_main', 'notebook_train']
+__all__ = ['check_strategy', 'strategy_plugins', 'verify_strategy', 'broadcast_from_main', 'init_process_group', 'notebook_train']
 
 # %% ../nbs/08_distributed.ipynb #edd750f8
 def check_strategy(config:Config, cpu:bool):
@@ -79,6 +79,17 @@ def broadcast_from_main(obj):
     return broadcast_object_list([obj])[0]
 
 # %% ../nbs/08_distributed.ipynb #8b9602ae
+def init_process_group(cpu:bool, timeout_s:float):
+    "Create the default process group under torchrun, namespaced by the restart round; a no-op elsewhere."
+    import torch.distributed as dist
+    from datetime import timedelta
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) < 2: return
+    store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+    dist.init_process_group("gloo" if cpu else "nccl", store=dist.PrefixStore(f"round-{restart}", store), rank=rank,
+                            world_size=world, timeout=timedelta(seconds=timeout_s))
+
+# %% ../nbs/08_distributed.ipynb #02c73058
 def _notebook_worker(config_path, overrides, epochs, run_id, cpu):
     if cpu: os.environ["ACCELERATE_USE_CPU"] = "1"
     os.environ["TP_RUN_ID"] = run_id
@@ -106,7 +117,7 @@ def notebook_train(config_path:str, overrides:list[str]|None=None, num_processes
     AcceleratorState._reset_state(reset_partial_state=True)  # an Accelerator made earlier in this kernel would block the launch
     notebook_launcher(_notebook_worker, (str(config_path), overrides, epochs, run_id, cpu), num_processes=num_processes,
                       use_port=str(port))
-    run_dir = Path(config.experiment.runs_dir)/config.experiment.name/run_id
+    run_dir = (Path(config.experiment.runs_dir)/config.experiment.name/run_id).resolve()
     if not (run_dir/"run.json").exists():
         from training_pipeline.core import TrainingError
         raise TrainingError("the processes ended without a run directory", str(run_dir), "see the output above")

@@ -22,7 +22,7 @@ from .checkpoint import (CheckpointCallback, latest_good_checkpoint, list_checkp
                                          restore_trainer, verify_checkpoint)
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, set_seed)
-from .distributed import broadcast_from_main, check_strategy, strategy_plugins, verify_strategy
+from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
 from .models import is_pickle_file
 from .monitor import MonitorCallback
 from .profiling import ProfilerCallback, StepTimer
@@ -199,6 +199,7 @@ class FaultInjection(Callback):
     def __init__(self, spec:str):
         kind, _, arg = spec.removeprefix("train:").partition("@")
         self.kind, self.step = kind, int(arg) if arg else None
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0: self.step = None  # a restarted group runs clean
         if kind.startswith("slowdata="): self.step = None
         self.sleep = float(kind.split("=")[1]) if kind.startswith("sleep=") else 0.0
     def before_fit(self):
@@ -235,6 +236,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     from accelerate import PartialState
     from datetime import timedelta
     # a timeout on the process group: a rank that dies makes the others fail within distributed.timeout_s, never hang
+    init_process_group(config.resources.cpu or not torch.cuda.is_available(), config.distributed.timeout_s)
     state = PartialState(cpu=config.resources.cpu or not torch.cuda.is_available(), timeout=timedelta(seconds=config.distributed.timeout_s))
     # one process decides how to resume and tells the others (they would race with its writes otherwise)
     plan = plan_resume(config, resume, runs_dir) if state.is_main_process else None
@@ -255,6 +257,10 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
                 if transient and attempt:
                     raise TrainingError(f"training failed after {attempt} retr{'y' if attempt == 1 else 'ies'}: {reason}",
                                         str(run_dir), "see logs/train.log of the run") from e
+                if transient and state.num_processes > 1:
+                    raise TrainingError(f"process {state.process_index} of {state.num_processes} failed: {' '.join(reason.split())[:300]}",
+                                        str(run_dir or "distributed run"), "another process probably died first (see its log); "
+                                        "under torchrun --max-restarts K the group restarts and continues from the last checkpoint") from e
                 raise
             attempt += 1
             delay = config.training.retry_backoff_s * 2 ** (attempt - 1)
