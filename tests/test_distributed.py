@@ -132,3 +132,14 @@ def test_notebook_train_runs_two_processes_from_a_jupyter_kernel(tmp_path, prepa
     status, world, backend, run_dir = line.split()[1:]
     assert (status, world, backend) == ("completed", "2", "gloo")
     assert (Path(run_dir) / "logs" / "train.rank1.log").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("distributed.strategy=fsdp", "distributed.strategy=fsdp needs CUDA GPUs"),
+    ("distributed.backend=nccl", "distributed.backend=nccl needs CUDA GPUs"),
+    ("distributed.strategy=deepspeed", "distributed.strategy=deepspeed")])
+def test_a_strategy_that_cannot_run_here_fails_before_training(tmp_path, prepared, override, message):
+    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), override,
+               "--distributed", "--gpus", "2", "--cpu", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: " + message), r.stderr
+    assert not (tmp_path / "runs").exists()

@@ -160,25 +160,33 @@ def _notebook_commands(sub):
 
 # %% ../nbs/20_cli.ipynb #118e41c8
 def _jobs_commands(sub):
-    p = _add(sub, "jobs", "queue, schedule, watch and restart many training runs")
+    p = _add(sub, "jobs", "queue, schedule, watch and restart many training runs",
+             epilog="examples:\n  tp jobs submit --config config/digits.yaml training.learning_rate=0.01\n  tp jobs worker --slots 2\n"
+                    "  tp jobs list --watch\n  tp jobs logs 3 --follow\n  tp jobs cancel 3")
     jsub = p.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True, parser_class=Parser)
-    c = _add(jsub, "submit", "queue a training job; prints its id")
-    c.add_argument("--config", required=True, metavar="PATH")
+    c = _add(jsub, "submit", "queue a training job; prints its id",
+             epilog="The config is checked like `tp config check` (a bad one is refused, exit 2). A job is a `tp train` run\n"
+                    "with its own run id; transient failures are retried from its last checkpoint (--max-retries).")
+    c.add_argument("--config", required=True, metavar="PATH", help="a YAML config, as for tp train")
     res = c.add_mutually_exclusive_group()
-    res.add_argument("--gpus", type=int, metavar="N"); res.add_argument("--cpus", type=int, metavar="N")
-    c.add_argument("--priority", type=int, default=0, metavar="P")
-    c.add_argument("--max-retries", type=int, default=3, metavar="K")
-    c.add_argument("--name")
-    c.add_argument("--backend", choices=("local", "slurm"), default="local")
-    c.add_argument("--partition"); c.add_argument("--time"); c.add_argument("--nodes", type=int)
-    c.add_argument("--gpus-per-node", type=int)
-    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    c = _add(jsub, "worker", "run queued jobs")
-    c.add_argument("--slots", default="auto", metavar="auto|N")
-    c = _add(jsub, "list", "all jobs"); c.add_argument("--watch", action="store_true")
+    res.add_argument("--gpus", type=int, metavar="N", help="GPUs for the job (N > 1: tp train --distributed); default: 1 where GPUs exist")
+    res.add_argument("--cpus", type=int, metavar="N", help="CPU slots for the job, no GPU (default: 1)")
+    c.add_argument("--priority", type=int, default=0, metavar="P", help="higher runs first (default: 0)")
+    c.add_argument("--max-retries", type=int, default=3, metavar="K", help="retries after transient failures (default: 3)")
+    c.add_argument("--name", help="a name for the job (default: the experiment name)")
+    c.add_argument("--backend", choices=("local", "slurm"), default="local", help="local: the queue's workers (default); slurm: sbatch")
+    c.add_argument("--partition", help="Slurm partition"); c.add_argument("--time", help="Slurm time limit, e.g. 2:00:00")
+    c.add_argument("--nodes", type=int, help="Slurm nodes (> 1: tp train --distributed on every node)")
+    c.add_argument("--gpus-per-node", type=int, help="Slurm GPUs per node")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    c = _add(jsub, "worker", "run queued jobs (stops when the queue is done, unless --forever)")
+    c.add_argument("--slots", default="auto", metavar="auto|N", help="CPU slots (default: auto = the number of CPUs)")
+    c.add_argument("--forever", action="store_true", help="keep waiting for new jobs instead of stopping when the queue is done")
+    c.add_argument("--backoff-s", type=float, default=10.0, metavar="S", help="first retry delay, doubled per retry (default: 10)")
+    c = _add(jsub, "list", "all jobs"); c.add_argument("--watch", action="store_true", help="refresh in place until every job ended")
     for name, help in (("show", "one job"), ("logs", "a job's log"), ("cancel", "stop a job (with a checkpoint)")):
         c = _add(jsub, name, help); c.add_argument("job_id", metavar="ID")
-    jsub.choices["logs"].add_argument("--follow", action="store_true")
+    jsub.choices["logs"].add_argument("--follow", action="store_true", help="keep printing until the job ended")
     for c in jsub.choices.values(): c.add_argument("--jobs-dir", default="jobs", help="the queue (default: jobs)")
 
 # %% ../nbs/20_cli.ipynb #e17e9ae3
@@ -242,6 +250,11 @@ def launch_distributed(args) -> int:
     from training_pipeline.tracking import new_run_id
     if not args.gpus or args.gpus < 1: raise UsageError("--distributed needs --gpus N (processes per node)", "tp train", "e.g. --distributed --gpus 2 --cpu")
     world = args.gpus * args.nodes
+    import torch
+    from training_pipeline.config import load_config
+    from training_pipeline.distributed import check_strategy
+    # a config or strategy that cannot run fails here, once, not in each of the N processes
+    check_strategy(load_config(args.config, args.overrides), cpu=args.cpu or not torch.cuda.is_available())
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
            "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip", args.master_addr,
            "--main_process_port", str(args.master_port), "--dynamo_backend", "no", "--mixed_precision", "no",
