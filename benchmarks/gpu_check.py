@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 from training_pipeline.callback.progress import ProgressCallback  # noqa: E402
+from training_pipeline.callback.tracker import NonFiniteLossCallback  # noqa: E402
+from training_pipeline.profiling import StepTimer  # noqa: E402
 from training_pipeline.config import validate_config  # noqa: E402
 from training_pipeline.core import set_seed  # noqa: E402
 from training_pipeline.loaders import build_data  # noqa: E402
@@ -53,7 +55,7 @@ def new_model(cfg, data):
 
 def raw_loop(cfg, data, epochs, precision):
     model, opt = new_model(cfg, data)
-    model = model.cuda().to(memory_format=torch.channels_last)
+    model = model.cuda()
     x, y = data.datasets["train"].x, data.datasets["train"].y
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -74,11 +76,13 @@ def raw_loop(cfg, data, epochs, precision):
     return seen / (time.perf_counter() - t0), float(total) / len(y)
 
 
-def trainer_loop(cfg, data, epochs, precision):
+def trainer_loop(cfg, data, epochs, precision, guards=False):
     model, opt = new_model(cfg, data)
     loaders = {"train": data.loader("train", BATCH, cfg.data, seed=SEED, even=True)}
+    # guards: the callbacks `tp train` adds — the non-finite loss guard (a host sync per step) and the step timer
+    extra = [NonFiniteLossCallback("stop"), StepTimer()] if guards else []
     t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, num_classes=data.num_classes, log_every=50, logger=lambda *_: None,
-                cbs=[ProgressCallback()], accelerator=make_accelerator(precision, cpu=False))
+                cbs=[ProgressCallback(), *extra], accelerator=make_accelerator(precision, cpu=False))
     torch.cuda.synchronize(); t0 = time.perf_counter()
     t.fit(epochs)
     torch.cuda.synchronize()
@@ -89,16 +93,16 @@ def trainer_loop(cfg, data, epochs, precision):
 def part1(data_dir, runs, epochs):
     cfg = config_for(data_dir)
     data = build_data(cfg)
-    for precision in ("no", "bf16", "fp16"):
-        raw_loop(cfg, data, 1, precision); trainer_loop(cfg, data, 1, precision)  # warm-up: cuDNN autotune, allocator
+    for precision, guards in (("no", False), ("no", True), ("bf16", False), ("fp16", False)):
+        raw_loop(cfg, data, 1, precision); trainer_loop(cfg, data, 1, precision, guards)  # warm-up: cuDNN autotune, allocator
         raw, tr, mem_raw, mem_tr, losses = [], [], [], [], None
         for _ in range(runs):
             torch.cuda.reset_peak_memory_stats(); r, raw_loss = raw_loop(cfg, data, epochs, precision)
             mem_raw.append(torch.cuda.max_memory_allocated()); raw.append(r)
-            torch.cuda.reset_peak_memory_stats(); t, tr_loss = trainer_loop(cfg, data, epochs, precision)
+            torch.cuda.reset_peak_memory_stats(); t, tr_loss = trainer_loop(cfg, data, epochs, precision, guards)
             mem_tr.append(torch.cuda.max_memory_allocated()); tr.append(t)
             losses = (round(raw_loss, 4), round(tr_loss, 4))
-        report(part="throughput", precision=precision, raw_samples_per_s=round(statistics.median(raw)),
+        report(part="throughput", precision=precision, guards=guards, raw_samples_per_s=round(statistics.median(raw)),
                trainer_samples_per_s=round(statistics.median(tr)), trainer_over_raw_time=round(statistics.median(raw) / statistics.median(tr), 4),
                peak_mem_mib_raw=round(max(mem_raw) / 2**20), peak_mem_mib_trainer=round(max(mem_tr) / 2**20),
                final_loss_raw_trainer=losses, runs=runs, epochs=epochs)
