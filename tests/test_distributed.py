@@ -143,3 +143,18 @@ def test_a_strategy_that_cannot_run_here_fails_before_training(tmp_path, prepare
                "--distributed", "--gpus", "2", "--cpu", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: " + message), r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_alert_rule_with_action_stop_stops_every_process_at_the_same_step(tmp_path, prepared):
+    start = time.monotonic()
+    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), *EXTRA,
+               "alerts.rules.data_starvation.max_share=0.0001", "alerts.rules.data_starvation.action=stop",
+               "--distributed", "--gpus", "2", "--cpu", "--master-port", free_port(), cwd=tmp_path, timeout=300)
+    assert r.returncode == 1 and time.monotonic() - start < 100, r.stderr[-2000:]  # no rank left waiting for the other
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "stopped by the alert rule data_starvation" in errors[0], r.stderr[-2000:]
+    run_dir = next((tmp_path / "runs" / "test").iterdir())
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "failed" and meta["summary"]["epochs_completed"] == 0
+    events = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in events if e["event"] == "checkpoint_saved"] == ["final"]

@@ -111,8 +111,12 @@ class MonitorCallback(Callback):
 # %% ../nbs/10_monitor.ipynb #7516a6ef
 @patch
 def after_log(self:MonitorCallback):
-    if self.row["split"] != "train" or not self.trainer.is_main: return
-    for rule, value, threshold, message in self.check_row(self.row): self.alert(rule, value, threshold, message)
+    if self.row["split"] != "train": return
+    if self.trainer.is_main:
+        for rule, value, threshold, message in self.check_row(self.row): self.alert(rule, value, threshold, message)
+    if self.trainer.accelerator.num_processes > 1:  # the main process decides; every process stops at the same step
+        from accelerate.utils import broadcast_object_list
+        self.stop_rule = broadcast_object_list([self.stop_rule])[0]
     if self.stop_rule: raise CancelFitException()
 
 @patch

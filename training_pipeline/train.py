@@ -62,7 +62,7 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     if trackers: cbs.append(TrackersCallback())
     if checkpoint is not None: cbs.append(checkpoint)
     cbs.append(StepTimer())
-    if store is not None: cbs.append(MonitorCallback(config.alerts, store.id, store.dir))
+    cbs.append(MonitorCallback(config.alerts, store.id if store else "", store.dir if store else ""))  # on every process: a stop is shared
     if config.profile.enabled and store is not None:
         cbs.append(ProfilerCallback(config.profile, store.tensorboard_dir/"profile", store.artifacts_dir))
     if os.environ.get("TP_FAULT", "").startswith("train:"): cbs.append(FaultInjection(os.environ["TP_FAULT"]))
@@ -376,6 +376,8 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
     try:
         trainer.fit(config.training.epochs, start_epoch=start[0], start_iter=start[1])
         monitor = trainer.cb("monitor")
+        if monitor is not None and monitor.stop_rule and store is None:  # another process: the main one reports the stop
+            return TrainResult(None, "failed", dict(trainer.metrics), trainer)
         if monitor is not None and monitor.stop_rule:
             raise TrainingError(f"stopped by the alert rule {monitor.stop_rule} (action: stop) at step {trainer.global_step}, "
                                 "after saving a final checkpoint", str(store.dir) if store else None,
