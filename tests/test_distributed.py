@@ -4,6 +4,7 @@ two processes, two simulated nodes, resume of a 2-process run, and a killed rank
 restarts the job fails, fast); `notebook_train` trains on 2 processes from a real Jupyter kernel (papermill)."""
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -158,3 +159,28 @@ def test_an_alert_rule_with_action_stop_stops_every_process_at_the_same_step(tmp
     assert meta["status"] == "failed" and meta["summary"]["epochs_completed"] == 0
     events = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["reason"] for e in events if e["event"] == "checkpoint_saved"] == ["final"]
+
+
+def test_sigterm_to_a_distributed_run_saves_stops_every_process_and_resumes(tmp_path, prepared):
+    # the launcher passes SIGTERM on; the processes agree on the step (even one that falls on a checkpoint step)
+    args = ["train", "--config", str(REPO / "config" / "test.yaml"), *data_overrides(prepared("digits")), *EXTRA,
+            "checkpointing.save_every_n_steps=2", "--distributed", "--gpus", "2", "--cpu", "--master-port", str(free_port())]
+    p = subprocess.Popen([str(TP), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "TP_FAULT": "train:sleep=0.02"})
+    deadline = time.monotonic() + 120
+    while not any(f.stat().st_size for f in (tmp_path / "runs").glob("*/*/metrics.jsonl")):
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()[-2000:]
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    out, err = p.communicate(timeout=120)
+    assert time.monotonic() - signalled < 25, "a process hung after the signal (the launcher kills after 30 s)"
+    assert p.returncode == 130, err[-2000:]
+    assert [l for l in err.splitlines() if l.startswith("error:")] == [l for l in err.splitlines() if "error: interrupted by SIGTERM" in l]
+    assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err[-2000:]
+    run_dir = next((tmp_path / "runs" / "test").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    r = run_tp(*args, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert [e["event"] for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())].count("resumed") == 1

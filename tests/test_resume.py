@@ -238,3 +238,22 @@ def test_resume_from_a_path_starts_a_child_run(tmp_path, prepared, reference):
     assert meta["parent_run"] == reference["run"].name and child.name != reference["run"].name
     rows = metric_rows(child)
     assert min(step for _, step, _, _ in rows) > 120  # it continued from the parent's step 120
+
+
+def test_sigterm_twice_to_the_process_group_with_loader_workers_is_a_clean_preemption(tmp_path, prepared):
+    # Slurm and `kill -- -PGID` signal every process of the group, DataLoader workers included
+    p = subprocess.Popen(cmd(prepared("digits"), "data.num_workers=2"), cwd=tmp_path, env={**os.environ, **SLOW},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(f.stat().st_size for f in (tmp_path / "runs").glob("*/*/metrics.jsonl")):  # training has begun
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGTERM)
+    time.sleep(0.02)
+    try: os.killpg(p.pid, signal.SIGTERM)  # the same signal again, as when a launcher forwards what Slurm sent
+    except ProcessLookupError: pass
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted by SIGTERM" in err, err[-2000:]
+    run_dir = runs(tmp_path)[0].parent
+    last = json.loads((run_dir / "checkpoints" / "index.json").read_text())["last"]
+    assert json.loads((run_dir / "checkpoints" / last / "trainer.json").read_text())["reason"] == "preempted"

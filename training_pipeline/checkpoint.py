@@ -284,8 +284,11 @@ class CheckpointCallback(TrackerCallback):
                 self.previous[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame):
-        if self.preempt is not None: raise KeyboardInterrupt  # second signal: stop now
-        self.preempt = signal.Signals(signum).name
+        if self.preempt is None:
+            self.preempt, self._signalled_at = signal.Signals(signum).name, time.monotonic()
+        # a second signal means "stop now" — unless it is the same SIGTERM delivered twice (under Slurm both slurmstepd
+        # and the torchrun/accelerate agent forward it to every process), which must not cost the checkpoint
+        elif signum == signal.SIGINT or time.monotonic() - self._signalled_at > 5: raise KeyboardInterrupt
 
     def after_fit(self):
         try:
@@ -312,30 +315,32 @@ def after_batch(self:CheckpointCallback):
     if last_of_epoch:  # the epoch's rows (train summary, validation) come first: save in after_epoch
         self._deferred = self._deferred or due
         return
-    self._agree_on_preemption()
-    if due or self.preempt: self.save("preempted" if self.preempt else "step", (self.epoch, self.iter + 1))
-    if self.preempt: self._stop_for_preemption()
+    stop = self._agree_on_preemption()
+    if due or stop: self.save("preempted" if stop else "step", (self.epoch, self.iter + 1))
+    if stop: self._stop_for_preemption()
 
 @patch
-def _agree_on_preemption(self:CheckpointCallback):
-    "Processes may get the signal a step apart: they agree (any one signalled) so that all save and stop together."
+def _agree_on_preemption(self:CheckpointCallback) -> bool:
+    """Whether to save and stop at this step. Processes may get the signal a step apart, or in the middle of a save:
+    the answer is agreed here (any one signalled) and taken once, so that all save and stop at the same step."""
     acc = self.trainer.accelerator
-    if acc.num_processes == 1: return
+    if acc.num_processes == 1: return self.preempt is not None
     flag = torch.tensor([1.0 if self.preempt else 0.0], device=acc.device)
     if torch.distributed.is_initialized(): torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     if flag.item() and not self.preempt: self.preempt = "SIGTERM"
+    return bool(flag.item())
 
 @patch
 def after_epoch(self:CheckpointCallback):
     TrackerCallback.after_epoch(self)
     self._flush_events()
-    self._agree_on_preemption()
+    stop = self._agree_on_preemption()
     due = bool(self.cfg.save_frequency) and (self.epoch + 1) % self.cfg.save_frequency == 0
     best = self.cfg.save_best and self.new_best
-    if due or best or self._deferred or self.preempt:
-        self.save("best" if best and not due else ("preempted" if self.preempt else "epoch"), (self.epoch + 1, 0), is_best=best)
+    if due or best or self._deferred or stop:
+        self.save("best" if best and not due else ("preempted" if stop else "epoch"), (self.epoch + 1, 0), is_best=best)
     self._deferred = False
-    if self.preempt: self._stop_for_preemption()
+    if stop: self._stop_for_preemption()
 
 @patch
 def _stop_for_preemption(self:CheckpointCallback):

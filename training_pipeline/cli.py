@@ -264,7 +264,19 @@ def launch_distributed(args) -> int:
            *(["resources.cpu=true"] if args.cpu else [])]
     env = {**os.environ, "TP_RUN_ID": os.environ.get("TP_RUN_ID") or new_run_id()}
     if args.cpu: env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu this starts N real CPU processes over gloo
-    return subprocess.run(cmd, env=env).returncode
+    # SIGTERM (a job manager, a scheduler) goes to the launcher, which passes it on to every process: they save a
+    # checkpoint and stop. This process waits for them instead of dying first and leaving them behind. Ctrl-C already
+    # reaches the whole process group, so SIGINT is only waited out here.
+    import signal
+    proc, signalled = subprocess.Popen(cmd, env=env), []
+    def forward(signum, frame):
+        signalled.append(signum)
+        if signum == signal.SIGTERM: proc.send_signal(signum)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try: code = proc.wait()
+    finally:
+        for sig, handler in previous.items(): signal.signal(sig, handler)
+    return EXIT_INTERRUPTED if signalled and code != 0 else code
 
 def cmd_train(args) -> int:
     "Train one run; print the run directory and its final metrics."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -149,8 +150,18 @@ def submit_job(config:str|Path, # A YAML config, as for `tp train`
                              f"ask for at most {have} (--gpus {have})" if have else "submit it without --gpus: it trains on CPU slots")
         if cpus is not None and cpus > cpu_count():
             raise UsageError(f"the job asks for {cpus} CPU slots but this machine has {cpu_count()}", "tp jobs submit", f"ask for at most {cpu_count()}")
-    else: gpus = gpus or 0
+    else:
+        gpus = gpus or 0
+        slurm = dict(slurm or {})
+        for key, value in [*slurm.items(), ("name", name)]:
+            if isinstance(value, str) and not re.fullmatch(r"[\w.:@+-]+", value):  # they go into #SBATCH lines
+                raise UsageError(f"--{key.replace('_', '-')} {value!r} has characters Slurm options cannot take", "tp jobs submit",
+                                 "use letters, digits and . : @ + - _")
+        if gpus and not slurm.get("gpus_per_node"): slurm["gpus_per_node"] = gpus  # else the allocation has no GPU
     cwd = Path.cwd()
+    if any(c.isspace() for c in str(cwd)) and backend == "slurm":
+        raise UsageError("the working directory has white space, which sbatch's --chdir/--output cannot take", str(cwd),
+                         "submit from a directory without spaces")
     run_id = new_run_id()
     run_dir = cwd/cfg.experiment.runs_dir/cfg.experiment.name/run_id
     config_abs = str(Path(config).resolve())
@@ -172,10 +183,15 @@ def submit_command(argv:list[str], jobs_dir:str|Path="jobs", name:str="command",
     finally: db.close()
 
 # %% ../nbs/14_jobs.ipynb #277836ba
+def _run_meta(run_dir) -> dict:
+    try: return json.loads((Path(run_dir)/"run.json").read_text())
+    except (OSError, ValueError, TypeError): return {}
+
+def _run_status(run_dir) -> str|None: return _run_meta(run_dir).get("status")
+
 def run_error_kind(run_dir) -> tuple[str|None, str|None]:
     "(error_kind, error) from a run's run.json."
-    try: meta = json.loads((Path(run_dir)/"run.json").read_text())
-    except (OSError, ValueError, TypeError): return None, None
+    meta = _run_meta(run_dir)
     return meta.get("error_kind"), meta.get("error")
 
 def classify_exit(rc:int, run_dir=None, cancel_requested:bool=False) -> str:
@@ -305,6 +321,8 @@ def attempt_command(job:dict) -> tuple[list, dict, str|None]:
     argv = json.loads(job["argv"])
     if job["kind"] != "train": return argv, {}, None
     resume = "auto" if (Path(job["run_dir"])/"run.json").exists() else "never"
+    if "--distributed" in argv and "--master-port" not in argv:  # two multi-GPU jobs must not share the default port
+        with socket.socket() as s: s.bind(("127.0.0.1", 0)); argv = [*argv, "--master-port", str(s.getsockname()[1])]
     env = {"TP_RUN_ID": job["run_id"], "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": job["devices"] or ""}
     if "OMP_NUM_THREADS" not in os.environ: env["OMP_NUM_THREADS"] = str(job["cpus"])  # a job's CPU slots are its threads
     return [*argv, "--resume", resume], env, resume
@@ -365,11 +383,12 @@ def _reap(self:Worker):
     for job_id, r in list(self.running.items()):
         rc = r["proc"].poll()
         if rc is None: continue
-        del self.running[job_id]
-        r["log"].write(f"=== tp jobs: attempt {r['job']['attempts']} exited with {rc} at {_fmt_time(time.time())}\n".encode()); r["log"].close()
+        if not r["log"].closed:
+            r["log"].write(f"=== tp jobs: attempt {r['job']['attempts']} exited with {rc} at {_fmt_time(time.time())}\n".encode()); r["log"].close()
         job = {**r["job"], **get_job(self.db, job_id)}  # current flags (cancel_requested) and counters
         outcome = classify_exit(rc, job["run_dir"], bool(job["cancel_requested"]))
         self._finish(job, rc, outcome)
+        del self.running[job_id]  # only once its outcome is committed: if the queue was locked, the next turn retries
 
 # %% ../nbs/14_jobs.ipynb #f74d53b9
 @patch
@@ -392,10 +411,11 @@ def _recover(self:Worker):
             cur = self.db.execute("SELECT state, worker FROM jobs WHERE id=?", (job["id"],)).fetchone()
             if cur["state"] != "running" or cur["worker"] != job["worker"]: continue
             state = "cancelled" if job["cancel_requested"] else "queued"
-            self.db.execute("UPDATE jobs SET state=?, worker=NULL, pid=NULL, requeues=requeues+1, ended=? WHERE id=?",
-                            (state, now if state == "cancelled" else None, job["id"]))
+            if _run_status(job["run_dir"]) == "completed": state = "succeeded"  # it finished before its worker went
+            self.db.execute("UPDATE jobs SET state=?, worker=NULL, pid=NULL, requeues=requeues+?, ended=? WHERE id=?",
+                            (state, int(state == "queued"), None if state == "queued" else now, job["id"]))
             self.db.execute("UPDATE attempts SET ended=?, outcome='worker lost' WHERE job_id=? AND attempt=?", (now, job["id"], job["attempts"]))
-        self.log(f"job {job['id']} ({job['name']}): its worker {job['worker']} is gone; {'cancelled' if state == 'cancelled' else 'requeued'}")
+        self.log(f"job {job['id']} ({job['name']}): its worker {job['worker']} is gone; {'requeued' if state == 'queued' else state}")
 
 @patch
 def _signal_cancelled(self:Worker):
@@ -529,7 +549,8 @@ def read_jobs(jobs_dir:str|Path="jobs") -> list[dict]:
     db = connect(jobs_dir)
     try:
         if db.execute("SELECT 1 FROM jobs WHERE backend='slurm' AND state IN ('queued','running') LIMIT 1").fetchone():
-            sync_slurm(db, jobs_dir)
+            try: sync_slurm(db, jobs_dir)
+            except UsageError as e: print(f"warning: Slurm jobs not refreshed: {e}", file=sys.stderr)  # local jobs still show
         jobs = [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY id")]
     finally: db.close()
     now = time.time()
@@ -617,7 +638,8 @@ def _slurm_env() -> dict: return dict(os.environ)
 def slurm_script(job:dict, spec_path:Path, log:Path, opts:dict) -> str:
     "The sbatch script of a job."
     nodes, gpn = opts.get("nodes") or 1, opts.get("gpus_per_node") or 0
-    head = ["#!/bin/bash", f"#SBATCH --job-name=tp-{job['id']}-{job['name']}", f"#SBATCH --output={log}", "#SBATCH --open-mode=append",
+    name = re.sub(r"[^\w.:@+-]", "_", job["name"])  # the default name is the experiment's: made safe for the #SBATCH line
+    head = ["#!/bin/bash", f"#SBATCH --job-name=tp-{job['id']}-{name}", f"#SBATCH --output={log}", "#SBATCH --open-mode=append",
             "#SBATCH --requeue", f"#SBATCH --chdir={job['cwd']}", f"#SBATCH --nodes={nodes}", "#SBATCH --ntasks-per-node=1",
             f"#SBATCH --cpus-per-task={job['cpus']}"]
     if gpn: head.append(f"#SBATCH --gpus-per-node={gpn}")
@@ -701,7 +723,8 @@ SLURM_STATES = {"PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queu
 
 def slurm_job_info(slurm_id:str) -> dict|None:
     "{'JobState', 'Restarts', 'ExitCode', 'StartTime', 'EndTime', 'NodeList', 'Reason', ...} from scontrol; None if Slurm forgot it."
-    r = subprocess.run(["scontrol", "show", "job", "--oneliner", str(slurm_id)], capture_output=True, text=True, env=_slurm_env())
+    try: r = subprocess.run(["scontrol", "show", "job", "--oneliner", str(slurm_id)], capture_output=True, text=True, env=_slurm_env())
+    except OSError as e: raise UsageError(f"cannot ask Slurm about job {slurm_id}: {e}", "scontrol", "run on a machine with Slurm's client commands")
     if r.returncode != 0 or "JobState=" not in r.stdout: return None
     info = {}
     for tok in r.stdout.split():

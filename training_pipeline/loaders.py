@@ -155,9 +155,13 @@ class ResumableSampler(Sampler[int]):
 
 # %% ../nbs/02d_loaders.ipynb #7ac64549
 def seed_worker(worker_id:int):
-    "DataLoader worker_init_fn: seed numpy and random from torch's per-worker seed."
+    "DataLoader worker_init_fn: seed numpy and random from torch's per-worker seed; leave stop signals to the trainer."
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed); random.seed(seed)
+    # Slurm, `kill -- -PGID` and Ctrl-C signal the whole process group. A worker that died of it would turn a clean
+    # preemption (checkpoint, exit 130) into a "DataLoader worker exited unexpectedly" crash; workers end with the trainer.
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT): signal.signal(sig, signal.SIG_IGN)
 
 # %% ../nbs/02d_loaders.ipynb #f416eed5
 @dataclass

@@ -384,6 +384,7 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
                                 f"see the alert in events.jsonl; change alerts.rules.{monitor.stop_rule} to relax it")
         if ckpt_cb is not None and ckpt_cb.preempt:
             status = "interrupted"
+            if store is None: return TrainResult(None, status, dict(trainer.metrics), trainer)  # the main process reports it
             raise InterruptedRun(f"interrupted by {ckpt_cb.preempt} at step {trainer.global_step}, after saving a checkpoint",
                                  str(store.dir) if store else None, "run the same `tp train` command to resume it")
         if "test" in trainer.loaders: trainer.validate("test")

@@ -21,7 +21,7 @@ __all__ = ['JsonlTail', 'RunTail', 'run_snapshot', 'render_snapshot', 'Heartbeat
 # %% ../nbs/10a_watch.ipynb #fbd81a58
 class JsonlTail:
     "Incremental reader of an append-only JSON-lines file: each `read()` returns the complete lines added since the last one."
-    def __init__(self, path:str|Path): self.path, self.offset, self.inode, self.reset = Path(path), 0, None, False
+    def __init__(self, path:str|Path): self.path, self.offset, self.inode, self.reset, self.skipped = Path(path), 0, None, False, 0
 
     def read(self) -> list[dict]:
         "New complete rows; after the file was replaced or shortened, every row again with `self.reset` set."
@@ -38,7 +38,11 @@ class JsonlTail:
         end = data.rfind(b"\n")
         if end < 0: return []  # only a partial line so far
         self.offset += end + 1
-        return [json.loads(line) for line in data[:end + 1].decode("utf-8").splitlines() if line.strip()]
+        rows = []
+        for line in data[:end + 1].decode("utf-8", errors="replace").splitlines():
+            try: rows.append(json.loads(line))
+            except ValueError: self.skipped += bool(line.strip())  # a damaged line (a full disk mid-write): the rest still counts
+        return rows
 
 # %% ../nbs/10a_watch.ipynb #13f2adf7
 class RunTail:

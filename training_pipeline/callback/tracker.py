@@ -74,8 +74,15 @@ class NonFiniteLossCallback(Callback):
     def __init__(self, action:str="stop"): self.action, self.skipped = action, 0
 
     def after_loss(self):
-        if not self.training or torch.isfinite(self.loss).all(): return
-        value = self.loss.detach().float().item()
+        if not self.training: return
+        finite = torch.isfinite(self.loss.detach()).all()
+        if self.trainer.accelerator.num_processes > 1 and torch.distributed.is_initialized():
+            # every process skips (or stops at) the same batch, else the others would wait in the gradient all-reduce
+            flag = finite.to(torch.int32).reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag[0].bool()
+        if finite: return
+        value = self.loss.detach().float().item()  # this process's loss (finite here if another process's was not)
         if self.action == "skip":
             self.skipped += 1
             self.trainer.log_event("nonfinite_loss_skipped", loss=str(value), batch=self.iter)
