@@ -196,6 +196,10 @@ def test_queue_errors_are_one_line_and_leave_the_queue_alone(tmp_path):
         r = run_tp("jobs", *argv, cwd=tmp_path)
         assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: ")
     assert list(tmp_path.iterdir()) == []
+    # what would go into #SBATCH lines is checked first: a newline there would end the header and run as shell
+    r = run_tp("jobs", "submit", "--config", CONFIG, "--backend", "slurm", "--partition", "gpu\necho pwned", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --partition") and len(r.stderr.splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
     # a file that is not a database: one line, exit 2, file untouched
     (tmp_path / "jobs").mkdir(); (tmp_path / "jobs" / "jobs.db").write_bytes(b"garbage" * 1000)
     for argv in (["list"], ["show", "1"], ["submit", "--config", str(CONFIG)]):
