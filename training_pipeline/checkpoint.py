@@ -444,4 +444,7 @@ def restore_trainer(trainer, state:dict) -> tuple[int, int]:
     train_dl.sampler.load_state_dict(t["sampler"])  # refuses data of another size
     rank, ranks = trainer.accelerator.process_index, state["rng"].get("ranks") or []
     set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"], train_dl.generator)  # its own, if it had one
+    if rank >= max(len(ranks), 1):  # a process the checkpoint did not have (more processes now): its own stream, not rank 0's
+        seed = int(torch.randint(0, 2**31, ())) + rank
+        torch.manual_seed(seed); np.random.seed(seed); random.seed(seed)
     return t["epoch"], t["batches_done"]

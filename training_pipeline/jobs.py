@@ -342,10 +342,13 @@ def _start(self:Worker, job:dict):
     except OSError as e:
         log.write(f"=== tp jobs: could not start: {e}\n".encode()); log.close()
         return self._finish(job, None, "failed", f"could not start: {e}")
+    # tracked before anything else can fail (a locked queue): a started process is always reaped
+    self.running[job["id"]] = {"proc": proc, "job": job, "log": log, "resources": None, "signalled": False}
+    if self.stopping:  # the stop signal came while this job was starting
+        with contextlib.suppress(OSError): os.killpg(proc.pid, signal.SIGTERM)
     with transaction(self.db):
         self.db.execute("UPDATE jobs SET pid=? WHERE id=?", (proc.pid, job["id"]))
         self.db.execute("UPDATE attempts SET pid=?, resume=? WHERE job_id=? AND attempt=?", (proc.pid, resume, job["id"], job["attempts"]))
-    self.running[job["id"]] = {"proc": proc, "job": job, "log": log, "resources": None, "signalled": False}
     self.log(f"job {job['id']} ({job['name']}) started: attempt {job['attempts']}, pid {proc.pid}"
              f"{f', resume {resume}' if resume else ''}{devices.replace(' CUDA_VISIBLE_DEVICES=', ', GPUs ')}")
 
@@ -469,6 +472,7 @@ def run(self:Worker) -> int:
             self.log(f"worker {self.name}: {self.stopping}: stopping {len(self.running)} job(s) with a checkpoint; they will be requeued")
             for r in self.running.values():
                 with contextlib.suppress(OSError): os.killpg(r["proc"].pid, signal.SIGTERM)
+        elif signum == signal.SIGINT: raise KeyboardInterrupt  # Ctrl-C twice: leave now (the jobs die with the worker; requeued)
     handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if threading_main() else {}
     self.log(f"worker {self.name}: {self.slots} CPU slot(s), GPUs: {','.join(self.gpus) or 'none'}; queue {db_path(self.jobs_dir)}")
     try:
