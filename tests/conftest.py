@@ -1,12 +1,13 @@
 """Shared helpers for the system tests: they run the real `tp` console script in a subprocess."""
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from training_pipeline.core import free_port  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "corpus"
@@ -73,7 +74,3 @@ def short_run(tmp_path_factory, prepared):
     assert r.returncode == 0, r.stderr
     return cwd, next((cwd / "runs" / "test").iterdir())
 
-
-def free_port():
-    "A TCP port on 127.0.0.1 that nothing listens on now."
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]

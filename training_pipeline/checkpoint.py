@@ -323,12 +323,9 @@ def after_batch(self:CheckpointCallback):
 def _agree_on_preemption(self:CheckpointCallback) -> bool:
     """Whether to save and stop at this step. Processes may get the signal a step apart, or in the middle of a save:
     the answer is agreed here (any one signalled) and taken once, so that all save and stop at the same step."""
-    acc = self.trainer.accelerator
-    if acc.num_processes == 1: return self.preempt is not None
-    flag = torch.tensor([1.0 if self.preempt else 0.0], device=acc.device)
-    if torch.distributed.is_initialized(): torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    if flag.item() and not self.preempt: self.preempt = "SIGTERM"
-    return bool(flag.item())
+    stop = self.trainer.any_process(self.preempt is not None)
+    if stop and not self.preempt: self.preempt = "SIGTERM"
+    return stop
 
 @patch
 def after_epoch(self:CheckpointCallback):

@@ -26,7 +26,7 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREF
            'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch',
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed',
-           'git_info', 'package_version', 'environment_info']
+           'git_info', 'package_version', 'environment_info', 'free_port']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -253,3 +253,8 @@ def environment_info(path:str|Path=".") -> dict:
         "hostname": socket.gethostname(),
         **git_info(path),
     }
+
+# %% ../nbs/00_core.ipynb #826faf96
+def free_port() -> int:
+    "A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous, a test server)."
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .core import UsageError, patch
 from .tracking import find_run, run_dirs
-from .watch import RunTail, _duration, render_snapshot, run_snapshot
+from .watch import RunTail, format_duration, render_snapshot, run_snapshot
 
 # %% auto #0
 __all__ = ['resolve_runs', 'headless', 'Dashboard']
@@ -120,7 +120,7 @@ def _row_html(snap:dict) -> str:
              f"<span class='tp-status' data-run='{esc(str(snap['run_id']))}' style='color:{color};font-weight:bold'>{esc(st)}</span>"
              + (f" ×{snap['world_size']} processes" if snap["world_size"] > 1 else ""),
              f"epoch {snap['epoch']}/{snap['planned_epochs'] or '?'} · step {snap['step']}/{snap['planned_steps'] or '?'}",
-             f"ETA {_duration(snap['eta_s'])} · {snap['samples_per_s'] or 0:.0f} samples/s"]
+             f"ETA {format_duration(snap['eta_s'])} · {snap['samples_per_s'] or 0:.0f} samples/s"]
     lines = [" · ".join(parts), f"train {fmt(snap['train'])} &nbsp; val {fmt(snap['val'])}"]
     if not snap["step"] and st == "running": lines.append("<i>started; no metrics written yet (the first row comes after logging.log_frequency steps)</i>")
     if snap["error"]: lines.append(f"<span style='color:#d62728'>error: {esc(str(snap['error']))}</span>")

@@ -11,7 +11,7 @@ import os
 import torch
 
 from .config import Config
-from .core import ConfigError, NotBuiltError
+from .core import ConfigError, NotBuiltError, free_port
 
 # %% auto #0
 __all__ = ['check_strategy', 'strategy_plugins', 'verify_strategy', 'broadcast_from_main', 'init_process_group', 'notebook_train']
@@ -109,10 +109,7 @@ def notebook_train(config_path:str, overrides:list[str]|None=None, num_processes
     overrides = [*(overrides or []), *world]
     config = load_config(config_path, overrides)  # errors show here, once, not in every process
     check_strategy(config, cpu)
-    run_id = new_run_id()
-    if port is None:
-        import socket
-        with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    run_id, port = new_run_id(), port or free_port()
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)  # an Accelerator made earlier in this kernel would block the launch
     notebook_launcher(_notebook_worker, (str(config_path), overrides, epochs, run_id, cpu), num_processes=num_processes,

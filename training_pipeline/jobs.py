@@ -20,8 +20,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .core import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, PipelineError, UsageError, atomic_write, atomic_write_json, patch
+from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, PipelineError, UsageError, atomic_write, atomic_write_json,
+                                    free_port, patch)
 from .tracking import new_run_id
+from .watch import format_duration
 
 # %% auto #0
 __all__ = ['SCHEMA', 'STATES', 'ENDED', 'LIST_COLUMNS', 'SLURM_STATES', 'STATE_COLORS', 'QueueLocked', 'db_path',
@@ -322,7 +324,7 @@ def attempt_command(job:dict) -> tuple[list, dict, str|None]:
     if job["kind"] != "train": return argv, {}, None
     resume = "auto" if (Path(job["run_dir"])/"run.json").exists() else "never"
     if "--distributed" in argv and "--master-port" not in argv:  # two multi-GPU jobs must not share the default port
-        with socket.socket() as s: s.bind(("127.0.0.1", 0)); argv = [*argv, "--master-port", str(s.getsockname()[1])]
+        argv = [*argv, "--master-port", str(free_port())]
     env = {"TP_RUN_ID": job["run_id"], "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": job["devices"] or ""}
     if "OMP_NUM_THREADS" not in os.environ: env["OMP_NUM_THREADS"] = str(job["cpus"])  # a job's CPU slots are its threads
     return [*argv, "--resume", resume], env, resume
@@ -510,22 +512,15 @@ def _tail_rows(path:Path, max_bytes:int=1 << 16) -> list[dict]:
 def run_progress(run_dir) -> dict:
     "{'epoch', 'epochs', 'step', 'fraction', 'metric', 'metrics'} of a run directory (empty when it has not started)."
     if not run_dir or not (Path(run_dir)/"run.json").exists(): return {}
-    rows = _tail_rows(Path(run_dir)/"metrics.jsonl")
-    out = {}
-    try:
-        import yaml
-        out["epochs"] = (yaml.safe_load((Path(run_dir)/"config.yaml").read_text()) or {}).get("training", {}).get("epochs")
-    except (OSError, ValueError, AttributeError): pass
     try: meta = json.loads((Path(run_dir)/"run.json").read_text())
     except (OSError, ValueError): meta = {}
+    rows = _tail_rows(Path(run_dir)/"metrics.jsonl")
+    out = {"epochs": meta.get("planned_epochs")}  # the plan the trainer records in run.json
     if meta.get("status") == "completed": out["fraction"] = 1.0
     if rows:
         last = rows[-1]
         out.update(step=last.get("step"), epoch=last.get("epoch"))
-        if out.get("epochs") and "fraction" not in out:
-            ends = [r for r in rows if r.get("split") == "val" and r.get("step")]  # a val row closes an epoch: steps per epoch
-            if ends: out["fraction"] = min(1.0, (last.get("step") or 0) / (ends[-1]["step"] / (ends[-1]["epoch"] + 1) * out["epochs"]))
-            else: out["fraction"] = min(1.0, (last.get("epoch") or 0) / out["epochs"])
+        if meta.get("planned_steps") and "fraction" not in out: out["fraction"] = min(1.0, (last.get("step") or 0) / meta["planned_steps"])
         val = [r for r in rows if r.get("split") == "val"]
         src = val[-1] if val else last
         keys = [k for k in ("accuracy", "loss") if isinstance(src.get(k), (int, float))]
@@ -543,10 +538,6 @@ def _duration(job:dict, now:float|None=None) -> float|None:
     if not job.get("started"): return None
     return (job["ended"] or (now or time.time())) - job["started"] if job["state"] != "queued" or job["ended"] else None
 
-def _fmt_s(s) -> str:
-    if s is None: return "-"
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 def read_jobs(jobs_dir:str|Path="jobs") -> list[dict]:
     "Every job (Slurm states refreshed), with its progress, resources and durations: what list, show and the dashboard show."
@@ -574,7 +565,7 @@ def list_rows(jobs:list[dict]) -> list[tuple]:
         if p.get("epochs") and p.get("epoch") is not None and j["state"] == "running": prog += f" ep {min(p['epoch'] + 1, p['epochs'])}/{p['epochs']}"
         retries = f"{j['retries']}/{j['max_retries']}" + (f" +{j['requeues']}rq" if j["requeues"] else "")
         rows.append((j["id"], j["name"], j["state"], retries, f"{j['cpus']}/{j['gpus']}" + (f" [{j['devices']}]" if j["devices"] else ""),
-                     _fmt_time(j["started"])[11:] if j["started"] else "-", _fmt_s(j["duration_s"]), prog, p.get("metric") or "-",
+                     _fmt_time(j["started"])[11:] if j["started"] else "-", format_duration(j["duration_s"]), prog, p.get("metric") or "-",
                      resources_text(j["resources"]) if j["resources"] else "-", _rel(j["run_dir"])))
     return rows
 
@@ -593,7 +584,7 @@ def show_text(job:dict, attempts:list[dict], jobs_dir) -> str:
              ("priority", job["priority"]),
              ("retries", f"{job['retries']} of {job['max_retries']} (transient failures); requeued {job['requeues']} time(s) (preempted, worker lost)"),
              ("submitted", _fmt_time(job["submitted"])), ("started", _fmt_time(job["started"])), ("ended", _fmt_time(job["ended"])),
-             ("duration", _fmt_s(job["duration_s"]))]
+             ("duration", format_duration(job["duration_s"]))]
     if job["run_id"]: lines += [("run id", job["run_id"]), ("run dir", job["run_dir"])]
     if p: lines.append(("progress", f"{p.get('fraction', 0) * 100:.0f}% (epoch {(p.get('epoch') or 0) + 1}/{p.get('epochs')}, step {p.get('step')})"
                                      + (f" · {' '.join(f'{k} {v:.4f}' for k, v in p['metrics'].items())}" if p.get("metrics") else "")))
@@ -607,7 +598,7 @@ def show_text(job:dict, attempts:list[dict], jobs_dir) -> str:
     if attempts:
         out.append("  attempts:")
         for a in attempts:
-            took = _fmt_s(a["ended"] - a["started"]) if a["ended"] else "running"
+            took = format_duration(a["ended"] - a["started"]) if a["ended"] else "running"
             out.append(f"    {a['attempt']}. {_fmt_time(a['started'])} {took:>8}  {a['outcome'] or '-':<12} exit {a['exit_code'] if a['exit_code'] is not None else '-'}"
                        f"  {a['worker'] or ''}" + (f" resume {a['resume']}" if a["resume"] else ""))
     return "\n".join(out)
@@ -860,7 +851,7 @@ def dashboard_html(jobs:list[dict]) -> str:
         bar = (f"<progress value='{frac:.3f}' max='1' style='width:100px'></progress> {frac * 100:.0f}%" if frac is not None else "-")
         metrics = " · ".join(f"{k} {v:.4f}" for k, v in (p.get("metrics") or {}).items()) or "-"
         cells = (j["id"], html.escape(j["name"]), f"<b style='color:{STATE_COLORS.get(j['state'], '#000')}'>{j['state']}</b>", bar, metrics,
-                 resources_text(j["resources"]), f"{j['retries']}/{j['max_retries']}", _fmt_s(j["duration_s"]), html.escape(_rel(j["run_dir"])))
+                 resources_text(j["resources"]), f"{j['retries']}/{j['max_retries']}", format_duration(j["duration_s"]), html.escape(_rel(j["run_dir"])))
         rows.append("<tr>" + "".join(f"<td style='padding:2px 8px'>{c}</td>" for c in cells) + "</tr>")
     return f"<table class='tp-jobs' style='border-collapse:collapse'><tr>{head}</tr>{''.join(rows)}</table>"
 

@@ -19,6 +19,7 @@ import torch
 
 from .callback.core import Callback, CancelFitException
 from .core import patch
+from .distributed import broadcast_from_main
 
 # %% auto #0
 __all__ = ['alert_text', 'send_email', 'send_webhook', 'deliver_alert', 'MonitorCallback']
@@ -114,9 +115,7 @@ def after_log(self:MonitorCallback):
     if self.row["split"] != "train": return
     if self.trainer.is_main:
         for rule, value, threshold, message in self.check_row(self.row): self.alert(rule, value, threshold, message)
-    if self.trainer.accelerator.num_processes > 1:  # the main process decides; every process stops at the same step
-        from accelerate.utils import broadcast_object_list
-        self.stop_rule = broadcast_object_list([self.stop_rule])[0]
+    self.stop_rule = broadcast_from_main(self.stop_rule)  # the main process decides; every process stops at the same step
     if self.stop_rule: raise CancelFitException()
 
 @patch

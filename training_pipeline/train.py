@@ -36,7 +36,7 @@ from .trainer import Trainer, make_accelerator, make_loss, make_optimizer, make_
 # %% auto #0
 __all__ = ['TRANSIENT_PATTERNS', 'TrainResult', 'with_epochs', 'build_callbacks', 'write_artifacts', 'check_trackers',
            'make_trackers', 'ResumePlan', 'find_unfinished_run', 'plan_resume', 'TransientError', 'is_transient',
-           'FaultInjection', 'train', 'scalar_hparams', 'main']
+           'FaultInjection', 'train', 'on_cpu', 'scalar_hparams', 'main']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -231,13 +231,14 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
         if len(problems) == 1: raise problems[0]
         raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
     check_trackers(config)
-    check_strategy(config, cpu=config.resources.cpu or not torch.cuda.is_available())
+    cpu = on_cpu(config)
+    check_strategy(config, cpu)
     runs_dir = runs_dir or config.experiment.runs_dir
     from accelerate import PartialState
     from datetime import timedelta
     # a timeout on the process group: a rank that dies makes the others fail within distributed.timeout_s, never hang
-    init_process_group(config.resources.cpu or not torch.cuda.is_available(), config.distributed.timeout_s)
-    state = PartialState(cpu=config.resources.cpu or not torch.cuda.is_available(), timeout=timedelta(seconds=config.distributed.timeout_s))
+    init_process_group(cpu, config.distributed.timeout_s)
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=config.distributed.timeout_s))
     # one process decides how to resume and tells the others (they would race with its writes otherwise)
     plan = plan_resume(config, resume, runs_dir) if state.is_main_process else None
     plan = broadcast_from_main(plan)
@@ -288,8 +289,12 @@ def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, ba
                  resumed_count=store.meta.get("resumed_count", 0) + 1)
     return store
 
+def on_cpu(config:Config) -> bool:
+    "Whether this config trains on CPUs: asked for (`resources.cpu`), or no GPU here."
+    return config.resources.cpu or not torch.cuda.is_available()
+
 def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict) -> TrainResult:
-    cpu = config.resources.cpu or not torch.cuda.is_available()
+    cpu = on_cpu(config)
     if config.resources.num_threads: torch.set_num_threads(config.resources.num_threads)
     if not cpu and config.resources.allow_tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     precision = "fp16" if config.resources.fp16 and config.training.mixed_precision == "auto" and not cpu else config.training.mixed_precision

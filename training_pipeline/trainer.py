@@ -340,6 +340,14 @@ def _reduce_sum(self:Trainer, *values) -> list[float]:
     if self.accelerator.num_processes > 1: t = self.accelerator.reduce(t, reduction="sum")
     return t.tolist()
 
+@patch
+def any_process(self:Trainer, flag) -> bool:
+    "Whether `flag` (a bool or a 0-d tensor) holds on any process: callbacks whose decision must be the same everywhere ask this."
+    if self.accelerator.num_processes == 1 or not torch.distributed.is_initialized(): return bool(flag)
+    t = torch.as_tensor(flag, device=self.device).to(torch.int32).reshape(1)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
 class MetricsCallback(Callback):
     "Exact, sync-free metric accumulation and the train/val/test rows."
     order = -10

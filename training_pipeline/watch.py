@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from .core import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
-from .tracking import effective_status, find_run, heartbeat_age, json_line, run_is_alive
+from .tracking import RunStore, effective_status, find_run, heartbeat_age, run_is_alive
 
 # %% auto #0
-__all__ = ['JsonlTail', 'RunTail', 'run_snapshot', 'render_snapshot', 'HeartbeatWatcher', 'follow', 'monitor_command']
+__all__ = ['JsonlTail', 'RunTail', 'run_snapshot', 'format_duration', 'render_snapshot', 'HeartbeatWatcher', 'follow',
+           'monitor_command']
 
 # %% ../nbs/10a_watch.ipynb #fbd81a58
 class JsonlTail:
@@ -93,7 +94,8 @@ def run_snapshot(tail:RunTail, stale_s:float=120.0) -> dict:
             "alerts": [e for e in tail.events if e.get("event") == "alert"], "error": meta.get("error")}
 
 # %% ../nbs/10a_watch.ipynb #f46d16c5
-def _duration(s) -> str:
+def format_duration(s:float|None) -> str:
+    "Seconds as m:ss, or h:mm:ss from an hour on; '-' for None."
     if s is None: return "-"
     s = int(round(s)); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
@@ -104,8 +106,8 @@ def render_snapshot(snap:dict, width:int=30) -> str:
     fmt = lambda d: "  ".join(f"{k} {v:.4g}" for k, v in d.items()) or "-"
     lines = [f"run {snap['run_id']} ({snap['experiment']})  {snap['status']}" + (f" x{snap['world_size']} processes" if snap["world_size"] > 1 else ""),
              f"  {bar}  epoch {snap['epoch']}/{snap['planned_epochs'] or '?'}  step {snap['step']}/{snap['planned_steps'] or '?'}",
-             f"  throughput {snap['samples_per_s'] or 0:.0f} samples/s  ETA {_duration(snap['eta_s'])}"
-             + (f"  heartbeat {_duration(snap['heartbeat_age_s'])} ago" if snap["status"] == "running" else ""),
+             f"  throughput {snap['samples_per_s'] or 0:.0f} samples/s  ETA {format_duration(snap['eta_s'])}"
+             + (f"  heartbeat {format_duration(snap['heartbeat_age_s'])} ago" if snap["status"] == "running" else ""),
              f"  train  {fmt(snap['train'])}", f"  val    {fmt(snap['val'])}"]
     if snap["error"]: lines.append(f"  error  {snap['error']}")
     lines.append(f"  alerts ({len(snap['alerts'])})" + "".join(f"\n    {a.get('rule')}: {a.get('message')}" for a in snap["alerts"][-5:]))
@@ -138,9 +140,8 @@ class HeartbeatWatcher:
         self.last_sent = time.monotonic()
         self.log(f"ALERT {alert_text(alert)}")
         delivered = deliver_alert(self.cfg, alert, log=self.log)
-        with open(self.dir/"events.jsonl", "a", encoding="utf-8") as f:  # one line per write: readers never see half
-            f.write(json_line({"time": time.time(), "event": "alert", "source": "watcher",
-                               **{k: v for k, v in alert.items() if k not in ("step", "epoch")}, "delivered": delivered}))
+        RunStore(self.dir).append_event({"event": "alert", "source": "watcher", "delivered": delivered,
+                                         **{k: v for k, v in alert.items() if k not in ("step", "epoch")}})
         self.sent.append(alert)
         return alert
 

@@ -75,13 +75,8 @@ class NonFiniteLossCallback(Callback):
 
     def after_loss(self):
         if not self.training: return
-        finite = torch.isfinite(self.loss.detach()).all()
-        if self.trainer.accelerator.num_processes > 1 and torch.distributed.is_initialized():
-            # every process skips (or stops at) the same batch, else the others would wait in the gradient all-reduce
-            flag = finite.to(torch.int32).reshape(1)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-            finite = flag[0].bool()
-        if finite: return
+        # every process skips (or stops at) the same batch, else the others would wait in the gradient all-reduce
+        if not self.trainer.any_process(~torch.isfinite(self.loss.detach()).all()): return
         value = self.loss.detach().float().item()  # this process's loss (finite here if another process's was not)
         if self.action == "skip":
             self.skipped += 1
