@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'PipelineError', 'UsageError', 'ConfigError',
-           'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch',
+__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'IMPORT_PATH', 'PipelineError', 'UsageError',
+           'ConfigError', 'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch',
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed',
-           'git_info', 'package_version', 'environment_info', 'free_port']
+           'git_info', 'package_version', 'environment_info', 'free_port', 'is_import_path', 'import_object']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -258,3 +258,37 @@ def environment_info(path:str|Path=".") -> dict:
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous, a test server)."
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+# %% ../nbs/00_core.ipynb #23c6b1cf
+IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+def is_import_path(name) -> bool:
+    "Whether `name` looks like `package.module:attribute`."
+    import re
+    return isinstance(name, str) and re.match(IMPORT_PATH, name) is not None
+
+def import_object(path:str, key:str="import path"):
+    "The object `package.module:attr.sub` names; `ConfigError` at `key` when it cannot be imported."
+    import importlib
+    if not is_import_path(path):
+        raise ConfigError(f"{path!r} is not an import path", key, "write it as package.module:Name")
+    module_name, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path: sys.path.insert(0, os.getcwd())
+    try: obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name) and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ConfigError(f"module {e.name!r} not found (importing {path})", key,
+                              "check the spelling; the module must be importable from the working directory or PYTHONPATH") from None
+        raise ConfigError(f"importing {module_name} failed: {e}", key, "install the missing package") from None
+    except Exception as e:
+        raise ConfigError(f"importing {module_name} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}", key,
+                          "fix the error in that module") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            import difflib
+            close = difflib.get_close_matches(part, names, n=1)
+            raise ConfigError(f"{module_name} has no attribute {part!r}" + (f" (did you mean {close[0]!r}?)" if close else ""), key,
+                              f"name a class or function defined in {module_name}")
+        obj = getattr(obj, part)
+    return obj
