@@ -29,7 +29,8 @@ from .models import is_pickle_file
 __all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'verify_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_good_checkpoint', 'write_index',
            'prune_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model', 'AsyncCheckpointWriter',
-           'CheckpointCallback', 'full_states', 'load_full_states', 'rank_rng_states', 'restore_trainer']
+           'CheckpointCallback', 'full_states', 'load_full_states', 'rank_rng_states', 'trainer_state',
+           'restore_trainer']
 
 # %% ../nbs/07_checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -343,7 +344,7 @@ def after_epoch(self:CheckpointCallback):
 def _stop_for_preemption(self:CheckpointCallback):
     self.trainer.log_event("preempted", signal=self.preempt)
     self.trainer.logger(f"{self.preempt}: saved a checkpoint at step {self.global_step}; stopping")
-    raise CancelFitException()
+    raise CancelFitException("preempted", signal=self.preempt)
 
 # %% ../nbs/07_checkpoint.ipynb #7edeb234
 def _is_fsdp(accelerator) -> bool:
@@ -375,27 +376,34 @@ def rank_rng_states(trainer, generator:torch.Generator|None) -> dict:
     return {**state, "ranks": gather_object([state])}
 
 # %% ../nbs/07_checkpoint.ipynb #9884eb41
-@patch
-def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
-    t = self.trainer
-    train_dl = t.loaders["train"]
+def trainer_state(trainer, position:tuple[int, int]|None=None, reason:str="", context:dict|None=None) -> dict|None:
+    """Everything a checkpoint holds of a trainer, as `save_checkpoint`'s arguments: model, optimizer, scheduler, scaler,
+    every rank's RNG, position (epoch, batches done in it), metrics, callback states and the sampler. A collective:
+    every process calls it; the main process gets the state, the others None. `restore_trainer` is its inverse."""
+    t, train_dl = trainer, trainer.loaders["train"]
     model_state, optimizer_state = full_states(t)
     rng = rank_rng_states(t, train_dl.generator)
-    if not t.is_main or not self.is_writer:
-        self.last_saved = t.global_step; return
+    if not t.is_main: return None
     epoch, done = position or (t.epoch + 1, 0)
     # validation metrics are recorded only where they were just measured (at an epoch's end), never stale mid-epoch
     fresh = {k: v for k, v in t.metrics.items() if isinstance(v, (int, float)) and (done == 0 or k.startswith("train_"))}
-    callbacks = {cb.name: cb.state_dict() for cb in t.cbs if cb is not self and cb.state_dict()}
-    state = dict(
+    return dict(
         model_state=model_state, optimizer_state=optimizer_state,
         scheduler_state=t.scheduler.state_dict() if t.scheduler is not None else None,
         scaler_state=t.accelerator.scaler.state_dict() if getattr(t.accelerator, "scaler", None) is not None else None,
         rng=rng,
         trainer_state={"epoch": epoch, "batches_done": done, "global_step": t.global_step, "micro_splits": t.micro_splits,
                        "n_epochs": t.n_epochs, "reason": reason, "metrics": fresh,
-                       "callbacks": {**callbacks, self.name: TrackerCallback.state_dict(self)},
-                       "sampler": train_dl.sampler.state_dict(consumed=done * train_dl.batch_size), **self.context})
+                       "callbacks": {cb.name: cb.state_dict() for cb in t.cbs if cb.state_dict()},
+                       "sampler": train_dl.sampler.state_dict(consumed=done * train_dl.batch_size), **(context or {})})
+
+@patch
+def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
+    t = self.trainer
+    state = trainer_state(t, position, reason, self.context)
+    if state is None or not self.is_writer:
+        self.last_saved = t.global_step; return
+    epoch, done = state["trainer_state"]["epoch"], state["trainer_state"]["batches_done"]
     step, started = t.global_step, time.perf_counter()
     if self.writer is not None: state = _clone_cpu(state)
     def write():

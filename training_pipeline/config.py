@@ -13,24 +13,25 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      field_validator)
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .core import ConfigError, atomic_write, sha256_json
+from .core import ConfigError, atomic_write, is_import_path, sha256_json
 
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
-           'OptimizerConfig', 'SchedulerConfig', 'MAX_CONFIG_BYTES', 'KEY_PATTERN', 'Section', 'ExperimentConfig',
-           'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig',
-           'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig',
-           'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged', 'LossConfig', 'TrainingConfig',
-           'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig', 'CheckpointingConfig', 'WandbConfig',
-           'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig',
-           'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
-           'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
-           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config',
-           'cross_section_problems', 'SafeLoader', 'safe_load', 'did_you_mean', 'read_text_file', 'key_lines',
-           'parse_yaml', 'parse_override', 'apply_overrides', 'validate_config', 'load_config']
+           'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES', 'MAX_CONFIG_BYTES',
+           'KEY_PATTERN', 'Section', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig',
+           'DriftConfig', 'DataConfig', 'ModelConfig', 'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig',
+           'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig',
+           'tagged', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig',
+           'CheckpointingConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig',
+           'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule',
+           'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule',
+           'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig',
+           'ProfileConfig', 'Config', 'cross_section_problems', 'SafeLoader', 'safe_load', 'did_you_mean',
+           'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides', 'validate_config',
+           'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -87,7 +88,11 @@ class DriftConfig(Section):
     max_rows: int = Field(50_000, ge=100)  # per split, sampled beyond this
 
 class DataConfig(Section):
-    dataset: str|None = None  # built-in dataset `tp prepare` makes: digits, breast_cancer, wine, mnist5k
+    # a built-in dataset `tp prepare` makes (digits, breast_cancer, wine, mnist5k: the prepared splits are read), or your own:
+    # an import path package.module:name called with init_args, returning {"train": Dataset, "val": ..., "test": ...}
+    dataset: str|None = None
+    init_args: dict[str, Any] = {}
+    target_key: str = "target"  # the target's key in mapping batches (the other entries are forward's keyword arguments)
     data_dir: str = "data"
     train_dir: str = "data/processed/train"
     val_dir: str = "data/processed/val"
@@ -199,9 +204,26 @@ OptimizerConfig = tagged(*OPTIMIZERS, default="adamw")
 SchedulerConfig = tagged(*SCHEDULERS, default="none")
 
 # %% ../nbs/01_config.ipynb #d8ea5eba
-class LossConfig(Choice):
-    type: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"
+# The losses of each task (the first is its default) and the metrics it logs; 04a_tasks builds them and tests that
+# these names agree with it. Another loss is an import path `package.module:Name`.
+TASK_LOSSES = {"classification": ("cross_entropy", "bce"), "regression": ("mse", "mae", "huber"), "multilabel": ("bce",)}
+TASK_METRICS = {"classification": ("loss", "accuracy", "precision", "recall", "f1", "top5_accuracy"),
+                "regression": ("loss", "rmse", "mae", "r2"), "multilabel": ("loss", "f1", "precision", "recall", "accuracy")}
+LOSSES = tuple(dict.fromkeys(l for ls in TASK_LOSSES.values() for l in ls))
+
+class LossConfig(Section):
+    type: str|None = None  # None: the task's default (cross_entropy, mse, bce); or an import path
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    delta: float = Field(1.0, gt=0)  # huber
+    init_args: dict[str, Any] = {}  # for an import-path loss class
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_loss(cls, v):
+        if not isinstance(v, str) or is_import_path(v): return v
+        if v.lower() not in LOSSES:
+            raise PydanticCustomError("invalid_choice", "unknown loss", {"choices": ", ".join(LOSSES) + ", or package.module:Name"})
+        return v.lower()
 
 class TrainingConfig(Section):
     batch_size: PositiveInt = 32  # global: split across processes
@@ -218,6 +240,13 @@ class TrainingConfig(Section):
     retry_backoff_s: float = Field(5.0, ge=0)  # first wait before a retry; doubles each time
     deterministic: bool = False
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    task: Literal["classification", "regression", "multilabel"] = "classification"
+    metrics: list[str] = []  # more validation metrics: torchmetrics class names or import paths
+
+    @model_validator(mode="after")
+    def _task_default_loss(self):
+        if self.loss.type is None: self.loss.type = TASK_LOSSES[self.task][0]
+        return self
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -414,7 +443,8 @@ class Config(Section):
     def check_paths(self) -> list[ConfigError]:
         "Problems with data directories, which must exist before training (not before checking)."
         problems = []
-        for key in ("train_dir", "val_dir", "test_dir"):
+        own_data = is_import_path(self.data.dataset)  # the user's dataset function: no prepared split folders to find
+        for key in () if own_data else ("train_dir", "val_dir", "test_dir"):
             value = getattr(self.data, key)
             if value is not None and not Path(value).is_dir():
                 problems.append(ConfigError(f"directory not found: {value}", f"data.{key}",
@@ -465,6 +495,25 @@ def _models_in(annotation) -> list:
 
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
 
+def _task_problems(raw:dict) -> list[tuple[str, str, str]]:
+    "A loss that does not suit the task; a monitored val/test metric the task does not log."
+    task, loss = _raw(raw, "training.task"), _raw(raw, "training.loss.type")
+    if task not in TASK_LOSSES: return []
+    problems = []
+    if isinstance(loss, str) and not is_import_path(loss) and loss.lower() in LOSSES and loss.lower() not in TASK_LOSSES[task]:
+        problems.append(("training.loss.type", f"loss {loss} does not suit the task {task}",
+                         f"use {' or '.join(TASK_LOSSES[task])}, or set training.task to the task of your data"))
+    extra = [n.rpartition(":")[2].rpartition(".")[2] for n in (_raw(raw, "training.metrics") or []) if isinstance(n, str)]
+    extra = {re.sub(r"(?<!^)(?=[A-Z])", "_", n).lower() for n in extra}
+    for key in ("checkpointing.monitor_metric", "validation.early_stopping.monitor"):
+        name = _raw(raw, key)
+        if not isinstance(name, str) or not name.startswith(("val_", "test_")): continue
+        plain = name.split("_", 1)[1]
+        if plain not in TASK_METRICS[task] and plain not in extra:
+            problems.append((key, f"{task} does not log {name}",
+                             f"monitor one of {', '.join('val_' + m for m in TASK_METRICS[task])}, or add it to training.metrics"))
+    return problems
+
 def cross_section_problems(raw:dict) -> list[tuple[str, str, str]]:
     "(dotted key, what, fix) for every rule that ties sections together."
     problems = []
@@ -489,6 +538,7 @@ def cross_section_problems(raw:dict) -> list[tuple[str, str, str]]:
     if fp16 is True and precision in (False, "no", "bf16"):
         problems.append(("resources.fp16", f"resources.fp16 is true but training.mixed_precision is {precision}",
                          "remove resources.fp16, or set training.mixed_precision to fp16"))
+    problems += _task_problems(raw)
     email = _raw(raw, "alerts.email")
     if isinstance(email, dict) and email.get("ssl") is True and email.get("starttls") is True:
         problems.append(("alerts.email.ssl", "ssl and starttls are both true",

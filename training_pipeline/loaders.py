@@ -22,7 +22,8 @@ from .preprocess import ImagePreprocessor, TabularPreprocessor
 
 # %% auto #0
 __all__ = ['TensorCache', 'split_fingerprint', 'image_tensor', 'read_image_split', 'ArrayDataset', 'collate_batches',
-           'ResumableSampler', 'seed_worker', 'DataBundle', 'build_data']
+           'ResumableSampler', 'seed_worker', 'DataBundle', 'build_data', 'user_dataset_version', 'user_data',
+           'user_bundle']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -198,7 +199,9 @@ def _split_dirs(config) -> dict[str, Path]:
     return {s: Path(p) for s, p in (("train", d.train_dir), ("val", d.val_dir), ("test", d.test_dir)) if p is not None}
 
 def build_data(config, cache:bool|None=None) -> DataBundle:
-    "Datasets, fitted preprocessing and metadata for a config (the data must be prepared)."
+    "Datasets, fitted preprocessing and metadata for a config (the data must be prepared, or be the user's own: `user_data`)."
+    from training_pipeline.core import is_import_path
+    if is_import_path(config.data.dataset): return user_data(config)
     from training_pipeline.prepare import recover_data_dir
     layout = DataLayout(config.data.data_dir)
     if layout.root.is_dir(): recover_data_dir(layout.root)
@@ -241,3 +244,62 @@ def _tabular_bundle(schema, version, dirs, config, store) -> DataBundle:
                     lambda df=df: {"x": torch.tensor(pre.features(df)), "y": torch.tensor(pre.labels(df))})
         datasets[s] = ArrayDataset(t["x"], t["y"])
     return DataBundle("tabular", schema["classes"], datasets, pre, version, (len(pre.feature_names),), schema)
+
+# %% ../nbs/02d_loaders.ipynb #4771f101
+def _sample_bytes(obj) -> bytes:
+    "The bytes of a sample's tensors, arrays and numbers, in order (for fingerprints)."
+    if isinstance(obj, torch.Tensor): return obj.detach().cpu().contiguous().numpy().tobytes()
+    if isinstance(obj, np.ndarray): return np.ascontiguousarray(obj).tobytes()
+    if isinstance(obj, dict): return b"".join(str(k).encode() + _sample_bytes(obj[k]) for k in sorted(obj, key=str))
+    if isinstance(obj, (list, tuple)): return b"".join(_sample_bytes(v) for v in obj)
+    return repr(obj).encode()
+
+def user_dataset_version(datasets:dict, path:str, init_args:dict, probes:int=8) -> str:
+    "A version for a user's datasets: their `version` attribute, or a fingerprint of a few samples per split."
+    own = [getattr(ds, "version", None) for ds in datasets.values()]
+    if all(own): return "user-" + sha256_json([str(v) for v in own])[:16]
+    parts = [path, init_args]
+    for name in sorted(datasets):
+        ds, n = datasets[name], len(datasets[name])
+        picks = sorted({round(i * (n - 1) / max(probes - 1, 1)) for i in range(min(probes, n))})
+        parts.append([name, n, sha256_bytes(b"".join(_sample_bytes(ds[i]) for i in picks))])
+    return "user-" + sha256_json(parts)[:16]
+
+def _input_shape(sample, target_key:str) -> tuple:
+    "The shape of a sample's single tensor input (for the built-in models), or () when it has several."
+    inputs = {k: v for k, v in sample.items() if k != target_key} if isinstance(sample, dict) else sample[:-1]
+    values = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+    return tuple(values[0].shape) if len(values) == 1 and isinstance(values[0], torch.Tensor) else ()
+
+def user_data(config) -> DataBundle:
+    "The datasets `data.dataset` (an import path) returns, checked and versioned."
+    from training_pipeline.core import import_object
+    key, d = "data.dataset", config.data
+    factory = import_object(d.dataset, key)
+    try: datasets = factory(**d.init_args)
+    except Exception as e:
+        raise ConfigError(f"{d.dataset}(**data.init_args) failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}", key,
+                          "fix the dataset function or data.init_args") from None
+    if not isinstance(datasets, dict) or "train" not in datasets:
+        got = f"a dict with keys {sorted(datasets)}" if isinstance(datasets, dict) else type(datasets).__name__
+        raise ConfigError(f"{d.dataset} returned {got}, not a mapping with a 'train' split", key,
+                          "return {'train': Dataset, 'val': Dataset, 'test': Dataset} (val and test optional)")
+    return user_bundle(datasets, d.dataset, d.init_args, d.target_key, key)
+
+def user_bundle(datasets:dict, source:str, init_args:dict|None=None, target_key:str="target", key:str="data") -> DataBundle:
+    "A `DataBundle` of a user's map-style datasets (split -> Dataset), checked and versioned."
+    for name, ds in datasets.items():
+        if name not in SPLITS:
+            raise ConfigError(f"{source} has an unknown split {name!r}", key, f"name the splits {', '.join(SPLITS)}")
+        if isinstance(ds, torch.utils.data.IterableDataset) or not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+            raise ConfigError(f"split {name!r} is a {type(ds).__name__}, not a map-style torch Dataset (with __len__ and __getitem__)",
+                              key, "give map-style datasets: exact resume needs indexable samples")
+        if len(ds) == 0: raise ConfigError(f"split {name!r} is empty", key, "give datasets with samples")
+    if "train" not in datasets: raise ConfigError(f"{source} has no 'train' split", key, "give at least a train split")
+    sample = datasets["train"][0]
+    if not (isinstance(sample, dict) and target_key in sample) and not (isinstance(sample, (list, tuple)) and len(sample) >= 2):
+        raise ConfigError(f"a sample of {source} is a {type(sample).__name__}, not (inputs..., target) nor a mapping with {target_key!r}",
+                          key, "return (x, y) pairs, or dicts with the target under data.target_key")
+    classes = list(getattr(datasets["train"], "classes", None) or [])
+    return DataBundle("custom", classes, datasets, None, user_dataset_version(datasets, source, init_args or {}),
+                      _input_shape(sample, target_key), {})

@@ -116,7 +116,7 @@ def after_log(self:MonitorCallback):
     if self.trainer.is_main:
         for rule, value, threshold, message in self.check_row(self.row): self.alert(rule, value, threshold, message)
     self.stop_rule = broadcast_from_main(self.stop_rule)  # the main process decides; every process stops at the same step
-    if self.stop_rule: raise CancelFitException()
+    if self.stop_rule: raise CancelFitException("alert", rule=self.stop_rule)
 
 @patch
 def on_event(self:MonitorCallback, event:dict):

@@ -243,11 +243,9 @@ def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None
 def tune_config(config, budget_s:float=60.0) -> TuneResult:
     "tune_loader on the train split and model a config trains with."
     from training_pipeline.loaders import build_data
-    from training_pipeline.models import model_from_config
-    from training_pipeline.trainer import make_loss
+    from training_pipeline.tasks import build_components
     data = build_data(config)
-    loss, task = make_loss(config.training.loss, data.num_classes)
-    model = model_from_config(config.model, data.input_shape, data.num_classes, 1 if task == "binary" else data.num_classes)
+    task, loss, model = build_components(config, data)
     opt = torch.optim.SGD(model.parameters(), 1e-3)
     y = data.datasets["train"].y[:config.training.batch_size]
     def step(xb):

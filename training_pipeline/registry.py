@@ -218,7 +218,7 @@ class LoadedModel:
         return torch.tensor(self.preprocessor.features(df))
 
     def predict_proba(self, inputs) -> np.ndarray:
-        from training_pipeline.trainer import probabilities
+        from training_pipeline.tasks import probabilities
         with torch.no_grad(): return probabilities(self.model(self.to_tensor(inputs)), self.spec.get("task", "multiclass")).numpy()
 
     def predict(self, inputs) -> list:

@@ -158,7 +158,7 @@ def _test_inputs(spec:dict, data_dir:Path):
 
 def evaluate(weights:str|Path, data_dir:str|Path, spec:dict|None=None, batch_size:int=256) -> Evaluation:
     "Predictions of exported weights on the test split of `data_dir`."
-    from training_pipeline.trainer import probabilities
+    from training_pipeline.tasks import probabilities
     model, spec = load_exported_model(weights, spec)
     x, y, raw = _test_inputs(spec, Path(data_dir))
     with torch.no_grad():

@@ -17,8 +17,9 @@ from .core import ConfigError, import_object, is_import_path
 
 # %% auto #0
 __all__ = ['TASKS', 'LEGACY_TASKS', 'confusion_metrics', 'Task', 'BinaryLoss', 'Classification', 'Regression', 'Multilabel',
-           'MultilabelLoss', 'make_task', 'loss_compatible', 'make_loss', 'probabilities', 'metric_class',
-           'metric_name', 'make_metric', 'metric_inputs', 'metric_value']
+           'MultilabelLoss', 'make_task', 'loss_compatible', 'make_loss', 'AlignedLoss', 'probabilities',
+           'metric_class', 'metric_name', 'make_metric', 'metric_inputs', 'metric_value', 'output_width',
+           'build_components']
 
 # %% ../nbs/04a_tasks.ipynb #15f47931
 def confusion_metrics(cm:torch.Tensor) -> dict:
@@ -173,7 +174,12 @@ def make_loss(loss_cfg, task:Task) -> Callable:
     if name not in task.losses:
         raise ConfigError(f"loss {name!r} does not suit the task {task.name}", "training.loss.type",
                           f"use {' or '.join(task.losses)} for {task.name}, or set training.task")
-    return task.losses[name](loss_cfg)
+    return AlignedLoss(task, task.losses[name](loss_cfg))
+
+class AlignedLoss(nn.Module):
+    "A built-in loss applied to outputs and targets shaped alike by the task (a user's own loss gets them as they are)."
+    def __init__(self, task:Task, loss:nn.Module): super().__init__(); self.task, self.loss = task, loss
+    def forward(self, output, target): return self.loss(*self.task.align(output, target))
 
 # %% ../nbs/04a_tasks.ipynb #811b9a48
 def probabilities(output:torch.Tensor, task:str|Task="classification") -> torch.Tensor:
@@ -222,3 +228,28 @@ def metric_value(value):
     "A metric's result as a float or a list of floats."
     if isinstance(value, torch.Tensor): return value.item() if value.numel() == 1 else [round(v, 6) for v in value.flatten().tolist()]
     return value
+
+# %% ../nbs/04a_tasks.ipynb #622f9850
+def output_width(config, task:Task, num_classes:int|None, data) -> int:
+    "How many outputs a built-in model needs for this task and data."
+    if task.name == "regression": return getattr(data, "num_outputs", None) or 1
+    if not num_classes:
+        what = "classes" if task.name == "classification" else "labels"
+        raise ConfigError(f"the number of {what} is unknown", "model.num_classes",
+                          f"set model.num_classes, or give the train dataset a `classes` attribute listing the {what}")
+    return 1 if task.name == "classification" and config.training.loss.type == "bce" else num_classes
+
+def build_components(config, data) -> tuple[Task, Callable, nn.Module]:
+    "(task, loss, model) for a validated config and its data (a `DataBundle`)."
+    from training_pipeline.models import model_from_config
+    name, prepared = config.training.task, getattr(data, "task", None)
+    if prepared and prepared != name:
+        raise ConfigError(f"the data was prepared for {prepared}, but training.task is {name}", "training.task",
+                          f"set training.task: {prepared} (or prepare the data again with tp prepare --task {name})")
+    n = config.model.num_classes or data.num_classes or None
+    if name == "classification" and config.training.loss.type == "bce" and n not in (None, 2):
+        raise ConfigError(f"bce is for two classes, the data has {n}", "training.loss.type", "use cross_entropy")
+    task = make_task(name, n if name == "classification" else None)
+    loss = make_loss(config.training.loss, task)
+    width = None if is_import_path(config.model.architecture) else output_width(config, task, n, data)
+    return task, loss, model_from_config(config.model, data.input_shape, n, width)

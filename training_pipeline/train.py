@@ -5,6 +5,7 @@
 # %% ../nbs/15_train.ipynb #377407a3
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -28,15 +29,20 @@ from .monitor import MonitorCallback
 from .profiling import ProfilerCallback, StepTimer
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
-from .models import model_from_config
+from typing import Callable
+from torch.utils.data import DataLoader
+from .loaders import ResumableSampler, seed_worker
+from .tasks import Task, build_components
 from .tracking import (LOGGER, RunStore, RunStoreCallback, TrackersCallback, flatten_dict, run_dirs,
                                        run_is_alive, setup_run_logging)
-from .trainer import Trainer, make_accelerator, make_loss, make_optimizer, make_scheduler
+from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 
 # %% auto #0
-__all__ = ['TRANSIENT_PATTERNS', 'TrainResult', 'with_epochs', 'build_callbacks', 'write_artifacts', 'check_trackers',
-           'make_trackers', 'ResumePlan', 'find_unfinished_run', 'plan_resume', 'TransientError', 'is_transient',
-           'FaultInjection', 'train', 'on_cpu', 'scalar_hparams', 'main']
+__all__ = ['TRANSIENT_PATTERNS', 'FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec',
+           'write_artifacts', 'check_trackers', 'make_trackers', 'ResumePlan', 'find_unfinished_run', 'plan_resume',
+           'TransientError', 'is_transient', 'FaultInjection', 'train', 'on_cpu', 'Components',
+           'components_from_config', 'loader_like', 'save_predictions', 'test_predictions', 'scalar_hparams',
+           'fit_config', 'fit', 'main']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -46,6 +52,7 @@ class TrainResult:
     status: str
     metrics: dict = field(default_factory=dict)   # final val_* and test_* metrics
     trainer: Trainer|None = None
+    best_checkpoint: Path|None = None             # the best checkpoint by checkpointing.monitor_metric
 
 def with_epochs(config:Config, epochs:int|None) -> Config:
     "The config with training.epochs replaced (validated like the file)."
@@ -71,16 +78,22 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     return cbs
 
 # %% ../nbs/15_train.ipynb #f4507985
-def write_artifacts(store:RunStore, data:DataBundle, config:Config, task:str, num_outputs:int):
+def model_spec(config:Config, data:DataBundle, task:Task, model:torch.nn.Module) -> dict:
+    "What rebuilds the model later (report, registry, `load_model`, export): architecture or import path with its arguments, task, data."
+    widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    pre = data.preprocessor.state_dict() if data.preprocessor is not None else None
+    return {"architecture": config.model.architecture, "init_args": config.model.init_args, "task": task.name,
+            "num_classes": data.num_classes or config.model.num_classes, "num_outputs": widths[-1] if widths else None,
+            "input_shape": list(data.input_shape), "kind": data.kind, "dropout": config.model.dropout,
+            "hidden_dims": config.model.hidden_dims, "dataset_version": data.dataset_version, "classes": list(data.classes),
+            "target_key": config.data.target_key, "preprocessing": pre}
+
+def write_artifacts(store:RunStore, data:DataBundle, config:Config, spec:dict):
     "What a report or a registered model needs to use the weights later: preprocessing, label map, model spec."
     a = store.artifacts_dir
-    atomic_write_json(a/"preprocessing.json", data.preprocessor.state_dict())
+    if data.preprocessor is not None: atomic_write_json(a/"preprocessing.json", data.preprocessor.state_dict())
     atomic_write_json(a/"label_map.json", {"classes": list(data.classes)})
-    atomic_write_json(a/"model.json", {"architecture": config.model.architecture, "num_classes": data.num_classes,
-                                       "num_outputs": num_outputs, "input_shape": list(data.input_shape), "task": task,
-                                       "kind": data.kind, "dropout": config.model.dropout, "hidden_dims": config.model.hidden_dims,
-                                       "dataset_version": data.dataset_version, "classes": list(data.classes),
-                                       "preprocessing": data.preprocessor.state_dict()})
+    atomic_write_json(a/"model.json", spec)
 
 # %% ../nbs/15_train.ipynb #5466ac7a
 def check_trackers(config:Config):
@@ -222,11 +235,13 @@ class FaultInjection(Callback):
             raise TransientError(f"injected transient failure at step {self.step}")
 
 # %% ../nbs/15_train.ipynb #da18ffcc
-def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None) -> TrainResult:
-    "Train one run from a validated config, resuming and retrying as configured; return where it went and its metrics."
+def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None,
+          build:Callable[[Config], Components]|None=None) -> TrainResult:
+    """Train one run from a validated config, resuming and retrying as configured; return where it went and its metrics.
+    `build` makes the data, task, loss and model (default: from the config); `fit` passes the user's own."""
     import time
     config = with_epochs(config, epochs)
-    problems = config.check_paths()
+    problems = [p for p in config.check_paths() if build is None or not p.where.startswith("data.")]
     if problems:
         if len(problems) == 1: raise problems[0]
         raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
@@ -245,7 +260,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
     attempt, current = 0, {}
     while True:
-        try: return _train_once(config, plan, command, runs_dir, current)
+        try: return _train_once(config, plan, command, runs_dir, current, build or components_from_config)
         except BaseException as e:
             run_dir = current.get("run_dir")
             transient = is_transient(e)
@@ -293,16 +308,57 @@ def on_cpu(config:Config) -> bool:
     "Whether this config trains on CPUs: asked for (`resources.cpu`), or no GPU here."
     return config.resources.cpu or not torch.cuda.is_available()
 
-def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict) -> TrainResult:
+@dataclass
+class Components:
+    "What a run trains: data, task, loss and model — built from the config, or given to `fit` — and the user's own extras."
+    data: DataBundle
+    task: Task
+    loss: Callable
+    model: torch.nn.Module
+    optimizer: object = None    # an Optimizer over the model's parameters, or params -> Optimizer; None: training.optimizer
+    scheduler: object = None    # optimizer -> LR scheduler (stepped per optimizer step); None: training.lr_scheduler
+    callbacks: list = field(default_factory=list)
+    loaders: dict = field(default_factory=dict)  # split -> the user's DataLoader, rebuilt around the resumable sampler
+
+def components_from_config(config:Config) -> Components:
+    "Data, task, loss and model as `tp train` builds them."
+    data = build_data(config)
+    return Components(data, *build_components(config, data))
+
+def loader_like(dl:DataLoader, batch_size:int, seed:int, num_replicas:int, rank:int, even:bool, shuffle:bool|None=None) -> DataLoader:
+    "A user's DataLoader rebuilt around a `ResumableSampler`: same dataset, collate_fn, workers and memory pinning; shuffled if it was."
+    shuffle = isinstance(dl.sampler, torch.utils.data.RandomSampler) if shuffle is None else shuffle
+    sampler = ResumableSampler(len(dl.dataset), shuffle, seed, num_replicas, rank, even, batch_size)
+    extra = {"persistent_workers": dl.persistent_workers, "prefetch_factor": dl.prefetch_factor,
+             "worker_init_fn": dl.worker_init_fn or seed_worker} if dl.num_workers else {}
+    return DataLoader(dl.dataset, batch_size=batch_size, sampler=sampler, num_workers=dl.num_workers, collate_fn=dl.collate_fn,
+                      pin_memory=dl.pin_memory and torch.cuda.is_available(), drop_last=dl.drop_last,
+                      generator=torch.Generator().manual_seed(seed), **extra)
+
+def _make_loaders(config:Config, parts:Components, world:int, rank:int) -> dict:
+    per_process = config.training.batch_size // world
+    def one(split):
+        if split in parts.loaders: return loader_like(parts.loaders[split], per_process, config.seed, world, rank, split == "train")
+        return parts.data.loader(split, per_process, config.data, seed=config.seed, num_replicas=world, rank=rank, even=(split == "train"))
+    return {s: one(s) for s in parts.data.datasets}
+
+def _make_optimization(config:Config, parts:Components, steps_per_epoch:int):
+    "(optimizer, scheduler, interval): the user's, or the config's."
+    t = config.training
+    opt = parts.optimizer
+    if opt is None: opt = make_optimizer(t.optimizer, parts.model.parameters(), t.learning_rate)
+    elif not isinstance(opt, torch.optim.Optimizer): opt = opt(parts.model.parameters())
+    if parts.scheduler is not None: return opt, parts.scheduler(opt), "step"
+    return (opt, *make_scheduler(t.lr_scheduler, opt, t.epochs, steps_per_epoch, t.learning_rate))
+
+def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict, build=components_from_config) -> TrainResult:
     cpu = on_cpu(config)
     if config.resources.num_threads: torch.set_num_threads(config.resources.num_threads)
     if not cpu and config.resources.allow_tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     precision = "fp16" if config.resources.fp16 and config.training.mixed_precision == "auto" and not cpu else config.training.mixed_precision
     set_seed(config.seed, config.training.deterministic)
-    data = build_data(config)
-    loss_func, task = make_loss(config.training.loss, data.num_classes)
-    num_outputs = 1 if task == "binary" else data.num_classes
-    model = model_from_config(config.model, data.input_shape, data.num_classes, num_outputs)
+    parts = build(config)  # the user's code runs here, before any run directory: its errors leave nothing behind
+    data, spec = parts.data, model_spec(config, parts.data, parts.task, parts.model)
     from accelerate import PartialState
     state = PartialState(cpu=cpu)  # rank and world size, before the run directory the Accelerator logs into
     world, rank = state.num_processes, state.process_index
@@ -310,7 +366,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
     if state.is_main_process:
         store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, data)
         current["run_dir"] = store.dir
-        write_artifacts(store, data, config, task, num_outputs)
+        write_artifacts(store, data, config, spec)
     # the run directory exists before any process logs into it; its path comes from rank 0 (plain torchrun sets no TP_RUN_ID)
     run_dir = Path(broadcast_from_main(str(store.dir) if store else None))
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
@@ -322,25 +378,20 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict)
     verify_strategy(accelerator, config)
     if tb:
         accelerator.init_trackers(config.experiment.name, config=scalar_hparams(config))
-    per_process = config.training.batch_size // world
-    loaders = {s: data.loader(s, per_process, config.data, seed=config.seed, num_replicas=world, rank=rank, even=(s == "train"))
-               for s in data.datasets}
+    loaders = _make_loaders(config, parts, world, rank)
     steps_per_epoch = math.ceil(len(loaders["train"]) / config.training.gradient_accumulation_steps)
-    optimizer = make_optimizer(config.training.optimizer, model.parameters(), config.training.learning_rate)
-    scheduler, interval = make_scheduler(config.training.lr_scheduler, optimizer, config.training.epochs, steps_per_epoch,
-                                         config.training.learning_rate)
+    optimizer, scheduler, interval = _make_optimization(config, parts, steps_per_epoch)
     # every process takes part in checkpoints (RNG states, FSDP shards); rank 0 writes them
-    spec = json.loads((run_dir/"artifacts"/"model.json").read_text())
     same_dir = plan.mode == "inplace" and plan.checkpoint is not None
     ckpt_cb = CheckpointCallback(run_dir/config.checkpointing.save_dir, config.checkpointing, spec=spec,
                                  resumed_from=plan.checkpoint.name if same_dir else None, writer=store is not None,
                                  context={"data_version": data.dataset_version, "config_hash": config.hash, "run_id": run_dir.name})
-    plateau_monitor = getattr(config.training.lr_scheduler, "monitor", "val_loss")
-    trainer = Trainer(model, loaders, loss_func, optimizer, scheduler, interval, build_callbacks(config, store, tb, ckpt_cb),
-                      accelerator=accelerator, task=task, num_classes=data.num_classes,
-                      grad_accum=config.training.gradient_accumulation_steps, max_grad_norm=config.training.max_grad_norm,
-                      log_every=config.logging.log_frequency, val_every=config.validation.frequency,
-                      plateau_monitor=plateau_monitor, logger=log.info)
+    t = config.training
+    trainer = Trainer(parts.model, loaders, parts.loss, optimizer, scheduler, interval,
+                      build_callbacks(config, store, tb, ckpt_cb) + list(parts.callbacks), accelerator=accelerator, task=parts.task,
+                      grad_accum=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, log_every=config.logging.log_frequency,
+                      val_every=config.validation.frequency, plateau_monitor=getattr(t.lr_scheduler, "monitor", "val_loss"),
+                      metrics=t.metrics, target_key=config.data.target_key, logger=log.info)
     start = _restore(trainer, plan, data, store, log) if plan.checkpoint else (0, 0)
     if store: log.info(f"run {store.id}: {store.dir}")
     return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
@@ -363,6 +414,51 @@ def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|N
     log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
     return epoch, done
 
+# %% ../nbs/15_train.ipynb #1829f319
+def save_predictions(store:RunStore, name:str, outputs:torch.Tensor, targets:torch.Tensor, **info):
+    "Outputs and targets of an evaluation as safetensors, with a JSON note saying which weights made them."
+    from safetensors.torch import save
+    d = store.artifacts_dir/"predictions"
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write(d/f"{name}.safetensors", save({"outputs": outputs.float().contiguous(), "targets": targets.contiguous()}))
+    atomic_write_json(d/f"{name}.json", {"samples": len(targets), **info})
+
+def _outputs_on_main(model, loader, trainer:Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    "A model's outputs over a loader's whole dataset, in this process alone (no collective)."
+    from accelerate.utils import send_to_device
+    from training_pipeline.trainer import call_model, split_batch
+    plain = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+    outs, targets = [], []
+    with torch.no_grad(), trainer.accelerator.autocast():
+        for batch in plain:
+            x, y = split_batch(send_to_device(batch, trainer.device), trainer.target_key)
+            outs.append(call_model(model, x).float().cpu()); targets.append(y.cpu())
+    return torch.cat(outs), torch.cat(targets)
+
+def test_predictions(trainer:Trainer, store:RunStore|None):
+    "Evaluate the final model on test (a logged row) and store its predictions, and the best checkpoint's when it differs."
+    from training_pipeline.checkpoint import _is_fsdp
+    from training_pipeline.models import load_safetensors
+    from training_pipeline.trainer import GatherPreds
+    gather = GatherPreds()
+    trainer.add_cbs([gather])
+    try: trainer.validate("test")
+    finally: trainer.remove_cb(gather)
+    if store is None: return
+    row = {k: v for k, v in trainer.row.items() if k not in ("split", "time")}
+    save_predictions(store, "test_final", gather.outputs, gather.targets, weights=f"final model (step {trainer.global_step})",
+                     step=trainer.global_step, metrics=row)
+    index = store.checkpoints_dir/"index.json"
+    best = (json.loads(index.read_text()).get("best") or {}) if index.exists() else {}
+    ck = store.checkpoints_dir/best["name"] if best.get("name") else None
+    if ck is None or int(ck.name.split("-")[1]) == trainer.global_step or _is_fsdp(trainer.accelerator): return
+    verify_checkpoint(ck)
+    model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).eval()
+    model.load_state_dict(load_safetensors(ck/"model.safetensors", "checkpoint weights"))
+    outputs, targets = _outputs_on_main(model, trainer.loaders["test"], trainer)
+    save_predictions(store, "test_best", outputs, targets, weights=f"best checkpoint {ck.name} ({best['monitor']} {best['value']:.4g})",
+                     step=int(ck.name.split("-")[1]), checkpoint=ck.name)
+
 # %% ../nbs/15_train.ipynb #5ddd987d
 def scalar_hparams(config:Config) -> dict:
     "The config as dotted keys with scalar values: what trackers take as hyperparameters."
@@ -380,19 +476,18 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
     status = "failed"
     try:
         trainer.fit(config.training.epochs, start_epoch=start[0], start_iter=start[1])
-        monitor = trainer.cb("monitor")
-        if monitor is not None and monitor.stop_rule and store is None:  # another process: the main one reports the stop
-            return TrainResult(None, "failed", dict(trainer.metrics), trainer)
-        if monitor is not None and monitor.stop_rule:
-            raise TrainingError(f"stopped by the alert rule {monitor.stop_rule} (action: stop) at step {trainer.global_step}, "
-                                "after saving a final checkpoint", str(store.dir) if store else None,
-                                f"see the alert in events.jsonl; change alerts.rules.{monitor.stop_rule} to relax it")
-        if ckpt_cb is not None and ckpt_cb.preempt:
+        stop = trainer.stop  # the CancelFitException that ended the fit early, with its reason
+        if stop is not None and stop.reason == "alert":
+            if store is None: return TrainResult(None, "failed", dict(trainer.metrics), trainer)  # the main process reports it
+            rule = stop.details["rule"]
+            raise TrainingError(f"stopped by the alert rule {rule} (action: stop) at step {trainer.global_step}, "
+                                "after saving a final checkpoint", str(store.dir), f"see the alert in events.jsonl; change alerts.rules.{rule} to relax it")
+        if stop is not None and stop.reason == "preempted":
             status = "interrupted"
-            if store is None: return TrainResult(None, status, dict(trainer.metrics), trainer)  # the main process reports it
-            raise InterruptedRun(f"interrupted by {ckpt_cb.preempt} at step {trainer.global_step}, after saving a checkpoint",
-                                 str(store.dir) if store else None, "run the same `tp train` command to resume it")
-        if "test" in trainer.loaders: trainer.validate("test")
+            if store is None: return TrainResult(None, status, dict(trainer.metrics), trainer)
+            raise InterruptedRun(f"interrupted by {stop.details['signal']} at step {trainer.global_step}, after saving a checkpoint",
+                                 str(store.dir), "run the same `tp train` command to resume it")
+        if "test" in trainer.loaders: test_predictions(trainer, store)
         status = "completed"
         _hparams_with_final_metrics(accelerator, config, trainer.metrics)
     except KeyboardInterrupt:
@@ -414,7 +509,63 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
             accelerator.wait_for_everyone()
             torch.distributed.destroy_process_group()  # a clean exit for every rank (gloo threads otherwise may abort it)
     if store: log.info(f"run {store.id} {status}: {store.dir}")
-    return TrainResult(store.dir if store else None, status, dict(trainer.metrics), trainer)
+    best = summary.get("best") if store else None
+    return TrainResult(store.dir if store else None, status, dict(trainer.metrics), trainer,
+                       store.checkpoints_dir/best["name"] if best else None)
+
+# %% ../nbs/15_train.ipynb #32214175
+FIT_SHORTCUTS = {"epochs": "training.epochs", "batch_size": "training.batch_size", "learning_rate": "training.learning_rate",
+                 "task": "training.task", "experiment": "experiment.name", "runs_dir": "experiment.runs_dir", "seed": "seed",
+                 "target_key": "data.target_key"}
+
+def _set_dotted(raw:dict, key:str, value):
+    node, parts = raw, key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict): raise ConfigError(f"cannot set {key}: {part} is not a section", "fit()", "override a key inside a section")
+    node[parts[-1]] = value
+
+def _model_path(model:torch.nn.Module) -> str:
+    "An import path naming the model's class (a notebook's own class is `__main__:Name`)."
+    from training_pipeline.core import is_import_path
+    path = f"{type(model).__module__}:{type(model).__qualname__}"
+    return path if is_import_path(path) else f"{type(model).__module__}:{type(model).__name__}"
+
+def fit_config(model:torch.nn.Module, config=None, **overrides) -> Config:
+    "The validated config of a `fit` call: the given config (path, mapping or Config) or defaults, with the overrides."
+    from training_pipeline.config import parse_yaml, read_text_file, validate_config
+    if isinstance(config, Config): raw = config.to_dict()
+    elif isinstance(config, (str, Path)): raw = parse_yaml(read_text_file(config), str(config))[0]
+    else: raw = copy.deepcopy(dict(config or {}))
+    raw.setdefault("experiment", {}).setdefault("name", "fit")
+    raw.setdefault("model", {}).setdefault("architecture", _model_path(model))
+    for key, value in overrides.items(): _set_dotted(raw, FIT_SHORTCUTS.get(key, key.replace("__", ".")), value)
+    return validate_config(raw, "fit()")
+
+def _fit_components(config:Config, model, data:dict, loss, optimizer, scheduler, callbacks) -> Components:
+    "Components of a `fit` call: the user's datasets (or their loaders' datasets), model, loss and extras."
+    from training_pipeline.loaders import user_bundle
+    from training_pipeline.tasks import make_loss, make_task
+    loaders = {s: d for s, d in data.items() if isinstance(d, DataLoader)}
+    datasets = {s: (d.dataset if isinstance(d, DataLoader) else d) for s, d in data.items()}
+    bundle = user_bundle(datasets, "fit(data=...)", target_key=config.data.target_key, key="data")
+    n = config.model.num_classes or bundle.num_classes or None
+    task = make_task(config.training.task, n if config.training.task == "classification" else None)
+    loss = loss if loss is not None else make_loss(config.training.loss, task)
+    return Components(bundle, task, loss, model, optimizer, scheduler, list(callbacks or []), loaders)
+
+def fit(model:torch.nn.Module, data:dict, *, loss:Callable|None=None, optimizer=None, scheduler=None, metrics:list|None=None,
+        callbacks:list|None=None, config=None, resume:str="auto", **overrides) -> TrainResult:
+    "Train `model` on `data` (split -> Dataset or DataLoader) with everything `tp train` gives a run; return the run's result."
+    if not isinstance(data, dict) or "train" not in data:
+        raise UsageError("data must map split names to datasets or loaders, with a 'train' split", "fit(data=...)",
+                         "pass {'train': ..., 'val': ..., 'test': ...}")
+    train_dl = data["train"]
+    if isinstance(train_dl, DataLoader) and "batch_size" not in overrides and train_dl.batch_size: overrides["batch_size"] = train_dl.batch_size
+    if metrics is not None: overrides["training__metrics"] = list(metrics)
+    cfg = fit_config(model, config, **overrides)
+    build = lambda c: _fit_components(c, model, data, loss, optimizer, scheduler, callbacks)
+    return train(cfg, resume=resume, command=["fit()"], build=build)
 
 # %% ../nbs/15_train.ipynb #a6160334
 def main(argv:list[str]|None=None) -> int:

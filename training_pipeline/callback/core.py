@@ -23,7 +23,10 @@ class CancelBatchException(Exception): "Skip the rest of this batch (no backward
 class CancelTrainException(Exception): "Skip the rest of this epoch's training phase."
 class CancelValidateException(Exception): "Skip the rest of this validation."
 class CancelEpochException(Exception): "Skip the rest of this epoch."
-class CancelFitException(Exception): "Stop training; `after_fit` still runs."
+class CancelFitException(Exception):
+    "Stop training; `after_fit` still runs. `reason` (early_stop, alert, preempted ...) and `details` say why, for whoever reads the result."
+    def __init__(self, reason:str|None=None, **details):
+        super().__init__(reason or "fit cancelled"); self.reason, self.details = reason, details
 
 CONTROL_FLOW = (CancelBatchException, CancelTrainException, CancelValidateException, CancelEpochException,
                 CancelFitException, KeyboardInterrupt, PipelineError)

@@ -62,29 +62,40 @@ class EarlyStoppingCallback(TrackerCallback):
         if self.wait >= self.patience:
             self.trainer.log_event("early_stop", monitor=self.monitor, best=self.best, best_epoch=self.best_epoch, patience=self.patience)
             self.trainer.logger(f"early stop: {self.monitor} has not improved for {self.patience} epoch(s); best {self.best:.4f} at epoch {self.best_epoch + 1}")
-            raise CancelFitException()
+            raise CancelFitException("early_stop", monitor=self.monitor, best=self.best, best_epoch=self.best_epoch)
 
     def state_dict(self): return {**super().state_dict(), "wait": self.wait}
     def load_state_dict(self, state): super().load_state_dict(state); self.wait = state["wait"]
 
 # %% ../../nbs/06_callback.tracker.ipynb #9cdb90d5
 class NonFiniteLossCallback(Callback):
-    "A NaN/inf training loss either stops the run (exit 1, before the bad gradient reaches the weights) or skips the batch."
+    """A NaN/inf training loss either stops the run (exit 1, before the bad gradient reaches the weights) or skips the
+    optimizer step. The loss is checked on the device as it comes (`after_loss`) and read once per optimizer step, in
+    `before_step`: by then the backward pass is queued, so the read does not stall the GPU the way a read right after
+    the forward pass would. With gradient accumulation the whole group is skipped."""
     order = -20
-    def __init__(self, action:str="stop"): self.action, self.skipped = action, 0
+    def __init__(self, action:str="stop"): self.action, self.skipped, self.bad = action, 0, None
 
     def after_loss(self):
         if not self.training: return
-        # every process skips (or stops at) the same batch, else the others would wait in the gradient all-reduce
-        if not self.trainer.any_process(~torch.isfinite(self.loss.detach()).all()): return
+        bad = ~torch.isfinite(self.loss.detach()).all()
+        self.bad = bad if self.bad is None else self.bad | bad  # stays on the device
+
+    def before_step(self):
+        bad, self.bad = self.bad, None
+        # every process skips (or stops at) the same step, else the others would wait in the gradient all-reduce
+        if bad is None or not self.trainer.any_process(bad): return
         value = self.loss.detach().float().item()  # this process's loss (finite here if another process's was not)
         if self.action == "skip":
             self.skipped += 1
+            self.trainer.opt.zero_grad()
             self.trainer.log_event("nonfinite_loss_skipped", loss=str(value), batch=self.iter)
             raise CancelBatchException()
         self.trainer.log_event("diverged", loss=str(value))
         raise TrainingError(f"training diverged: the loss is {value} at step {self.global_step} (epoch {self.epoch + 1}, batch {self.iter})",
                             "training", "lower training.learning_rate, set training.max_grad_norm, or check the data for bad values")
+
+    def after_cancel_batch(self): self.bad = None  # a batch skipped for another reason leaves no flag behind
 
     def state_dict(self): return {"skipped": self.skipped}
     def load_state_dict(self, state): self.skipped = state["skipped"]
