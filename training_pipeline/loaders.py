@@ -22,8 +22,8 @@ from .preprocess import ImagePreprocessor, TabularPreprocessor
 
 # %% auto #0
 __all__ = ['TensorCache', 'split_fingerprint', 'image_tensor', 'read_image_split', 'ArrayDataset', 'collate_batches',
-           'ResumableSampler', 'seed_worker', 'DataBundle', 'build_data', 'user_dataset_version', 'user_data',
-           'user_bundle']
+           'ResumableSampler', 'seed_worker', 'stop_workers', 'DataBundle', 'build_data', 'user_dataset_version',
+           'user_data', 'user_bundle']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -155,14 +155,47 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.seed, self.start = state["epoch"], state["seed"], state["consumed"]
 
 # %% ../nbs/02d_loaders.ipynb #7ac64549
+_STOP_SIGNALS = ("SIGTERM", "SIGINT")
+
+def _obey_only_parent(parent:int):
+    "Stop signals from the parent end this worker (exit 0); the same signals from anyone else are ignored."
+    import signal, threading
+    stops = {getattr(signal, s) for s in _STOP_SIGNALS}
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: ignore them all; the parent's shutdown joins, then kills
+        for sig in stops: signal.signal(sig, signal.SIG_IGN)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # before any other thread starts, so every thread inherits it
+    def wait():
+        while True:
+            if signal.sigwaitinfo(stops).si_pid == parent: os._exit(0)  # exit 0: torch reports no "worker died" error
+    threading.Thread(target=wait, name="tp-worker-signals", daemon=True).start()
+
+def _die_with_parent(parent:int):
+    "On Linux the kernel kills this process when its parent dies, even by SIGKILL; elsewhere torch's watchdog notices within 5 s."
+    import ctypes, signal, sys
+    if not sys.platform.startswith("linux"): return
+    PR_SET_PDEATHSIG = 1
+    try: ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError): return
+    if os.getppid() != parent: os._exit(0)  # the parent died before prctl took effect
+
 def seed_worker(worker_id:int):
-    "DataLoader worker_init_fn: seed numpy and random from torch's per-worker seed; leave stop signals to the trainer."
+    "DataLoader worker_init_fn: seed numpy and random from torch's per-worker seed; stop when the parent says so or dies."
+    import multiprocessing
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed); random.seed(seed)
-    # Slurm, `kill -- -PGID` and Ctrl-C signal the whole process group. A worker that died of it would turn a clean
-    # preemption (checkpoint, exit 130) into a "DataLoader worker exited unexpectedly" crash; workers end with the trainer.
-    import signal
-    for sig in (signal.SIGTERM, signal.SIGINT): signal.signal(sig, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    parent = parent.pid if parent is not None else os.getppid()
+    _obey_only_parent(parent)
+    _die_with_parent(parent)
+
+def stop_workers(*loaders):
+    "Shut down the workers a DataLoader keeps between epochs (`persistent_workers`) now; iterating it again starts new ones."
+    for dl in loaders:
+        it = getattr(dl, "_iterator", None)  # where DataLoader keeps a persistent iterator
+        if it is None: continue
+        if hasattr(it, "_shutdown_workers"): it._shutdown_workers()
+        dl._iterator = None
 
 # %% ../nbs/02d_loaders.ipynb #f416eed5
 @dataclass
@@ -175,6 +208,7 @@ class DataBundle:
     dataset_version: str
     input_shape: tuple              # one sample: (C, H, W) or (features,)
     schema: dict = field(default_factory=dict)
+    task: str = "classification"   # what the data was prepared for: classification (y: class indices) | regression (y: float32)
 
     @property
     def num_classes(self) -> int: return len(self.classes)
@@ -194,9 +228,7 @@ class DataBundle:
                           generator=torch.Generator().manual_seed(seed), **extra)
 
 # %% ../nbs/02d_loaders.ipynb #eaa11b96
-def _split_dirs(config) -> dict[str, Path]:
-    d = config.data
-    return {s: Path(p) for s, p in (("train", d.train_dir), ("val", d.val_dir), ("test", d.test_dir)) if p is not None}
+def _split_dirs(config) -> dict[str, Path]: return config.data.split_dirs()  # resolved in one place: DataConfig
 
 def build_data(config, cache:bool|None=None) -> DataBundle:
     "Datasets, fitted preprocessing and metadata for a config (the data must be prepared, or be the user's own: `user_data`)."
@@ -240,10 +272,12 @@ def _tabular_bundle(schema, version, dirs, config, store) -> DataBundle:
     pre = TabularPreprocessor.from_config(schema, config.data.preprocessing).fit(frames["train"])
     datasets = {}
     for s, df in frames.items():
-        t = _cached(store, {"v": version, "t": pre.pipeline.hash, "split": s, "fp": split_fingerprint(dirs[s]), "kind": "tabular"},
-                    lambda df=df: {"x": torch.tensor(pre.features(df)), "y": torch.tensor(pre.labels(df))})
+        parts = {"v": version, "t": pre.pipeline.hash, "split": s, "fp": split_fingerprint(dirs[s]), "kind": "tabular"}
+        if pre.task != "classification": parts["task"] = pre.task  # y's dtype follows the task; classification keys stay as they were
+        t = _cached(store, parts, lambda df=df: {"x": torch.tensor(pre.features(df)), "y": torch.tensor(pre.labels(df))})
         datasets[s] = ArrayDataset(t["x"], t["y"])
-    return DataBundle("tabular", schema["classes"], datasets, pre, version, (len(pre.feature_names),), schema)
+    classes = schema["classes"] if pre.task == "classification" else []
+    return DataBundle("tabular", classes, datasets, pre, version, (len(pre.feature_names),), schema, task=pre.task)
 
 # %% ../nbs/02d_loaders.ipynb #4771f101
 def _sample_bytes(obj) -> bytes:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,18 +19,22 @@ import numpy as np
 import pandas as pd
 
 from .core import (progress_disabled, EXIT_USAGE, DataError, atomic_write_json, fsync_dir, sha256_bytes, sha256_dir)
-from .data import (SPLITS, DataLayout, ImageData, TabularData, class_distribution, column_statistics,
+from .data import (SPLITS, TASKS, DataLayout, ImageData, TabularData, class_distribution, column_statistics,
                                     content_hashes, dataset_version, drop_duplicates, images_from_folder,
                                     infer_image_schema, infer_tabular_schema, load_builtin, now_iso, read_image,
-                                    stratified_split, tabular_from_file, write_png)
+                                    split_positions, tabular_from_file, target_statistics, write_png)
 from .preprocess import TabularPreprocessor
 
 # %% auto #0
 __all__ = ['JOURNAL', 'STAGING_PREFIX', 'load_source', 'recover_data_dir', 'data_dir_lock', 'swap_in', 'prepare_data']
 
 # %% ../nbs/02b_prepare.ipynb #77e725e7
-def load_source(dataset:str|None=None, source:str|Path|None=None, target:str|None=None) -> TabularData|ImageData:
-    "The data to prepare: a built-in dataset, a CSV/Parquet file (with target) or an ImageFolder directory."
+def load_source(dataset:str|None=None, source:str|Path|None=None, target:str|None=None, task:str="auto") -> TabularData|ImageData:
+    "The data to prepare: a built-in dataset, a CSV/Parquet file (with target) or an ImageFolder directory; `task` auto|classification|regression."
+    if task not in TASKS: raise DataError(f"unknown task {task!r}", "--task", f"choose one of {', '.join(TASKS)}", exit_code=EXIT_USAGE)
+    if task == "regression" and (source is None or Path(source).is_dir()):
+        what = "image folders are" if source is not None else f"the built-in dataset {dataset or 'digits'!r} is"
+        raise DataError(f"{what} classification", "--task regression", "drop --task, or give a table: --source FILE --target COL", exit_code=EXIT_USAGE)
     if source is None: return load_builtin(dataset or "digits")
     source = Path(source)
     if not source.exists(): raise DataError("source not found", str(source), "check the path", exit_code=EXIT_USAGE)
@@ -38,7 +43,7 @@ def load_source(dataset:str|None=None, source:str|Path|None=None, target:str|Non
         return images_from_folder(source)
     if source.suffix.lower() not in (".csv", ".parquet", ".pq", ".txt"):
         raise DataError(f"unsupported file type {source.suffix!r}", str(source), "give a .csv or .parquet file, or an image folder", exit_code=EXIT_USAGE)
-    return tabular_from_file(source, target)
+    return tabular_from_file(source, target, task)
 
 # %% ../nbs/02b_prepare.ipynb #390dd34d
 JOURNAL = ".prepare-journal.json"
@@ -127,7 +132,7 @@ def _clean_table(data:TabularData) -> TabularData:
     df = data.frame.rename(columns=lambda c: str(c).strip())
     target = str(data.target).strip()
     df = df[[c for c in df.columns if c != target] + [target]]
-    return TabularData(data.name, df, target, data.ids)
+    return replace(data, frame=df, target=target)
 
 def _write_tables(data:TabularData, positions:dict, staged:Path) -> dict[str, pd.DataFrame]:
     "Write raw and processed data.csv per split; return the processed frames as they read back."
@@ -163,21 +168,21 @@ def _write_features(frames:dict, schema:dict, data_dir:Path, staged:Path, prepro
 
 # %% ../nbs/02b_prepare.ipynb #b2d98a3c
 def prepare_data(data_dir:str|Path="data", dataset:str|None=None, source:str|Path|None=None, target:str|None=None,
-                 seed:int=42, val_fraction:float=0.15, test_fraction:float=0.15, preprocessing=None) -> dict:
-    "Prepare a source into the data layout under `data_dir`, atomically; return a summary."
+                 seed:int=42, val_fraction:float=0.15, test_fraction:float=0.15, preprocessing=None, task:str="auto") -> dict:
+    "Prepare a source into the data layout under `data_dir`, atomically; return a summary (with the task chosen and why)."
     data_dir = Path(data_dir)
-    data = load_source(dataset, source, target)  # fails before anything is written
+    data = load_source(dataset, source, target, task)  # fails before anything is written
     hashes = content_hashes(data)
     data_hash = sha256_bytes(np.sort(hashes).tobytes())[:16]
     data, dropped = drop_duplicates(data, hashes)
-    positions = stratified_split(data.labels, val_fraction, test_fraction, seed)
+    positions, strata = split_positions(data, val_fraction, test_fraction, seed)
     with data_dir_lock(data_dir):
         recover_data_dir(data_dir)
         staged = data_dir/f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
         staged.mkdir()
         try:
             summary = _stage(data, positions, staged, data_dir, seed, val_fraction, test_fraction, data_hash, dropped,
-                             dataset if source is None else None, source, preprocessing)
+                             dataset if source is None else None, source, preprocessing, strata)
             _fault_point("staged")
             os.sync()  # everything staged is on disk before the swap makes it visible
             swap_in(data_dir, staged, DataLayout.MANAGED)
@@ -187,11 +192,17 @@ def prepare_data(data_dir:str|Path="data", dataset:str|None=None, source:str|Pat
     return summary
 
 # %% ../nbs/02b_prepare.ipynb #f11d7a99
-def _stage(data, positions, staged, data_dir, seed, val_fraction, test_fraction, data_hash, dropped, dataset, source, preprocessing):
+def _split_statistics(data, labels) -> dict:
+    "A classifier's class distribution, or a regression target's statistics."
+    if data.task == "regression": return {"target": target_statistics(labels)}
+    return {"class_distribution": class_distribution(labels)}
+
+def _stage(data, positions, staged, data_dir, seed, val_fraction, test_fraction, data_hash, dropped, dataset, source, preprocessing, strata=None):
     layout = DataLayout(staged)
     ids = {split: [data.ids[i] for i in pos] for split, pos in positions.items()}
-    labels = {split: data.labels[pos] for split, pos in positions.items()}
-    stats = {"dataset": data.name, "kind": data.kind, "source": str(source) if source else f"builtin:{dataset}",
+    values = data.frame[data.target].to_numpy() if data.task == "regression" else data.labels
+    labels = {split: values[pos] for split, pos in positions.items()}
+    stats = {"dataset": data.name, "kind": data.kind, "task": data.task, "source": str(source) if source else f"builtin:{dataset}",
              "created": now_iso(), "duplicates_dropped": dropped, "rows": int(sum(len(p) for p in positions.values())), "splits": {}}
     features = None
     if data.kind == "image":
@@ -202,17 +213,16 @@ def _stage(data, positions, staged, data_dir, seed, val_fraction, test_fraction,
         stats["image"] = schema["image"]
     else:
         frames = _write_tables(data, positions, staged)
-        schema = infer_tabular_schema(pd.concat(frames.values(), ignore_index=True), _clean_table(data).target)
+        schema = infer_tabular_schema(pd.concat(frames.values(), ignore_index=True), _clean_table(data).target, task=data.task)
         features = _write_features(frames, schema, data_dir, staged, preprocessing)
         stats["columns"] = len(schema["required_columns"])
         for split, df in frames.items():
-            stats["splits"][split] = {"rows": len(df), "class_distribution": class_distribution(labels[split]),
-                                      "columns": column_statistics(df)}
+            stats["splits"][split] = {"rows": len(df), **_split_statistics(data, labels[split]), "columns": column_statistics(df)}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d")
     split_doc = {"created": stats["created"], "dataset": data.name, "kind": data.kind, "seed": seed,
                  "fractions": {"train": round(1 - val_fraction - test_fraction, 6), "val": val_fraction, "test": test_fraction},
-                 "stratify": schema["target"], "data_hash": data_hash, "duplicates_dropped": dropped,
-                 "counts": {s: len(v) for s, v in ids.items()}, "ids": ids}
+                 "stratify": schema["target"], **({"strata": strata} if strata else {}), "data_hash": data_hash,
+                 "duplicates_dropped": dropped, "counts": {s: len(v) for s, v in ids.items()}, "ids": ids}
     split_file = layout.splits/f"split-{stamp}.json"
     atomic_write_json(split_file, split_doc)
     version = dataset_version(layout.processed, split_file)
@@ -221,7 +231,9 @@ def _stage(data, positions, staged, data_dir, seed, val_fraction, test_fraction,
     atomic_write_json(layout.schema_path, schema)
     atomic_write_json(layout.statistics_path, stats)
     final = DataLayout(data_dir)
-    return {"dataset": data.name, "kind": data.kind, "rows": stats["rows"], "classes": len(schema["classes"]),
+    return {"dataset": data.name, "kind": data.kind, "task": data.task, "task_reason": data.task_reason,
+            "target": schema["target"], "rows": stats["rows"], "classes": len(schema["classes"]),
+            "text_columns": schema.get("text_columns", []),
             "splits": {s: len(v) for s, v in ids.items()}, "duplicates_dropped": dropped,
             "dataset_version": version, "data_dir": str(data_dir), "processed": str(final.processed),
             "schema": str(final.schema_path), "statistics": str(final.statistics_path),

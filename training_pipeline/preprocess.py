@@ -175,9 +175,10 @@ class PreprocessingPipeline:
 
 # %% ../nbs/02a_preprocess.ipynb #cdc7b676
 class TabularPreprocessor:
-    "Features (imputed, encoded, scaled; float32) and integer labels for a table."
-    def __init__(self, target:str, classes:list, impute="median", scale="standard", encode="onehot"):
-        self.target, self.classes = target, list(classes)
+    "Features (imputed, encoded, scaled; float32) and targets (class indices, or float32 for a regression) for a table."
+    def __init__(self, target:str, classes:list, impute="median", scale="standard", encode="onehot",
+                 task:str="classification", text_columns=()):
+        self.target, self.classes, self.task, self.text_columns = target, list(classes), task, list(text_columns)
         self.pipeline = PreprocessingPipeline()
         if impute != "none": self.pipeline.add_step("impute", Imputer(impute))
         self.pipeline.add_step("encode", OneHotEncoder() if encode == "onehot" else OrdinalEncoder())
@@ -186,33 +187,44 @@ class TabularPreprocessor:
 
     @classmethod
     def from_config(cls, schema:dict, cfg) -> "TabularPreprocessor":
-        "From the schema's target/classes and a `PreprocessingConfig`."
-        return cls(schema["target"], schema["classes"], cfg.impute, cfg.scale, cfg.encode)
+        "From the schema's target, classes, task and text columns and a `PreprocessingConfig`."
+        return cls(schema["target"], schema.get("classes") or [], cfg.impute, cfg.scale, cfg.encode,
+                   schema.get("task", "classification"), schema.get("text_columns", []))
+
+    def _inputs(self, df:pd.DataFrame) -> pd.DataFrame: return df.drop(columns=[self.target, *self.text_columns], errors="ignore")
 
     def fit(self, df:pd.DataFrame):
-        X = df.drop(columns=[self.target])
+        X = self._inputs(df)
         self.pipeline.fit(X)
         self.feature_names = [str(c) for c in self.pipeline.transform(X.head(1)).columns]
         return self
 
     def features(self, df:pd.DataFrame) -> np.ndarray:
-        out = self.pipeline.transform(df.drop(columns=[self.target], errors="ignore"))
+        out = self.pipeline.transform(self._inputs(df))
         return out[self.feature_names].to_numpy(dtype=np.float32)
 
     def labels(self, df:pd.DataFrame) -> np.ndarray:
+        "Class indices (int64), or for a regression the target as float32 of shape (N,)."
+        if self.task == "regression": return self._numbers(df[self.target])
         index = {c: i for i, c in enumerate(self.classes)}
         values = df[self.target].astype(str)
         unknown = sorted(set(values) - set(index))
         if unknown: raise PipelineError(f"unknown label(s) {unknown[:5]}", f"column {self.target!r}", "the label map comes from the schema's classes")
         return values.map(index).to_numpy(dtype=np.int64)
 
+    def _numbers(self, s:pd.Series) -> np.ndarray:
+        y = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+        if bad := int((~np.isfinite(y)).sum()):  # one NaN or inf target makes the loss NaN at its first batch
+            raise PipelineError(f"{bad} target value(s) are not finite numbers", f"column {self.target!r}", "run `tp validate` and fix or drop those rows")
+        return y.astype(np.float32)
+
     def state_dict(self) -> dict:
-        return {"type": "tabular", "target": self.target, "classes": self.classes,
+        return {"type": "tabular", "target": self.target, "classes": self.classes, "task": self.task, "text_columns": self.text_columns,
                 "feature_names": self.feature_names, "pipeline": self.pipeline.state_dict()}
 
     @classmethod
     def from_state(cls, state:dict) -> "TabularPreprocessor":
-        p = cls(state["target"], state["classes"])
+        p = cls(state["target"], state["classes"], task=state.get("task", "classification"), text_columns=state.get("text_columns", []))
         p.pipeline, p.feature_names = PreprocessingPipeline.from_state(state["pipeline"]), state["feature_names"]
         return p
 

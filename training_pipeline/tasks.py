@@ -246,7 +246,11 @@ def build_components(config, data) -> tuple[Task, Callable, nn.Module]:
     if prepared and prepared != name:
         raise ConfigError(f"the data was prepared for {prepared}, but training.task is {name}", "training.task",
                           f"set training.task: {prepared} (or prepare the data again with tp prepare --task {name})")
-    n = config.model.num_classes or data.num_classes or None
+    given, found = config.model.num_classes, data.num_classes or None
+    if given and found and given != found:
+        raise ConfigError(f"model.num_classes is {given} but the data has {found} classes", "model.num_classes",
+                          "remove the key (it is taken from the data) or fix it")
+    n = given or found
     if name == "classification" and config.training.loss.type == "bce" and n not in (None, 2):
         raise ConfigError(f"bce is for two classes, the data has {n}", "training.loss.type", "use cross_entropy")
     task = make_task(name, n if name == "classification" else None)

@@ -497,6 +497,8 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
         if store: store.update(error=str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}")
         raise
     finally:
+        from training_pipeline.loaders import stop_workers
+        stop_workers(*trainer.loaders.values())  # persistent loader workers end with the run, not at exit
         accelerator.wait_for_everyone()  # a rank leaving early makes the others' exit flaky (see ENVIRONMENT.md)
         if store:
             summary = {k: v for k, v in trainer.metrics.items() if k.startswith(("val_", "test_"))}

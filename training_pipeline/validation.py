@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 
 from .core import progress_disabled, EXIT_USAGE, DataError
-from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, is_numeric, load_schema, read_image,
-                                    read_table, scan_image_folder)
+from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, is_free_text, is_numeric, load_schema, read_image,
+                                    read_table, scan_image_folder, text_profile)
 
 # %% auto #0
 __all__ = ['Issue', 'ValidationReport', 'check_frame', 'DataValidator', 'drift_issues', 'feature_columns', 'leakage_issues',
-           'check_tables', 'image_table', 'check_images', 'validate_data']
+           'text_issues', 'check_tables', 'image_table', 'check_images', 'validate_data']
 
 # %% ../nbs/02c_validation.ipynb #f81abbd9
 @dataclass
@@ -31,6 +31,7 @@ class Issue:
     file: str|None = None
     count: int|None = None   # rows/files concerned
     value: float|None = None # a measured distance, for drift
+    severity: str = "error"  # error: the data is invalid | warning: valid, but worth knowing
 
     @property
     def where(self) -> str:
@@ -50,11 +51,16 @@ class ValidationReport:
     kind: str = "tabular"
 
     @property
-    def valid(self) -> bool: return not self.issues
+    def errors(self) -> list[Issue]: return [i for i in self.issues if i.severity != "warning"]
+    @property
+    def warnings(self) -> list[Issue]: return [i for i in self.issues if i.severity == "warning"]
+    @property
+    def valid(self) -> bool: return not self.errors
 
     def to_dict(self) -> dict:
         return {"valid": self.valid, "source": self.source, "kind": self.kind, "row_count": self.row_count,
-                "column_count": self.column_count, "splits": self.splits, "issues": [asdict(i) for i in self.issues]}
+                "column_count": self.column_count, "splits": self.splits, "errors": len(self.errors),
+                "warnings": len(self.warnings), "issues": [asdict(i) for i in self.issues]}
 
     def to_table(self) -> str:
         unit = "images" if self.kind == "image" else "rows"
@@ -62,10 +68,13 @@ class ValidationReport:
         per_split = {s: sum(i.split == s for i in self.issues) for s in self.splits}
         lines.append(f"  {'split':<10}{unit:>8}{'issues':>8}")
         lines += [f"  {s:<10}{n:>8}{per_split[s]:>8}" for s, n in self.splits.items()]
-        if self.valid: lines.append("VALID: no issues"); return "\n".join(lines)
-        lines.append(f"INVALID: {len(self.issues)} issue(s)")
+        if not self.issues: lines.append("VALID: no issues"); return "\n".join(lines)
+        warned = f"{len(self.warnings)} warning(s)"
+        if self.valid: lines.append(f"VALID with {warned}")
+        else: lines.append(f"INVALID: {len(self.errors)} issue(s)" + (f", {warned}" if self.warnings else ""))
         width = max(len(i.check) for i in self.issues)
-        lines += [f"  {i.check:<{width}}  {i.where}: {i.message}" for i in self.issues]
+        lines += [f"  {i.check:<{width}}  {i.where}: {i.message}" for i in self.errors]
+        lines += [f"  {i.check:<{width}}  {i.where}: warning: {i.message}" for i in self.warnings]
         return "\n".join(lines)
 
 # %% ../nbs/02c_validation.ipynb #e10031c4
@@ -75,7 +84,7 @@ def _dtype_ok(expected:str, actual:str) -> bool:
     return (expected, actual) in widen or ({expected, actual} <= {"object", "str", "string"})
 
 def check_frame(df:pd.DataFrame, schema:dict, split:str|None=None) -> list[Issue]:
-    "Schema checks on one table: columns, dtypes, nulls, ranges, categories, uniqueness."
+    "Schema checks on one table: columns, dtypes, nulls, non-finite numbers, ranges, categories, uniqueness."
     issues = []
     missing = [c for c in schema["required_columns"] if c not in df.columns]
     if missing: issues.append(Issue("missing_columns", f"missing column(s): {', '.join(map(str, missing))}", split, count=len(missing)))
@@ -86,9 +95,12 @@ def check_frame(df:pd.DataFrame, schema:dict, split:str|None=None) -> list[Issue
     for col in schema["non_nullable"]:
         if col in df.columns and nulls[col] > 0:
             issues.append(Issue("nulls", f"{nulls[col]} null value(s) in a non-nullable column", split, col, count=int(nulls[col])))
+    for col in df.columns:
+        if is_numeric(df[col]) and (n := int(np.isinf(df[col].astype(float)).sum())):
+            issues.append(Issue("non_finite", f"{n} non-finite value(s) (inf) in a numeric column: features or losses become NaN", split, str(col), count=n))
     for col, c in schema.get("constraints", {}).items():
         if col not in df.columns or not is_numeric(df[col]): continue
-        values = df[col]
+        values = df[col][np.isfinite(df[col].astype(float))]  # an inf is reported once, as non_finite
         if "min" in c and (n := int((values < c["min"]).sum())):
             issues.append(Issue("range", f"{n} value(s) below minimum {c['min']:g} (lowest {values.min():g})", split, col, count=n))
         if "max" in c and (n := int((values > c["max"]).sum())):
@@ -185,6 +197,20 @@ def leakage_issues(frames:dict, columns:list) -> list[Issue]:
                 issues.append(Issue("leakage", f"{n} row(s) of {b} also appear in {a}", b, count=n))
     return issues
 
+def text_issues(df:pd.DataFrame, schema:dict, split:str|None=None) -> list[Issue]:
+    "Free-text columns: a warning where the schema marks them (never features), an error where it doesn't (they'd be one-hot encoded)."
+    marked, issues = set(schema.get("text_columns") or []), []
+    for col in df.columns:
+        if col == schema.get("target") or not (col in marked or is_free_text(df[col])): continue
+        p = text_profile(df[col])
+        seen = f"free text ({p['distinct']} distinct values, {p['words']:.1f} words per value)"
+        if col in marked: issues.append(Issue("free_text", f"{seen}: left out of the features, not one-hot encoded", split, str(col), count=p["distinct"], severity="warning"))
+        else: issues.append(Issue("free_text", f"{seen} that the schema does not mark as text: training would one-hot encode it; "
+                                  "prepare the data again (`tp prepare`) to leave it out", split, str(col), count=p["distinct"]))
+    return issues
+
+def _classifier(schema:dict) -> bool: return schema.get("task", "classification") == "classification"
+
 def check_tables(frames:dict[str, pd.DataFrame], schema:dict, drift_cfg, seed:int=0) -> list[Issue]:
     "Every check on a set of splits of one table."
     issues = []
@@ -192,12 +218,14 @@ def check_tables(frames:dict[str, pd.DataFrame], schema:dict, drift_cfg, seed:in
         if len(df) == 0: issues.append(Issue("empty_split", "split has no rows", split)); continue
         issues += check_frame(df, schema, split)
         target, classes = schema.get("target"), schema.get("classes") or []
-        if target in df.columns and classes:
+        if target in df.columns and classes and _classifier(schema):
             absent = sorted(set(map(str, classes)) - set(df[target].dropna().astype(str)))
             if absent: issues.append(Issue("missing_class", f"class(es) absent from this split: {', '.join(absent[:10])}", split, target, count=len(absent)))
+    if any(len(f) for f in frames.values()): issues += text_issues(pd.concat([f for f in frames.values() if len(f)], ignore_index=True), schema)
     issues += leakage_issues(frames, feature_columns(schema, frames))
     if "train" in frames and len(frames["train"]):
-        cols = feature_columns(schema, frames) + ([schema["target"]] if schema.get("target") else [])
+        text = set(schema.get("text_columns") or [])  # not features: their drift is not the model's
+        cols = [c for c in feature_columns(schema, frames) if c not in text] + ([schema["target"]] if schema.get("target") else [])
         for split, df in frames.items():
             if split != "train" and len(df): issues += drift_issues(frames["train"], df, split, cols, drift_cfg, seed)
     return issues
@@ -295,10 +323,11 @@ def _validate_source(source:Path, schema:dict|None, layout:DataLayout, drift, se
     issues = []
     if len(df) == 0: issues.append(Issue("empty_split", "no data rows", name, file=str(source)))
     elif schema is not None:
-        issues += check_frame(df, schema, name)
+        issues += check_frame(df, schema, name) + text_issues(df, schema, name)
         train_csv = layout.split_dir("train")/"data.csv"
         if train_csv.exists():
             frames = {"train": read_table(train_csv), name: df}
             issues += leakage_issues(frames, feature_columns(schema, frames))
-            issues += drift_issues(frames["train"], df, name, feature_columns(schema, frames), drift, seed)
+            text = set(schema.get("text_columns") or [])
+            issues += drift_issues(frames["train"], df, name, [c for c in feature_columns(schema, frames) if c not in text], drift, seed)
     return ValidationReport(issues, {name: len(df)}, len(df), len(df.columns), str(source), "tabular")
