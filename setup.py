@@ -36,7 +36,8 @@ setuptools.setup(
     include_package_data=True,
     package_data={cfg["lib_path"]: ["notebooks/*.ipynb"]},
     install_requires=requirements("requirements"),
-    extras_require={"dev": requirements("dev_requirements"), "datasets": requirements("datasets_requirements")},
+    extras_require={"dev": requirements("dev_requirements"), "datasets": requirements("datasets_requirements"),
+                    "bench": requirements("bench_requirements")},
     python_requires=">=" + cfg["min_python"],
     zip_safe=False,
     entry_points={

@@ -1,5 +1,6 @@
 """`tp report` end to end: from a run and from a checkpoint, one self-contained HTML file with every
 section and no external script, opened in headless Chromium: plots render, no console error, no request."""
+import html
 import json
 import re
 import shutil
@@ -68,10 +69,9 @@ def chromium():
     return path
 
 
-def test_report_renders_in_a_browser_offline(trained):
+def open_offline(path, screenshot=None):
+    "Open a report in headless Chromium: (plots, plots that rendered, console errors, requests that left the file)."
     from playwright.sync_api import sync_playwright
-    cwd, run_dir = trained
-    if not (run_dir / "report.html").exists(): assert run_tp("report", "--run", run_dir, cwd=cwd).returncode == 0
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -79,12 +79,76 @@ def test_report_renders_in_a_browser_offline(trained):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("request", lambda req: requests.append(req.url) if not req.url.startswith(("file:", "data:", "blob:")) else None)
-        page.goto((run_dir / "report.html").as_uri())
+        page.goto(Path(path).as_uri())
         page.wait_for_function("document.querySelectorAll('div.plotly-graph-div').length > 0")
         divs = page.locator("div.plotly-graph-div")
-        assert divs.count() >= 4
-        for i in range(divs.count()): assert divs.nth(i).locator("svg").count() > 0, f"plot {i} did not render"
-        artifacts = REPO / "tests" / "artifacts"; artifacts.mkdir(exist_ok=True)
-        page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+        rendered = sum(divs.nth(i).locator("svg").count() > 0 for i in range(divs.count()))
+        if screenshot:
+            artifacts = REPO / "tests" / "artifacts"; artifacts.mkdir(exist_ok=True)
+            page.screenshot(path=str(artifacts / screenshot), full_page=True)
+        count = divs.count()
         browser.close()
+    return count, rendered, errors, requests
+
+
+def test_report_renders_in_a_browser_offline(trained):
+    cwd, run_dir = trained
+    if not (run_dir / "report.html").exists(): assert run_tp("report", "--run", run_dir, cwd=cwd).returncode == 0
+    plots, rendered, errors, requests = open_offline(run_dir / "report.html", "report.png")
+    assert plots >= 4 and rendered == plots, (plots, rendered)
     assert errors == [] and requests == []
+
+
+@pytest.fixture(scope="module")
+def tips_run(tmp_path_factory):
+    "(cwd, run dir) of a short regression run on plotly's tips table (target `tip`), prepared and trained with the CLI."
+    import plotly
+    cwd = tmp_path_factory.mktemp("tips")
+    plotly.data.tips().to_csv(cwd / "tips.csv", index=False)
+    r = run_tp("prepare", "--source", "tips.csv", "--target", "tip", "--task", "regression", "--data-dir", "data", cwd=cwd)
+    assert r.returncode == 0 and "regression" in r.stdout, r.stderr
+    r = run_tp("train", "--config", REPO / "config" / "tabular.yaml", *data_overrides(cwd / "data"), "data.dataset=tips",
+               "experiment.name=tips", "training.task=regression", "model.architecture=mlp", "training.epochs=6",
+               "training.learning_rate=0.01", "checkpointing.monitor_metric=val_rmse", "checkpointing.mode=min", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return cwd, next((cwd / "runs" / "tips").iterdir())
+
+
+def stored_rmse(run_dir, name):
+    "RMSE of a run's stored test predictions, computed here from the raw outputs."
+    from safetensors.numpy import load_file
+    t = load_file(str(run_dir / "artifacts" / "predictions" / f"{name}.safetensors"))
+    return float(((t["outputs"].reshape(-1) - t["targets"].reshape(-1).astype("float64")) ** 2).mean() ** 0.5)
+
+
+def test_report_of_a_regression_run(tips_run):
+    cwd, run_dir = tips_run
+    r = run_tp("report", "--run", run_dir, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    page = assert_offline_report(run_dir / "report.html")
+    for text in ("RMSE", "MAE", "R²", "predicted vs true", "residual vs predicted", "residual histogram", "Regression target per split"):
+        assert text in page, text
+    summary = json.loads((run_dir / "run.json").read_text())["summary"]
+    final = json.loads((run_dir / "artifacts" / "predictions" / "test_final.json").read_text())
+    rmse = stored_rmse(run_dir, "test_final")
+    assert rmse == pytest.approx(summary["test_rmse"], rel=1e-5)  # the stored outputs are those the logged metric came from
+    assert f"{rmse:.4g}" in page and f"test, {final['weights']}" in page
+    if (run_dir / "artifacts" / "predictions" / "test_best.json").exists():
+        best = json.loads((run_dir / "artifacts" / "predictions" / "test_best.json").read_text())
+        assert best["weights"].startswith("best checkpoint step-") and html.escape(best["weights"]) in page
+        assert f"{stored_rmse(run_dir, 'test_best'):.4g}" in page
+    assert "Per class" not in page and "confusion matrix" not in page  # nothing of a classifier
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        plots, rendered, errors, requests = open_offline(run_dir / "report.html", "report-regression.png")
+        assert plots >= 4 and rendered == plots and errors == [] and requests == [], (plots, rendered, errors, requests)
+
+
+def test_regression_report_from_the_run_directory_alone(tips_run, tmp_path):
+    cwd, run_dir = tips_run
+    (cwd / "data").rename(tmp_path / "data-moved")  # no prepared data, and the model is not rebuilt: the stored predictions suffice
+    try:
+        r = run_tp("report", "--run", run_dir, "--out", tmp_path / "alone.html", cwd=cwd)
+    finally: (tmp_path / "data-moved").rename(cwd / "data")
+    assert r.returncode == 0, r.stderr
+    page = assert_offline_report(tmp_path / "alone.html")
+    assert f"{stored_rmse(run_dir, 'test_final'):.4g}" in page and "residual vs predicted" in page

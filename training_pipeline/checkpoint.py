@@ -227,7 +227,7 @@ def spec_candidates(weights:Path) -> list[Path]:
 
 def load_exported_model(weights:str|Path, spec:dict|None=None):
     "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json."
-    from training_pipeline.models import create_model, load_safetensors
+    from training_pipeline.models import load_safetensors, model_from_spec
     weights = Path(weights)
     if spec is None:
         spec_path = next((p for p in spec_candidates(weights) if p.exists()), None)
@@ -236,8 +236,7 @@ def load_exported_model(weights:str|Path, spec:dict|None=None):
         if spec_path.parent != weights.parent: spec = {k: v for k, v in spec.items() if k != "sha256"}  # that hash is another file's
     if spec.get("sha256") and sha256_file(weights) != spec["sha256"]:
         raise CheckpointError("weights do not match the sha256 in model.json", str(weights), "the file was changed or truncated: export it again")
-    model = create_model(spec["architecture"], spec["num_classes"], tuple(spec["input_shape"]), spec.get("dropout", 0.0),
-                         hidden_dims=spec.get("hidden_dims", (256, 128)), num_outputs=spec.get("num_outputs"))
+    model = model_from_spec(spec)  # a built-in, torchvision or the user's own (import path + init_args) model
     model.load_state_dict(load_safetensors(weights, "model weights"))
     return model.eval(), spec
 

@@ -212,6 +212,8 @@ def cmd_config_check(args) -> int:
     "Validate a config; print it resolved (stdout) and warnings about missing data (stderr)."
     from training_pipeline.config import load_config
     config = load_config(args.path, args.overrides)
+    problems = config.check_imports()  # the code the config names must import, as `tp train` will need it
+    if problems: raise problems[0] if len(problems) == 1 else ConfigError(f"{len(problems)} problems", args.path, "see below", problems=problems)
     source = args.path + (f" + {len(args.overrides)} override(s)" if args.overrides else "")
     print(f"# resolved from {source}\n# config hash: {config.hash}\n{config.to_yaml()}", end="")
     for problem in config.check_paths():

@@ -22,16 +22,16 @@ from .core import ConfigError, atomic_write, is_import_path, sha256_json
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
            'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES', 'MAX_CONFIG_BYTES',
            'KEY_PATTERN', 'Section', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig',
-           'DriftConfig', 'DataConfig', 'ModelConfig', 'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig',
-           'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig',
-           'tagged', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig',
-           'CheckpointingConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig',
-           'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule',
-           'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule',
-           'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig',
-           'ProfileConfig', 'Config', 'cross_section_problems', 'SafeLoader', 'safe_load', 'did_you_mean',
-           'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides', 'validate_config',
-           'load_config']
+           'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig',
+           'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig',
+           'PlateauConfig', 'tagged', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig',
+           'DistributedConfig', 'CheckpointingConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig',
+           'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule',
+           'LossSpikeRule', 'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule',
+           'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig',
+           'AlertsConfig', 'ProfileConfig', 'Config', 'cross_section_problems', 'SafeLoader', 'safe_load',
+           'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides',
+           'validate_config', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -137,10 +137,18 @@ class ModelConfig(Section):
     @field_validator("architecture", mode="before")
     @classmethod
     def _known_architecture(cls, v):
-        v = _lower(v)
-        if isinstance(v, str) and v not in ARCHITECTURES:
-            raise PydanticCustomError("invalid_choice", "unknown architecture", {"choices": ", ".join(ARCHITECTURES)})
+        "A built-in name, an import path (kept as written), or a lower-case name for torchvision (checked by `check_imports`)."
+        if not isinstance(v, str) or is_import_path(v): return v
+        v = v.lower()
+        if v not in ARCHITECTURES and not re.match(r"^[a-z][a-z0-9_]*$", v):
+            raise PydanticCustomError("invalid_choice", "unknown architecture",
+                                      {"choices": ", ".join(ARCHITECTURES) + ", a torchvision classification model, or package.module:Name"})
         return v
+
+def torchvision_classifiers() -> list[str]:
+    "The classification models this torchvision has (asked from torchvision, not kept by hand)."
+    import torchvision
+    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 # %% ../nbs/01_config.ipynb #7281fe2e
 class Choice(Section):
@@ -470,6 +478,23 @@ class Config(Section):
             if w is None or not Path(w).is_file():
                 problems.append(ConfigError(f"pretrained weights not found: {w}", "model.pretrained_weights",
                     "give a local .safetensors file (nothing is downloaded) or set model.pretrained: false"))
+        return problems
+
+    def check_imports(self) -> list[ConfigError]:
+        "Problems with the code a config names (imports only, nothing called): model and dataset import paths, torchvision names."
+        from training_pipeline.core import import_object
+        problems = []
+        arch = self.model.architecture
+        try:
+            if is_import_path(arch): import_object(arch, "model.architecture")
+            elif arch not in ARCHITECTURES and arch not in (names := torchvision_classifiers()):
+                raise ConfigError(f"unknown architecture {arch!r}{did_you_mean(arch, [*ARCHITECTURES, *names])}", "model.architecture",
+                                  "use mlp, small_cnn, a torchvision classification model (e.g. resnet18, vit_b_16) or package.module:Name")
+        except ConfigError as e: problems.append(e)
+        for key, path in (("data.dataset", self.data.dataset), ("training.loss.type", self.training.loss.type)):
+            if is_import_path(path):
+                try: import_object(path, key)
+                except ConfigError as e: problems.append(e)
         return problems
 
     def validate(self) -> list[str]:

@@ -14,8 +14,9 @@ from .config import ARCHITECTURES
 from .core import EXIT_USAGE, CheckpointError, ConfigError
 
 # %% auto #0
-__all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'replace_head', 'is_pickle_file',
-           'load_safetensors', 'load_pretrained', 'create_model', 'model_from_config']
+__all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'head_name', 'replace_head',
+           'is_pickle_file', 'load_safetensors', 'load_pretrained', 'create_model', 'user_model', 'model_from_config',
+           'model_from_spec']
 
 # %% ../nbs/03_models.ipynb #9fb4dc88
 def conv_block(c_in:int, c_out:int) -> nn.Sequential:
@@ -59,15 +60,22 @@ def adapt_input_channels(model:nn.Module, in_channels:int):
     _set_module(model, name, new)
     return model
 
+def head_name(model:nn.Module) -> str:
+    "The dotted name of a classifier's last linear layer (resnet `fc`, vit `heads.head`, convnext `classifier.2` ...), found by structure."
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names: raise ConfigError(f"{type(model).__name__} has no linear head to replace", "model.architecture", "choose a classification model")
+    return names[-1]
+
 def replace_head(model:nn.Module, num_outputs:int, dropout:float):
-    "A new linear head for `num_outputs`, with dropout before it."
-    if hasattr(model, "fc"):  # resnets
+    "A new linear head for `num_outputs`, with dropout before it (the model's own dropout, when its head has one, is set to `dropout`)."
+    if isinstance(getattr(model, "fc", None), nn.Linear):  # resnets and their kin: fc = Sequential(Dropout, Linear)
         model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_outputs))
-    else:  # mobilenet_v3, efficientnet: classifier = Sequential(..., Dropout, Linear)
-        last = model.classifier[-1]
-        model.classifier[-1] = nn.Linear(last.in_features, num_outputs)
-        for m in model.classifier:
-            if isinstance(m, nn.Dropout): m.p = dropout
+        return model
+    name = head_name(model)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    _set_module(model, name, nn.Linear(model.get_submodule(name).in_features, num_outputs))
+    for m in parent.modules():
+        if isinstance(m, nn.Dropout): m.p = dropout
     return model
 
 # %% ../nbs/03_models.ipynb #08a9f559
@@ -91,48 +99,104 @@ def load_safetensors(path:str|Path, what:str="weights") -> dict[str, torch.Tenso
     except Exception as e:
         raise CheckpointError(f"{what} file is not valid safetensors: {' '.join(str(e).split())[:100]}", str(path), "check the file") from None
 
-def load_pretrained(model:nn.Module, path:str|Path, architecture:str):
-    "Load weights into a model built for the file's own head; mismatched keys are an error."
-    state = load_safetensors(path, "pretrained weights")
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"weights do not fit {architecture}: {len(result.missing_keys)} missing key(s) "
-                              f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected", str(path),
-                              "use weights saved from the same architecture")
-    return model
+def _under(key:str, prefix:str|None) -> bool: return bool(prefix) and (key == prefix or key.startswith(prefix + "."))
+
+def load_pretrained(model:nn.Module, path:str|Path, architecture:str, head:str|None=None) -> str:
+    """Fine-tuning: load every tensor of a safetensors file that fits the (already adapted) model, adapt the stem's
+    filters to the model's input channels, leave the head (`head`, a module name) re-initialised. Returns the one line
+    that says what happened; anything else that does not fit (another architecture) is a `CheckpointError` with counts."""
+    state, own = load_safetensors(path, "pretrained weights"), model.state_dict()
+    try: stem = _first_conv(model)[1] + ".weight"
+    except ValueError: stem = None
+    fitting, adapted, wrong_shape = {}, [], []
+    for k, v in state.items():
+        if k not in own: continue
+        w = own[k]
+        if w.shape == v.shape: fitting[k] = v
+        elif k == stem and v.ndim == 4 and v.shape[0] == w.shape[0] and v.shape[2:] == w.shape[2:]:
+            c = w.shape[1]  # the same filters for another number of input channels (see adapt_input_channels)
+            fitting[k] = v.sum(1, keepdim=True) if c == 1 else v.mean(1, keepdim=True).repeat(1, c, 1, 1); adapted.append(k)
+        else: wrong_shape.append(k)
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in fitting]
+    outside = [k for k in missing + unexpected + wrong_shape if not _under(k, head)]
+    if outside:
+        raise CheckpointError(f"weights do not fit {architecture}: {len([k for k in missing if not _under(k, head)])} missing, "
+                              f"{len([k for k in unexpected if not _under(k, head)])} unexpected and "
+                              f"{len([k for k in wrong_shape if not _under(k, head)])} wrongly shaped tensor(s) outside the head "
+                              f"(e.g. {', '.join(outside[:3])})", str(path), "use weights saved from the same architecture")
+    model.load_state_dict(fitting, strict=False)
+    line = f"pretrained weights {Path(path).name}: {len(fitting)} of {len(own)} tensors loaded"
+    if missing: line += f"; re-initialised: {', '.join(missing)}"
+    if adapted: line += f"; adapted to {own[adapted[0]].shape[1]} input channel(s): {', '.join(adapted)}"
+    return line
 
 # %% ../nbs/03_models.ipynb #5d613cbb
 def create_model(architecture:str, num_classes:int, input_shape:tuple, dropout:float=0.2, pretrained:bool=False,
-                 pretrained_weights:str|None=None, hidden_dims=(256, 128), num_outputs:int|None=None) -> nn.Module:
-    "A model by name for inputs of `input_shape` ((C, H, W) or (features,)) and `num_classes` classes."
+                 pretrained_weights:str|None=None, hidden_dims=(256, 128), num_outputs:int|None=None,
+                 init_args:dict|None=None) -> nn.Module:
+    "A built-in or torchvision model by name for inputs of `input_shape` ((C, H, W) or (features,)) and `num_outputs` outputs."
+    import logging
     num_outputs = num_outputs or num_classes
-    if architecture not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {architecture!r}", "model.architecture", f"choose one of {', '.join(ARCHITECTURES)}")
     if architecture == "mlp":
         if len(input_shape) != 1: raise ConfigError("mlp needs tabular features, got images", "model.architecture", "use small_cnn or a torchvision model for images")
         if pretrained: raise ConfigError("mlp has no pretrained weights", "model.pretrained", "set model.pretrained: false")
         return MLP(input_shape[0], num_outputs, tuple(hidden_dims), dropout)
-    if len(input_shape) != 3: raise ConfigError(f"{architecture} needs images, got tabular features", "model.architecture", "use mlp for tables")
+    if len(input_shape) != 3: raise ConfigError(f"{architecture} needs images, got inputs of shape {tuple(input_shape)}", "model.architecture", "use mlp for tables, or your own model (package.module:Name)")
     if architecture == "small_cnn":
         if pretrained: raise ConfigError("small_cnn has no pretrained weights", "model.pretrained", "set model.pretrained: false")
         return SmallCNN(input_shape[0], num_outputs, dropout)
     import torchvision
-    model = getattr(torchvision.models, architecture)(weights=None)  # the 1000-class layout pretrained files have
-    if pretrained:
-        if not pretrained_weights:
-            raise ConfigError(f"pretrained {architecture} needs a local weights file", "model.pretrained_weights",
-                              "set it to a .safetensors file (nothing is downloaded), or model.pretrained: false")
-        load_pretrained(model, pretrained_weights, architecture)
+    from training_pipeline.config import did_you_mean, torchvision_classifiers
+    if architecture not in (names := torchvision_classifiers()):
+        raise ConfigError(f"unknown architecture {architecture!r}{did_you_mean(architecture, [*ARCHITECTURES, *names])}", "model.architecture",
+                          "use mlp, small_cnn, a torchvision classification model or package.module:Name")
+    if pretrained and not pretrained_weights:
+        raise ConfigError(f"pretrained {architecture} needs a local weights file", "model.pretrained_weights",
+                          "set it to a .safetensors file (nothing is downloaded), or model.pretrained: false")
+    try: model = torchvision.models.get_model(architecture, weights=None, **(init_args or {}))  # the layout pretrained files have
+    except TypeError as e: raise ConfigError(f"{architecture}(**model.init_args) failed: {e}", "model.init_args", "fix the arguments") from None
+    head = head_name(model)
     adapt_input_channels(model, input_shape[0])
-    return replace_head(model, num_outputs, dropout)
+    replace_head(model, num_outputs, dropout)
+    if pretrained: logging.getLogger("training_pipeline").warning(load_pretrained(model, pretrained_weights, architecture, head))
+    return model
 
-def model_from_config(model_cfg, input_shape:tuple, num_classes:int, num_outputs:int|None=None) -> nn.Module:
-    "`create_model` from a `ModelConfig`; `model.num_classes`/`in_channels`, when set, must agree with the data."
-    if model_cfg.num_classes is not None and model_cfg.num_classes != num_classes:
-        raise ConfigError(f"model.num_classes is {model_cfg.num_classes} but the data has {num_classes} classes",
-                          "model.num_classes", "remove the key (it is taken from the data) or fix it")
+def user_model(path:str, init_args:dict|None=None) -> nn.Module:
+    "The model an import path names (a class or factory), called with `init_args`."
+    from training_pipeline.core import import_object
+    factory = import_object(path, "model.architecture")
+    try: model = factory(**(init_args or {}))
+    except Exception as e:
+        raise ConfigError(f"{path}(**model.init_args) failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}", "model.architecture",
+                          "fix the model's code or model.init_args") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{path} returned a {type(model).__name__}, not a torch nn.Module", "model.architecture", "name an nn.Module class or a function returning one")
+    return model
+
+def model_from_config(model_cfg, input_shape:tuple, num_classes:int|None, num_outputs:int|None=None) -> nn.Module:
+    "The model of a `ModelConfig`: the user's own (import path + init_args, fine-tuned from pretrained_weights if asked), or `create_model`."
+    import logging
+    from training_pipeline.core import is_import_path
+    if is_import_path(model_cfg.architecture):
+        model = user_model(model_cfg.architecture, model_cfg.init_args)
+        if model_cfg.pretrained:
+            if not model_cfg.pretrained_weights:
+                raise ConfigError("model.pretrained needs a local weights file", "model.pretrained_weights", "set it to a .safetensors file")
+            line = load_pretrained(model, model_cfg.pretrained_weights, model_cfg.architecture, head_name(model))
+            logging.getLogger("training_pipeline").warning(line)
+        return model
     if model_cfg.in_channels is not None and len(input_shape) == 3 and model_cfg.in_channels != input_shape[0]:
         raise ConfigError(f"model.in_channels is {model_cfg.in_channels} but the images have {input_shape[0]}",
                           "model.in_channels", "remove the key (it is taken from the data) or fix it")
     return create_model(model_cfg.architecture, num_classes, input_shape, model_cfg.dropout, model_cfg.pretrained,
-                        model_cfg.pretrained_weights, model_cfg.hidden_dims, num_outputs)
+                        model_cfg.pretrained_weights, model_cfg.hidden_dims, num_outputs, model_cfg.init_args)
+
+def model_from_spec(spec:dict) -> nn.Module:
+    "Rebuild a trained model's architecture (untrained weights) from the `model.json` a run or registered model keeps."
+    from training_pipeline.core import is_import_path
+    arch = spec["architecture"]
+    if is_import_path(arch): return user_model(arch, spec.get("init_args") or {})
+    n = spec.get("num_outputs") or spec.get("num_classes")
+    return create_model(arch, spec.get("num_classes") or n, tuple(spec["input_shape"]), spec.get("dropout", 0.0),
+                        hidden_dims=spec.get("hidden_dims", (256, 128)), num_outputs=n, init_args=spec.get("init_args"))

@@ -202,11 +202,14 @@ class LoadedModel:
     preprocessor: object
 
     @property
-    def classes(self) -> list: return list(self.spec["classes"])
+    def classes(self) -> list: return list(self.spec.get("classes") or [])
+    @property
+    def task(self) -> str: return self.spec.get("task") or "classification"
 
     def to_tensor(self, inputs) -> torch.Tensor:
-        "Raw inputs -> the model's input tensor, with the saved preprocessing."
+        "Raw inputs -> the model's input tensor, with the saved preprocessing (a user's own data: the inputs as given)."
         import pandas as pd
+        if self.preprocessor is None: return inputs  # tensors (or a tuple / dict of them) shaped as the dataset's samples
         if self.spec["preprocessing"]["type"] == "image":
             from training_pipeline.data import read_image
             from training_pipeline.loaders import image_tensor
@@ -217,19 +220,30 @@ class LoadedModel:
         df = inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(inputs if isinstance(inputs, list) else [inputs])
         return torch.tensor(self.preprocessor.features(df))
 
+    def outputs(self, inputs) -> torch.Tensor:
+        from training_pipeline.trainer import call_model
+        with torch.no_grad(): return call_model(self.model, self.to_tensor(inputs)).float()
+
     def predict_proba(self, inputs) -> np.ndarray:
+        "Class (or label) probabilities; for regression, the predicted values."
         from training_pipeline.tasks import probabilities
-        with torch.no_grad(): return probabilities(self.model(self.to_tensor(inputs)), self.spec.get("task", "multiclass")).numpy()
+        return probabilities(self.outputs(inputs), self.task).numpy()
 
     def predict(self, inputs) -> list:
-        return [self.classes[i] for i in self.predict_proba(inputs).argmax(1)]
+        "Class names (indices when the data named none), label lists for multi-label, numbers for regression."
+        from training_pipeline.tasks import make_task
+        decoded = make_task(self.task).decode(self.outputs(inputs))
+        if self.task == "regression": return decoded.tolist()
+        name = lambda i: self.classes[i] if i < len(self.classes) else i
+        if self.task == "multilabel": return [[name(j) for j in row.nonzero().flatten().tolist()] for row in decoded]
+        return [name(i) for i in decoded.tolist()]
 
 def load_model(ref:str, models_dir:str|Path="models") -> LoadedModel:
     "A registered model by 'name', 'name:3' or 'name@production' (sha256 verified, safetensors only)."
     from training_pipeline.preprocess import preprocessor_from_state
     path = resolve_ref(ref, models_dir)
     model, spec = load_exported_model(path/"model.safetensors", json.loads((path/"model.json").read_text()))
-    return LoadedModel(model, spec, preprocessor_from_state(spec["preprocessing"]))
+    return LoadedModel(model, spec, preprocessor_from_state(spec["preprocessing"]) if spec.get("preprocessing") else None)
 
 # %% ../nbs/12_registry.ipynb #44de00c7
 STANDALONE_PREPROCESSING = '''
@@ -285,12 +299,20 @@ def load(directory=HERE):
     spec = json.loads((directory/"model.json").read_text())
     if hashlib.sha256((directory/"model.safetensors").read_bytes()).hexdigest() != spec["sha256"]:
         raise ValueError("model.safetensors does not match the sha256 in model.json")
-    arch, shape, n = spec["architecture"], spec["input_shape"], spec.get("num_outputs") or spec["num_classes"]
-    if arch == "mlp": model = MLP(shape[0], n, tuple(spec.get("hidden_dims", (256, 128))), spec.get("dropout", 0.0))
+    arch, shape, n = spec["architecture"], spec["input_shape"], spec.get("num_outputs") or spec.get("num_classes")
+    if ":" in arch:  # the user's own model class: its package must be importable here
+        import importlib
+        module, _, name = arch.partition(":")
+        try: obj = importlib.import_module(module)
+        except ImportError as e: raise SystemExit(f"error: this model is {arch}: make {module} importable (PYTHONPATH) to load it ({e})")
+        for part in name.split("."): obj = getattr(obj, part)
+        model = obj(**(spec.get("init_args") or {}))
+    elif arch == "mlp": model = MLP(shape[0], n, tuple(spec.get("hidden_dims", (256, 128))), spec.get("dropout", 0.0))
     elif arch == "small_cnn": model = SmallCNN(shape[0], n, spec.get("dropout", 0.0))
     else:
         import torchvision
-        model = replace_head(adapt_input_channels(getattr(torchvision.models, arch)(weights=None), shape[0]), n, spec.get("dropout", 0.0))
+        model = torchvision.models.get_model(arch, weights=None, **(spec.get("init_args") or {}))
+        model = replace_head(adapt_input_channels(model, shape[0]), n, spec.get("dropout", 0.0))
     model.load_state_dict(load_file(directory/"model.safetensors"))
     return model.eval(), spec
 
@@ -298,16 +320,25 @@ def predict_proba(model, spec, inputs):
     "Class probabilities for raw inputs (image paths/arrays, or a DataFrame / dicts for tables)."
     import pandas as pd
     pre = spec["preprocessing"]
-    if pre["type"] == "image": x = _image_batch(inputs, pre)
+    if pre is None: x = inputs  # a user's own data: tensors as its samples hold them
+    elif pre["type"] == "image": x = _image_batch(inputs, pre)
     else: x = _tabular_features(inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(inputs if isinstance(inputs, list) else [inputs]), pre)
     with torch.no_grad():
-        out = model(x)
-    if spec.get("task") == "binary":
-        p = torch.sigmoid(out.float().squeeze(-1)); return torch.stack([1 - p, p], -1).numpy()
-    return torch.softmax(out.float(), -1).numpy()
+        out = (model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, tuple) else model(x)).float()
+    task = spec.get("task") or "classification"
+    if task == "regression": return (out.squeeze(-1) if out.shape[-1:] == (1,) else out).numpy()
+    if task == "multilabel": return torch.sigmoid(out).numpy()
+    if out.shape[-1] == 1:
+        p = torch.sigmoid(out.squeeze(-1)); return torch.stack([1 - p, p], -1).numpy()
+    return torch.softmax(out, -1).numpy()
 
 def predict(model, spec, inputs):
-    return [spec["classes"][i] for i in predict_proba(model, spec, inputs).argmax(1)]
+    "Class names, label lists (multi-label) or values (regression)."
+    scores, task, classes = predict_proba(model, spec, inputs), spec.get("task") or "classification", spec.get("classes") or []
+    name = lambda i: classes[i] if i < len(classes) else int(i)
+    if task == "regression": return scores.tolist()
+    if task == "multilabel": return [[name(j) for j in range(len(row)) if row[j] > 0.5] for row in scores]
+    return [name(i) for i in scores.argmax(1)]
 
 if __name__ == "__main__":
     model, spec = load()
@@ -318,7 +349,7 @@ def standalone_loader() -> str:
     "Source of load_model.py: this package's model definitions plus a preprocessing interpreter; no training_pipeline import."
     from training_pipeline import models
     parts = [inspect.getsource(f) for f in (models.conv_block, models.SmallCNN, models.MLP, models._first_conv, models._set_module,
-                                             models.adapt_input_channels, models.replace_head)]
+                                             models.adapt_input_channels, models.head_name, models.replace_head)]
     header = ('"""Standalone loader of an exported training_pipeline model: python load_model.py, or\n'
               '    from load_model import load, predict; model, spec = load(); predict(model, spec, inputs)\n'
               'Needs torch, safetensors, numpy (pandas for tables, pillow for images, torchvision for torchvision models)."""\n'

@@ -241,7 +241,8 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     `build` makes the data, task, loss and model (default: from the config); `fit` passes the user's own."""
     import time
     config = with_epochs(config, epochs)
-    problems = [p for p in config.check_paths() if build is None or not p.where.startswith("data.")]
+    # fit() brings its own model and data: only a config's paths and import paths are checked here
+    problems = config.check_paths() + config.check_imports() if build is None else [p for p in config.check_paths() if not p.where.startswith("data.")]
     if problems:
         if len(problems) == 1: raise problems[0]
         raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
