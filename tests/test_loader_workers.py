@@ -35,6 +35,7 @@ PAIRWISE = [(0, True, True, 2),   # loader-only keys without workers: ignored, n
 ALL = list(itertools.product((0, 2, 8), (False, True), (False, True), (1, 2)))
 COMBOS = ALL if os.environ.get("TP_ALL_LOADER_COMBOS") == "1" else PAIRWISE
 
+
 def run_processes(mark):
     "Live processes (zombies aside) whose environment carries `mark`."
     found = []
@@ -163,8 +164,7 @@ def test_one_stop_signal_checkpoints_and_takes_the_workers(tmp_path, prepared, s
               "data.persistent_workers=true", "logging.log_frequency=1", env={"TP_FAULT": "train:sleep=0.03"})
     run.watch(until=training_begun, timeout=90)
     assert run.proc.poll() is None, "the run ended before the signal: " + run.stdout
-    workers = set(run.children)
-    assert len(workers) >= 2, workers
+    assert len(run.children) >= 2, run.children  # the workers are running
     signum = getattr(signal, sig)
     (os.killpg if group else os.kill)(run.proc.pid, signum)
     run.watch(timeout=60)

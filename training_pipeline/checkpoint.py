@@ -85,11 +85,11 @@ FORMAT_VERSION = 1
 
 def _write_state(d:Path, name:str, obj) -> list[str]:
     "name.safetensors (if any tensors) + name.json; returns the file names."
-    from safetensors.torch import save
+    from training_pipeline.core import safetensors_bytes
     tensors, skeleton = flatten_state(obj)
     files = [f"{name}.json"]
     if tensors:
-        (d/f"{name}.safetensors").write_bytes(save(tensors)); files.insert(0, f"{name}.safetensors")
+        (d/f"{name}.safetensors").write_bytes(safetensors_bytes(tensors)); files.insert(0, f"{name}.safetensors")
     (d/f"{name}.json").write_text(json.dumps(skeleton))
     return files
 
@@ -105,10 +105,10 @@ def _fault(name:str):
 def save_checkpoint(root:str|Path, step:int, model_state:dict, optimizer_state:dict|None=None, scheduler_state:dict|None=None,
                     scaler_state:dict|None=None, rng:dict|None=None, trainer_state:dict|None=None) -> Path:
     "Write checkpoint `root/step-<step>` from state dicts (all on CPU); returns its path."
-    from safetensors.torch import save
+    from training_pipeline.core import safetensors_bytes
     target = Path(root)/f"step-{step:08d}"
     with atomic_dir(target, replace=True) as d:
-        (d/"model.safetensors").write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model_state.items()}))
+        (d/"model.safetensors").write_bytes(safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model_state.items()}))
         files = ["model.safetensors"]
         _fault("between-files")
         for name, obj in (("optimizer", optimizer_state), ("scheduler", scheduler_state), ("scaler", scaler_state), ("rng", rng)):

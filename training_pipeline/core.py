@@ -25,8 +25,9 @@ from typing import Any, Iterator
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'IMPORT_PATH', 'PipelineError', 'UsageError',
            'ConfigError', 'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch',
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
-           'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'set_seed',
-           'git_info', 'package_version', 'environment_info', 'free_port', 'is_import_path', 'import_object']
+           'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
+           'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
+           'environment_info', 'free_port', 'is_import_path', 'import_object']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -202,6 +203,28 @@ def sha256_dir(path:str|Path, exclude:tuple=()) -> str:
 def sha256_json(obj:Any) -> str:
     "Stable hash of a JSON-serialisable object (sorted keys, no whitespace)."
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+# %% ../nbs/00_core.ipynb #860e82f4
+def _pickle_header(head:bytes) -> bool:
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"  # raw pickle, torch zip
+
+def is_safetensors_bytes(data:bytes, size:int|None=None) -> bool:
+    "Whether bytes start like a safetensors file: an 8-byte header length that fits, then a JSON object."
+    if len(data) < 9 or data[8:9] != b"{": return False
+    n = int.from_bytes(data[:8], "little")
+    return 2 <= n <= (size if size is not None else len(data)) - 8
+
+def is_pickle_bytes(data:bytes, size:int|None=None) -> bool:
+    "Whether a file's first bytes are a pickle (or a torch zip archive, which holds one) and not safetensors."
+    return _pickle_header(data[:4]) and not is_safetensors_bytes(data, size)
+
+def safetensors_bytes(tensors:dict, metadata:dict|None=None) -> bytes:
+    "`safetensors.torch.save`, with the header padded so the file never starts like a pickle."
+    from safetensors.torch import save
+    data, pad = save(tensors, metadata), 0
+    while _pickle_header(data[:4]):
+        pad += 1; data = save(tensors, {**(metadata or {}), "pad": " " * pad})
+    return data
 
 # %% ../nbs/00_core.ipynb #3c0a9379
 def set_seed(seed:int, # Seed for python, numpy, torch (CPU and every CUDA device)

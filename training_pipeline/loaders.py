@@ -43,8 +43,8 @@ class TensorCache:
         return load(data)
 
     def put(self, key:str, tensors:dict[str, torch.Tensor]):
-        from safetensors.torch import save
-        data = save({k: v.contiguous() for k, v in tensors.items()})
+        from training_pipeline.core import safetensors_bytes
+        data = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()})
         atomic_write(self.path(key), data)
         atomic_write_json(self.path(key).with_suffix(".json"), {"sha256": sha256_bytes(data), "bytes": len(data)})
 
@@ -336,4 +336,4 @@ def user_bundle(datasets:dict, source:str, init_args:dict|None=None, target_key:
                           key, "return (x, y) pairs, or dicts with the target under data.target_key")
     classes = list(getattr(datasets["train"], "classes", None) or [])
     return DataBundle("custom", classes, datasets, None, user_dataset_version(datasets, source, init_args or {}),
-                      _input_shape(sample, target_key), {})
+                      _input_shape(sample, target_key), {}, task=None)  # no prepared task: training.task decides

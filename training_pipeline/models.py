@@ -83,8 +83,9 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 def is_pickle_file(path:str|Path) -> bool:
     "True for a raw pickle or a torch zip archive (which holds one)."
-    head = Path(path).read_bytes()[:4]
-    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
+    from training_pipeline.core import is_pickle_bytes
+    with open(path, "rb") as f: head = f.read(16)
+    return is_pickle_bytes(head, Path(path).stat().st_size)
 
 def load_safetensors(path:str|Path, what:str="weights") -> dict[str, torch.Tensor]:
     "Tensors from a safetensors file; `CheckpointError` for anything else."

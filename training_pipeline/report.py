@@ -30,8 +30,9 @@ __all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'HEADLINE', 'TEMPLATES'
            'task_name', 'Evaluation', 'metrics_table', 'evaluate', 'load_predictions', 'confusion_figure',
            'roc_pr_figures', 'worst_images_figure', 'predicted_vs_true_figure', 'residuals_figure', 'per_label_figure',
            'evaluation_parts', 'class_balance_figure', 'target_table', 'events_table', 'checkpoints_table',
-           'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext', 'describe_weights', 'resolve',
-           'evaluations', 'template_path', 'notebook_to_html', 'build_report', 'sweep_grid', 'point_name', 'sweep']
+           'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext', 'describe_weights', 'users_data',
+           'resolve', 'evaluations', 'template_path', 'notebook_to_html', 'build_report', 'sweep_grid', 'point_name',
+           'sweep']
 
 # %% ../nbs/11_report.ipynb #d28d134b
 @dataclass
@@ -438,7 +439,8 @@ def checkpoints_table(run:RunData) -> pd.DataFrame:
              **{k: round(v, 4) for k, v in c.get("metrics", {}).items() if k.startswith("val_") and isinstance(v, (int, float))},
              "": ("best " if c["name"] == best else "") + ("last" if c["name"] == run.index.get("last") else "")}
             for c in run.index["checkpoints"]]
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)  # a mid-epoch checkpoint has no val metrics: blank, and the best/last marks last
+    return table[[c for c in table.columns if c != ""] + [""]].astype(object).where(table.notna(), "")
 
 def lineage_table(run:RunData) -> pd.DataFrame:
     m, env = run.meta, run.meta.get("env", {})
@@ -511,6 +513,14 @@ def describe_weights(weights:Path, run:RunData|None) -> str:
     return f"weights {weights.name}"
 
 # %% ../nbs/11_report.ipynb #d9a8cacf
+def users_data(run:RunData|None) -> str|None:
+    "Where a run's data came from when `tp prepare` did not make it: `data.dataset`'s import path, or `fit(...)`; else None."
+    if run is None: return None
+    dataset = (run.config.get("data") or {}).get("dataset")
+    if dataset and is_import_path(str(dataset)): return f"`data.dataset: {dataset}`"
+    if not dataset or (run.artifacts.get("model") or {}).get("kind") == "custom": return "the datasets given to `fit(...)`"
+    return None
+
 def resolve(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data_dir:str|Path|None=None) -> ReportContext:
     """The run, the evaluation and the data a report covers. A run's stored test predictions are used when there are
     some (no model rebuild, no data needed); otherwise, and for --checkpoint, the weights are evaluated on the test data."""
@@ -522,21 +532,19 @@ def resolve(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data_dir:
         best = run.dir/"checkpoints"/"best_model.safetensors"
         weights = weights or (best if best.exists() and not predictions else None)
     if run is None and weights is None: raise UsageError("nothing to report on", "tp report", "give --run DIR or --checkpoint PATH")
-    given_data = data_dir is not None
-    run_data = (run.config.get("data") or {}) if run else {}
-    data_dir = data_dir or run_data.get("data_dir")
+    own_data = users_data(run) if checkpoint is None and data_dir is None else None  # the config's data_dir is not its data then
+    if data_dir is None and run is not None and own_data is None: data_dir = (run.config.get("data") or {}).get("data_dir")
     data_dir = Path(data_dir) if data_dir else None
     has_test = data_dir is not None and (data_dir/"processed"/"test").is_dir()
     spec = (run.artifacts.get("model") or {"task": (run.config.get("training") or {}).get("task")}) if predictions else None
     if weights is not None:
         spec = _spec_for(weights)
-        user_data = checkpoint is None and not given_data and is_import_path(str(run_data.get("dataset") or ""))
-        if not has_test and not user_data:
+        if not has_test and own_data is None:
             raise UsageError(f"no test split to evaluate the model on in {data_dir}", str(data_dir),
                              "pass --data-dir with the prepared data the model was trained on")
         if not has_test:
-            note = (f"This run stored no test predictions, and its data (`data.dataset: {run_data.get('dataset')}`) is not a prepared "
-                    "directory the report could evaluate the best checkpoint on: pass `--data-dir` with prepared data.")
+            note = (f"This run stored no test predictions, and its data ({own_data}) is not a prepared directory the report "
+                    "could evaluate the best checkpoint on: pass `--data-dir` with prepared data.")
             weights = None
     elif not predictions:
         tested = run is not None and len(run.metrics) and (run.metrics["split"] == "test").any()

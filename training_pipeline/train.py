@@ -418,10 +418,10 @@ def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|N
 # %% ../nbs/15_train.ipynb #1829f319
 def save_predictions(store:RunStore, name:str, outputs:torch.Tensor, targets:torch.Tensor, **info):
     "Outputs and targets of an evaluation as safetensors, with a JSON note saying which weights made them."
-    from safetensors.torch import save
+    from training_pipeline.core import safetensors_bytes
     d = store.artifacts_dir/"predictions"
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write(d/f"{name}.safetensors", save({"outputs": outputs.float().contiguous(), "targets": targets.contiguous()}))
+    atomic_write(d/f"{name}.safetensors", safetensors_bytes({"outputs": outputs.float().contiguous(), "targets": targets.contiguous()}))
     atomic_write_json(d/f"{name}.json", {"samples": len(targets), **info})
 
 def _outputs_on_main(model, loader, trainer:Trainer) -> tuple[torch.Tensor, torch.Tensor]:
