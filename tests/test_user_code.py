@@ -26,7 +26,7 @@ USER_PACKAGE = {
                 self.gru, self.head = nn.GRU(features, hidden, batch_first=True), nn.Linear(hidden, 1)
             def forward(self, x): return self.head(self.gru(x)[1][-1])
         def failing_factory(**kwargs): raise RuntimeError("no GPU kernels for this layer")
-        def not_a_model(): return 42
+        def not_a_model(**kwargs): return 42
     """,
     # split -> Dataset of (sequence, target) pairs; the target depends on the whole sequence
     "seqpkg/data.py": """
@@ -40,7 +40,7 @@ USER_PACKAGE = {
             def __getitem__(self, i): return self.x[i], self.y[i]
         def waves(n=320, features=3):
             return {"train": Waves(n, 0, features), "val": Waves(64, 1, features), "test": Waves(64, 2, features)}
-        def not_datasets(): return [1, 2, 3]
+        def not_datasets(**kwargs): return [1, 2, 3]
     """,
     # a multi-label tagger over dict batches: forward takes keyword arguments, the target is under 'labels'
     "tagpkg/__init__.py": "",

@@ -227,7 +227,7 @@ def spec_candidates(weights:Path) -> list[Path]:
 
 def load_exported_model(weights:str|Path, spec:dict|None=None):
     "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json."
-    from training_pipeline.models import load_safetensors, model_from_spec
+    from training_pipeline.models import load_safetensors, load_weights, model_from_spec
     weights = Path(weights)
     if spec is None:
         spec_path = next((p for p in spec_candidates(weights) if p.exists()), None)
@@ -237,7 +237,7 @@ def load_exported_model(weights:str|Path, spec:dict|None=None):
     if spec.get("sha256") and sha256_file(weights) != spec["sha256"]:
         raise CheckpointError("weights do not match the sha256 in model.json", str(weights), "the file was changed or truncated: export it again")
     model = model_from_spec(spec)  # a built-in, torchvision or the user's own (import path + init_args) model
-    model.load_state_dict(load_safetensors(weights, "model weights"))
+    load_weights(model, load_safetensors(weights, "model weights"), str(weights))  # another model's weights: a CheckpointError with counts
     return model.eval(), spec
 
 # %% ../nbs/07_checkpoint.ipynb #1eefe591

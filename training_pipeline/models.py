@@ -14,9 +14,9 @@ from .config import ARCHITECTURES
 from .core import EXIT_USAGE, CheckpointError, ConfigError
 
 # %% auto #0
-__all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'head_name', 'replace_head',
-           'is_pickle_file', 'load_safetensors', 'load_pretrained', 'create_model', 'user_model', 'model_from_config',
-           'model_from_spec']
+__all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'head_name', 'DropoutLinear',
+           'replace_head', 'is_pickle_file', 'load_safetensors', 'load_pretrained', 'legacy_head_names', 'load_weights',
+           'create_model', 'user_model', 'model_from_config', 'model_from_spec']
 
 # %% ../nbs/03_models.ipynb #9fb4dc88
 def conv_block(c_in:int, c_out:int) -> nn.Sequential:
@@ -66,16 +66,21 @@ def head_name(model:nn.Module) -> str:
     if not names: raise ConfigError(f"{type(model).__name__} has no linear head to replace", "model.architecture", "choose a classification model")
     return names[-1]
 
+class DropoutLinear(nn.Linear):
+    "A linear layer with dropout on its input: a head with dropout whose tensors keep the names of the layer it replaces (`fc.weight`)."
+    def __init__(self, in_features:int, out_features:int, dropout:float=0.0):
+        super().__init__(in_features, out_features)
+        self.dropout = nn.Dropout(dropout)
+    def forward(self, x): return super().forward(self.dropout(x))
+
 def replace_head(model:nn.Module, num_outputs:int, dropout:float):
-    "A new linear head for `num_outputs`, with dropout before it (the model's own dropout, when its head has one, is set to `dropout`)."
-    if isinstance(getattr(model, "fc", None), nn.Linear):  # resnets and their kin: fc = Sequential(Dropout, Linear)
-        model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_outputs))
-        return model
+    "A new linear head for `num_outputs` under the old one's name, with dropout before it (the head's own dropout, when it has one)."
     name = head_name(model)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    _set_module(model, name, nn.Linear(model.get_submodule(name).in_features, num_outputs))
-    for m in parent.modules():
-        if isinstance(m, nn.Dropout): m.p = dropout
+    own_dropout = [m for m in parent.children() if isinstance(m, nn.Dropout)]  # mobilenet, efficientnet: Sequential(Dropout, Linear)
+    for m in own_dropout: m.p = dropout
+    in_features = model.get_submodule(name).in_features
+    _set_module(model, name, nn.Linear(in_features, num_outputs) if own_dropout else DropoutLinear(in_features, num_outputs, dropout))
     return model
 
 # %% ../nbs/03_models.ipynb #08a9f559
@@ -132,6 +137,24 @@ def load_pretrained(model:nn.Module, path:str|Path, architecture:str, head:str|N
     if adapted: line += f"; adapted to {own[adapted[0]].shape[1]} input channel(s): {', '.join(adapted)}"
     return line
 
+def legacy_head_names(state:dict, own:dict) -> dict:
+    "A resnet's weights saved before `DropoutLinear`, when its head was `fc = Sequential(Dropout, Linear)`, under today's names."
+    if "fc.weight" not in own or "fc.1.weight" not in state: return state
+    return {"fc." + k[5:] if k.startswith("fc.1.") else k: v for k, v in state.items()}
+
+def load_weights(model:nn.Module, state:dict, where:str) -> nn.Module:
+    "A trained model's own weights, every tensor (strict); a `CheckpointError` with the counts when they belong to another model."
+    own = model.state_dict()
+    state = legacy_head_names(state, own)
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    wrong_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(f"weights do not fit the model: {len(missing)} missing, {len(unexpected)} unexpected and {len(wrong_shape)} "
+                              f"wrongly shaped tensor(s) (e.g. {', '.join((missing + unexpected + wrong_shape)[:3])})", where,
+                              "load the weights with the model.json they were saved with")
+    model.load_state_dict(state)
+    return model
+
 # %% ../nbs/03_models.ipynb #5d613cbb
 def create_model(architecture:str, num_classes:int, input_shape:tuple, dropout:float=0.2, pretrained:bool=False,
                  pretrained_weights:str|None=None, hidden_dims=(256, 128), num_outputs:int|None=None,
@@ -156,7 +179,9 @@ def create_model(architecture:str, num_classes:int, input_shape:tuple, dropout:f
         raise ConfigError(f"pretrained {architecture} needs a local weights file", "model.pretrained_weights",
                           "set it to a .safetensors file (nothing is downloaded), or model.pretrained: false")
     try: model = torchvision.models.get_model(architecture, weights=None, **(init_args or {}))  # the layout pretrained files have
-    except TypeError as e: raise ConfigError(f"{architecture}(**model.init_args) failed: {e}", "model.init_args", "fix the arguments") from None
+    except Exception as e:
+        raise ConfigError(f"torchvision {architecture}(**model.init_args) failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                          "model.architecture", "fix model.init_args (they are passed to torchvision.models.get_model)") from None
     head = head_name(model)
     adapt_input_channels(model, input_shape[0])
     replace_head(model, num_outputs, dropout)
@@ -184,7 +209,8 @@ def model_from_config(model_cfg, input_shape:tuple, num_classes:int|None, num_ou
         if model_cfg.pretrained:
             if not model_cfg.pretrained_weights:
                 raise ConfigError("model.pretrained needs a local weights file", "model.pretrained_weights", "set it to a .safetensors file")
-            line = load_pretrained(model, model_cfg.pretrained_weights, model_cfg.architecture, head_name(model))
+            has_linear = any(isinstance(m, nn.Linear) for m in model.modules())
+            line = load_pretrained(model, model_cfg.pretrained_weights, model_cfg.architecture, head_name(model) if has_linear else None)
             logging.getLogger("training_pipeline").warning(line)
         return model
     if model_cfg.in_channels is not None and len(input_shape) == 3 and model_cfg.in_channels != input_shape[0]:
@@ -198,6 +224,9 @@ def model_from_spec(spec:dict) -> nn.Module:
     from training_pipeline.core import is_import_path
     arch = spec["architecture"]
     if is_import_path(arch): return user_model(arch, spec.get("init_args") or {})
-    n = spec.get("num_outputs") or spec.get("num_classes")
-    return create_model(arch, spec.get("num_classes") or n, tuple(spec["input_shape"]), spec.get("dropout", 0.0),
+    n, shape = spec.get("num_outputs") or spec.get("num_classes"), spec.get("input_shape")
+    if not n or not shape:
+        raise CheckpointError(f"model.json of a {arch} model needs num_outputs (or num_classes) and input_shape", "model.json",
+                              "keep the model.json its run wrote beside the weights")
+    return create_model(arch, spec.get("num_classes") or n, tuple(shape), spec.get("dropout", 0.0),
                         hidden_dims=spec.get("hidden_dims", (256, 128)), num_outputs=n, init_args=spec.get("init_args"))

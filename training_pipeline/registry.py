@@ -299,12 +299,13 @@ def load(directory=HERE):
     spec = json.loads((directory/"model.json").read_text())
     if hashlib.sha256((directory/"model.safetensors").read_bytes()).hexdigest() != spec["sha256"]:
         raise ValueError("model.safetensors does not match the sha256 in model.json")
-    arch, shape, n = spec["architecture"], spec["input_shape"], spec.get("num_outputs") or spec.get("num_classes")
-    if ":" in arch:  # the user's own model class: its package must be importable here
+    arch, shape, n = spec["architecture"], spec.get("input_shape"), spec.get("num_outputs") or spec.get("num_classes")
+    if ":" in arch:  # the user's own model (package.module:Name): its module must be importable here
         import importlib
         module, _, name = arch.partition(":")
         try: obj = importlib.import_module(module)
-        except ImportError as e: raise SystemExit(f"error: this model is {arch}: make {module} importable (PYTHONPATH) to load it ({e})")
+        except ImportError as e:
+            raise ImportError(f"this model is {arch}: its module {module} must be importable here (install it or add it to PYTHONPATH): {e}") from None
         for part in name.split("."): obj = getattr(obj, part)
         model = obj(**(spec.get("init_args") or {}))
     elif arch == "mlp": model = MLP(shape[0], n, tuple(spec.get("hidden_dims", (256, 128))), spec.get("dropout", 0.0))
@@ -313,7 +314,7 @@ def load(directory=HERE):
         import torchvision
         model = torchvision.models.get_model(arch, weights=None, **(spec.get("init_args") or {}))
         model = replace_head(adapt_input_channels(model, shape[0]), n, spec.get("dropout", 0.0))
-    model.load_state_dict(load_file(directory/"model.safetensors"))
+    model.load_state_dict(legacy_head_names(load_file(directory/"model.safetensors"), model.state_dict()))
     return model.eval(), spec
 
 def predict_proba(model, spec, inputs):
@@ -341,18 +342,24 @@ def predict(model, spec, inputs):
     return [name(i) for i in scores.argmax(1)]
 
 if __name__ == "__main__":
-    model, spec = load()
-    print(f"{spec['name']} v{spec['version']}: {spec['architecture']}, classes {spec['classes']}")
+    try: model, spec = load()
+    except ImportError as e: raise SystemExit(f"error: {e}")
+    print(f"{spec['name']} v{spec['version']}: {spec['architecture']}, classes {spec.get('classes')}")
 '''
 
-def standalone_loader() -> str:
+def standalone_loader(spec:dict|None=None) -> str:
     "Source of load_model.py: this package's model definitions plus a preprocessing interpreter; no training_pipeline import."
     from training_pipeline import models
+    from training_pipeline.core import is_import_path
     parts = [inspect.getsource(f) for f in (models.conv_block, models.SmallCNN, models.MLP, models._first_conv, models._set_module,
-                                             models.adapt_input_channels, models.head_name, models.replace_head)]
+                                             models.adapt_input_channels, models.head_name, models.DropoutLinear,
+                                             models.replace_head, models.legacy_head_names)]
+    own = spec and is_import_path(spec.get("architecture")) and spec["architecture"]  # the user's own model: their module, not ours
     header = ('"""Standalone loader of an exported training_pipeline model: python load_model.py, or\n'
               '    from load_model import load, predict; model, spec = load(); predict(model, spec, inputs)\n'
-              'Needs torch, safetensors, numpy (pandas for tables, pillow for images, torchvision for torchvision models)."""\n'
+              'Needs torch, safetensors, numpy (pandas for tables, pillow for images, torchvision for torchvision models).\n'
+              + (f'This model is {own}: its module {own.partition(":")[0]} must be importable where this file runs.\n' if own else '')
+              + '"""\n'
               "import json\nfrom pathlib import Path\n\nimport torch\nfrom torch import nn\n\n")
     return header + "\n\n".join(parts) + STANDALONE_PREPROCESSING + STANDALONE_MAIN
 
@@ -362,5 +369,5 @@ def export(ref:str, out:str|Path, models_dir:str|Path="models") -> Path:
     if out.exists() and any(out.iterdir()): raise UsageError("export directory is not empty", str(out), "give a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
     for f in ("model.safetensors", "model.json", "MODEL_CARD.md"): shutil.copyfile(src/f, out/f)
-    (out/"load_model.py").write_text(standalone_loader())
+    (out/"load_model.py").write_text(standalone_loader(json.loads((src/"model.json").read_text())))
     return out

@@ -40,7 +40,7 @@ from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 # %% auto #0
 __all__ = ['TRANSIENT_PATTERNS', 'FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec',
            'write_artifacts', 'check_trackers', 'make_trackers', 'ResumePlan', 'find_unfinished_run', 'plan_resume',
-           'TransientError', 'is_transient', 'FaultInjection', 'train', 'on_cpu', 'Components',
+           'TransientError', 'is_transient', 'FaultInjection', 'held_logs', 'train', 'on_cpu', 'Components',
            'components_from_config', 'loader_like', 'save_predictions', 'test_predictions', 'scalar_hparams',
            'fit_config', 'fit', 'main']
 
@@ -234,6 +234,25 @@ class FaultInjection(Callback):
             FaultInjection._fired.add(self.step)
             raise TransientError(f"injected transient failure at step {self.step}")
 
+# %% ../nbs/15_train.ipynb #62cfa8cd
+import contextlib, logging
+
+@contextlib.contextmanager
+def held_logs(name:str=LOGGER):
+    "Hold what the project logger says before the run's log exists (building a model: which pretrained tensors were re-initialised), to replay it there."
+    log, held = logging.getLogger(name), []
+    class Hold(logging.Handler):
+        def emit(self, record): held.append(record)
+    saved = log.handlers[:], log.propagate, log.level
+    log.handlers, log.propagate = [Hold()], False  # not into a previous run's log file, not to stderr twice
+    if log.level == logging.NOTSET: log.setLevel(logging.INFO)
+    try: yield held
+    finally:
+        log.handlers, log.propagate, level = saved
+        log.setLevel(level)
+        if sys.exc_info()[0] is not None:  # building failed: what it said still reaches the console once
+            for record in held: print(record.getMessage(), file=sys.stderr)
+
 # %% ../nbs/15_train.ipynb #da18ffcc
 def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None,
           build:Callable[[Config], Components]|None=None) -> TrainResult:
@@ -358,7 +377,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     if not cpu and config.resources.allow_tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     precision = "fp16" if config.resources.fp16 and config.training.mixed_precision == "auto" and not cpu else config.training.mixed_precision
     set_seed(config.seed, config.training.deterministic)
-    parts = build(config)  # the user's code runs here, before any run directory: its errors leave nothing behind
+    with held_logs() as early: parts = build(config)  # the user's code runs here, before any run directory: its errors leave nothing behind
     data, spec = parts.data, model_spec(config, parts.data, parts.task, parts.model)
     from accelerate import PartialState
     state = PartialState(cpu=cpu)  # rank and world size, before the run directory the Accelerator logs into
@@ -371,6 +390,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     # the run directory exists before any process logs into it; its path comes from rank 0 (plain torchrun sets no TP_RUN_ID)
     run_dir = Path(broadcast_from_main(str(store.dir) if store else None))
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
+    for record in early: log.handle(record)  # what building the model said (fine-tuning: which tensors were re-initialised)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
     purge = resume_step + 1 if plan.mode == "inplace" and resume_step is not None else None
     trackers = make_trackers(config, store, purge) if store is not None else []
