@@ -296,7 +296,9 @@ def cmd_train(args) -> int:
     config = load_config(args.config, [*args.overrides, *(["profile.enabled=true"] if args.profile else [])])
     result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]])
     if result.run_dir is None: return EXIT_OK  # another process of a distributed run: the main one reports
-    shown = {k: round(v, 4) for k, v in result.metrics.items() if k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
+    headline = ("loss", "accuracy", "f1", "rmse", "mae", "r2")  # what each task logs first
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_")) and k.split("_", 1)[1] in headline
+             and (k.split("_", 1)[1] != "f1" or "multilabel" in str(getattr(result.trainer, "task", "")).lower())}
     print(f"run {result.status}: {result.run_dir}")
     print("  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
     return EXIT_OK
