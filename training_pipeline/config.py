@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
@@ -31,7 +31,7 @@ __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES
            'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig',
            'AlertsConfig', 'ProfileConfig', 'Config', 'cross_section_problems', 'SafeLoader', 'safe_load',
            'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides',
-           'validate_config', 'load_config']
+           'validate_config', 'locate', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -440,6 +440,7 @@ class Config(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    _origin: tuple = PrivateAttr(default=("<config>", {}, ()))  # (file, key lines, overridden keys), set by validate_config
 
     def to_dict(self) -> dict:
         "The resolved config as plain YAML/JSON types, with the file's key names."
@@ -486,7 +487,10 @@ class Config(Section):
         problems = []
         arch = self.model.architecture
         try:
-            if is_import_path(arch): import_object(arch, "model.architecture")
+            if is_import_path(arch):
+                if not callable(factory := import_object(arch, "model.architecture")):
+                    raise ConfigError(f"{arch} is a {type(factory).__name__}, not a class or function", "model.architecture",
+                                      "name an nn.Module class or a function that returns one")
             elif arch not in ARCHITECTURES and arch not in (names := torchvision_classifiers()):
                 raise ConfigError(f"unknown architecture {arch!r}{did_you_mean(arch, [*ARCHITECTURES, *names])}", "model.architecture",
                                   "use mlp, small_cnn, a torchvision classification model (e.g. resnet18, vit_b_16) or package.module:Name")
@@ -495,7 +499,7 @@ class Config(Section):
             if is_import_path(path):
                 try: import_object(path, key)
                 except ConfigError as e: problems.append(e)
-        return problems
+        return [ConfigError(p.what, locate(p.where, *self._origin)[0], p.fix) for p in problems]
 
     def validate(self) -> list[str]:
         "The seed's API: the remaining problems as strings (types and values were checked at load)."
@@ -797,17 +801,23 @@ def validate_config(raw:Any, source:str="<config>", lines:dict|None=None, overri
         config = None
         found += [_describe(err, raw) for err in e.errors(include_url=False)]
     found += cross_section_problems(raw)
-    if not found: return config
+    if not found:
+        config._origin = (source, lines, tuple(overridden))  # so later checks (`check_imports`) point at the same lines
+        return config
     located = []
     for key, what, fix in found:
-        line = next((lines[k] for k in _prefixes(key) if k in lines), None)
-        if any(key == k or key.startswith(k + ".") for k in overridden): where, line = f"command line: {key}", None
-        else: where = f"{source}, line {line}: {key}" if line else f"{source}: {key}"
+        where, line = locate(key, source, lines, overridden)
         located.append((line or 0, ConfigError(what, where, fix)))
     # in file order; problems without a line (missing keys, overrides) first
     problems = [e for _, e in sorted(located, key=lambda t: t[0])]
     if len(problems) == 1: raise problems[0]
     raise ConfigError(f"{len(problems)} problems in the config", source, "see each problem below", problems=problems)
+
+def locate(key:str, source:str="<config>", lines:dict|None=None, overridden:tuple=()) -> tuple[str, int|None]:
+    "(where, line) of a key's problem: the command line for an override, else the file and the line of the key or its closest parent."
+    if any(key == k or key.startswith(k + ".") for k in overridden): return f"command line: {key}", None
+    line = next((lines[k] for k in _prefixes(key) if k in (lines or {})), None)
+    return (f"{source}, line {line}: {key}" if line else f"{source}: {key}"), line
 
 def _prefixes(key:str) -> list[str]:
     "The key, then its parents: the line of the closest one that is in the file."
