@@ -137,6 +137,7 @@ def quiet_lightning():
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated")  # Lightning 2.6 on torch 2.14's pytree
+    warnings.filterwarnings("ignore", message="The `srun` command is available")  # where Slurm is installed
 
 
 def max_param_diff(a, b): return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))

@@ -216,7 +216,9 @@ def test_deterministic_failure_is_not_retried(tmp_path, prepared):
 def test_sigterm_saves_and_resumes(tmp_path, prepared, reference):
     p = subprocess.Popen(cmd(prepared("digits")), cwd=tmp_path, env={**os.environ, **SLOW}, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)
+    deadline = time.monotonic() + 120  # training has started (its signal handler is in place) once it logs a row
+    while not any(f.stat().st_size for f in Path(tmp_path).glob("runs/test/*/metrics.jsonl")) and time.monotonic() < deadline: time.sleep(0.2)
+    time.sleep(1.0)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err

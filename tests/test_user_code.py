@@ -236,19 +236,3 @@ def test_bad_user_code_is_one_line_exit_2_nothing_written(user_project, override
     assert ("data.dataset" if key.startswith("data") else "model.architecture") in lines[0], lines[0]
     assert not (user_project / "runs").exists()
 
-
-def test_finetune_resnet18_from_imagenet_head_names_replaced_tensors(tmp_path, prepared):
-    "A local resnet18 file with its 1000-class head fine-tunes onto the 10 digit classes (1 channel), saying what it re-initialised."
-    import torchvision
-    from safetensors.torch import save_file
-    from conftest import REPO, data_overrides
-    weights = tmp_path / "resnet18-imagenet.safetensors"
-    imagenet = torchvision.models.resnet18(weights=None).state_dict()
-    save_file(imagenet, weights)
-    r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), "training.epochs=1", "training.batch_size=128",
-               "model.architecture=resnet18", "model.pretrained=true", f"model.pretrained_weights={weights}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    said = r.stdout + r.stderr
-    assert "re-initialised: fc.weight, fc.bias" in said and "adapted to 1 input channel(s): conv1.weight" in said, said
-    run_dir = the_run(tmp_path, "test")
-    assert "re-initialised: fc.weight, fc.bias" in (run_dir / "logs" / "train.log").read_text()

@@ -23,7 +23,7 @@ from .callback.core import CancelFitException
 from .callback.tracker import TrackerCallback
 from .core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json, clean_tmp_dirs,
                                     patch, sha256_file)
-from .models import is_pickle_file
+from .models import is_pickle_file, legacy_head_names
 
 # %% auto #0
 __all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint',
@@ -364,7 +364,8 @@ def load_full_states(trainer, model_state:dict, optimizer_state:dict|None):
         set_state_dict(trainer.model, trainer.opt.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state or {},
                        options=StateDictOptions(full_state_dict=True))
         return
-    trainer.accelerator.unwrap_model(trainer.model).load_state_dict(model_state)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.load_state_dict(legacy_head_names(model_state, model.state_dict()))  # a resnet run checkpointed when its head was fc.1
     if optimizer_state is not None: trainer.opt.load_state_dict(optimizer_state)
 
 def rank_rng_states(trainer, generator:torch.Generator|None) -> dict:
