@@ -16,7 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .core import ConfigError, atomic_write, is_import_path, sha256_json
+from .core import ConfigError, atomic_write, is_import_path, sha256_json, snake_case
 
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
@@ -24,14 +24,14 @@ __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES
            'KEY_PATTERN', 'Section', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig',
            'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig',
            'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig',
-           'PlateauConfig', 'tagged', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig',
+           'PlateauConfig', 'tagged', 'metric_name', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig',
            'DistributedConfig', 'CheckpointingConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig',
            'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule',
            'LossSpikeRule', 'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule',
            'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig',
            'AlertsConfig', 'ProfileConfig', 'Config', 'cross_section_problems', 'SafeLoader', 'safe_load',
            'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides',
-           'validate_config', 'locate', 'load_config']
+           'set_dotted', 'validate_config', 'locate', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -231,6 +231,10 @@ TASK_LOSSES = {"classification": ("cross_entropy", "bce"), "regression": ("mse",
 TASK_METRICS = {"classification": ("loss", "accuracy", "precision", "recall", "f1", "top5_accuracy"),
                 "regression": ("loss", "rmse", "mae", "r2"), "multilabel": ("loss", "f1", "precision", "recall", "accuracy")}
 LOSSES = tuple(dict.fromkeys(l for ls in TASK_LOSSES.values() for l in ls))
+
+def metric_name(name:str) -> str:
+    "The logged name of a `training.metrics` entry: its class name in snake case (`MeanAbsolutePercentageError` -> mean_absolute_percentage_error)."
+    return snake_case(name.rpartition(":")[2].rpartition(".")[2])
 
 class LossConfig(Section):
     type: str|None = None  # None: the task's default (cross_entropy, mse, bce); or an import path
@@ -548,8 +552,7 @@ def _task_problems(raw:dict) -> list[tuple[str, str, str]]:
     if isinstance(loss, str) and not is_import_path(loss) and loss.lower() in LOSSES and loss.lower() not in TASK_LOSSES[task]:
         problems.append(("training.loss.type", f"loss {loss} does not suit the task {task}",
                          f"use {' or '.join(TASK_LOSSES[task])}, or set training.task to the task of your data"))
-    extra = [n.rpartition(":")[2].rpartition(".")[2] for n in (_raw(raw, "training.metrics") or []) if isinstance(n, str)]
-    extra = {re.sub(r"(?<!^)(?=[A-Z])", "_", n).lower() for n in extra}
+    extra = {metric_name(n) for n in (_raw(raw, "training.metrics") or []) if isinstance(n, str)}
     for key in ("checkpointing.monitor_metric", "validation.early_stopping.monitor"):
         name = _raw(raw, key)
         if not isinstance(name, str) or not name.startswith(("val_", "test_")): continue
@@ -690,18 +693,20 @@ def apply_overrides(raw:dict, overrides) -> dict:
     "A copy of `raw` with each `KEY=VALUE` applied."
     import copy
     raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, value = parse_override(item)
-        node, parts = raw, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if child is None: child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"cannot set {key}: {'.'.join(parts[:i+1])} is not a section", "command line",
-                                  "override a key inside a section, e.g. training.epochs=3")
-            node = child
-        node[parts[-1]] = value
+    for item in overrides: set_dotted(raw, *parse_override(item))
     return raw
+
+def set_dotted(raw:dict, key:str, value, where:str="command line"):
+    "Set `raw[a][b][c] = value` for the dotted key 'a.b.c', creating sections on the way (in place)."
+    node, parts = raw, key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None: child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key}: {'.'.join(parts[:i+1])} is not a section", where,
+                              "override a key inside a section, e.g. training.epochs=3")
+        node = child
+    node[parts[-1]] = value
 
 # %% ../nbs/01_config.ipynb #902d5f54
 def _dotted(loc, raw) -> tuple[str, type|None]:

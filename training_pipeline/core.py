@@ -27,7 +27,7 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREF
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
            'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
-           'environment_info', 'free_port', 'is_import_path', 'import_object']
+           'environment_info', 'free_port', 'snake_case', 'is_import_path', 'import_object']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -284,6 +284,11 @@ def free_port() -> int:
 
 # %% ../nbs/00_core.ipynb #23c6b1cf
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+def snake_case(name:str) -> str:
+    "'MeanSquaredError' -> 'mean_squared_error' (class names as metric and callback names)."
+    import re
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 def is_import_path(name) -> bool:
     "Whether `name` looks like `package.module:attribute`."

@@ -22,8 +22,8 @@ from .preprocess import ImagePreprocessor, TabularPreprocessor
 
 # %% auto #0
 __all__ = ['TensorCache', 'split_fingerprint', 'image_tensor', 'read_image_split', 'ArrayDataset', 'collate_batches',
-           'ResumableSampler', 'seed_worker', 'stop_workers', 'DataBundle', 'build_data', 'user_dataset_version',
-           'user_data', 'user_bundle']
+           'ResumableSampler', 'seed_worker', 'stop_workers', 'resumable_loader', 'DataBundle', 'build_data',
+           'user_dataset_version', 'user_data', 'user_bundle']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -197,6 +197,18 @@ def stop_workers(*loaders):
         if hasattr(it, "_shutdown_workers"): it._shutdown_workers()
         dl._iterator = None
 
+# %% ../nbs/02d_loaders.ipynb #f9a66966
+def resumable_loader(dataset, batch_size:int, shuffle:bool, seed:int=0, num_replicas:int=1, rank:int=0, even:bool=True,
+                     num_workers:int=0, persistent_workers:bool=False, prefetch_factor:int|None=2, pin_memory:bool=False,
+                     collate_fn=collate_batches, worker_init_fn=None, drop_last:bool=False) -> DataLoader:
+    "A DataLoader over `dataset` with a `ResumableSampler` and seeded workers: what every training split is read through."
+    sampler = ResumableSampler(len(dataset), shuffle, seed, num_replicas, rank, even, batch_size)
+    extra = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor,
+             "worker_init_fn": worker_init_fn or seed_worker} if num_workers > 0 else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+                      pin_memory=bool(pin_memory and torch.cuda.is_available()), drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(seed), **extra)
+
 # %% ../nbs/02d_loaders.ipynb #f416eed5
 @dataclass
 class DataBundle:
@@ -216,16 +228,10 @@ class DataBundle:
     def loader(self, split:str, batch_size:int, data_cfg=None, seed:int=0, shuffle:bool|None=None,
                num_replicas:int=1, rank:int=0, even:bool=True) -> DataLoader:
         "A DataLoader over `split` with a `ResumableSampler` (shuffled for train) and seeded workers."
-        workers = getattr(data_cfg, "num_workers", 0) if data_cfg else 0
-        ds = self.datasets[split]
-        sampler = ResumableSampler(len(ds), split == "train" if shuffle is None else shuffle, seed, num_replicas, rank, even, batch_size)
-        extra = {}
-        if workers > 0:
-            extra = {"persistent_workers": data_cfg.persistent_workers, "prefetch_factor": data_cfg.prefetch_factor,
-                     "worker_init_fn": seed_worker}
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_batches,
-                          pin_memory=bool(data_cfg and data_cfg.pin_memory and torch.cuda.is_available()),
-                          generator=torch.Generator().manual_seed(seed), **extra)
+        settings = {"num_workers": data_cfg.num_workers, "persistent_workers": data_cfg.persistent_workers,
+                    "prefetch_factor": data_cfg.prefetch_factor, "pin_memory": data_cfg.pin_memory} if data_cfg else {}
+        return resumable_loader(self.datasets[split], batch_size, split == "train" if shuffle is None else shuffle, seed,
+                                num_replicas, rank, even, **settings)
 
 # %% ../nbs/02d_loaders.ipynb #eaa11b96
 def _split_dirs(config) -> dict[str, Path]: return config.data.split_dirs()  # resolved in one place: DataConfig

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 from typing import Callable
 
 import torch
 from torch import nn
 
+from .config import metric_name
 from .core import ConfigError, import_object, is_import_path
 
 # %% auto #0
 __all__ = ['TASKS', 'LEGACY_TASKS', 'confusion_metrics', 'Task', 'BinaryLoss', 'Classification', 'Regression', 'Multilabel',
            'MultilabelLoss', 'make_task', 'loss_compatible', 'make_loss', 'AlignedLoss', 'probabilities',
-           'metric_class', 'metric_name', 'make_metric', 'metric_inputs', 'metric_value', 'output_width',
-           'build_components']
+           'metric_class', 'make_metric', 'metric_inputs', 'metric_value', 'output_width', 'build_components',
+           'task_and_loss']
 
 # %% ../nbs/04a_tasks.ipynb #15f47931
 def confusion_metrics(cm:torch.Tensor) -> dict:
@@ -187,8 +187,6 @@ def probabilities(output:torch.Tensor, task:str|Task="classification") -> torch.
     return make_task(task).scores(output)
 
 # %% ../nbs/04a_tasks.ipynb #c889c602
-def _snake(name:str) -> str: return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
 def metric_class(name:str, key:str="training.metrics"):
     "The torchmetrics class (or factory) called `name`."
     if is_import_path(name): return import_object(name, key)
@@ -198,8 +196,6 @@ def metric_class(name:str, key:str="training.metrics"):
     from training_pipeline.config import did_you_mean
     raise ConfigError(f"torchmetrics has no metric {name!r}{did_you_mean(name, torchmetrics.__all__)}", key,
                       "give a torchmetrics class name (e.g. MeanAbsolutePercentageError) or an import path")
-
-def metric_name(name:str) -> str: return _snake(name.rpartition(":")[2].rpartition(".")[2])
 
 def make_metric(name:str, task:Task, output:torch.Tensor):
     "A torchmetrics metric for this task, with the task-dependent arguments filled in from the outputs."
@@ -242,6 +238,12 @@ def output_width(config, task:Task, num_classes:int|None, data) -> int:
 def build_components(config, data) -> tuple[Task, Callable, nn.Module]:
     "(task, loss, model) for a validated config and its data (a `DataBundle`)."
     from training_pipeline.models import model_from_config
+    task, loss, n = task_and_loss(config, data)
+    width = None if is_import_path(config.model.architecture) else output_width(config, task, n, data)
+    return task, loss, model_from_config(config.model, data.input_shape, n, width)
+
+def task_and_loss(config, data, loss:Callable|None=None) -> tuple[Task, Callable, int|None]:
+    "(task, loss, number of classes) for a config and its data, checked against each other; `loss` given: the user's own."
     name, prepared = config.training.task, getattr(data, "task", None)
     if prepared and prepared != name:
         raise ConfigError(f"the data was prepared for {prepared}, but training.task is {name}", "training.task",
@@ -254,6 +256,4 @@ def build_components(config, data) -> tuple[Task, Callable, nn.Module]:
     if name == "classification" and config.training.loss.type == "bce" and n not in (None, 2):
         raise ConfigError(f"bce is for two classes, the data has {n}", "training.loss.type", "use cross_entropy")
     task = make_task(name, n if name == "classification" else None)
-    loss = make_loss(config.training.loss, task)
-    width = None if is_import_path(config.model.architecture) else output_width(config, task, n, data)
-    return task, loss, model_from_config(config.model, data.input_shape, n, width)
+    return task, loss if loss is not None else make_loss(config.training.loss, task), n

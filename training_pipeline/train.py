@@ -31,7 +31,7 @@ from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
 from typing import Callable
 from torch.utils.data import DataLoader
-from .loaders import ResumableSampler, seed_worker
+from .loaders import resumable_loader
 from .tasks import Task, build_components
 from .tracking import (LOGGER, RunStore, RunStoreCallback, TrackersCallback, flatten_dict, run_dirs,
                                        run_is_alive, setup_run_logging)
@@ -348,12 +348,8 @@ def components_from_config(config:Config) -> Components:
 def loader_like(dl:DataLoader, batch_size:int, seed:int, num_replicas:int, rank:int, even:bool, shuffle:bool|None=None) -> DataLoader:
     "A user's DataLoader rebuilt around a `ResumableSampler`: same dataset, collate_fn, workers and memory pinning; shuffled if it was."
     shuffle = isinstance(dl.sampler, torch.utils.data.RandomSampler) if shuffle is None else shuffle
-    sampler = ResumableSampler(len(dl.dataset), shuffle, seed, num_replicas, rank, even, batch_size)
-    extra = {"persistent_workers": dl.persistent_workers, "prefetch_factor": dl.prefetch_factor,
-             "worker_init_fn": dl.worker_init_fn or seed_worker} if dl.num_workers else {}
-    return DataLoader(dl.dataset, batch_size=batch_size, sampler=sampler, num_workers=dl.num_workers, collate_fn=dl.collate_fn,
-                      pin_memory=dl.pin_memory and torch.cuda.is_available(), drop_last=dl.drop_last,
-                      generator=torch.Generator().manual_seed(seed), **extra)
+    return resumable_loader(dl.dataset, batch_size, shuffle, seed, num_replicas, rank, even, dl.num_workers, dl.persistent_workers,
+                            dl.prefetch_factor, dl.pin_memory, dl.collate_fn, dl.worker_init_fn, dl.drop_last)
 
 def _make_loaders(config:Config, parts:Components, world:int, rank:int) -> dict:
     per_process = config.training.batch_size // world
@@ -472,13 +468,14 @@ def test_predictions(trainer:Trainer, store:RunStore|None):
     index = store.checkpoints_dir/"index.json"
     best = (json.loads(index.read_text()).get("best") or {}) if index.exists() else {}
     ck = store.checkpoints_dir/best["name"] if best.get("name") else None
-    if ck is None or int(ck.name.split("-")[1]) == trainer.global_step or _is_fsdp(trainer.accelerator): return
+    step = int(ck.name.split("-")[1]) if ck else None
+    if ck is None or step == trainer.global_step or _is_fsdp(trainer.accelerator): return
     verify_checkpoint(ck)
     model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).eval()
     model.load_state_dict(load_safetensors(ck/"model.safetensors", "checkpoint weights"))
     outputs, targets = _outputs_on_main(model, trainer.loaders["test"], trainer)
     save_predictions(store, "test_best", outputs, targets, weights=f"best checkpoint {ck.name} ({best['monitor']} {best['value']:.4g})",
-                     step=int(ck.name.split("-")[1]), checkpoint=ck.name)
+                     step=step, checkpoint=ck.name)
 
 # %% ../nbs/15_train.ipynb #5ddd987d
 def scalar_hparams(config:Config) -> dict:
@@ -541,13 +538,6 @@ FIT_SHORTCUTS = {"epochs": "training.epochs", "batch_size": "training.batch_size
                  "task": "training.task", "experiment": "experiment.name", "runs_dir": "experiment.runs_dir", "seed": "seed",
                  "target_key": "data.target_key"}
 
-def _set_dotted(raw:dict, key:str, value):
-    node, parts = raw, key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict): raise ConfigError(f"cannot set {key}: {part} is not a section", "fit()", "override a key inside a section")
-    node[parts[-1]] = value
-
 def _model_path(model:torch.nn.Module) -> str:
     "An import path naming the model's class (a notebook's own class is `__main__:Name`)."
     from training_pipeline.core import is_import_path
@@ -556,25 +546,23 @@ def _model_path(model:torch.nn.Module) -> str:
 
 def fit_config(model:torch.nn.Module, config=None, **overrides) -> Config:
     "The validated config of a `fit` call: the given config (path, mapping or Config) or defaults, with the overrides."
-    from training_pipeline.config import parse_yaml, read_text_file, validate_config
+    from training_pipeline.config import parse_yaml, read_text_file, set_dotted, validate_config
     if isinstance(config, Config): raw = config.to_dict()
     elif isinstance(config, (str, Path)): raw = parse_yaml(read_text_file(config), str(config))[0]
     else: raw = copy.deepcopy(dict(config or {}))
     raw.setdefault("experiment", {}).setdefault("name", "fit")
     raw.setdefault("model", {}).setdefault("architecture", _model_path(model))
-    for key, value in overrides.items(): _set_dotted(raw, FIT_SHORTCUTS.get(key, key.replace("__", ".")), value)
+    for key, value in overrides.items(): set_dotted(raw, FIT_SHORTCUTS.get(key, key.replace("__", ".")), value, "fit()")
     return validate_config(raw, "fit()")
 
 def _fit_components(config:Config, model, data:dict, loss, optimizer, scheduler, callbacks) -> Components:
     "Components of a `fit` call: the user's datasets (or their loaders' datasets), model, loss and extras."
     from training_pipeline.loaders import user_bundle
-    from training_pipeline.tasks import make_loss, make_task
+    from training_pipeline.tasks import task_and_loss
     loaders = {s: d for s, d in data.items() if isinstance(d, DataLoader)}
     datasets = {s: (d.dataset if isinstance(d, DataLoader) else d) for s, d in data.items()}
     bundle = user_bundle(datasets, "fit(data=...)", target_key=config.data.target_key, key="data")
-    n = config.model.num_classes or bundle.num_classes or None
-    task = make_task(config.training.task, n if config.training.task == "classification" else None)
-    loss = loss if loss is not None else make_loss(config.training.loss, task)
+    task, loss, _ = task_and_loss(config, bundle, loss)
     return Components(bundle, task, loss, model, optimizer, scheduler, list(callbacks or []), loaders)
 
 def fit(model:torch.nn.Module, data:dict, *, loss:Callable|None=None, optimizer=None, scheduler=None, metrics:list|None=None,

@@ -16,7 +16,8 @@ from torch import nn
 from .callback.core import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                                              CancelTrainException, CancelValidateException)
 from .core import ConfigError, TrainingError, patch
-from .tasks import Task, make_metric, make_task, metric_inputs, metric_name, metric_value
+from .config import metric_name
+from .tasks import Task, make_metric, make_task, metric_inputs, metric_value
 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'WarmupCosine', 'resolve_precision', 'make_accelerator', 'split_batch',
@@ -338,21 +339,17 @@ def predict(self:Trainer, split:str="test") -> tuple[torch.Tensor, torch.Tensor,
 
 # %% ../nbs/05_trainer.ipynb #3c744737
 @patch
-def _reduce_sum(self:Trainer, *values) -> list[float]:
-    "Sum numbers / scalar tensors over processes in one collective."
-    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in values])
-    if self.accelerator.num_processes > 1: t = self.accelerator.reduce(t, reduction="sum")
-    return t.tolist()
-
-@patch
-def _reduce_sums(self:Trainer, sums:dict) -> dict:
-    "A task's metric sums added up over processes, in one collective (counts stay exact in float64 up to 2**53)."
-    if self.accelerator.num_processes == 1: return sums
+def _reduce_sums(self:Trainer, sums:dict, **scalars) -> tuple[dict, list[float]]:
+    """A task's metric sums and some scalars (loss, sample count) added up over processes, in one collective (counts
+    stay exact in float64 up to 2**53); returns (sums, scalars in the order given)."""
+    scalars = {k: torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for k, v in scalars.items()}
+    if self.accelerator.num_processes == 1: return sums, [v.item() for v in scalars.values()]
+    sums = {**sums, **{f"_{k}": v for k, v in scalars.items()}}
     flat = torch.cat([v.double().flatten() for v in sums.values()])
     flat = self.accelerator.reduce(flat, reduction="sum")
     out, i = {}, 0
     for k, v in sums.items(): out[k] = flat[i:i + v.numel()].view(v.shape).to(v.dtype); i += v.numel()
-    return out
+    return {k: v for k, v in out.items() if not k.startswith("_")}, [out[f"_{k}"].item() for k in scalars]
 
 @patch
 def any_process(self:Trainer, flag) -> bool:
@@ -437,8 +434,8 @@ class MetricsCallback(Callback):
 
     def _log_train(self, loss, n, sums, wait, since, epoch_row=False):
         elapsed = max(time.perf_counter() - since, 1e-9)
-        loss, n = self.trainer._reduce_sum(loss, n)
-        metrics = self.task.compute(self.trainer._reduce_sums(sums))
+        sums, (loss, n) = self.trainer._reduce_sums(sums, loss=loss, n=n)
+        metrics = self.task.compute(sums)
         row = {"loss": loss / max(n, 1), **{k: metrics[k] for k in self.task.train_metrics}, "lr": self.trainer.lr,
                "samples_per_s": round(n / elapsed, 2), "data_wait_s": round(wait, 6), "data_wait_share": round(wait / elapsed, 4)}
         if epoch_row: row.update(epoch_time_s=round(elapsed, 3), samples=int(n))  # samples seen by all processes
@@ -448,10 +445,9 @@ class MetricsCallback(Callback):
     def after_validate(self):
         if self.v_sums is None and self.template is not None: self.v_sums = self.task.new_sums(self.template)  # no batch here
         if self.v_sums is None: return  # nothing to validate on (an empty split, before any training)
-        sums, loss = self.trainer._reduce_sums(self.v_sums), self.v_loss
-        if self.trainer.accelerator.num_processes > 1: loss = self.trainer.accelerator.reduce(loss, "sum")
+        sums, (loss,) = self.trainer._reduce_sums(self.v_sums, loss=self.v_loss)
         metrics = self.task.compute(sums)
-        row = {"loss": loss.item() / max(metrics["samples"], 1), **metrics}
+        row = {"loss": loss / max(metrics["samples"], 1), **metrics}
         if self.extra_names:
             if self.extra is None: self.extra = self._new_metrics(self.template)
             row.update({k: metric_value(m.compute()) for k, m in self.extra.items()})  # torchmetrics syncs the processes

@@ -5,9 +5,7 @@
 # %% ../../nbs/04_callback.core.ipynb #0cfd20b7
 from __future__ import annotations
 
-import re
-
-from ..core import PipelineError
+from ..core import PipelineError, snake_case
 
 # %% auto #0
 __all__ = ['EVENTS', 'CONTROL_FLOW', 'CancelBatchException', 'CancelTrainException', 'CancelValidateException',
@@ -35,7 +33,7 @@ class CallbackError(PipelineError):
     "A callback raised an unexpected exception."
 
 # %% ../../nbs/04_callback.core.ipynb #a41d7353
-def _snake(name:str) -> str: return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Callback")).lower() or "callback"
+def _snake(name:str) -> str: return snake_case(name.removesuffix("Callback")) or "callback"
 
 class Callback:
     "Base class: define methods named after events; `order` sorts callbacks (lower runs first)."
