@@ -382,7 +382,7 @@ def trainer_state(trainer, position:tuple[int, int]|None=None, reason:str="", co
     every process calls it; the main process gets the state, the others None. `restore_trainer` is its inverse."""
     t, train_dl = trainer, trainer.loaders["train"]
     model_state, optimizer_state = full_states(t)
-    rng = rank_rng_states(t, train_dl.generator)
+    rng = rank_rng_states(t, None)  # nothing draws on the loader's generator that a resume must restore: samples draw on their keys
     if not t.is_main: return None
     epoch, done = position or (t.epoch + 1, 0)
     # validation metrics are recorded only where they were just measured (at an epoch's end), never stale mid-epoch
@@ -395,7 +395,7 @@ def trainer_state(trainer, position:tuple[int, int]|None=None, reason:str="", co
         trainer_state={"epoch": epoch, "batches_done": done, "global_step": t.global_step, "micro_splits": t.micro_splits,
                        "n_epochs": t.n_epochs, "reason": reason, "metrics": fresh,
                        "callbacks": {cb.name: cb.state_dict() for cb in t.cbs if cb.state_dict()},
-                       "sampler": train_dl.sampler.state_dict(consumed=done * train_dl.batch_size), **(context or {})})
+                       "sampler": train_dl.sampler.state_dict(batches_done=done, batch_size=train_dl.batch_size), **(context or {})})
 
 @patch
 def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
@@ -446,7 +446,7 @@ def restore_trainer(trainer, state:dict) -> tuple[int, int]:
     for cb in trainer.cbs:
         if cb.name in t.get("callbacks", {}): cb.load_state_dict(t["callbacks"][cb.name])
     train_dl = trainer.loaders["train"]
-    train_dl.sampler.load_state_dict(t["sampler"])  # refuses data of another size
+    train_dl.sampler.load_state_dict(t["sampler"])  # refuses data of another size; another number of processes is fine
     rank, ranks = trainer.accelerator.process_index, state["rng"].get("ranks") or []
     set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"], train_dl.generator)  # its own, if it had one
     if rank >= max(len(ranks), 1):  # a process the checkpoint did not have (more processes now): its own stream, not rank 0's

@@ -20,18 +20,18 @@ from .core import ConfigError, atomic_write, is_import_path, sha256_json, snake_
 
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
-           'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES', 'MAX_CONFIG_BYTES',
-           'KEY_PATTERN', 'Section', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig',
-           'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig',
-           'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig',
-           'PlateauConfig', 'tagged', 'metric_name', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig',
-           'DistributedConfig', 'CheckpointingConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig',
-           'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule',
-           'LossSpikeRule', 'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule',
-           'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig',
-           'AlertsConfig', 'ProfileConfig', 'Config', 'cross_section_problems', 'SafeLoader', 'safe_load',
-           'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'parse_override', 'apply_overrides',
-           'set_dotted', 'validate_config', 'locate', 'load_config']
+           'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES', 'RESUMABLE_CHANGES',
+           'MAX_CONFIG_BYTES', 'KEY_PATTERN', 'Section', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig',
+           'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice',
+           'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig',
+           'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged', 'metric_name', 'LossConfig',
+           'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig', 'CheckpointingConfig', 'WandbConfig',
+           'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig',
+           'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
+           'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
+           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config',
+           'cross_section_problems', 'SafeLoader', 'safe_load', 'did_you_mean', 'read_text_file', 'key_lines',
+           'parse_yaml', 'parse_override', 'apply_overrides', 'set_dotted', 'validate_config', 'locate', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -430,6 +430,12 @@ class ProfileConfig(Section):
     profile_memory: bool = False
     with_stack: bool = False
 
+# What a run may change when it is resumed: how its data is loaded (samples draw their randomness from their keys, not from
+# the loader) and on how many processes and devices it runs (the sampler's position is global). Anything else starts a new run.
+RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefetch_factor", "data.pin_memory",
+                     "distributed.enabled", "distributed.world_size", "distributed.num_nodes", "distributed.backend",
+                     "distributed.timeout_s", "resources.cpu", "resources.gpu_ids")
+
 class Config(Section):
     "A validated training config: the seed's sections plus `seed`, `alerts` and `profile`."
     seed: int = Field(42, ge=0)
@@ -456,6 +462,17 @@ class Config(Section):
     def hash(self) -> str:
         "Stable content hash of the resolved config (16 hex digits)."
         return sha256_json(self.to_dict())[:16]
+
+    def resumable_settings(self) -> dict:
+        "The values of `RESUMABLE_CHANGES`: how data is loaded and on how many processes, which a resume may change."
+        return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in RESUMABLE_CHANGES}
+
+    @property
+    def resume_hash(self) -> str:
+        "Hash of the config without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume hash."
+        d = self.to_dict()
+        for key in RESUMABLE_CHANGES: d[key.split(".")[0]].pop(key.split(".")[1], None)
+        return sha256_json(d)[:16]
 
     def save(self, path:str|Path) -> Path:
         "Write the resolved config atomically, with its hash in a header comment."

@@ -10,7 +10,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -21,9 +21,10 @@ from .data import IMAGE_EXTENSIONS, SPLITS, DataLayout, load_schema, read_image,
 from .preprocess import ImagePreprocessor, TabularPreprocessor
 
 # %% auto #0
-__all__ = ['TensorCache', 'split_fingerprint', 'image_tensor', 'read_image_split', 'ArrayDataset', 'collate_batches',
-           'ResumableSampler', 'seed_worker', 'stop_workers', 'resumable_loader', 'DataBundle', 'build_data',
-           'user_dataset_version', 'user_data', 'user_bundle']
+__all__ = ['TensorCache', 'split_fingerprint', 'image_tensor', 'read_image_split', 'SampleKey', 'sample_seed', 'sample_index',
+           'SampleRNG', 'SeededDataset', 'keyed', 'ArrayDataset', 'collate_batches', 'ResumableSampler', 'seed_worker',
+           'stop_workers', 'resumable_loader', 'DataBundle', 'build_data', 'user_dataset_version', 'user_data',
+           'user_bundle']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -85,18 +86,76 @@ def read_image_split(split_dir:Path, classes:list, pre:ImagePreprocessor) -> dic
         raise DataError(f"images have different sizes {sorted(shapes)[:3]}", str(split_dir), "set data.transforms.resize: [height, width]", exit_code=EXIT_USAGE)
     return {"images": torch.cat(images), "labels": torch.tensor(labels, dtype=torch.int64)}
 
+# %% ../nbs/02d_loaders.ipynb #1982c25d
+class SampleKey(NamedTuple):
+    "What a `ResumableSampler(keys=True)` yields: a sample's index and the (epoch, seed) its randomness comes from."
+    index: int
+    epoch: int = 0
+    seed: int = 0
+
+_MASK64 = 2**64 - 1
+
+def sample_seed(key:SampleKey) -> int:
+    "A 63-bit seed that is a pure function of (seed, epoch, index) (a splitmix64 mix of the three)."
+    x = (key.seed * 0x9E3779B97F4A7C15 + key.epoch * 0xD1B54A32D192ED03 + key.index * 0x8CB92BA72F3D8DD7) & _MASK64
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)): x = ((x ^ (x >> shift)) * mult) & _MASK64
+    return (x ^ (x >> 31)) >> 1
+
+def sample_index(key) -> int: return key.index if isinstance(key, SampleKey) else int(key)
+
+class SampleRNG:
+    "Within it, `seed(key)` seeds torch's CPU generator (with `all_streams`, numpy's and Python's too); on exit they are restored."
+    def __init__(self, all_streams:bool=True): self.all_streams = all_streams
+    def __enter__(self):
+        self.saved = (torch.get_rng_state(), np.random.get_state(), random.getstate()) if self.all_streams else (torch.get_rng_state(),)
+        return self
+    def seed(self, key):
+        if not isinstance(key, SampleKey): return  # a bare index: the caller's streams, as any DataLoader does
+        s = sample_seed(key)
+        torch.default_generator.manual_seed(s)
+        if self.all_streams: np.random.seed(s % 2**32); random.seed(s)
+    def __exit__(self, *exc):
+        torch.set_rng_state(self.saved[0])
+        if self.all_streams: np.random.set_state(self.saved[1]); random.setstate(self.saved[2])
+
+class SeededDataset(Dataset):
+    "Any map-style dataset, fetched by `SampleKey`: whatever randomness its `__getitem__` draws (torch, numpy, random) is the key's."
+    takes_sample_keys = True
+    def __init__(self, dataset): self.dataset = dataset
+    def __len__(self): return len(self.dataset)
+    def __getattr__(self, name):  # the user's dataset's attributes (classes, version, ...) stay reachable
+        if name == "dataset": raise AttributeError(name)
+        return getattr(self.dataset, name)
+    def __getitem__(self, key):
+        with SampleRNG() as rng:
+            rng.seed(key); return self.dataset[sample_index(key)]
+    def __getitems__(self, keys) -> list:
+        with SampleRNG() as rng:
+            samples = []
+            for key in keys: rng.seed(key); samples.append(self.dataset[sample_index(key)])
+            return samples
+
+def keyed(dataset) -> Dataset:
+    "`dataset` if it takes `SampleKey`s itself, else wrapped in a `SeededDataset`."
+    return dataset if getattr(dataset, "takes_sample_keys", False) else SeededDataset(dataset)
+
 # %% ../nbs/02d_loaders.ipynb #6d0f2ab9
 class ArrayDataset(Dataset):
-    "A split in memory: inputs `x`, labels `y`, optional per-item augmentation and batch transform."
+    "A split in memory: inputs `x`, labels `y`, optional per-item augmentation (seeded per `SampleKey`) and batch transform."
+    takes_sample_keys = True
     def __init__(self, x:torch.Tensor, y:torch.Tensor, augment:Callable|None=None, batch_transform:Callable|None=None):
         self.x, self.y, self.augment, self.batch_transform = x, y, augment, batch_transform
     def __len__(self): return len(self.y)
-    def __getitem__(self, i):
-        x, y = self.__getitems__([i]); return x[0], y[0]
-    def __getitems__(self, indices):
-        idx = torch.as_tensor(indices, dtype=torch.long)
+    def __getitem__(self, key):
+        x, y = self.__getitems__([key]); return x[0], y[0]
+    def __getitems__(self, keys):
+        idx = torch.as_tensor([sample_index(k) for k in keys], dtype=torch.long)
         x = self.x[idx]
-        if self.augment is not None: x = torch.stack([self.augment(xi) for xi in x])
+        if self.augment is not None:
+            with SampleRNG(all_streams=False) as rng:  # torchvision's transforms draw from torch's generator only
+                augmented = []
+                for key, xi in zip(keys, x): rng.seed(key); augmented.append(self.augment(xi))
+            x = torch.stack(augmented)
         if self.batch_transform is not None: x = self.batch_transform(x)
         return x, self.y[idx]
 
@@ -105,54 +164,67 @@ def collate_batches(batch):
     return batch if isinstance(batch, tuple) else default_collate(batch)
 
 # %% ../nbs/02d_loaders.ipynb #f420a6ff
-class ResumableSampler(Sampler[int]):
-    "Seeded shuffling per epoch, sharded across ranks, resumable at any position."
+class ResumableSampler(Sampler):
+    "Seeded shuffling per epoch, dealt across ranks, resumable at any position, on any number of ranks."
     def __init__(self, length:int, shuffle:bool=True, seed:int=0, num_replicas:int=1, rank:int=0, even:bool=True,
-                 batch_size:int|None=None):
+                 batch_size:int|None=None, keys:bool=False):
         if not 0 <= rank < num_replicas: raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.length, self.shuffle, self.seed, self.num_replicas, self.rank, self.even = length, shuffle, seed, num_replicas, rank, even
-        self.batch_size = batch_size
-        self.epoch, self.start = 0, 0
+        self.batch_size, self.keys = batch_size, keys
+        self.epoch = 0
+        self.start = (0, 0)   # (samples of the order consumed by all ranks, batches this rank had done): where the next iteration begins
+        self.begun = (0, 0)   # the same, for the iteration under way
 
     def set_epoch(self, epoch:int): self.epoch = epoch
 
-    def indices(self) -> list[int]:
-        "This rank's indices for the current epoch, in order."
-        if self.shuffle:
-            g = torch.Generator(); g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.length, generator=g)
-        else: order = torch.arange(self.length)
-        R = self.num_replicas
+    def order(self) -> torch.Tensor:
+        "The epoch's order of all samples, the same in every process."
+        if not self.shuffle: return torch.arange(self.length)
+        g = torch.Generator(); g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.length, generator=g)
+
+    def indices(self, consumed:int|None=None) -> list[int]:
+        "This rank's indices of the current epoch once the first `consumed` samples of the order are done (default: the resume point)."
+        order = self.order()
+        rest, R = order[self.start[0] if consumed is None else consumed:], self.num_replicas
         if R > 1 and self.even and self.batch_size:
-            # step-synchronous: each global batch (batch_size x R samples) is dealt out across the ranks, so every sample
-            # is seen once per epoch and every rank runs the same number of steps; only a last global batch with
-            # fewer samples than ranks is padded (by wrapping around)
-            G, m = self.batch_size * R, self.length % (self.batch_size * R)
-            if 0 < m < R: order = torch.cat([order, order[:R - m]])
-            return [i for start in range(0, len(order), G) for i in order[start:start + G][self.rank::R].tolist()]
-        if self.even and self.length % R:
-            order = torch.cat([order, order[:R - self.length % R]])
-        return order[self.rank::R].tolist()
+            G, m = self.batch_size * R, len(rest) % (self.batch_size * R)
+            if 0 < m < R: rest = torch.cat([rest, order[:R - m]])
+            return [i for s in range(0, len(rest), G) for i in rest[s:s + G][self.rank::R].tolist()]
+        if self.even and len(rest) % R: rest = torch.cat([rest, order[:R - len(rest) % R]])
+        return rest[self.rank::R].tolist()
 
     def __iter__(self):
-        start, self.start = self.start, 0  # a resumed position applies to one iteration only
-        return iter(self.indices()[start:])
+        self.begun, self.start = self.start, (0, 0)  # a resumed position applies to one iteration only
+        indices = self.indices(self.begun[0])
+        return iter([SampleKey(i, self.epoch, self.seed) for i in indices] if self.keys else indices)
 
-    def __len__(self):
-        if self.num_replicas > 1 and self.even and self.batch_size: full = len(self.indices())
-        else: full = -(-self.length // self.num_replicas) if self.even else len(range(self.rank, self.length, self.num_replicas))
-        return full - self.start
+    def __len__(self): return len(self.indices())
 
-    def state_dict(self, consumed:int=0) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed, "consumed": consumed, "length": self.length,
-                "num_replicas": self.num_replicas, "rank": self.rank}
+    def consumed(self, batches_done:int, batch_size:int|None=None) -> int:
+        "Samples of the epoch's order consumed by all ranks once this rank has finished `batches_done` batches (of the loader's `batch_size`)."
+        if batches_done == 0: return 0
+        samples, batches = self.begun
+        return min(self.length, samples + (batches_done - batches) * (self.batch_size or batch_size or 1) * self.num_replicas)
+
+    def state_dict(self, batches_done:int=0, batch_size:int|None=None) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed, "consumed": self.consumed(batches_done, batch_size), "batches": batches_done,
+                "length": self.length, "num_replicas": self.num_replicas, "rank": self.rank, "position": "global"}
+
+    def resume(self, batches_done:int, batch_size:int|None=None):
+        "Start the next iteration after `batches_done` batches of this epoch (on the ranks there are now), unless a loaded state already placed it there."
+        if self.start[1] != batches_done:
+            self.start = (min(self.length, batches_done * (self.batch_size or batch_size or 1) * self.num_replicas), batches_done)
 
     def load_state_dict(self, state:dict):
-        if state["length"] != self.length or state["num_replicas"] != self.num_replicas:
-            raise DataError(f"the data changed since the checkpoint ({state['length']} samples on {state['num_replicas']} process(es), "
-                            f"now {self.length} on {self.num_replicas})", "sampler state",
-                            "resume with the same data and world size, or start a new run")
-        self.epoch, self.seed, self.start = state["epoch"], state["seed"], state["consumed"]
+        if state["length"] != self.length:
+            raise DataError(f"the data changed since the checkpoint ({state['length']} samples, now {self.length})", "sampler state",
+                            "resume with the same data, or start a new run")
+        consumed, batches = state["consumed"], state.get("batches")
+        if state.get("position") != "global":  # checkpoints before elastic resume counted one rank's samples
+            batches = consumed // self.batch_size if self.batch_size else None  # None: the trainer's resume() places it
+            consumed *= state["num_replicas"]
+        self.epoch, self.seed, self.start = state["epoch"], state["seed"], (consumed, batches)
 
 # %% ../nbs/02d_loaders.ipynb #7ac64549
 _STOP_SIGNALS = ("SIGTERM", "SIGINT")
@@ -201,11 +273,12 @@ def stop_workers(*loaders):
 def resumable_loader(dataset, batch_size:int, shuffle:bool, seed:int=0, num_replicas:int=1, rank:int=0, even:bool=True,
                      num_workers:int=0, persistent_workers:bool=False, prefetch_factor:int|None=2, pin_memory:bool=False,
                      collate_fn=collate_batches, worker_init_fn=None, drop_last:bool=False) -> DataLoader:
-    "A DataLoader over `dataset` with a `ResumableSampler` and seeded workers: what every training split is read through."
-    sampler = ResumableSampler(len(dataset), shuffle, seed, num_replicas, rank, even, batch_size)
+    """A DataLoader over `dataset` with a `ResumableSampler` handing out `SampleKey`s and seeded workers: what every
+    training split is read through. A dataset that does not take keys is wrapped in a `SeededDataset`."""
+    sampler = ResumableSampler(len(dataset), shuffle, seed, num_replicas, rank, even, batch_size, keys=True)
     extra = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor,
              "worker_init_fn": worker_init_fn or seed_worker} if num_workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+    return DataLoader(keyed(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
                       pin_memory=bool(pin_memory and torch.cuda.is_available()), drop_last=drop_last,
                       generator=torch.Generator().manual_seed(seed), **extra)
 

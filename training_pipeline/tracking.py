@@ -87,7 +87,8 @@ class RunStore:
                       "created": now(), "ended": None, "heartbeat": now(), "pid": os.getpid(), "host": socket.gethostname(),
                       "world_size": world_size, "num_nodes": num_nodes, "backend": backend,
                       "command": command if command is not None else sys.argv, "git_sha": env["git_sha"], "git_dirty": env["git_dirty"],
-                      "data_version": data_version, "config_hash": config.hash, "parent_run": parent,
+                      "data_version": data_version, "config_hash": config.hash,
+                      "resume_hash": config.resume_hash, "resumable_settings": config.resumable_settings(), "parent_run": parent,
                       "tags": list(config.experiment.tags), "env": env, "summary": {}}
         store._write_meta()
         store.metrics_path.touch(); store.events_path.touch()

@@ -127,6 +127,7 @@ class ResumePlan:
     parent: str|None = None         # fork: the parent run's id
     fallbacks: list = field(default_factory=list)  # (checkpoint, error) skipped because they did not verify
     note: str|None = None
+    changed: dict = field(default_factory=dict)  # inplace: RESUMABLE_CHANGES that differ from the run's ({key: [then, now]})
 
 def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
     "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure)."
@@ -176,16 +177,20 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
     else: run = find_unfinished_run(runs_dir, config.experiment.name)
     if run is None: return ResumePlan("fresh")
     meta = json.loads((run/"run.json").read_text())
-    if meta.get("config_hash") != config.hash:
+    same = meta.get("resume_hash") == config.resume_hash if "resume_hash" in meta else meta.get("config_hash") == config.hash
+    if not same:
         return ResumePlan("fresh", note=f"the unfinished run {meta['id']} has another config: starting a new run "
                                         f"(`--resume {run}` continues that one)")
+    before, now = meta.get("resumable_settings") or {}, config.resumable_settings()
+    changed = {k: [before[k], v] for k, v in now.items() if k in before and before[k] != v}
     fallbacks = []
     ck = latest_good_checkpoint(run/"checkpoints", lambda c, e: fallbacks.append((c, e)))
     if ck is None and fallbacks:
         raise CheckpointError(f"run {meta['id']} has checkpoints but none passes verification", str(run/"checkpoints"),
                               "start fresh with --resume never, or restore a checkpoint")
-    return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks,
-                      note=None if ck else f"the unfinished run {meta['id']} has no checkpoint: it restarts from the beginning")
+    note = f"the unfinished run {meta['id']} has no checkpoint: it restarts from the beginning" if ck is None else \
+           (f"resuming run {meta['id']} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())) if changed else None
+    return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks, note=note, changed=changed)
 
 # %% ../nbs/15_train.ipynb #7be86cf3
 class TransientError(RuntimeError):
@@ -321,7 +326,7 @@ def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, ba
     rows = [r for r in read_jsonl(store.metrics_path) if r["step"] <= keep_until]
     atomic_write(store.metrics_path, "".join(json_line(r) for r in rows))  # what was logged after the checkpoint goes
     store.update(status="running", ended=None, error=None, error_kind=None, pid=os.getpid(), heartbeat=now(),
-                 resumed_count=store.meta.get("resumed_count", 0) + 1)
+                 resumed_count=store.meta.get("resumed_count", 0) + 1, world_size=world, resumable_settings=config.resumable_settings())
     return store
 
 def on_cpu(config:Config) -> bool:
@@ -427,7 +432,8 @@ def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|N
                                   str(plan.checkpoint), "restore that data, or start a new run with --resume never")
         trainer.log_event("data_version_changed", checkpoint=t["data_version"], now=data.dataset_version)
     epoch, done = restore_trainer(trainer, state)
-    trainer.log_event("resumed", checkpoint=str(plan.checkpoint), mode=plan.mode, resume_epoch=epoch, batches_done=done)
+    trainer.log_event("resumed", checkpoint=str(plan.checkpoint), mode=plan.mode, resume_epoch=epoch, batches_done=done,
+                      **({"changed": plan.changed} if plan.changed else {}))
     log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
     return epoch, done
 

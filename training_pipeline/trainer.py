@@ -209,10 +209,10 @@ def _do_train(self:Trainer):
     sampler = self.dl.sampler
     if hasattr(sampler, "set_epoch"): sampler.set_epoch(self.epoch)  # ResumableSampler, DistributedSampler
     if self.start_iter:
-        if not hasattr(sampler, "start"):
+        if not hasattr(sampler, "resume"):
             raise TrainingError(f"resuming in the middle of an epoch needs a ResumableSampler, the train loader has a {type(sampler).__name__}",
                                 "train loader", "use training_pipeline.fit, which rebuilds plain DataLoaders around one")
-        sampler.start = self.start_iter * self.dl.batch_size
+        sampler.resume(self.start_iter, self.dl.batch_size)
     self.n_iter = self.start_iter + len(self.dl)
     self._with_events(self._all_batches, "train", CancelTrainException)
 
