@@ -259,3 +259,23 @@ def test_sigterm_twice_to_the_process_group_with_loader_workers_is_a_clean_preem
     run_dir = runs(tmp_path)[0].parent
     last = json.loads((run_dir / "checkpoints" / "index.json").read_text())["last"]
     assert json.loads((run_dir / "checkpoints" / last / "trainer.json").read_text())["reason"] == "preempted"
+
+
+def test_two_resumers_racing_on_one_crashed_run_train_it_once(tmp_path, prepared):
+    # a job retried while its user restarts it by hand: both `--resume auto` the same crashed run at once
+    data_dir = prepared("digits")
+    crashed = run_train(tmp_path, data_dir, env={"TP_FAULT": "train:kill@10"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    procs = [subprocess.Popen(cmd(data_dir), cwd=tmp_path, env={**os.environ, **SLOW}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], [err[-1500:] for _, err in results]
+    loser = next(err for code, err in results if code == 2)
+    errors = [l for l in loser.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "is being trained by pid" in errors[0], loser[-1500:]
+    assert "Traceback" not in loser
+    assert len(runs(tmp_path)) == 1  # the loser made no run of its own
+    run_dir = completed_run(tmp_path)
+    metric_rows(run_dir)  # asserts that no step was logged twice
+    events = [json.loads(l)["event"] for l in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events.count("resumed") == 1

@@ -20,9 +20,9 @@ from .callback.core import Callback
 from .core import UsageError, atomic_write, atomic_write_json, environment_info
 
 # %% auto #0
-__all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunStoreCallback', 'TrackersCallback',
-           'setup_run_logging', 'heartbeat_age', 'run_is_alive', 'effective_status', 'run_dirs', 'find_run',
-           'run_summary', 'runs_df', 'flatten_dict', 'compare_runs', 'comparison_html']
+__all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunBusyError', 'RunLock', 'RunStoreCallback',
+           'TrackersCallback', 'setup_run_logging', 'heartbeat_age', 'run_is_alive', 'effective_status', 'run_dirs',
+           'find_run', 'run_summary', 'runs_df', 'flatten_dict', 'compare_runs', 'comparison_html']
 
 # %% ../nbs/09_tracking.ipynb #46cf3c1c
 def _clean(v):
@@ -119,6 +119,53 @@ class RunStore:
         "Record the end of the run: completed, failed or interrupted."
         self.update(status=status, ended=now(), heartbeat=now(), **fields)
         self.append_event({"event": f"run_{status}", **{k: v for k, v in fields.items() if k != "summary"}})
+
+# %% ../nbs/09_tracking.ipynb #eb1537d2
+class RunBusyError(UsageError):
+    "Another process is training this run."
+
+class RunLock:
+    "An exclusive lock on a run directory, held while this process trains it (see above)."
+    _held: dict[str, "RunLock"] = {}  # per process: run dir -> its lock
+
+    def __init__(self, run_dir:Path, fd:int): self.run_dir, self.fd = run_dir, fd
+
+    @classmethod
+    def acquire(cls, run_dir:str|Path) -> "RunLock":
+        "Lock `run_dir` for this process, or raise `RunBusyError` naming the holder."
+        import fcntl
+        run_dir = Path(run_dir).resolve()
+        if str(run_dir) in cls._held: return cls._held[str(run_dir)]
+        fd = os.open(run_dir/".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusyError(f"run {run_dir.name} is being trained by {cls.holder(run_dir)}", str(run_dir),
+                               "wait for it to end, or start a new run with --resume never") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}).encode(), 0)
+        lock = cls._held[str(run_dir)] = cls(run_dir, fd)
+        return lock
+
+    @classmethod
+    def held(cls, run_dir:str|Path|None) -> "RunLock|None":
+        "This process's lock on `run_dir`, if it holds one."
+        return cls._held.get(str(Path(run_dir).resolve())) if run_dir is not None else None
+
+    @staticmethod
+    def holder(run_dir:Path) -> str:
+        "Who holds the lock, as its file says ('another process' when it cannot be read)."
+        try: h = json.loads((Path(run_dir)/".lock").read_text())
+        except (OSError, ValueError): return "another process"
+        return f"pid {h.get('pid')} on {h.get('host')} (since {h.get('since')})"
+
+    def release(self):
+        import fcntl
+        if RunLock._held.pop(str(self.run_dir), None) is None: return
+        fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd)
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.release()
 
 # %% ../nbs/09_tracking.ipynb #8cb4ae3b
 class RunStoreCallback(Callback):

@@ -33,16 +33,16 @@ from typing import Callable
 from torch.utils.data import DataLoader
 from .loaders import resumable_loader
 from .tasks import Task, build_components
-from .tracking import (LOGGER, RunStore, RunStoreCallback, TrackersCallback, flatten_dict, run_dirs,
-                                       run_is_alive, setup_run_logging)
+from .tracking import (LOGGER, RunBusyError, RunLock, RunStore, RunStoreCallback, TrackersCallback, flatten_dict,
+                                       run_dirs, run_is_alive, setup_run_logging)
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 
 # %% auto #0
 __all__ = ['TRANSIENT_PATTERNS', 'FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec',
-           'write_artifacts', 'check_trackers', 'make_trackers', 'ResumePlan', 'find_unfinished_run', 'plan_resume',
-           'TransientError', 'is_transient', 'FaultInjection', 'held_logs', 'train', 'on_cpu', 'Components',
-           'components_from_config', 'loader_like', 'save_predictions', 'test_predictions', 'scalar_hparams',
-           'fit_config', 'fit', 'main']
+           'write_artifacts', 'check_trackers', 'make_trackers', 'ResumePlan', 'find_unfinished_run', 'find_live_run',
+           'plan_resume', 'TransientError', 'is_transient', 'FaultInjection', 'held_logs', 'train', 'on_cpu',
+           'Components', 'components_from_config', 'loader_like', 'save_predictions', 'test_predictions',
+           'scalar_hparams', 'fit_config', 'fit', 'main']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -140,6 +140,14 @@ def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
         return run
     return None
 
+def find_live_run(runs_dir:str|Path, config:Config) -> Path|None:
+    "The newest run of the config's experiment that a live process is training with this config (same resume hash)."
+    for run in reversed(run_dirs(runs_dir, config.experiment.name)):
+        try: meta = json.loads((run/"run.json").read_text())
+        except (OSError, json.JSONDecodeError): continue
+        if meta.get("status") == "running" and meta.get("resume_hash") == config.resume_hash and run_is_alive(meta): return run
+    return None
+
 # %% ../nbs/15_train.ipynb #d07cac8a
 def _checkpoint_of(path:Path, fallbacks:list) -> Path:
     "The checkpoint a --resume PATH names: a checkpoint dir, or the newest good one of a run."
@@ -175,7 +183,11 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
             raise UsageError(f"run {pinned.name} already completed", str(pinned), "unset TP_RUN_ID to start a new run")
         run = pinned
     else: run = find_unfinished_run(runs_dir, config.experiment.name)
-    if run is None: return ResumePlan("fresh")
+    if run is None:
+        if (busy := find_live_run(runs_dir, config)) is not None:  # the run it would resume is being trained (resumed by someone else)
+            raise RunBusyError(f"run {busy.name} of this config is being trained by {RunLock.holder(busy)}", str(busy),
+                               "wait for it to end, or start a new run with --resume never")
+        return ResumePlan("fresh")
     meta = json.loads((run/"run.json").read_text())
     same = meta.get("resume_hash") == config.resume_hash if "resume_hash" in meta else meta.get("config_hash") == config.hash
     if not same:
@@ -284,43 +296,49 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     plan = broadcast_from_main(plan)
     if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
     attempt, current = 0, {}
-    while True:
-        try: return _train_once(config, plan, command, runs_dir, current, build or components_from_config)
-        except BaseException as e:
-            run_dir = current.get("run_dir")
-            transient = is_transient(e)
-            from training_pipeline.callback.core import CallbackError
-            cause = e.__cause__ if isinstance(e, CallbackError) and e.__cause__ is not None else e
-            reason = f"{type(cause).__name__}: {cause}"
-            if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
-            # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)
-            if not transient or attempt >= config.training.max_retries or run_dir is None or state.num_processes > 1:
-                if transient and attempt:
-                    raise TrainingError(f"training failed after {attempt} retr{'y' if attempt == 1 else 'ies'}: {reason}",
-                                        str(run_dir), "see logs/train.log of the run") from e
-                if transient and state.num_processes > 1:
-                    raise TrainingError(f"process {state.process_index} of {state.num_processes} failed: {' '.join(reason.split())[:300]}",
-                                        str(run_dir or "distributed run"), "another process probably died first (see its log); "
-                                        "under torchrun --max-restarts K the group restarts and continues from the last checkpoint") from e
-                raise
-            attempt += 1
-            delay = config.training.retry_backoff_s * 2 ** (attempt - 1)
-            store = RunStore(run_dir)
-            store.append_event({"event": "retry", "attempt": attempt, "of": config.training.max_retries,
-                                "error": reason, "delay_s": delay})
-            print(f"warning: transient failure ({reason}); retry {attempt}/{config.training.max_retries} "
-                  f"in {delay:g} s from the last checkpoint", file=sys.stderr)
-            time.sleep(delay)
-            fallbacks = []
-            ck = latest_good_checkpoint(Path(run_dir)/"checkpoints", lambda c, err: fallbacks.append((c, err)))
-            plan = ResumePlan("inplace", run_dir=Path(run_dir), checkpoint=ck, fallbacks=fallbacks)
+    try:
+        while True:
+            try: return _train_once(config, plan, command, runs_dir, current, build or components_from_config)
+            except BaseException as e:
+                run_dir = current.get("run_dir")
+                transient = is_transient(e)
+                from training_pipeline.callback.core import CallbackError
+                cause = e.__cause__ if isinstance(e, CallbackError) and e.__cause__ is not None else e
+                reason = f"{type(cause).__name__}: {cause}"
+                if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
+                # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)
+                if not transient or attempt >= config.training.max_retries or run_dir is None or state.num_processes > 1:
+                    if transient and attempt:
+                        raise TrainingError(f"training failed after {attempt} retr{'y' if attempt == 1 else 'ies'}: {reason}",
+                                            str(run_dir), "see logs/train.log of the run") from e
+                    if transient and state.num_processes > 1:
+                        raise TrainingError(f"process {state.process_index} of {state.num_processes} failed: {' '.join(reason.split())[:300]}",
+                                            str(run_dir or "distributed run"), "another process probably died first (see its log); "
+                                            "under torchrun --max-restarts K the group restarts and continues from the last checkpoint") from e
+                    raise
+                attempt += 1
+                delay = config.training.retry_backoff_s * 2 ** (attempt - 1)
+                store = RunStore(run_dir)
+                store.append_event({"event": "retry", "attempt": attempt, "of": config.training.max_retries,
+                                    "error": reason, "delay_s": delay})
+                print(f"warning: transient failure ({reason}); retry {attempt}/{config.training.max_retries} "
+                      f"in {delay:g} s from the last checkpoint", file=sys.stderr)
+                time.sleep(delay)
+                fallbacks = []
+                ck = latest_good_checkpoint(Path(run_dir)/"checkpoints", lambda c, err: fallbacks.append((c, err)))
+                plan = ResumePlan("inplace", run_dir=Path(run_dir), checkpoint=ck, fallbacks=fallbacks)
+    finally:  # the run's lock goes when this process is done with it, however it ended
+        if (lock := RunLock.held(current.get("run_dir"))) is not None: lock.release()
 
 # %% ../nbs/15_train.ipynb #34b6e3a7
 def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, backend, data:DataBundle) -> RunStore:
     "The run directory for this attempt: a new one, or the unfinished one continued in place."
     if plan.mode != "inplace":
-        return RunStore.create(runs_dir, config, run_id=os.environ.get("TP_RUN_ID"), command=command, parent=plan.parent, world_size=world,
-                               num_nodes=config.distributed.num_nodes, backend=backend, data_version=data.dataset_version)
+        store = RunStore.create(runs_dir, config, run_id=os.environ.get("TP_RUN_ID"), command=command, parent=plan.parent, world_size=world,
+                                num_nodes=config.distributed.num_nodes, backend=backend, data_version=data.dataset_version)
+        RunLock.acquire(store.dir)
+        return store
+    RunLock.acquire(plan.run_dir)  # before anything of the run is touched: a second process resuming it stops here
     store = RunStore(plan.run_dir)
     keep_until = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else -1
     rows = [r for r in read_jsonl(store.metrics_path) if r["step"] <= keep_until]
