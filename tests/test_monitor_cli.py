@@ -1,7 +1,8 @@
 """Alerts end to end against real servers on 127.0.0.1: a diverging run sends exactly one email (default
 cooldown) and one webhook; a slow-data run raises the starvation alert; a stalled run the stall alert.
 `tp monitor`: a snapshot of a finished run, following a live run to its end, and the watcher alerting on a
-killed run (pid gone) and on a hung one (stale heartbeat, process alive)."""
+killed run (pid gone) and on a hung one (stale heartbeat, process alive). Throughput: a healthy digits run raises no
+drop alert (its warm-up is not read as one); a run throttled after its warm-up raises exactly one."""
 import json
 import os
 import signal
@@ -150,3 +151,23 @@ def test_watcher_alerts_on_a_hung_run_and_follows_it_until_its_process_is_gone(t
     finally:
         for p in (proc, monitor):
             if p.poll() is None: p.kill(); p.wait()
+
+
+def throughput_alerts(tmp_path):
+    return [e for e in events(tmp_path) if e["event"] == "alert" and e["rule"] == "throughput_drop"]
+
+
+def test_a_healthy_digits_run_raises_no_throughput_alert(tmp_path, prepared):
+    r = run_tp("train", "--config", REPO / "config" / "digits.yaml", *data_overrides(prepared("digits")), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert throughput_alerts(tmp_path) == []
+
+
+def test_a_run_throttled_after_its_warm_up_raises_one_throughput_alert(tmp_path, prepared):
+    # 2 s more per batch from step 108 on (of 120): slower than the run's own median even on a crowded machine
+    r = run_tp("train", "--config", REPO / "config" / "digits.yaml", *data_overrides(prepared("digits")), "training.epochs=6",
+               "validation.early_stopping.enabled=false", "logging.log_frequency=2", cwd=tmp_path,
+               env={"TP_FAULT": "train:sleep=2@108"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    alerts = throughput_alerts(tmp_path)
+    assert len(alerts) == 1 and alerts[0]["step"] > 108, alerts

@@ -375,8 +375,10 @@ class LossStallRule(Rule):
     min_delta: float = Field(0.001, ge=0)
 class GradExplosionRule(Rule): max_norm: float = Field(100.0, gt=0)
 class ThroughputDropRule(Rule):
-    min_ratio: float = Field(0.5, gt=0, le=1)  # of the run's running median
+    min_ratio: float = Field(0.5, gt=0, le=1)  # of the running median of the rows before the drop
     window: int = Field(20, ge=2)
+    warmup: int = Field(5, ge=0)      # logged rows never judged nor counted: compilation, caches and workers warm up in them
+    patience: PositiveInt = 3         # rows in a row below the ratio: a drop, not a blip (a checkpoint, a busy neighbour)
 class DataStarvationRule(Rule): max_share: float = Field(0.5, gt=0, le=1)  # of step time waiting for data
 class GPUMemoryRule(Rule): max_pct: float = Field(95.0, gt=0, le=100)
 class GPUUtilizationRule(Rule): min_pct: float = Field(20.0, ge=0, le=100)

@@ -69,10 +69,26 @@ class MonitorCallback(Callback):
         self.cfg, self.run_id, self.run_dir, self.retries = alerts_cfg, run_id, str(run_dir), retries
         self.last_sent, self.sent, self.stop_rule = {}, [], None
         self.losses = deque(maxlen=max(alerts_cfg.rules.loss_spike.window, 2))
-        self.rates = deque(maxlen=alerts_cfg.rules.throughput_drop.window)
+        self.rates = deque(maxlen=alerts_cfg.rules.throughput_drop.window)  # the baseline: rows after warm-up, before any drop
+        self.rows_seen, self.slow = 0, []  # throughput rows so far; the current streak of slow ones
         self.epoch_losses = []
 
     def _rule(self, name): r = getattr(self.cfg.rules, name); return r if r.enabled else None
+
+    def _throughput_drop(self, r, rate:float) -> list[tuple]:
+        "The throughput rule: after `warmup` rows, `patience` rows in a row below `min_ratio` x the median of the rows before them."
+        self.rows_seen += 1
+        if self.rows_seen <= r.warmup: return []
+        limit = r.min_ratio * statistics.median(self.rates) if len(self.rates) >= 3 else None
+        if limit is None or rate >= limit:  # normal speed: the streak (if any) was a blip, and joins the baseline
+            self.rates.extend(self.slow + [rate]); self.slow = []
+            return []
+        self.slow.append(rate)
+        if len(self.slow) < r.patience: return []
+        fired = [("throughput_drop", rate, limit, f"throughput fell to {rate:.0f} samples/s for {len(self.slow)} logged rows "
+                                                  f"(from a median of {statistics.median(self.rates):.0f})")]
+        self.rates.extend(self.slow); self.slow = []  # the slower speed becomes the new normal: one alert per drop
+        return fired
 
     def check_row(self, row:dict) -> list[tuple]:
         "(rule, value, threshold, message) for every rule this train row breaks."
@@ -85,11 +101,8 @@ class MonitorCallback(Callback):
             self.losses.append(loss)
         if (r := self._rule("grad_explosion")) and row.get("grad_norm") is not None and row["grad_norm"] > r.max_norm:
             fired.append(("grad_explosion", row["grad_norm"], r.max_norm, f"gradient norm {row['grad_norm']:.4g}"))
-        if (r := self._rule("throughput_drop")) and row.get("samples_per_s"):
-            rate = row["samples_per_s"]
-            if len(self.rates) >= 3 and rate < r.min_ratio * statistics.median(self.rates):
-                fired.append(("throughput_drop", rate, r.min_ratio * statistics.median(self.rates), f"throughput fell to {rate:.0f} samples/s"))
-            self.rates.append(rate)
+        if (r := self._rule("throughput_drop")) and row.get("samples_per_s") and "epoch_time_s" not in row:  # an epoch row spans startup
+            fired += self._throughput_drop(r, row["samples_per_s"])
         if (r := self._rule("data_starvation")) and row.get("data_wait_share") is not None and row["data_wait_share"] > r.max_share:
             fired.append(("data_starvation", row["data_wait_share"], r.max_share,
                           f"{100 * row['data_wait_share']:.0f}% of the time went waiting for data: more loader workers? (`tp tune-loader`)"))

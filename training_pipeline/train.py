@@ -223,7 +223,7 @@ def is_transient(e:BaseException) -> bool:
     return False
 
 class FaultInjection(Callback):
-    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, hang@S, sleep=SECONDS per batch."
+    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, hang@S, sleep=SECONDS per batch (@S: from step S)."
     order = 90
     _fired = set()  # per process: a transient fault fires once, so the retry can succeed
     def __init__(self, spec:str):
@@ -241,7 +241,7 @@ class FaultInjection(Callback):
 
     def after_batch(self):
         import time, signal
-        if self.sleep: time.sleep(self.sleep)
+        if self.sleep and (self.step is None or self.global_step >= self.step): time.sleep(self.sleep)  # sleep=S@N: from step N on
         if not self.training or self.step is None or self.global_step != self.step or not self.stepped: return
         if self.kind.startswith("slowdata="): return
         if self.kind == "kill" or (self.kind == "killrank1" and self.trainer.accelerator.process_index == 1):
