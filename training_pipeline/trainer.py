@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from .callback.core import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                                             CancelTrainException, CancelValidateException)
-from .core import ConfigError, TrainingError, patch
-from .config import metric_name
+                                             CancelTrainException, CancelValidateException, EVENTS)
+from .core import ConfigError, TrainingError, UsageError, patch
+from .config import did_you_mean, metric_name
 from .tasks import Task, make_metric, make_task, metric_inputs, metric_value
 
 # %% auto #0
@@ -110,6 +110,8 @@ def chunk_batch(obj, n:int) -> list:
     return [obj] * n  # a non-tensor (a flag, a string) goes to every piece
 
 # %% ../nbs/05_trainer.ipynb #352fdc26
+_EVENT_NAMES = frozenset(EVENTS)
+
 class Trainer:
     "Train a model with ordered callbacks on an Accelerator; one batch loop for train, validate and predict."
     def __init__(self, model:nn.Module, loaders:dict, loss_func:Callable, optimizer:torch.optim.Optimizer,
@@ -142,7 +144,12 @@ class Trainer:
     def lr(self) -> float: return self.opt.param_groups[0]["lr"]
 
     def add_cbs(self, cbs):
-        for cb in cbs: cb.trainer = self; self.cbs.append(cb)
+        for cb in cbs:
+            for name in dir(type(cb)):  # a misspelt event (`after_bach`) would never be called: say so now
+                if name.startswith(("before_", "after_")) and name not in _EVENT_NAMES:
+                    raise UsageError(f"callback {type(cb).__name__} has a method {name} that no event calls{did_you_mean(name, EVENTS)}",
+                                     "callbacks", f"name it after an event: {', '.join(EVENTS[:4])}, ... (callback.core.EVENTS)")
+            cb.trainer = self; self.cbs.append(cb)
         self.cbs.sort(key=lambda c: c.order)
         return self
 
@@ -153,6 +160,7 @@ class Trainer:
         return next((c for c in self.cbs if c.name == name), None)
 
     def __call__(self, event:str):
+        if event not in _EVENT_NAMES: raise ValueError(f"unknown event {event!r}{did_you_mean(event, EVENTS)}")
         for cb in self.cbs: cb(event)
 
     def _with_events(self, f, event_type:str, ex, final=lambda: None):
