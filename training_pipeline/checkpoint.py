@@ -22,7 +22,7 @@ import torch
 from .callback.core import CancelFitException
 from .callback.tracker import TrackerCallback
 from .core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json, clean_tmp_dirs,
-                                    patch, sha256_file)
+                                    fault_point, patch, sha256_file)
 from .models import is_pickle_file, legacy_head_names
 
 # %% auto #0
@@ -93,15 +93,6 @@ def _write_state(d:Path, name:str, obj) -> list[str]:
     (d/f"{name}.json").write_text(json.dumps(skeleton))
     return files
 
-_fault_counts = {}
-def _fault(name:str):
-    "Tests kill the process here: TP_FAULT=checkpoint:<name> (first save) or checkpoint:<name>@N (N-th save)."
-    spec = os.environ.get("TP_FAULT", "")
-    if not spec.startswith(f"checkpoint:{name}"): return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    nth = int(spec.partition("@")[2] or 1)
-    if _fault_counts[name] == nth: os.kill(os.getpid(), signal.SIGKILL)
-
 def save_checkpoint(root:str|Path, step:int, model_state:dict, optimizer_state:dict|None=None, scheduler_state:dict|None=None,
                     scaler_state:dict|None=None, rng:dict|None=None, trainer_state:dict|None=None) -> Path:
     "Write checkpoint `root/step-<step>` from state dicts (all on CPU); returns its path."
@@ -110,14 +101,14 @@ def save_checkpoint(root:str|Path, step:int, model_state:dict, optimizer_state:d
     with atomic_dir(target, replace=True) as d:
         (d/"model.safetensors").write_bytes(safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model_state.items()}))
         files = ["model.safetensors"]
-        _fault("between-files")
+        fault_point("checkpoint", "between-files")
         for name, obj in (("optimizer", optimizer_state), ("scheduler", scheduler_state), ("scaler", scaler_state), ("rng", rng)):
             if obj is not None: files += _write_state(d, name, obj)
         (d/"trainer.json").write_text(json.dumps({"format": FORMAT_VERSION, "step": step, **(trainer_state or {})}, default=_json_default))
         files.append("trainer.json")
         manifest = {"format": FORMAT_VERSION, "step": step, "created": time.time(),
                     "files": [{"path": f, "sha256": sha256_file(d/f), "size": (d/f).stat().st_size} for f in files]}
-        _fault("before-manifest")
+        fault_point("checkpoint", "before-manifest")
         (d/"MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     return target
 

@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +28,8 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREF
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
            'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
-           'environment_info', 'free_port', 'snake_case', 'is_import_path', 'import_object']
+           'environment_info', 'free_port', 'snake_case', 'is_import_path', 'import_object', 'fault_spec',
+           'fault_point']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -320,3 +322,20 @@ def import_object(path:str, key:str="import path"):
                               f"name a class or function defined in {module_name}")
         obj = getattr(obj, part)
     return obj
+
+# %% ../nbs/00_core.ipynb #800a16d0
+def fault_spec(area:str) -> tuple[str, int|None]|None:
+    "The test fault asked for in `area` by `TP_FAULT=<area>:<kind>[@N]`: (kind, N or None), or None."
+    spec = os.environ.get("TP_FAULT", "")
+    if not spec.startswith(f"{area}:"): return None
+    kind, _, n = spec[len(area) + 1:].partition("@")
+    return kind, int(n) if n else None
+
+_fault_hits: dict = {}
+
+def fault_point(area:str, name:str):
+    "Tests kill this process with SIGKILL here: `TP_FAULT=<area>:<name>` the first time it is reached, `<area>:<name>@N` the N-th."
+    spec = fault_spec(area)
+    if spec is None or spec[0] != name: return
+    _fault_hits[area, name] = _fault_hits.get((area, name), 0) + 1
+    if _fault_hits[area, name] == (spec[1] or 1): os.kill(os.getpid(), signal.SIGKILL)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (progress_disabled, EXIT_USAGE, DataError, atomic_write_json, fsync_dir, sha256_bytes, sha256_dir)
+from .core import (progress_disabled, EXIT_USAGE, DataError, atomic_write_json, fault_point, fsync_dir, sha256_bytes,
+                                    sha256_dir)
 from .data import (SPLITS, TASKS, DataLayout, ImageData, TabularData, class_distribution, column_statistics,
                                     content_hashes, dataset_version, drop_duplicates, images_from_folder,
                                     infer_image_schema, infer_tabular_schema, load_builtin, now_iso, read_image,
@@ -90,17 +91,13 @@ def swap_in(data_dir:Path, staged:Path, names):
     atomic_write_json(data_dir/JOURNAL, {"names": list(names), "existed": existed, "backup": backup.name})
     backup.mkdir()
     for n in existed: os.rename(data_dir/n, backup/n)
-    _fault_point("swap")
+    fault_point("prepare", "swap")
     for n in names:
         if (staged/n).exists(): os.rename(staged/n, data_dir/n)
     fsync_dir(data_dir)
     (data_dir/JOURNAL).unlink()  # the commit point
     fsync_dir(data_dir)
     shutil.rmtree(backup, ignore_errors=True); shutil.rmtree(staged, ignore_errors=True)
-
-def _fault_point(name:str):
-    "Tests kill the process here (TP_FAULT=prepare:<name>) to prove a crash loses nothing."
-    if os.environ.get("TP_FAULT") == f"prepare:{name}": os.kill(os.getpid(), 9)
 
 # %% ../nbs/02b_prepare.ipynb #06bed66c
 def _write_images(data:ImageData, positions:dict, staged:Path) -> tuple[set, set, dict]:
@@ -183,7 +180,7 @@ def prepare_data(data_dir:str|Path="data", dataset:str|None=None, source:str|Pat
         try:
             summary = _stage(data, positions, staged, data_dir, seed, val_fraction, test_fraction, data_hash, dropped,
                              dataset if source is None else None, source, preprocessing, strata)
-            _fault_point("staged")
+            fault_point("prepare", "staged")
             os.sync()  # everything staged is on disk before the swap makes it visible
             swap_in(data_dir, staged, DataLayout.MANAGED)
         except BaseException:

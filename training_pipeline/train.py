@@ -22,7 +22,7 @@ from .config import Config, load_config
 from .checkpoint import (CheckpointCallback, latest_good_checkpoint, list_checkpoints, load_checkpoint,
                                          restore_trainer, verify_checkpoint)
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
-                                    atomic_write, atomic_write_json, set_seed)
+                                    atomic_write, atomic_write_json, fault_spec, set_seed)
 from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
 from .models import is_pickle_file
 from .monitor import MonitorCallback
@@ -72,7 +72,7 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     cbs.append(MonitorCallback(config.alerts, store.id if store else "", store.dir if store else ""))  # on every process: a stop is shared
     if config.profile.enabled and store is not None:
         cbs.append(ProfilerCallback(config.profile, store.tensorboard_dir/"profile", store.artifacts_dir))
-    if os.environ.get("TP_FAULT", "").startswith("train:"): cbs.append(FaultInjection(os.environ["TP_FAULT"]))
+    if (fault := fault_spec("train")) is not None: cbs.append(FaultInjection(*fault))
     es = config.validation.early_stopping
     if es.enabled: cbs.append(EarlyStoppingCallback(es.monitor, es.mode, es.min_delta, es.patience))
     return cbs
@@ -226,9 +226,8 @@ class FaultInjection(Callback):
     "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, hang@S, sleep=SECONDS per batch (@S: from step S)."
     order = 90
     _fired = set()  # per process: a transient fault fires once, so the retry can succeed
-    def __init__(self, spec:str):
-        kind, _, arg = spec.removeprefix("train:").partition("@")
-        self.kind, self.step = kind, int(arg) if arg else None
+    def __init__(self, kind:str, step:int|None=None):  # core.fault_spec("train") parses TP_FAULT
+        self.kind, self.step = kind, step
         if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0: self.step = None  # a restarted group runs clean
         if kind.startswith("slowdata="): self.step = None
         self.sleep = float(kind.split("=")[1]) if kind.startswith("sleep=") else 0.0
