@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .callback.core import Callback
+from .callback.core import Callback, raised_by_callback
 from .callback.progress import ProgressCallback
 from .callback.tracker import EarlyStoppingCallback, NonFiniteLossCallback
-from .config import Config, load_config
-from .checkpoint import (CheckpointCallback, latest_good_checkpoint, list_checkpoints, load_checkpoint,
-                                         restore_trainer, verify_checkpoint)
+from .config import Config
+from .checkpoint import (CheckpointCallback, latest_good_checkpoint, load_checkpoint, restore_trainer,
+                                         verify_checkpoint)
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, fault_spec, set_seed)
 from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
@@ -213,8 +213,7 @@ TRANSIENT_PATTERNS = ("dataloader worker", "timed out", "timeout", "nccl", "gloo
 
 def is_transient(e:BaseException) -> bool:
     "Whether a failure is worth retrying from the last checkpoint."
-    from training_pipeline.callback.core import CallbackError
-    if isinstance(e, CallbackError) and e.__cause__ is not None: return is_transient(e.__cause__)  # raised inside a callback
+    e = raised_by_callback(e)
     if isinstance(e, (PipelineError, KeyboardInterrupt)): return False
     if isinstance(e, TransientError): return True
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)): return False
@@ -301,8 +300,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
             except BaseException as e:
                 run_dir = current.get("run_dir")
                 transient = is_transient(e)
-                from training_pipeline.callback.core import CallbackError
-                cause = e.__cause__ if isinstance(e, CallbackError) and e.__cause__ is not None else e
+                cause = raised_by_callback(e)
                 reason = f"{type(cause).__name__}: {cause}"
                 if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
                 # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)

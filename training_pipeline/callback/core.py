@@ -9,7 +9,7 @@ from ..core import PipelineError, snake_case
 
 # %% auto #0
 __all__ = ['EVENTS', 'CONTROL_FLOW', 'CancelBatchException', 'CancelTrainException', 'CancelValidateException',
-           'CancelEpochException', 'CancelFitException', 'CallbackError', 'Callback']
+           'CancelEpochException', 'CancelFitException', 'CallbackError', 'raised_by_callback', 'Callback']
 
 # %% ../../nbs/04_callback.core.ipynb #18901965
 EVENTS = ("before_fit", "before_epoch", "before_train", "before_batch", "after_transfer", "after_pred", "after_loss", "before_backward",
@@ -31,6 +31,10 @@ CONTROL_FLOW = (CancelBatchException, CancelTrainException, CancelValidateExcept
 
 class CallbackError(PipelineError):
     "A callback raised an unexpected exception."
+
+def raised_by_callback(e:BaseException) -> BaseException:
+    "What a callback raised, for the `CallbackError` wrapping it; any other exception as it is."
+    return e.__cause__ if isinstance(e, CallbackError) and e.__cause__ is not None else e
 
 # %% ../../nbs/04_callback.core.ipynb #a41d7353
 def _snake(name:str) -> str: return snake_case(name.removesuffix("Callback")) or "callback"
