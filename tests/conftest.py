@@ -3,6 +3,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,9 @@ def tp():
 
 def check_run_dir(run_dir):
     "Run shared/tools/check_run_dir.py (DESIGN.md's contract checker) on a run directory."
-    if not CHECK_RUN_DIR.exists(): pytest.skip(f"contract checker not found at {CHECK_RUN_DIR}")
+    if not CHECK_RUN_DIR.exists():  # a checkout away from shared/: the caller's other assertions still run
+        warnings.warn(f"contract checker not found at {CHECK_RUN_DIR}: run directories not checked against DESIGN.md")
+        return
     r = subprocess.run([sys.executable, str(CHECK_RUN_DIR), str(run_dir)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
