@@ -109,13 +109,12 @@ class ImageData:
 # %% ../nbs/02_data.ipynb #7ef2bd1c
 def _usage(what, where, fix): return DataError(what, str(where), fix, exit_code=EXIT_USAGE)
 
-def duplicate_columns(path:str|Path, df:pd.DataFrame|None=None) -> dict[str, int]:
-    "Column names the file's header repeats, with their counts; names are compared trimmed, as `tp prepare` trims them."
+def duplicate_columns(path:str|Path) -> dict[str, int]:
+    "Column names a CSV's header repeats, with their counts; names are compared trimmed, as `tp prepare` trims them."
     from collections import Counter
-    if Path(path).suffix.lower() in (".parquet", ".pq"): names = [] if df is None else list(map(str, df.columns))
-    else:  # pandas renames a repeated `a` to `a.1` without a word: read the header row as written
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            names = next((row for row in csv.reader(f) if row), [])
+    if Path(path).suffix.lower() in (".parquet", ".pq"): return {}  # pyarrow refuses repeated names itself (not readable)
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # the header row as written: pandas renames a repeat `a.1`
+        names = next((row for row in csv.reader(f) if row), [])
     return {n: k for n, k in Counter(n.strip() for n in names).items() if k > 1}
 
 def read_table(path:str|Path, allow_duplicate_columns:bool=False) -> pd.DataFrame:
@@ -129,7 +128,7 @@ def read_table(path:str|Path, allow_duplicate_columns:bool=False) -> pd.DataFram
         except Exception as e:
             raise _usage(f"not a readable Parquet file: {' '.join(str(e).split())[:120]}", path, "check the file") from None
     else: df = _read_csv(path)
-    if not allow_duplicate_columns and (dups := duplicate_columns(path, df)):
+    if not allow_duplicate_columns and (dups := duplicate_columns(path)):
         first = next(iter(dups))
         raise _usage(f"column name(s) repeated in the header: {', '.join(f'{n!r} ({k} times)' for n, k in dups.items())}", path,
                      f"rename or drop the repeats (pandas would silently read the second {first!r} as '{first}.1')")
