@@ -15,6 +15,7 @@ import pytest
 from conftest import CORPUS, TP, run_tp, tree_snapshot
 
 BAD = CORPUS / "data"
+HANG_GUARD_S = 60  # not a timing goal (benchmarks/ hold those): a bad input must not make a command spin
 
 
 def managed_snapshot(data_dir):
@@ -72,12 +73,15 @@ def test_image_defects_are_each_named(digits_copy):
     shutil.copy(BAD / "not_an_image.png", digits_copy / "processed/val/4/notes.png")  # text named .png
     train7 = next((digits_copy / "processed/train/7").glob("*.png"))
     shutil.copy(train7, digits_copy / "processed/test/7/leaked.png")              # leakage
+    shutil.copy(BAD / "bomb.png", digits_copy / "processed/val/5/bomb.png")      # 30000 x 30000 in 150 KB
     for f in (digits_copy / "processed/test/9").glob("*.png"): f.unlink()          # empty class folder
     code, report = validate_json(digits_copy)
     assert code == 1 and not report["valid"]
     found = {(i["check"], Path(i["file"]).name if i["file"] else None) for i in report["issues"]}
     assert ("unreadable_image", val3[0].name) in found
     assert ("unreadable_image", "notes.png") in found
+    bomb = next(i for i in report["issues"] if i["file"] and Path(i["file"]).name == "bomb.png")
+    assert bomb["message"] == "image of 900,000,000 pixels exceeds the limit of 89,478,485 (decompression bomb?)"
     assert ("empty_class", "9") in found
     assert any(i["check"] == "leakage" and i["split"] == "test" for i in report["issues"])
     assert any(i["check"] == "missing_class" and "9" in i["message"] for i in report["issues"])
@@ -169,21 +173,62 @@ BAD_PREPARE = {  # corpus file -> (target, exit code, text in the one error line
     "latin1.csv": ("label", 2, "not UTF-8 text"),
     "one_class.csv": ("label", 1, "target column 'label' has one class ('a')"),
     "tiny_ok.csv": ("lable", 2, "target column 'lable' not found (did you mean 'label'?)"),
+    "inf_feature.csv": ("label", 1, "non-finite value(s) (inf) in numeric column(s): 'alcohol' (1); the first in data row 6"),
+    "empty_column.csv": ("label", 1, "column(s) with no value in any row: 'notes'"),
+    "duplicate_header.csv": ("label", 2, "column name(s) repeated in the header: 'alcohol' (2 times)"),
 }
+BAD_VALIDATE = {  # corpus file -> the issue `tp validate --source` reports (check, column)
+    "inf_feature.csv": ("non_finite", "alcohol"),
+    "empty_column.csv": ("empty_column", "notes"),
+    "duplicate_header.csv": ("duplicate_columns", "alcohol"),
+}
+BAD_IMAGES = {  # corpus file -> what the one error line says about it
+    "not_an_image.png": "not an image file",
+    "truncated.png": "truncated image",
+    "bomb.png": "image of 900,000,000 pixels exceeds the limit of 89,478,485 (decompression bomb?)",
+}
+
+
+def test_every_data_corpus_file_is_covered():
+    covered = set(BAD_PREPARE) | set(BAD_VALIDATE) | set(BAD_IMAGES) | {"malformed_schema.json", "README.md"}
+    assert covered == {p.name for p in BAD.iterdir()}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_PREPARE))
 def test_bad_tables_leave_data_untouched(digits_copy, name):
     target, code, text = BAD_PREPARE[name]
     before = managed_snapshot(digits_copy)
-    r = run_tp("prepare", "--source", BAD / name, "--target", target, "--data-dir", digits_copy)
+    r = run_tp("prepare", "--source", BAD / name, "--target", target, "--data-dir", digits_copy, timeout=HANG_GUARD_S)
     assert r.returncode == code, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: ")
     assert text in r.stderr and name in r.stderr
     assert managed_snapshot(digits_copy) == before
 
 
-@pytest.mark.parametrize("bad", ["not_an_image.png", "truncated.png"])
+@pytest.mark.parametrize("name", sorted(BAD_VALIDATE))
+def test_bad_tables_are_named_by_validate(tmp_path, name):
+    check, column = BAD_VALIDATE[name]
+    before = tree_snapshot(BAD)
+    r = run_tp("validate", "--source", BAD / name, "--data-dir", tmp_path / "none", "--json", cwd=tmp_path, timeout=HANG_GUARD_S)
+    assert (r.returncode, r.stderr) == (1, "")  # invalid, and not a warning from numpy on the way
+    report = json.loads(r.stdout)
+    assert [(i["check"], i["column"], i["severity"]) for i in report["issues"]] == [(check, column, "error")]
+    assert tree_snapshot(BAD) == before and list(tmp_path.iterdir()) == []
+
+
+def test_validate_the_raw_splits_of_a_layout(digits_copy):
+    "The seed's `prepare_dataset.py --validate --data-dir data/raw`: the layout's schema is one level up."
+    before = managed_snapshot(digits_copy)
+    r = run_tp("validate", "--data-dir", digits_copy / "raw")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith(f"validated {digits_copy / 'raw'} (image): 1797 images") and "VALID: no issues" in r.stdout
+    shutil.rmtree(digits_copy / "metadata")
+    r = run_tp("validate", "--data-dir", digits_copy / "raw")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"error: schema not found ({digits_copy / 'metadata/schema.json'}): run `tp prepare` first, or pass --schema PATH"]
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_IMAGES))
 def test_bad_images_in_a_source_folder(digits_copy, tmp_path, bad):
     src = tmp_path / "imgs"
     for c in ("a", "b"):
@@ -191,9 +236,9 @@ def test_bad_images_in_a_source_folder(digits_copy, tmp_path, bad):
         for f in list((digits_copy / "processed/train" / ("1" if c == "a" else "2")).glob("*.png"))[:4]: shutil.copy(f, src / c)
     shutil.copy(BAD / bad, src / "b" / bad)
     before = managed_snapshot(digits_copy)
-    r = run_tp("prepare", "--source", src, "--data-dir", digits_copy)
+    r = run_tp("prepare", "--source", src, "--data-dir", digits_copy, timeout=HANG_GUARD_S)
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
-    assert bad in r.stderr and ("truncated" in r.stderr if bad == "truncated.png" else "not an image file" in r.stderr)
+    assert r.stderr.startswith("error: 1 unreadable image file(s): ") and f"{bad}: {BAD_IMAGES[bad]}" in r.stderr
     assert managed_snapshot(digits_copy) == before
 
 

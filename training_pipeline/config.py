@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -21,17 +22,18 @@ from .core import ConfigError, atomic_write, is_import_path, sha256_json, snake_
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
            'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES', 'RESUMABLE_CHANGES',
-           'MAX_CONFIG_BYTES', 'KEY_PATTERN', 'Section', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig',
-           'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice',
-           'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig',
-           'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged', 'metric_name', 'LossConfig',
-           'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig', 'CheckpointingConfig', 'WandbConfig',
-           'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig',
-           'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
-           'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
-           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config',
-           'cross_section_problems', 'SafeLoader', 'safe_load', 'did_you_mean', 'read_text_file', 'key_lines',
-           'parse_yaml', 'parse_override', 'apply_overrides', 'set_dotted', 'validate_config', 'locate', 'load_config']
+           'MAX_CONFIG_BYTES', 'MAX_YAML_NODES', 'MAX_YAML_DEPTH', 'KEY_PATTERN', 'Section', 'ExperimentConfig',
+           'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig',
+           'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig',
+           'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged',
+           'metric_name', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig',
+           'CheckpointingConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig',
+           'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule',
+           'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule',
+           'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig',
+           'ProfileConfig', 'Config', 'cross_section_problems', 'YAMLBudgetError', 'SafeLoader', 'safe_load',
+           'did_you_mean', 'read_text_file', 'key_lines', 'parse_yaml', 'read_yaml', 'parse_override',
+           'apply_overrides', 'set_dotted', 'validate_config', 'locate', 'load_config']
 
 # %% ../nbs/01_config.ipynb #5f314dcd
 class Section(BaseModel):
@@ -614,15 +616,53 @@ def cross_section_problems(raw:dict) -> list[tuple[str, str, str]]:
 
 # %% ../nbs/01_config.ipynb #553416cd
 MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # values a document may expand to through its aliases; a real config has a few hundred
+MAX_YAML_DEPTH = 100      # nesting levels; deeper would exhaust Python's recursion in the composer
+
+class YAMLBudgetError(yaml.MarkedYAMLError):
+    "A YAML document past the loader's budget (aliases, recursion or nesting); `note` says how to fix it."
 
 class SafeLoader(yaml.SafeLoader):
-    "yaml.SafeLoader that also reads 1e-3 / 5E+2 as floats (YAML 1.2); no other change."
+    "yaml.SafeLoader that also reads 1e-3 / 5E+2 as floats (YAML 1.2), within a node and depth budget; no other change."
+    max_nodes, max_depth = MAX_YAML_NODES, MAX_YAML_DEPTH
+
+    def compose_document(self):
+        self._expanded, self._depth = 0, 0
+        return super().compose_document()
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)  # an undefined alias is the composer's own error
+            if node is not None:
+                if not hasattr(node, "expanded"):
+                    raise YAMLBudgetError(None, None, f"recursive alias *{event.anchor} (it refers to a value that contains it)",
+                                          event.start_mark, "remove the alias: a config is a tree")
+                self._count(node.expanded, event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > self.max_depth:
+            raise YAMLBudgetError(None, None, f"values nested more than {self.max_depth} levels deep",
+                                  self.peek_event().start_mark, "flatten the structure: a config has a few levels")
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+                   node.value if isinstance(node, yaml.SequenceNode) else []
+        node.expanded = 1 + sum(child.expanded for child in children)  # this value with every alias in it expanded
+        self._count(1, node.start_mark)
+        return node
+
+    def _count(self, n:int, mark):
+        self._expanded += n
+        if self._expanded > self.max_nodes:
+            raise YAMLBudgetError(None, None, f"aliases expand the document past {self.max_nodes:,} values ('billion laughs'?)", mark,
+                                  "write the values out instead of nesting aliases: a config needs a few hundred")
 
 SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 def safe_load(text:str):
-    "yaml.safe_load with YAML 1.2 floats."
+    "yaml.safe_load with YAML 1.2 floats and the node budget of `SafeLoader` (`YAMLBudgetError` past it)."
     return yaml.load(text, Loader=SafeLoader)
 
 def did_you_mean(word:str, choices) -> str:
@@ -681,6 +721,8 @@ def parse_yaml(text:str, path:str="<string>") -> tuple[Any, dict]:
         tag = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "unknown"
         raise ConfigError(f"unsupported YAML tag {tag}", _where(path, e.problem_mark),
                           "only plain YAML values are allowed (mappings, lists, strings, numbers, booleans); remove the tag") from None
+    except YAMLBudgetError as e:
+        raise ConfigError(e.problem, _where(path, e.problem_mark), e.note) from None
     except yaml.reader.ReaderError as e:
         raise ConfigError(f"not a YAML text file: character {e.character!r} at position {e.position}", path,
                           "binary files are not configs") from None
@@ -691,6 +733,11 @@ def parse_yaml(text:str, path:str="<string>") -> tuple[Any, dict]:
     except yaml.YAMLError as e:
         raise ConfigError(f"YAML error: {_one_line(e)}", path, "fix the YAML") from None
     return data, lines
+
+# %% ../nbs/01_config.ipynb #4296ae0d
+def read_yaml(path:str|Path, what:str="config") -> Any:
+    "The value of a small YAML file read like a config (bounded, safe, duplicate keys refused); `ConfigError` naming the file."
+    return parse_yaml(read_text_file(path, what), str(path))[0]
 
 # %% ../nbs/01_config.ipynb #83042add
 KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -768,12 +815,17 @@ def _short(key:str) -> str:
 
 def _num(v): return int(v) if isinstance(v, float) and v.is_integer() else v
 
+_SHORT_REPR = reprlib.Repr()  # an error line stays one readable line, whatever the value
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60; _SHORT_REPR.maxlist, _SHORT_REPR.maxlevel = 5, 1
+
+def _shown(v) -> str: return "a mapping" if isinstance(v, dict) else _SHORT_REPR.repr(v)
+
 def _describe(err:dict, raw:dict) -> tuple[str, str, str]:
     "(dotted key, what, fix) for one pydantic error."
     key, _ = _dotted(err["loc"], raw)
     name = _short(key)
     kind, ctx, given = err["type"], {k: _num(v) for k, v in (err.get("ctx") or {}).items()}, err.get("input")
-    shown = repr(given) if not isinstance(given, dict) else "a mapping"
+    shown = _shown(given)
     last = str(err["loc"][-1]) if err["loc"] else ""
     if kind == "extra_forbidden":
         parent = _parent_model(err["loc"], raw)

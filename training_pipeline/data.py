@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,14 +23,14 @@ from .config import did_you_mean
 from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, sha256_bytes, sha256_file
 
 # %% auto #0
-__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',
+__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'MAX_IMAGE_PIXELS', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',
            'TEXT_MIN_DISTINCT_RATIO', 'TEXT_MIN_WORDS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'QUANTILES',
-           'SPLIT_IDENTITY', 'DataLayout', 'TabularData', 'ImageSample', 'ImageData', 'read_table', 'is_numeric',
-           'infer_task', 'check_target', 'tabular_from_file', 'read_image', 'write_png', 'scan_image_folder',
-           'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates', 'stratified_split',
-           'quantile_bins', 'split_positions', 'text_profile', 'is_free_text', 'text_columns', 'infer_tabular_schema',
-           'infer_image_schema', 'load_schema', 'column_statistics', 'target_statistics', 'class_distribution',
-           'dataset_version', 'now_iso']
+           'SPLIT_IDENTITY', 'DataLayout', 'TabularData', 'ImageSample', 'ImageData', 'duplicate_columns', 'read_table',
+           'is_numeric', 'infer_task', 'check_target', 'check_features', 'tabular_from_file', 'read_image', 'write_png',
+           'scan_image_folder', 'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates',
+           'stratified_split', 'quantile_bins', 'split_positions', 'text_profile', 'is_free_text', 'text_columns',
+           'infer_tabular_schema', 'infer_image_schema', 'load_schema', 'column_statistics', 'target_statistics',
+           'class_distribution', 'dataset_version', 'now_iso']
 
 # %% ../nbs/02_data.ipynb #d402700d
 SPLITS = ("train", "val", "test")
@@ -108,16 +109,32 @@ class ImageData:
 # %% ../nbs/02_data.ipynb #7ef2bd1c
 def _usage(what, where, fix): return DataError(what, str(where), fix, exit_code=EXIT_USAGE)
 
-def read_table(path:str|Path) -> pd.DataFrame:
-    "Read a CSV or Parquet file; raise `DataError` with a clear line when it can't be used."
+def duplicate_columns(path:str|Path) -> dict[str, int]:
+    "Column names a CSV's header repeats, with their counts; names are compared trimmed, as `tp prepare` trims them."
+    from collections import Counter
+    if Path(path).suffix.lower() in (".parquet", ".pq"): return {}  # pyarrow refuses repeated names itself (not readable)
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # the header row as written: pandas renames a repeat `a.1`
+        names = next((row for row in csv.reader(f) if row), [])
+    return {n: k for n, k in Counter(n.strip() for n in names).items() if k > 1}
+
+def read_table(path:str|Path, allow_duplicate_columns:bool=False) -> pd.DataFrame:
+    "Read a CSV or Parquet file; raise `DataError` with a clear line when it can't be used (or repeats a column name, unless allowed)."
     path = Path(path)
     if not path.exists(): raise _usage("file not found", path, "check the path")
     if path.is_dir(): raise _usage("expected a file, got a directory", path, "give a CSV or Parquet file")
     if path.stat().st_size == 0: raise _usage("file is empty", path, "give a file with a header row and data rows")
     if path.suffix.lower() in (".parquet", ".pq"):
-        try: return pd.read_parquet(path)
+        try: df = pd.read_parquet(path)
         except Exception as e:
             raise _usage(f"not a readable Parquet file: {' '.join(str(e).split())[:120]}", path, "check the file") from None
+    else: df = _read_csv(path)
+    if not allow_duplicate_columns and (dups := duplicate_columns(path)):
+        first = next(iter(dups))
+        raise _usage(f"column name(s) repeated in the header: {', '.join(f'{n!r} ({k} times)' for n, k in dups.items())}", path,
+                     f"rename or drop the repeats (pandas would silently read the second {first!r} as '{first}.1')")
+    return df
+
+def _read_csv(path:Path) -> pd.DataFrame:
     head = path.read_bytes()[:65536]
     try: head.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -191,24 +208,55 @@ def check_target(df:pd.DataFrame, target:str, where:str, task:str="auto") -> tup
                         "a classifier needs at least two classes: check --target or the data")
     return task, why
 
+def _names(cols) -> str: return ", ".join(repr(str(c)) for c in cols[:5]) + (f" and {len(cols) - 5} more" if len(cols) > 5 else "")
+
+def check_features(df:pd.DataFrame, target:str, where:str):
+    "`DataError` (exit 1) for feature columns no preprocessing can use: empty in every row, or holding inf."
+    empty = [c for c in df.columns if c != target and df[c].isna().all()]
+    if empty:
+        trailing = " (a comma at the end of every line makes such a column)" if any(str(c).startswith("Unnamed:") for c in empty) else ""
+        raise DataError(f"column(s) with no value in any row: {_names(empty)}{trailing}", where,
+                        "drop them from the file: they carry nothing to learn from")
+    bad = {c: n for c in df.columns if c != target and is_numeric(df[c]) and (n := int(np.isinf(df[c].astype(float)).sum()))}
+    if bad:
+        counts = ", ".join(f"{c!r} ({n})" for c, n in list(bad.items())[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        first = next(iter(bad)); row = int(np.flatnonzero(np.isinf(df[first].astype(float)))[0])
+        raise DataError(f"non-finite value(s) (inf) in numeric column(s): {counts}; the first in data row {row + 1}", where,
+                        "replace them with empty cells (missing values are imputed) or drop those rows")
+
 def tabular_from_file(path:str|Path, target:str|None, task:str="auto") -> TabularData:
     "Read a CSV/Parquet file with its target column; `task` auto|classification|regression."
     if not target: raise _usage("a table needs its label column", str(path), "add --target COL")
     df = read_table(path)
     task, why = check_target(df, target, str(path), task)
+    check_features(df, target, str(path))
     return TabularData(Path(path).stem, df, target, task=task, task_reason=why)
 
 # %% ../nbs/02_data.ipynb #b027af6a
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (~256 MiB as RGB); a larger image is refused as a decompression bomb
+
+def _bomb(path, pixels:int|None) -> DataError:
+    size = f"of {pixels:,} pixels" if pixels else "whose size"
+    return DataError(f"image {size} exceeds the limit of {MAX_IMAGE_PIXELS:,} (decompression bomb?)", str(path),
+                     "remove it or replace it with a downscaled image")
+
 def read_image(path:str|Path) -> tuple[np.ndarray, str]:
     "Decode an image fully; return (uint8 pixels, PIL mode). Raises `DataError` naming the file."
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves, below
+            img = Image.open(path)  # the header only: nothing is decoded yet
+        with img:
+            if img.width * img.height > MAX_IMAGE_PIXELS: raise _bomb(path, img.width * img.height)
             img.load()
             mode = img.mode
             if mode not in ("L", "RGB"):  # palette, bilevel, 16-bit, alpha ...: one of the two modes models take
                 mode = "L" if mode in ("1", "LA", "I", "I;16", "F") else "RGB"
                 img = img.convert(mode)
             return np.asarray(img, dtype=np.uint8).copy(), mode
+    except Image.DecompressionBombError as e:  # PIL's own check in `open` (past twice its limit, if someone lowered it)
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _bomb(path, int(pixels.group(1)) if pixels else None) from None
     except UnidentifiedImageError:
         raise DataError("not an image file", str(path), "remove it or replace it with a real image") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -48,12 +48,12 @@ class RunData:
 
 def load_run(run_dir:str|Path) -> RunData:
     "Read run.json, config.yaml, metrics.jsonl, events.jsonl, checkpoints/index.json and artifacts/*.json."
-    import yaml
+    from training_pipeline.config import read_yaml
     run_dir = Path(run_dir)
     if not (run_dir/"run.json").is_file():
         raise UsageError("not a run directory (no run.json)", str(run_dir), "give runs/<experiment>/<run_id>")
     meta = json.loads((run_dir/"run.json").read_text())
-    config = yaml.safe_load((run_dir/"config.yaml").read_text()) if (run_dir/"config.yaml").exists() else {}
+    config = read_yaml(run_dir/"config.yaml", "run config") if (run_dir/"config.yaml").exists() else {}
     metrics = pd.DataFrame(read_jsonl(run_dir/"metrics.jsonl"))
     index_path = run_dir/"checkpoints"/"index.json"
     artifacts = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir/"artifacts").glob("*.json"))}
@@ -715,11 +715,11 @@ def sweep(config:str|Path, params:list[str], parallel:int=1, out_dir:str|Path|No
 
 def _runs_by_point(runs_dir, experiment, results) -> None:
     "Attach to each point the run whose config says it belongs to that point."
-    import yaml
+    from training_pipeline.config import read_yaml
     from training_pipeline.tracking import run_dirs
     by_name = {}
     for d in run_dirs(runs_dir, experiment):
-        desc = (yaml.safe_load((d/"config.yaml").read_text()).get("experiment") or {}).get("description", "")
+        desc = (read_yaml(d/"config.yaml", "run config").get("experiment") or {}).get("description", "")
         if desc.startswith("sweep point "): by_name[desc.removeprefix("sweep point ")] = d
     for r in results:
         if r["point"] in by_name: r["run_dir"] = str(by_name[r["point"]])

@@ -285,10 +285,10 @@ def flatten_dict(d:dict, prefix:str="") -> dict:
 def compare_runs(refs, runs_dir:str|Path="runs") -> dict:
     "{'config': keys whose values differ (rows) by run (columns), 'metrics': final metrics by run, 'dirs': run dirs}."
     import pandas as pd
-    import yaml
+    from training_pipeline.config import read_yaml
     dirs = [find_run(r, runs_dir) for r in refs]
     names = [d.name for d in dirs]
-    configs = {n: flatten_dict(yaml.safe_load((d/"config.yaml").read_text())) for n, d in zip(names, dirs)}
+    configs = {n: flatten_dict(read_yaml(d/"config.yaml", "run config")) for n, d in zip(names, dirs)}
     keys = sorted(set().union(*configs.values()))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1]
     config = pd.DataFrame({n: [configs[n].get(k) for k in differ] for n in names}, index=pd.Index(differ, name="config key"))

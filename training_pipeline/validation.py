@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from .core import progress_disabled, EXIT_USAGE, DataError
-from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, is_free_text, is_numeric, load_schema, read_image,
+from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, duplicate_columns, is_free_text, is_numeric, load_schema, read_image,
                                     read_table, scan_image_folder, text_profile)
 
 # %% auto #0
-__all__ = ['Issue', 'ValidationReport', 'check_frame', 'DataValidator', 'drift_issues', 'feature_columns', 'leakage_issues',
-           'text_issues', 'check_tables', 'image_table', 'check_images', 'validate_data']
+__all__ = ['Issue', 'ValidationReport', 'table_defects', 'duplicate_column_issues', 'check_frame', 'DataValidator',
+           'drift_issues', 'feature_columns', 'leakage_issues', 'text_issues', 'check_tables', 'image_table',
+           'check_images', 'locate_splits', 'validate_data']
 
 # %% ../nbs/02c_validation.ipynb #f81abbd9
 @dataclass
@@ -83,21 +84,39 @@ def _dtype_ok(expected:str, actual:str) -> bool:
     widen = {("float64", "int64"), ("float32", "int64"), ("float64", "int32"), ("float64", "float32")}
     return (expected, actual) in widen or ({expected, actual} <= {"object", "str", "string"})
 
-def check_frame(df:pd.DataFrame, schema:dict, split:str|None=None) -> list[Issue]:
-    "Schema checks on one table: columns, dtypes, nulls, non-finite numbers, ranges, categories, uniqueness."
+def table_defects(df:pd.DataFrame, split:str|None=None, train:pd.DataFrame|None=None) -> list[Issue]:
+    "Checks that need no schema: columns empty in every row, non-finite numbers. A column empty here but filled in `train` is a warning."
+    issues = []
+    for col in df.columns:
+        if len(df) and df[col].isna().all():
+            filled = train is not None and col in train.columns and train[col].notna().any()
+            issues.append(Issue("empty_column", f"column has no value in any of the {len(df)} rows" +
+                                (" (train has values: imputed)" if filled else ": it carries nothing; drop it"),
+                                split, str(col), count=len(df), severity="warning" if filled else "error"))
+        elif is_numeric(df[col]) and (n := int(np.isinf(df[col].astype(float)).sum())):
+            issues.append(Issue("non_finite", f"{n} non-finite value(s) (inf) in a numeric column: features or losses become NaN", split, str(col), count=n))
+    return issues
+
+def duplicate_column_issues(path:str|Path, split:str|None=None) -> list[Issue]:
+    "A column name the file's header repeats (pandas reads the repeat as `a.1`)."
+    return [Issue("duplicate_columns", f"column name repeated {k} times in the header (read as {name!r}, {name + '.1'!r} ...)", split, name, str(path), count=k)
+            for name, k in duplicate_columns(path).items()]
+
+def check_frame(df:pd.DataFrame, schema:dict, split:str|None=None, train:pd.DataFrame|None=None) -> list[Issue]:
+    "Schema checks on one table: columns, dtypes, nulls, empty columns, non-finite numbers, ranges, categories, uniqueness."
     issues = []
     missing = [c for c in schema["required_columns"] if c not in df.columns]
     if missing: issues.append(Issue("missing_columns", f"missing column(s): {', '.join(map(str, missing))}", split, count=len(missing)))
     for col, expected in schema["dtypes"].items():
         if col in df.columns and not _dtype_ok(expected, str(df[col].dtype)):
             issues.append(Issue("dtype", f"type mismatch: expected {expected}, got {df[col].dtype}", split, col))
+    defects = table_defects(df, split, train)
+    empty = {i.column for i in defects if i.check == "empty_column"}  # reported once, not also as nulls
     nulls = df.isna().sum()
     for col in schema["non_nullable"]:
-        if col in df.columns and nulls[col] > 0:
+        if col in df.columns and col not in empty and nulls[col] > 0:
             issues.append(Issue("nulls", f"{nulls[col]} null value(s) in a non-nullable column", split, col, count=int(nulls[col])))
-    for col in df.columns:
-        if is_numeric(df[col]) and (n := int(np.isinf(df[col].astype(float)).sum())):
-            issues.append(Issue("non_finite", f"{n} non-finite value(s) (inf) in a numeric column: features or losses become NaN", split, str(col), count=n))
+    issues += defects
     for col, c in schema.get("constraints", {}).items():
         if col not in df.columns or not is_numeric(df[col]): continue
         values = df[col][np.isfinite(df[col].astype(float))]  # an inf is reported once, as non_finite
@@ -160,8 +179,9 @@ def drift_issues(train:pd.DataFrame, other:pd.DataFrame, split:str, columns:list
     for col in columns:
         if col not in train.columns or col not in other.columns: continue
         a, b = train[col].dropna(), other[col].dropna()
-        if len(a) < 2 or len(b) < 2: continue
         numeric = is_numeric(a) and is_numeric(b)
+        if numeric: a, b = a[np.isfinite(a.astype(float))], b[np.isfinite(b.astype(float))]  # an inf is reported as non_finite
+        if len(a) < 2 or len(b) < 2: continue
         ca, cb, k = _codes(a, b, numeric, drift_cfg.bins)
         pa, pb = _counts(ca, cb, k)
         distance = _js if numeric else _linf
@@ -216,7 +236,7 @@ def check_tables(frames:dict[str, pd.DataFrame], schema:dict, drift_cfg, seed:in
     issues = []
     for split, df in frames.items():
         if len(df) == 0: issues.append(Issue("empty_split", "split has no rows", split)); continue
-        issues += check_frame(df, schema, split)
+        issues += check_frame(df, schema, split, frames.get("train") if split != "train" else None)
         target, classes = schema.get("target"), schema.get("classes") or []
         if target in df.columns and classes and _classifier(schema):
             absent = sorted(set(map(str, classes)) - set(df[target].dropna().astype(str)))
@@ -282,24 +302,32 @@ def _default_drift():
     from training_pipeline.config import DriftConfig
     return DriftConfig()
 
+def locate_splits(data_dir:str|Path) -> tuple[DataLayout, str]:
+    "(layout, stage) of a data dir: its processed splits, or — given a layout's `raw/` or `processed/` folder — that folder's splits."
+    d = Path(data_dir)
+    inside = d.name in ("raw", "processed") and not (d/"metadata").exists() and any((d/s).is_dir() for s in SPLITS)
+    return (DataLayout(d.parent), d.name) if inside else (DataLayout(d), "processed")
+
 def validate_data(data_dir:str|Path="data", schema_path:str|Path|None=None, source:str|Path|None=None, drift=None, seed:int=0) -> ValidationReport:
-    "Validate the processed splits (or `source`) and return the report; `DataError` (exit 2) when input is unusable."
+    "Validate the processed splits (or the raw ones: `data_dir` = data/raw; or `source`) and return the report; `DataError` (exit 2) when input is unusable."
     from training_pipeline.prepare import recover_data_dir
-    layout, drift = DataLayout(data_dir), drift or _default_drift()
+    (layout, stage), drift = locate_splits(data_dir), drift or _default_drift()
     if source is None and not layout.root.is_dir():
         raise DataError("data dir not found", str(layout.root), "run `tp prepare` first, or pass --data-dir", exit_code=EXIT_USAGE)
     if layout.root.is_dir(): recover_data_dir(layout.root)
     schema_file = Path(schema_path) if schema_path else layout.schema_path
     schema = load_schema(schema_file) if (schema_path or source is None or schema_file.exists()) else None
     if source is not None: return _validate_source(Path(source), schema, layout, drift, seed)
-    report = ValidationReport(source=str(layout.processed), kind=schema.get("type", "tabular"))
+    report = ValidationReport(source=str(layout.root/stage), kind=schema.get("type", "tabular"))
     if report.kind == "image":
-        report.issues, report.splits = check_images({s: layout.split_dir(s) for s in SPLITS}, schema, drift, seed)
+        report.issues, report.splits = check_images({s: layout.split_dir(s, stage) for s in SPLITS}, schema, drift, seed)
     else:
         frames = {}
         for s in SPLITS:
-            f = layout.split_dir(s)/"data.csv"
-            if f.exists(): frames[s] = read_table(f)
+            f = layout.split_dir(s, stage)/"data.csv"
+            if f.exists():
+                frames[s] = read_table(f, allow_duplicate_columns=True)
+                report.issues += duplicate_column_issues(f, s)
             else: report.issues.append(Issue("empty_split", "split is missing (no data.csv)", s, file=str(f)))
         report.issues += check_tables(frames, schema, drift, seed)
         report.splits = {s: len(f) for s, f in frames.items()}
@@ -319,14 +347,16 @@ def _validate_source(source:Path, schema:dict|None, layout:DataLayout, drift, se
         issues = [i for i in issues if i.split != "train" or i.check in ("leakage", "drift")]  # train itself is `tp validate`'s job
         splits.pop("train", None) if name != "train" else None
         return ValidationReport(issues, splits, sum(splits.values()), 0, str(source), "image")
-    df = read_table(source)
-    issues = []
+    df = read_table(source, allow_duplicate_columns=True)
+    issues = duplicate_column_issues(source, name)
+    train_csv = layout.split_dir("train")/"data.csv"
+    train = read_table(train_csv, allow_duplicate_columns=True) if schema is not None and train_csv.exists() else None
     if len(df) == 0: issues.append(Issue("empty_split", "no data rows", name, file=str(source)))
-    elif schema is not None:
-        issues += check_frame(df, schema, name) + text_issues(df, schema, name)
-        train_csv = layout.split_dir("train")/"data.csv"
-        if train_csv.exists():
-            frames = {"train": read_table(train_csv), name: df}
+    elif schema is None: issues += table_defects(df, name)
+    else:
+        issues += check_frame(df, schema, name, train) + text_issues(df, schema, name)
+        if train is not None:
+            frames = {"train": train, name: df}
             issues += leakage_issues(frames, feature_columns(schema, frames))
             text = set(schema.get("text_columns") or [])
             issues += drift_issues(frames["train"], df, name, [c for c in feature_columns(schema, frames) if c not in text], drift, seed)
