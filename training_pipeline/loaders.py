@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
@@ -21,9 +23,12 @@ from .data import IMAGE_EXTENSIONS, SPLITS, DataLayout, load_schema, read_image,
 from .preprocess import ImagePreprocessor, TabularPreprocessor
 
 # %% auto #0
-__all__ = ['TensorCache', 'split_fingerprint', 'image_tensor', 'read_image_split', 'ArrayDataset', 'collate_batches',
-           'ResumableSampler', 'seed_worker', 'stop_workers', 'resumable_loader', 'DataBundle', 'build_data',
-           'user_dataset_version', 'user_data', 'user_bundle']
+__all__ = ['TABLE_CHUNK_ROWS', 'TABLE_FIT_ROWS', 'STAT_SAMPLES', 'TensorCache', 'split_fingerprint', 'image_tensor',
+           'decode_image_file', 'image_files', 'read_image_split', 'data_placement', 'table_file', 'table_rows',
+           'table_chunks', 'ArrayDataset', 'collate_batches', 'ResumableSampler', 'seed_worker', 'stop_workers',
+           'resumable_loader', 'DataBundle', 'build_data', 'SampleError', 'StreamedImages', 'fit_streamed',
+           'fit_table_sample', 'StreamedTable', 'write_table_rows', 'streamed_table', 'user_dataset_version',
+           'user_data', 'user_bundle']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -69,21 +74,97 @@ def image_tensor(pixels:np.ndarray, channels:int) -> torch.Tensor:
         pixels = np.repeat(pixels, channels, 2) if pixels.shape[2] == 1 else pixels.mean(2, keepdims=True).astype(np.uint8)
     return torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(2, 0, 1).unsqueeze(0)  # copies only if read-only
 
+def decode_image_file(path:str|Path, channels:int) -> torch.Tensor:
+    """(1, channels, H, W) uint8 pixels of an image file. PNGs go through torchvision's decoder (faster on small images, the
+    same pixels); other formats, other modes (alpha, 16-bit) and any failure go through `read_image`, which converts them as
+    it always did and names the file in a `DataError`."""
+    if str(path).lower().endswith(".png"):
+        from torchvision.io import ImageReadMode, decode_image
+        try:
+            data = Path(path).read_bytes()
+            # IHDR: 8-bit gray (colour type 0) or RGB (2); palette, alpha and 16-bit images convert differently in PIL
+            if data[24:26] in (b"\x08\x00", b"\x08\x02"):
+                x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
+                if x.shape[0] in (1, 3): return image_tensor(x.permute(1, 2, 0).numpy(), channels)
+        except (RuntimeError, OSError): pass  # read_image says what is wrong with it
+    return image_tensor(read_image(path)[0], channels)
+
+def image_files(split_dir:Path, classes:list) -> list[tuple[Path, int]]:
+    "(path, class index) of a split's images, in a fixed order (class, then path); `DataError` when there are none."
+    files = [(p, i) for i, c in enumerate(classes) if (split_dir/c).is_dir()
+             for p in sorted((split_dir/c).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files: raise DataError("no images", str(split_dir), "run `tp prepare`, or check data.*_dir in the config", exit_code=EXIT_USAGE)
+    return files
+
 def read_image_split(split_dir:Path, classes:list, pre:ImagePreprocessor) -> dict[str, torch.Tensor]:
     "All images of a split as uint8 (N, C, H, W) after `pre.prepare`, with integer labels."
     from tqdm.auto import tqdm
-    index = {c: i for i, c in enumerate(classes)}
-    images, labels = [], []
-    files = [(p, c) for c in classes if (split_dir/c).is_dir()
-             for p in sorted((split_dir/c).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    for path, c in tqdm(files, desc=f"decoding {split_dir.name}", disable=progress_disabled(), leave=False):
-        images.append(pre.prepare(image_tensor(read_image(path)[0], pre.channels)))
-        labels.append(index[c])
-    if not images: raise DataError("no images", str(split_dir), "run `tp prepare`, or check data.*_dir in the config", exit_code=EXIT_USAGE)
+    files = image_files(split_dir, classes)
+    images = [pre.prepare(decode_image_file(path, pre.channels))
+              for path, _ in tqdm(files, desc=f"decoding {split_dir.name}", disable=progress_disabled(), leave=False)]
     shapes = {tuple(t.shape[-2:]) for t in images}
     if len(shapes) > 1:
         raise DataError(f"images have different sizes {sorted(shapes)[:3]}", str(split_dir), "set data.transforms.resize: [height, width]", exit_code=EXIT_USAGE)
-    return {"images": torch.cat(images), "labels": torch.tensor(labels, dtype=torch.int64)}
+    return {"images": torch.cat(images), "labels": torch.tensor([label for _, label in files], dtype=torch.int64)}
+
+# %% ../nbs/02d_loaders.ipynb #93764a88
+def _mib(n:int) -> str: return f"{n / 2**20:,.1f} MiB"
+
+def data_placement(data_cfg, decoded:dict[str, int]) -> dict:
+    """Whether the splits stay in memory or are streamed, and why, from `data.in_memory`, `data.memory_budget_mb` and the
+    splits' estimated decoded sizes in bytes (split -> bytes). Says it in one line on the project's logger."""
+    total, budget = sum(decoded.values()), data_cfg.memory_budget_mb
+    if data_cfg.in_memory == "auto":
+        streamed = total > budget * 2**20
+        reason = f"decoded {_mib(total)} {'>' if streamed else '<='} data.memory_budget_mb {budget:g}"
+    else:
+        streamed = data_cfg.in_memory is False
+        reason = f"data.in_memory: {str(data_cfg.in_memory).lower()}; decoded {_mib(total)}"
+    import logging
+    logging.getLogger("training_pipeline").info(f"data: {'streaming' if streamed else 'in memory'} {'/'.join(decoded)} ({reason})")
+    return {"streamed": streamed, "splits": list(decoded), "decoded_bytes": total, "memory_budget_mb": budget, "reason": reason}
+
+def _image_shape(files:list, pre:ImagePreprocessor) -> tuple[int, int, int]:
+    "(C, H, W) of a split's images after `pre.prepare`: the resize, else the first image's size (its header only)."
+    if pre.size is not None: return (pre.channels, *pre.size)
+    from PIL import Image
+    try:
+        with Image.open(files[0][0]) as img: w, h = img.size
+    except OSError: h, w = pre.prepare(decode_image_file(files[0][0], pre.channels)).shape[-2:]  # read_image names a bad file
+    return (pre.channels, h, w)
+
+# %% ../nbs/02d_loaders.ipynb #b1c31575
+TABLE_CHUNK_ROWS = 16_384  # rows read, preprocessed and written at a time when a table is streamed
+TABLE_FIT_ROWS = 100_000   # a streamed train table beyond this fits its preprocessing on a seeded sample of this many rows
+
+def table_file(split_dir:Path) -> Path:
+    "A split's table: `data.parquet` when there is one (read by row groups), else `data.csv`."
+    return split_dir/"data.parquet" if (split_dir/"data.parquet").exists() else split_dir/"data.csv"
+
+def table_rows(path:Path) -> int:
+    "The number of data rows of a CSV (counted in 1 MiB blocks: quoted line breaks make it an estimate) or Parquet file."
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, "rb") as f: lines = sum(block.count(b"\n") for block in iter(lambda: f.read(2**20), b""))
+    return max(lines - 1, 0)
+
+def table_chunks(path:Path, schema:dict, rows:int=TABLE_CHUNK_ROWS):
+    """DataFrames of up to `rows` rows, in file order, never the whole table: Parquet by record batches, CSV through
+    pandas' chunked reader with the feature columns' types pinned from the schema (numbers as float64, the rest as text),
+    so no chunk guesses a column's type differently from the others; the preprocessing casts numbers to float64 anyway."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows): yield batch.to_pandas()
+        return
+    numeric = ("int", "uint", "float", "Int", "UInt", "Float")
+    skip = {schema.get("target"), *schema.get("text_columns", [])}
+    dtypes = {c: ("float64" if str(t).startswith(numeric) else "str") for c, t in schema.get("dtypes", {}).items() if c not in skip}
+    try:
+        yield from pd.read_csv(path, chunksize=rows, dtype=dtypes, encoding="utf-8", encoding_errors="strict")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise DataError(f"cannot read it in chunks: {' '.join(str(e).split())[:160]}", str(path), "run `tp validate` and fix the file",
+                        exit_code=EXIT_USAGE) from None
 
 # %% ../nbs/02d_loaders.ipynb #6d0f2ab9
 class ArrayDataset(Dataset):
@@ -215,12 +296,13 @@ class DataBundle:
     "Everything training needs from the data."
     kind: str                       # image | tabular
     classes: list
-    datasets: dict                  # split -> ArrayDataset
+    datasets: dict                  # split -> ArrayDataset (in memory), StreamedImages or StreamedTable (streamed)
     preprocessor: object            # ImagePreprocessor | TabularPreprocessor (fitted)
     dataset_version: str
     input_shape: tuple              # one sample: (C, H, W) or (features,)
     schema: dict = field(default_factory=dict)
     task: str = "classification"   # what the data was prepared for: classification (y: class indices) | regression (y: float32)
+    placement: dict = field(default_factory=dict)  # in memory or streamed, and why (`data_placement`); empty for your own datasets
 
     @property
     def num_classes(self) -> int: return len(self.classes)
@@ -261,6 +343,11 @@ def _cached(store, parts:dict, build):
 
 def _image_bundle(schema, version, dirs, config, store) -> DataBundle:
     pre = ImagePreprocessor.from_config(schema, config.data.transforms)
+    files = {s: image_files(d, schema["classes"]) for s, d in dirs.items()}
+    shape = _image_shape(files["train"], pre)
+    # held in memory, a split is normalized float32: 4 bytes a value
+    placement = data_placement(config.data, {s: len(f) * math.prod(shape) * 4 for s, f in files.items()})
+    if placement["streamed"]: return _streamed_image_bundle(schema, version, dirs, files, config, pre, shape, placement)
     tensors = {s: _cached(store, {"v": version, "t": pre.cache_key, "split": s, "fp": split_fingerprint(d), "kind": "image"},
                           lambda d=d: read_image_split(d, schema["classes"], pre)) for s, d in dirs.items()}
     pre.fit(tensors["train"]["images"])
@@ -271,10 +358,30 @@ def _image_bundle(schema, version, dirs, config, store) -> DataBundle:
             datasets[s] = ArrayDataset(t["images"], t["labels"], augment=augment, batch_transform=pre.normalize)
         else:  # nothing random: normalize the whole split once
             datasets[s] = ArrayDataset(pre.normalize(t["images"]), t["labels"])
-    return DataBundle("image", schema["classes"], datasets, pre, version, tuple(tensors["train"]["images"].shape[1:]), schema)
+    return DataBundle("image", schema["classes"], datasets, pre, version, tuple(tensors["train"]["images"].shape[1:]), schema,
+                      placement=placement)
+
+def _streamed_image_bundle(schema, version, dirs, files, config, pre, shape, placement) -> DataBundle:
+    "Per-sample decoding of every split; normalization fitted on (a seeded sample of) train."
+    datasets = {s: StreamedImages(dirs[s], f, pre, shape, on_bad_sample=config.data.on_bad_sample) for s, f in files.items()}
+    fit_streamed(pre, datasets["train"], seed=config.seed)
+    datasets["train"].augment = pre.augment
+    return DataBundle("image", schema["classes"], datasets, pre, version, shape, schema, placement=placement)
+
+def _table_estimate(path:Path, schema:dict, pre_cfg, probe_rows:int=1000) -> int:
+    "Bytes a table split takes in memory as float32 features and labels: rows x (features x 4 + 8), features from a fit on its head."
+    head = next(table_chunks(path, schema, probe_rows), None)
+    if head is None or not len(head): return 0
+    features = len(TabularPreprocessor.from_config(schema, pre_cfg).fit(head).feature_names)
+    return table_rows(path) * (features * 4 + 8)
 
 def _tabular_bundle(schema, version, dirs, config, store) -> DataBundle:
-    frames = {s: read_table(d/"data.csv") for s, d in dirs.items()}
+    paths = {s: table_file(d) for s, d in dirs.items()}
+    for p in paths.values():
+        if not p.exists(): read_table(p)  # its one-line error
+    placement = data_placement(config.data, {s: _table_estimate(p, schema, config.data.preprocessing) for s, p in paths.items()})
+    if placement["streamed"]: return _streamed_tabular_bundle(schema, version, dirs, paths, config, store, placement)
+    frames = {s: read_table(p) for s, p in paths.items()}
     pre = TabularPreprocessor.from_config(schema, config.data.preprocessing).fit(frames["train"])
     datasets = {}
     for s, df in frames.items():
@@ -282,8 +389,174 @@ def _tabular_bundle(schema, version, dirs, config, store) -> DataBundle:
         if pre.task != "classification": parts["task"] = pre.task  # y's dtype follows the task; classification keys stay as they were
         t = _cached(store, parts, lambda df=df: {"x": torch.tensor(pre.features(df)), "y": torch.tensor(pre.labels(df))})
         datasets[s] = ArrayDataset(t["x"], t["y"])
+    return _table_data_bundle(schema, version, datasets, pre, placement)
+
+def _table_data_bundle(schema, version, datasets, pre, placement) -> DataBundle:
     classes = schema["classes"] if pre.task == "classification" else []
-    return DataBundle("tabular", classes, datasets, pre, version, (len(pre.feature_names),), schema, task=pre.task)
+    return DataBundle("tabular", classes, datasets, pre, version, (len(pre.feature_names),), schema, task=pre.task, placement=placement)
+
+def _remove_in(path:Path, owner:int):
+    "Remove a temporary folder, from the process that made it only (a forked loader worker dropping its copy must not)."
+    import shutil
+    if os.getpid() == owner: shutil.rmtree(path, ignore_errors=True)
+
+def _streamed_tabular_bundle(schema, version, dirs, paths, config, store, placement) -> DataBundle:
+    "Each split preprocessed once into fixed-size rows (under the cache, or in a temporary folder without it), read row by row."
+    import tempfile, weakref
+    pre = fit_table_sample(TabularPreprocessor.from_config(schema, config.data.preprocessing), paths["train"], schema,
+                           table_rows(paths["train"]), seed=config.seed)
+    datasets = {}
+    for s, p in paths.items():
+        key = sha256_json({"v": version, "t": pre.pipeline.hash, "split": s, "fp": split_fingerprint(dirs[s]), "kind": "table-rows",
+                           "task": pre.task})[:24]
+        out = store.root/f"rows-{key}" if store is not None else Path(tempfile.mkdtemp(prefix=f"tp-rows-{s}-"))
+        datasets[s] = streamed_table(p, schema, pre, out)
+        if store is None: weakref.finalize(datasets[s], _remove_in, out, os.getpid())  # the temporary rows go with their dataset
+    return _table_data_bundle(schema, version, datasets, pre, placement)
+
+# %% ../nbs/02d_loaders.ipynb #635cac71
+class SampleError(DataError):
+    """A bad sample met while loading (often in a DataLoader worker). torch re-raises a worker's error in the main process as
+    `type(message)`, the message holding the worker's traceback; this takes the one-line error back from its last line."""
+    def __init__(self, what:str, where:str|None=None, fix:str|None=None, exit_code:int|None=None):
+        if where is None and what.startswith("Caught ") and "Traceback" in what:
+            what = what.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(what, where, fix, exit_code)
+
+class StreamedImages(Dataset):
+    """A split as its file list: each image is read, decoded, resized (`pre.prepare`), augmented and normalized when asked
+    for, in whichever process asks (the loader workers). `on_bad_sample='skip'` replaces a bad image by the next good one."""
+    def __init__(self, root:Path, files:list[tuple[Path, int]], pre:ImagePreprocessor, shape:tuple,
+                 augment:Callable|None=None, on_bad_sample:str="error"):
+        self.root, self.pre, self.shape, self.augment, self.on_bad_sample = Path(root), pre, tuple(shape), augment, on_bad_sample
+        # paths as one numpy bytes array, not a list of Python objects: forked workers share its pages, where the
+        # refcounts of a list's objects would copy them into every worker as they are touched
+        self.paths = np.array([p.relative_to(self.root).as_posix().encode() for p, _ in files])
+        self.y = torch.tensor([label for _, label in files], dtype=torch.int64)
+        # bad samples, marked by whichever process met them, in shared memory so that the main process can count them
+        self.bad = torch.zeros(len(files), dtype=torch.bool).share_memory_()
+
+    def __len__(self): return len(self.y)
+    def path(self, i:int) -> Path: return self.root/self.paths[i].decode()
+
+    def decode(self, i:int) -> torch.Tensor:
+        "Sample `i` as uint8 (C, H, W) after `pre.prepare`; `DataError` naming the file when it can't be."
+        x = self.pre.prepare(decode_image_file(self.path(i), self.pre.channels))[0]
+        if tuple(x.shape) != self.shape:
+            raise DataError(f"image is {tuple(x.shape)} (C, H, W), the split's are {self.shape}", str(self.path(i)),
+                            "set data.transforms.resize: [height, width]", exit_code=EXIT_USAGE)
+        return x
+
+    def sample(self, i:int) -> tuple[torch.Tensor, int]:
+        "(uint8 image, index) of sample `i`; with on_bad_sample skip, a bad one is replaced by the next good index (wrapping)."
+        n = len(self)
+        for j in (k % n for k in range(i, i + n)):
+            if self.bad[j]: continue
+            try: return self.decode(j), j
+            except DataError as e:
+                self.bad[j] = True
+                if self.on_bad_sample == "error":
+                    raise SampleError(e.what, e.where, f"{e.fix}, or set data.on_bad_sample: skip", e.exit_code) from None
+        raise SampleError("no readable image in the split", str(self.root), "check the split folder")
+
+    def __getitems__(self, indices):
+        xs, ys = [], []
+        for i in indices:
+            x, j = self.sample(int(i))
+            xs.append(self.augment(x) if self.augment is not None else x); ys.append(self.y[j])
+        return self.pre.normalize(torch.stack(xs)), torch.stack(ys)
+
+    def __getitem__(self, i):
+        x, y = self.__getitems__([i]); return x[0], y[0]
+
+    def skipped(self) -> list[str]:
+        "The files found bad so far, by any process."
+        return [str(self.path(i)) for i in self.bad.nonzero().flatten().tolist()]
+
+STAT_SAMPLES = 2000  # images that fit a streamed split's normalization: the mean and std are stable to ~1e-3 by then
+
+def fit_streamed(pre:ImagePreprocessor, ds:StreamedImages, seed:int=0, max_samples:int=STAT_SAMPLES, batch:int=256) -> ImagePreprocessor:
+    "Fit `pre`'s normalization on a streamed train split: all of it up to `max_samples` images, else a seeded sample of that many."
+    from tqdm.auto import tqdm
+    n = len(ds)
+    picks = list(range(n)) if n <= max_samples else sorted(random.Random(seed).sample(range(n), max_samples))
+    bar = tqdm(total=len(picks), desc="fitting normalization", disable=progress_disabled(), leave=False)
+    def batches():
+        for start in range(0, len(picks), batch):
+            chunk = picks[start:start + batch]
+            yield torch.stack([ds.sample(i)[0] for i in chunk]); bar.update(len(chunk))
+    try: pre.fit(batches(), fitted_on=None if len(picks) == n else {"samples": len(picks), "of": n, "seed": seed})
+    finally: bar.close()
+    return pre
+
+# %% ../nbs/02d_loaders.ipynb #e1e505a0
+def fit_table_sample(pre:TabularPreprocessor, path:Path, schema:dict, rows:int, seed:int=0, max_rows:int=TABLE_FIT_ROWS) -> TabularPreprocessor:
+    "Fit `pre` on a streamed train table: all of it up to `max_rows` rows, else on a seeded sample of about that many."
+    keep = min(1.0, max_rows / max(rows, 1))
+    rng = np.random.default_rng(seed)
+    parts = [c if keep == 1.0 else c[rng.random(len(c)) < keep] for c in table_chunks(path, schema)]
+    sample = pd.concat(parts, ignore_index=True)
+    return pre.fit(sample, fitted_on=None if keep == 1.0 else {"rows": len(sample), "of": rows, "seed": seed})
+
+class StreamedTable(Dataset):
+    """A table split preprocessed once, chunk by chunk, into two flat files of fixed-size rows (float32 features, labels);
+    each sample is one positioned read (`os.pread`), so a shuffled order costs the same as a sequential one, and what a
+    process holds does not grow with the table."""
+    def __init__(self, x_path:Path, y_path:Path, rows:int, features:int, y_dtype:str):
+        self.x_path, self.y_path, self.rows, self.features = Path(x_path), Path(y_path), rows, features
+        self.x_dtype, self.y_dtype = torch.float32, getattr(torch, y_dtype)
+        self._files, self._pid = None, None
+
+    def __len__(self): return self.rows
+    def _fds(self):
+        if self._pid != os.getpid():  # one pair of descriptors per process (a forked worker opens its own)
+            self._files = (os.open(self.x_path, os.O_RDONLY), os.open(self.y_path, os.O_RDONLY)); self._pid = os.getpid()
+        return self._files
+
+    def _read(self, fd, indices, width:int, dtype) -> torch.Tensor:
+        size = width * dtype.itemsize
+        data = bytearray(b"".join(os.pread(fd, size, i * size) for i in indices))
+        return torch.frombuffer(data, dtype=dtype).view(len(indices), width) if len(indices) else torch.empty(0, width, dtype=dtype)
+
+    def __getitems__(self, indices):
+        indices = [int(i) for i in indices]
+        if any(not 0 <= i < self.rows for i in indices): raise IndexError(f"row index out of range 0..{self.rows - 1}")
+        fx, fy = self._fds()
+        return self._read(fx, indices, self.features, self.x_dtype), self._read(fy, indices, 1, self.y_dtype)[:, 0]
+
+    def __getitem__(self, i):
+        x, y = self.__getitems__([i]); return x[0], y[0]
+
+    @property
+    def y(self) -> torch.Tensor:
+        "All labels (one small column: what `tune-loader` and summaries read)."
+        return torch.frombuffer(bytearray(self.y_path.read_bytes()), dtype=self.y_dtype)
+
+    def __getstate__(self): return {**self.__dict__, "_files": None, "_pid": None}  # descriptors don't travel
+
+def write_table_rows(path:Path, schema:dict, pre:TabularPreprocessor, out:Path, chunk_rows:int=TABLE_CHUNK_ROWS) -> dict:
+    "Preprocess a table chunk by chunk into `out`/x.f32 and `out`/y.bin (the folder appears whole, or not at all); their layout."
+    from tqdm.auto import tqdm
+    from training_pipeline.core import atomic_dir, sha256_file
+    rows, y_dtype = 0, "int64" if pre.task == "classification" else "float32"
+    with atomic_dir(out, replace=True) as tmp:
+        with open(tmp/"x.f32", "wb") as fx, open(tmp/"y.bin", "wb") as fy:
+            for chunk in tqdm(table_chunks(path, schema, chunk_rows), desc=f"preprocessing {path.parent.name}", disable=progress_disabled(), leave=False):
+                x, y = np.ascontiguousarray(pre.features(chunk), np.float32), np.ascontiguousarray(pre.labels(chunk))
+                y_dtype = str(y.dtype); fx.write(x.tobytes()); fy.write(y.tobytes()); rows += len(x)
+        layout = {"rows": rows, "features": len(pre.feature_names), "y_dtype": y_dtype,
+                  "sha256": {f: sha256_file(tmp/f) for f in ("x.f32", "y.bin")}}
+        atomic_write_json(tmp/"layout.json", layout)
+    return layout
+
+def streamed_table(path:Path, schema:dict, pre:TabularPreprocessor, out:Path, chunk_rows:int=TABLE_CHUNK_ROWS) -> StreamedTable:
+    "The split's rows from `out` when they are there and verify (sha256, one sequential read), else preprocessed there now."
+    from training_pipeline.core import sha256_file
+    try:
+        layout = json.loads((out/"layout.json").read_text())
+        if any(sha256_file(out/f) != h for f, h in layout["sha256"].items()): raise ValueError("corrupt")
+    except (OSError, ValueError, KeyError): layout = write_table_rows(path, schema, pre, out, chunk_rows)
+    return StreamedTable(out/"x.f32", out/"y.bin", layout["rows"], layout["features"], layout["y_dtype"])
 
 # %% ../nbs/02d_loaders.ipynb #4771f101
 def _sample_bytes(obj) -> bytes:
