@@ -112,7 +112,7 @@ def _mib(n:int) -> str: return f"{n / 2**20:,.1f} MiB"
 
 def data_placement(data_cfg, decoded:dict[str, int]) -> dict:
     """Whether the splits stay in memory or are streamed, and why, from `data.in_memory`, `data.memory_budget_mb` and the
-    splits' estimated decoded sizes in bytes (split -> bytes). Says it in one line on the project's logger."""
+    splits' estimated decoded sizes in bytes (split -> bytes); `line` says it in one line (training prints it as it starts)."""
     total, budget = sum(decoded.values()), data_cfg.memory_budget_mb
     if data_cfg.in_memory == "auto":
         streamed = total > budget * 2**20
@@ -120,9 +120,8 @@ def data_placement(data_cfg, decoded:dict[str, int]) -> dict:
     else:
         streamed = data_cfg.in_memory is False
         reason = f"data.in_memory: {str(data_cfg.in_memory).lower()}; decoded {_mib(total)}"
-    import logging
-    logging.getLogger("training_pipeline").info(f"data: {'streaming' if streamed else 'in memory'} {'/'.join(decoded)} ({reason})")
-    return {"streamed": streamed, "splits": list(decoded), "decoded_bytes": total, "memory_budget_mb": budget, "reason": reason}
+    return {"streamed": streamed, "splits": list(decoded), "decoded_bytes": total, "memory_budget_mb": budget, "reason": reason,
+            "line": f"data: {'streaming' if streamed else 'in memory'} {'/'.join(decoded)} ({reason})"}
 
 def _image_shape(files:list, pre:ImagePreprocessor) -> tuple[int, int, int]:
     "(C, H, W) of a split's images after `pre.prepare`: the resize, else the first image's size (its header only)."

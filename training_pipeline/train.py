@@ -415,12 +415,14 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
 
 # %% ../nbs/15_train.ipynb #ef315428
 class DataEventsCallback(Callback):
-    """Records in the run's events where the data lives (`data_placement`: in memory or streamed, and why) and the bad
-    samples that streamed splits skipped (`bad_samples_skipped`), read from the datasets' shared marks after each phase.
-    Each process counts its own loaders' samples; the run store writes rank 0's."""
+    """Says where the data lives as training starts (in memory or streamed, and why: one line in the log and a
+    `data_placement` event) and records the bad samples that streamed splits skipped (`bad_samples_skipped`), read from the
+    datasets' shared marks after each phase. Each process counts its own loaders' samples; the run store writes rank 0's."""
     def __init__(self, placement:dict|None=None): self.placement, self.reported = placement or {}, {}
     def before_fit(self):
-        if self.placement: self.trainer.log_event("data_placement", **self.placement)
+        if not self.placement: return
+        self.trainer.logger(self.placement["line"])
+        self.trainer.log_event("data_placement", **{k: v for k, v in self.placement.items() if k != "line"})
     def after_train(self): self._report("train")
     def after_validate(self): self._report(self.trainer.split)
     def _report(self, split:str):
