@@ -36,3 +36,15 @@ def test_async_checkpoint_benchmark_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "checkpoint_async.py"), "1"],
                          capture_output=True, text=True, check=True).stdout
     assert "async_blocked_s=" in out.splitlines()[-1]
+
+
+def test_image_decode_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "image_decode.py"), "0.01"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "ratio_0=" in out.splitlines()[-1] and "| False |" not in out, out  # both decoders give the same pixels
+
+
+def test_streaming_memory_benchmark_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "streaming_memory.py"), "--sizes", "100", "200", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "tree_ratio=" in out.splitlines()[-1], out

@@ -105,6 +105,15 @@ class DataConfig(Section):
     persistent_workers: bool = True
     prefetch_factor: PositiveInt = 2
     cache: bool = True  # cache decoded/preprocessed tensors under <data_dir>/cache
+    # auto: keep the splits in memory when, decoded, they fit memory_budget_mb, else stream them (images decoded per sample
+    # in the loader workers, tables read by rows from a preprocessed file); true / false force one or the other
+    in_memory: Literal["auto", True, False] = "auto"
+    # 1024 MiB: about what the CUDA build of torch alone costs a training process (~1 GiB RSS, ENVIRONMENT.md), so by default
+    # in-memory data at most doubles a run's footprint; beyond that streaming's flat memory is worth its per-sample decoding
+    memory_budget_mb: float = Field(1024, gt=0)
+    # a sample that cannot be decoded in a streamed split: fail naming its file, or skip it (replaced by the next good
+    # sample, counted in the run's events.jsonl); in-memory splits are decoded up front and always fail
+    on_bad_sample: Literal["error", "skip"] = "error"
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)

@@ -183,7 +183,7 @@ class TabularPreprocessor:
         if impute != "none": self.pipeline.add_step("impute", Imputer(impute))
         self.pipeline.add_step("encode", OneHotEncoder() if encode == "onehot" else OrdinalEncoder())
         if scale != "none": self.pipeline.add_step("scale", StandardScaler() if scale == "standard" else MinMaxScaler())
-        self.feature_names = None
+        self.feature_names, self.fitted_on = None, None
 
     @classmethod
     def from_config(cls, schema:dict, cfg) -> "TabularPreprocessor":
@@ -193,10 +193,12 @@ class TabularPreprocessor:
 
     def _inputs(self, df:pd.DataFrame) -> pd.DataFrame: return df.drop(columns=[self.target, *self.text_columns], errors="ignore")
 
-    def fit(self, df:pd.DataFrame):
+    def fit(self, df:pd.DataFrame, fitted_on:dict|None=None):
+        "Fit on the train rows; `fitted_on` says what they were when not the whole split (a streamed split's sample)."
         X = self._inputs(df)
         self.pipeline.fit(X)
         self.feature_names = [str(c) for c in self.pipeline.transform(X.head(1)).columns]
+        self.fitted_on = fitted_on
         return self
 
     def features(self, df:pd.DataFrame) -> np.ndarray:
@@ -220,12 +222,14 @@ class TabularPreprocessor:
 
     def state_dict(self) -> dict:
         return {"type": "tabular", "target": self.target, "classes": self.classes, "task": self.task, "text_columns": self.text_columns,
-                "feature_names": self.feature_names, "pipeline": self.pipeline.state_dict()}
+                "feature_names": self.feature_names, "pipeline": self.pipeline.state_dict(),
+                **({"fitted_on": self.fitted_on} if self.fitted_on else {})}
 
     @classmethod
     def from_state(cls, state:dict) -> "TabularPreprocessor":
         p = cls(state["target"], state["classes"], task=state.get("task", "classification"), text_columns=state.get("text_columns", []))
         p.pipeline, p.feature_names = PreprocessingPipeline.from_state(state["pipeline"]), state["feature_names"]
+        p.fitted_on = state.get("fitted_on")
         return p
 
 # %% ../nbs/02a_preprocess.ipynb #59725f82
@@ -235,6 +239,7 @@ class ImagePreprocessor:
         self.channels, self.classes, self.size, self.normalize_enabled = channels, list(classes), size, normalize
         self.augment_settings = dict(augment or {})
         self.mean, self.std = [0.0] * channels, [1.0] * channels
+        self.fitted_on = None  # None: the whole train split; else what the statistics came from (a streamed split's sample)
 
     @classmethod
     def from_config(cls, schema:dict, cfg) -> "ImagePreprocessor":
@@ -254,10 +259,22 @@ class ImagePreprocessor:
             images = F.resize(images, list(self.size), antialias=True)
         return images.to(torch.uint8)
 
-    def fit(self, images):
-        "Per-channel mean and std of the train images (after `prepare`), in [0, 1] units."
-        x = images.float().div_(255)
-        self.mean = x.mean(dim=(0, 2, 3)).tolist(); self.std = [s or 1.0 for s in x.std(dim=(0, 2, 3)).tolist()]
+    def fit(self, images, fitted_on:dict|None=None):
+        """Per-channel mean and std (unbiased) of the train images after `prepare`, in [0, 1] units: uint8 (N, C, H, W), or an
+        iterable of such batches (a streamed split). The sums are exact integers, so the result does not depend on how the
+        images are batched; `fitted_on` says what they were (e.g. a sample of a streamed split) in the state."""
+        import torch
+        batches = [images] if isinstance(images, torch.Tensor) else images
+        n, total, squares = 0, 0, 0
+        for batch in batches:
+            per_image = max(batch[0].numel(), 1)
+            for chunk in batch.split(max(1, 2**22 // per_image)):  # int64 copies of ~32 MB at a time
+                v = chunk.to(torch.int64).transpose(0, 1).reshape(chunk.shape[1], -1)
+                n += v.shape[1]; total = total + v.sum(1); squares = squares + (v * v).sum(1)
+        mean = total.double() / n
+        var = ((squares.double() - total.double() * mean) / max(n - 1, 1)).clamp_min(0)
+        self.mean = (mean / 255).tolist(); self.std = [s or 1.0 for s in (var.sqrt() / 255).tolist()]
+        self.fitted_on = fitted_on
         return self
 
     def normalize(self, images):
@@ -284,12 +301,13 @@ class ImagePreprocessor:
 
     def state_dict(self) -> dict:
         return {"type": "image", "channels": self.channels, "classes": self.classes, "size": self.size,
-                "normalize": self.normalize_enabled, "mean": self.mean, "std": self.std, "augment": self.augment_settings}
+                "normalize": self.normalize_enabled, "mean": self.mean, "std": self.std, "augment": self.augment_settings,
+                **({"fitted_on": self.fitted_on} if self.fitted_on else {})}
 
     @classmethod
     def from_state(cls, state:dict) -> "ImagePreprocessor":
         p = cls(state["channels"], state["classes"], state["size"], state["normalize"], state["augment"])
-        p.mean, p.std = state["mean"], state["std"]
+        p.mean, p.std, p.fitted_on = state["mean"], state["std"], state.get("fitted_on")
         return p
 
 def preprocessor_from_state(state:dict):

@@ -41,8 +41,8 @@ from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 __all__ = ['TRANSIENT_PATTERNS', 'FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec',
            'write_artifacts', 'check_trackers', 'make_trackers', 'ResumePlan', 'find_unfinished_run', 'find_live_run',
            'plan_resume', 'TransientError', 'is_transient', 'FaultInjection', 'held_logs', 'train', 'on_cpu',
-           'Components', 'components_from_config', 'loader_like', 'save_predictions', 'test_predictions',
-           'scalar_hparams', 'fit_config', 'fit', 'main']
+           'Components', 'components_from_config', 'loader_like', 'DataEventsCallback', 'save_predictions',
+           'test_predictions', 'scalar_hparams', 'fit_config', 'fit', 'main']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -363,7 +363,7 @@ class Components:
 def components_from_config(config:Config) -> Components:
     "Data, task, loss and model as `tp train` builds them."
     data = build_data(config)
-    return Components(data, *build_components(config, data))
+    return Components(data, *build_components(config, data), callbacks=[DataEventsCallback(data.placement)])
 
 def loader_like(dl:DataLoader, batch_size:int, seed:int, num_replicas:int, rank:int, even:bool, shuffle:bool|None=None) -> DataLoader:
     "A user's DataLoader rebuilt around a `ResumableSampler`: same dataset, collate_fn, workers and memory pinning; shuffled if it was."
@@ -432,6 +432,26 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     start = _restore(trainer, plan, data, store, log) if plan.checkpoint else (0, 0)
     if store: log.info(f"run {store.id}: {store.dir}")
     return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
+
+# %% ../nbs/15_train.ipynb #ef315428
+class DataEventsCallback(Callback):
+    """Says where the data lives as training starts (in memory or streamed, and why: one line in the log and a
+    `data_placement` event) and records the bad samples that streamed splits skipped (`bad_samples_skipped`), read from the
+    datasets' shared marks after each phase. Each process counts its own loaders' samples; the run store writes rank 0's."""
+    def __init__(self, placement:dict|None=None): self.placement, self.reported = placement or {}, {}
+    def before_fit(self):
+        if not self.placement: return
+        self.trainer.logger(self.placement["line"])
+        self.trainer.log_event("data_placement", **{k: v for k, v in self.placement.items() if k != "line"})
+    def after_train(self): self._report("train")
+    def after_validate(self): self._report(self.trainer.split)
+    def _report(self, split:str):
+        skipped = getattr(self.trainer.loaders[split].dataset, "skipped", None)
+        files = skipped() if callable(skipped) else []
+        if len(files) > self.reported.get(split, 0):
+            self.trainer.log_event("bad_samples_skipped", split=split, count=len(files), new=len(files) - self.reported.get(split, 0),
+                                   files=files[:20])
+            self.reported[split] = len(files)
 
 # %% ../nbs/15_train.ipynb #f0b2a64d
 def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|None, log) -> tuple[int, int]:
