@@ -1,5 +1,6 @@
 """Profiling end to end: step timing in every run's metrics, `tp train --profile` artifacts and traces,
-`tp tune-loader` on the digits config (in memory: no workers, loading not the bottleneck) with --apply."""
+`tp tune-loader` on the digits config (in memory: no workers, loading not the bottleneck) with --apply, and on a
+streamed split (its decoding timed)."""
 import json
 
 import yaml
@@ -36,3 +37,14 @@ def test_tune_loader_on_in_memory_digits(tmp_path, prepared):
     assert tuned["data"]["num_workers"] == 0 and tuned["model"] == raw["model"]
     assert (tmp_path / "digits.tune-loader.html").exists()
     assert run_tp("config", "check", tmp_path / "digits.tuned.yaml").returncode == 0
+
+
+def test_tune_loader_on_a_streamed_split_times_its_decoding(tmp_path, prepared):
+    raw = yaml.safe_load((REPO / "config" / "digits.yaml").read_text())
+    raw["data"].update(data_dir=str(prepared("digits")), in_memory=False)  # decoded per sample, in the workers
+    (tmp_path / "streamed.yaml").write_text(yaml.safe_dump(raw))
+    r = run_tp("tune-loader", "--config", tmp_path / "streamed.yaml", "--budget-s", "6", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "workers 0" in r.stdout and "workers 2" in r.stdout  # every setting was timed on the streamed split
+    stages = next(l for l in r.stdout.splitlines() if l.startswith("stages per batch:"))
+    assert "decode" in stages and "model_step" in stages, stages

@@ -530,11 +530,15 @@ class StreamedImages(Dataset):
                     raise SampleError(e.what, e.where, f"{e.fix}, or set data.on_bad_sample: skip", e.exit_code) from None
         raise SampleError("no readable image in the split", str(self.root), "check the split folder")
 
-    def __getitems__(self, indices):
+    takes_sample_keys = True  # augmentation is seeded per `SampleKey`, as in `ArrayDataset`
+
+    def __getitems__(self, keys):
         xs, ys = [], []
-        for i in indices:
-            x, j = self.sample(int(i))
-            xs.append(self.augment(x) if self.augment is not None else x); ys.append(self.y[j])
+        with SampleRNG(all_streams=False) as rng:
+            for key in keys:
+                x, j = self.sample(sample_index(key))
+                if self.augment is not None: rng.seed(key); x = self.augment(x)
+                xs.append(x); ys.append(self.y[j])
         return self.pre.normalize(torch.stack(xs)), torch.stack(ys)
 
     def __getitem__(self, i):

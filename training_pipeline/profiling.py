@@ -16,6 +16,7 @@ import torch
 
 from .callback.core import Callback
 from .core import UsageError, atomic_write, atomic_write_json
+from .loaders import StreamedImages, collate_batches
 
 # %% auto #0
 __all__ = ['PHASES', 'StepTimer', 'ProfilerCallback', 'ImageFolderStream', 'Trial', 'time_loader', 'stage_times', 'TuneResult',
@@ -171,7 +172,12 @@ def stage_times(dataset, batch_size:int, model_step=None, device:str="cpu") -> d
     n = min(batch_size, len(dataset))
     idx = list(range(n))
     stages = {}
-    if isinstance(dataset, ImageFolderStream):
+    if isinstance(getattr(dataset, "dataset", dataset), StreamedImages):  # a streamed split: decoding is where its time goes
+        ds = getattr(dataset, "dataset", dataset)
+        t = time.perf_counter(); dec = [ds.decode(i) for i in idx]; stages["decode"] = time.perf_counter() - t
+        t = time.perf_counter(); items = [ds.augment(x) if ds.augment else x for x in dec]; xb = ds.pre.normalize(torch.stack(items))
+        stages["transform"] = time.perf_counter() - t
+    elif isinstance(dataset, ImageFolderStream):
         t = time.perf_counter(); raw = [dataset.read(i) for i in idx]; stages["read"] = time.perf_counter() - t
         t = time.perf_counter(); dec = [dataset.decode(b) for b in raw]; stages["decode"] = time.perf_counter() - t
         t = time.perf_counter(); items = [dataset.transform(x) if dataset.transform else x for x in dec]; stages["transform"] = time.perf_counter() - t
@@ -247,7 +253,8 @@ def tune_config(config, budget_s:float=60.0) -> TuneResult:
     data = build_data(config)
     task, loss, model = build_components(config, data)
     opt = torch.optim.SGD(model.parameters(), 1e-3)
-    y = data.datasets["train"].y[:config.training.batch_size]
+    ds, n = data.datasets["train"], min(config.training.batch_size, len(data.datasets["train"]))
+    _, y = collate_batches(ds.__getitems__(list(range(n))) if hasattr(ds, "__getitems__") else [ds[i] for i in range(n)])
     def step(xb):
         l = loss(model(xb), y[:len(xb)]); l.backward(); opt.step(); opt.zero_grad()
     d = config.data
