@@ -103,6 +103,7 @@ class DataConfig(Section):
     persistent_workers: bool = True
     prefetch_factor: PositiveInt = 2
     cache: bool = True  # cache decoded/preprocessed tensors under <data_dir>/cache
+    shards: bool = False  # read <data_dir>/shards/<split> (LitData shards, `tp prepare --shards`) instead of processed/<split>
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
