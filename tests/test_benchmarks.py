@@ -1,4 +1,5 @@
 """Benchmarks are not timed tests: CI only checks that each one runs and prints its result line."""
+import os
 import subprocess
 import sys
 
@@ -36,3 +37,9 @@ def test_async_checkpoint_benchmark_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "checkpoint_async.py"), "1"],
                          capture_output=True, text=True, check=True).stdout
     assert "async_blocked_s=" in out.splitlines()[-1]
+
+
+def test_shards_read_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "shards_read.py"), "400", "1"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}).stdout
+    assert "ratio_w2=" in out.splitlines()[-1]
