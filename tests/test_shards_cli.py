@@ -46,7 +46,7 @@ def test_prepare_writes_verified_shards_of_every_split(sharded):
     for split in ("train", "val", "test"):
         manifest = json.loads((d / "shards" / split / "MANIFEST.json").read_text())
         assert manifest["dataset_version"] == version and manifest["library"] == "litdata"
-        assert manifest["data_format"] == ["no_header_numpy:4", "int"]  # raw bytes and an int: nothing LitData would unpickle
+        assert manifest["data_format"] == ["no_header_numpy:4", "int", "int"]  # raw bytes and ints: nothing LitData would unpickle
         counts[split] = manifest["samples"]
         assert counts[split] == sum(1 for _ in (d / "processed" / split).rglob("*.png"))
     r = run_tp("validate", "--data-dir", d, "--shards")
