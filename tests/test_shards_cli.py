@@ -2,6 +2,8 @@
 truncated or stale shard as one line, exit 2, naming the file."""
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -84,4 +86,15 @@ def test_shards_of_an_older_preparation_are_refused(copy):
 def test_shards_of_a_table_are_refused_before_anything_is_written(tmp_path):
     line = one_error_line(run_tp("prepare", "--dataset", "wine", "--data-dir", tmp_path / "data", "--shards"))
     assert "sharded tables are not built yet" in line, line
+    assert not (tmp_path / "data").exists()
+
+
+def test_without_litdata_prepare_shards_is_one_line_naming_the_extra(tmp_path):
+    "LitData is an optional extra: without it (made unimportable here), --shards says how to install it, before any work."
+    code = ("import sys; sys.modules['litdata'] = None\n"  # `import litdata` now raises ImportError, as when it is not installed
+            "from training_pipeline.cli import main\n"
+            f"sys.exit(main(['prepare', '--dataset', 'digits', '--data-dir', {str(tmp_path / 'data')!r}, '--shards']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    line = one_error_line(r)
+    assert "needs the optional package litdata" in line and "pip install 'training_pipeline[shards]'" in line, line
     assert not (tmp_path / "data").exists()
