@@ -37,7 +37,7 @@ setuptools.setup(
     package_data={cfg["lib_path"]: ["notebooks/*.ipynb"]},
     install_requires=requirements("requirements"),
     extras_require={"dev": requirements("dev_requirements"), "datasets": requirements("datasets_requirements"),
-                    "bench": requirements("bench_requirements")},
+                    "bench": requirements("bench_requirements"), "shards": requirements("shards_requirements")},
     python_requires=">=" + cfg["min_python"],
     zip_safe=False,
     entry_points={

@@ -1,4 +1,5 @@
 """Benchmarks are not timed tests: CI only checks that each one runs and prints its result line."""
+import os
 import subprocess
 import sys
 
@@ -48,3 +49,9 @@ def test_streaming_memory_benchmark_runs(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "streaming_memory.py"), "--sizes", "100", "200", "--out", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert "tree_ratio=" in out.splitlines()[-1], out
+
+
+def test_shards_read_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "shards_read.py"), "400", "1"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}).stdout
+    assert "ratio_w2=" in out.splitlines()[-1]

@@ -48,6 +48,8 @@ def _data_commands(sub):
     p.add_argument("--seed", type=int, default=42, help="seed of the stratified split (default: 42)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of rows for validation (default: 0.15)")
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of rows for test (default: 0.15)")
+    p.add_argument("--shards", action="store_true", help="also write the image splits as LitData shards under "
+                   "<data-dir>/shards (read by training with data.shards: true; needs the shards extra)")
 
     p = _add(sub, "validate", "validate data against its schema; report every issue at once",
              epilog="exit codes: 0 valid, 1 invalid, 2 unusable input\nexamples:\n  tp validate\n  tp validate --source new.csv --json")
@@ -56,6 +58,8 @@ def _data_commands(sub):
     p.add_argument("--source", metavar="FILE_OR_DIR", help="validate this file or image tree instead of the processed splits")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--config", metavar="PATH", help="take drift thresholds from this config's data.drift section")
+    p.add_argument("--shards", action="store_true", help="check <data-dir>/shards instead: manifests, dataset version, "
+                   "every file's size and sha256 (exit 2 naming a missing or damaged shard)")
 
 def _config_commands(sub):
     p = _add(sub, "config", "check configs")
@@ -224,6 +228,9 @@ def cmd_config_check(args) -> int:
 def cmd_prepare(args) -> int:
     "Prepare a dataset into the data layout; print where everything went."
     from training_pipeline.prepare import prepare_data
+    if args.shards:  # refused before anything is written
+        from training_pipeline.shards import check_shardable
+        check_shardable(args.dataset, args.source)
     s = prepare_data(args.data_dir, args.dataset, args.source, args.target, args.seed, args.val_fraction, args.test_fraction,
                      task=args.task)
     splits = " · ".join(f"{k} {v}" for k, v in s["splits"].items())
@@ -236,6 +243,10 @@ def cmd_prepare(args) -> int:
              f"  schema           {s['schema']}", f"  statistics       {s['statistics']}", f"  split file       {s['split_file']}"]
     if s["features"]: lines.append(f"  features         {s['features']}")
     lines.append(f"  dataset version  {s['dataset_version']}")
+    if args.shards:
+        from training_pipeline.shards import write_shards
+        w = write_shards(args.data_dir)
+        lines.append(f"  shards           {w['dir']} ({w['files']} files, {w['bytes'] / 2**20:.1f} MiB, litdata)")
     print("\n".join(lines))
     return EXIT_OK
 
@@ -243,6 +254,10 @@ def cmd_validate(args) -> int:
     "Validate data; print the report (table or JSON); exit 1 when invalid."
     import json
     from training_pipeline.validation import validate_data
+    if args.shards:
+        from training_pipeline.shards import verify_shards
+        print("\n".join(f"shards {split}: {n} samples, every file's size and sha256 as recorded" for split, n in verify_shards(args.data_dir).items()))
+        return EXIT_OK
     drift = None
     if args.config:
         from training_pipeline.config import load_config

@@ -114,6 +114,7 @@ class DataConfig(Section):
     # a sample that cannot be decoded in a streamed split: fail naming its file, or skip it (replaced by the next good
     # sample, counted in the run's events.jsonl); in-memory splits are decoded up front and always fail
     on_bad_sample: Literal["error", "skip"] = "error"
+    shards: bool = False  # read <data_dir>/shards/<split> (LitData shards, `tp prepare --shards`) instead of processed/<split>
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
