@@ -412,8 +412,27 @@ def _cached(store, parts:dict, build):
     if store is None: return build()
     return store.get_or_build(sha256_json(parts)[:24], build)
 
+def _shard_tensors(layout:DataLayout, schema:dict, pre:ImagePreprocessor, version:str, store) -> dict:
+    "Every split of `<data_dir>/shards` as in-memory tensors: the same as `read_image_split` of the class folders."
+    from training_pipeline.shards import shard_datasets, shards_dir
+    def read(ds):
+        samples = list(ds)
+        return {"images": torch.cat([pre.prepare(image_tensor(px, pre.channels)) for px, _ in samples]),
+                "labels": torch.tensor([y for _, y in samples], dtype=torch.int64)}
+    return {s: _cached(store, {"v": version, "t": pre.cache_key, "split": s, "kind": "shards", "fp": split_fingerprint(shards_dir(layout, s))},
+                       lambda ds=ds: read(ds))
+            for s, ds in shard_datasets(layout, schema).items()}
+
 def _image_bundle(schema, version, dirs, config, store) -> DataBundle:
     pre = ImagePreprocessor.from_config(schema, config.data.transforms)
+    if config.data.shards:
+        from training_pipeline.shards import NotBuiltError
+        tensors = _shard_tensors(DataLayout(config.data.data_dir), schema, pre, version, store)
+        placement = data_placement(config.data, {s: t["images"].numel() * 4 for s, t in tensors.items()})
+        if placement["streamed"]:
+            raise NotBuiltError(f"streaming from shards is not built yet ({placement['reason']})", "data.shards",
+                                "set data.in_memory: true (the shards are read into memory) or data.shards: false (the class folders stream)")
+        return _memory_image_bundle(schema, version, tensors, pre, placement)
     files = {s: image_files(d, schema["classes"]) for s, d in dirs.items()}
     shape = _image_shape(files["train"], pre)
     # held in memory, a split is normalized float32: 4 bytes a value
@@ -421,6 +440,9 @@ def _image_bundle(schema, version, dirs, config, store) -> DataBundle:
     if placement["streamed"]: return _streamed_image_bundle(schema, version, dirs, files, config, pre, shape, placement)
     tensors = {s: _cached(store, {"v": version, "t": pre.cache_key, "split": s, "fp": split_fingerprint(d), "kind": "image"},
                           lambda d=d: read_image_split(d, schema["classes"], pre)) for s, d in dirs.items()}
+    return _memory_image_bundle(schema, version, tensors, pre, placement)
+
+def _memory_image_bundle(schema, version, tensors:dict, pre:ImagePreprocessor, placement:dict) -> DataBundle:
     pre.fit(tensors["train"]["images"])
     augment = pre.augment
     datasets = {}
