@@ -120,7 +120,7 @@ def test_notebook_train_runs_two_processes_from_a_jupyter_kernel(tmp_path, prepa
                                             "language_info": {"name": "python"}})
     nb.cells = [nbformat.v4.new_code_cell("overrides = []", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(
-                    "import json\nfrom training_pipeline.distributed import notebook_train\n"
+                    "import json\nfrom training_pipeline.train import notebook_train\n"
                     f"run_dir = notebook_train({str(REPO / 'config' / 'test.yaml')!r}, overrides, num_processes=2)\n"
                     "meta = json.loads((run_dir / 'run.json').read_text())\n"
                     "print('RESULT', meta['status'], meta['world_size'], meta['backend'], run_dir)")]

@@ -11,10 +11,10 @@ import os
 import torch
 
 from .config import Config
-from .core import ConfigError, NotBuiltError, free_port
+from .core import ConfigError, NotBuiltError
 
 # %% auto #0
-__all__ = ['check_strategy', 'strategy_plugins', 'verify_strategy', 'broadcast_from_main', 'init_process_group', 'notebook_train']
+__all__ = ['check_strategy', 'strategy_plugins', 'verify_strategy', 'broadcast_from_main', 'init_process_group']
 
 # %% ../nbs/08_distributed.ipynb #edd750f8
 def check_strategy(config:Config, cpu:bool):
@@ -88,34 +88,3 @@ def init_process_group(cpu:bool, timeout_s:float):
     store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
     dist.init_process_group("gloo" if cpu else "nccl", store=dist.PrefixStore(f"round-{restart}", store), rank=rank,
                             world_size=world, timeout=timedelta(seconds=timeout_s))
-
-# %% ../nbs/08_distributed.ipynb #02c73058
-def _notebook_worker(config_path, overrides, epochs, run_id, cpu):
-    if cpu: os.environ["ACCELERATE_USE_CPU"] = "1"
-    os.environ["TP_RUN_ID"] = run_id
-    from training_pipeline.config import load_config
-    from training_pipeline.train import train
-    train(load_config(config_path, overrides), epochs=epochs, resume="never")
-
-def notebook_train(config_path:str, overrides:list[str]|None=None, num_processes:int=2, epochs:int|None=None,
-                   cpu:bool|None=None, port:int|None=None):
-    "Train the config on `num_processes` processes started from this notebook; return the run directory."
-    from pathlib import Path
-    from accelerate import notebook_launcher
-    from training_pipeline.config import load_config
-    from training_pipeline.tracking import new_run_id
-    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
-    world = [f"distributed.enabled=true", f"distributed.world_size={num_processes}", *(["resources.cpu=true"] if cpu else [])]
-    overrides = [*(overrides or []), *world]
-    config = load_config(config_path, overrides)  # errors show here, once, not in every process
-    check_strategy(config, cpu)
-    run_id, port = new_run_id(), port or free_port()
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(reset_partial_state=True)  # an Accelerator made earlier in this kernel would block the launch
-    notebook_launcher(_notebook_worker, (str(config_path), overrides, epochs, run_id, cpu), num_processes=num_processes,
-                      use_port=str(port))
-    run_dir = (Path(config.experiment.runs_dir)/config.experiment.name/run_id).resolve()
-    if not (run_dir/"run.json").exists():
-        from training_pipeline.core import TrainingError
-        raise TrainingError("the processes ended without a run directory", str(run_dir), "see the output above")
-    return run_dir

@@ -42,7 +42,7 @@ __all__ = ['TRANSIENT_PATTERNS', 'FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 
            'write_artifacts', 'check_trackers', 'make_trackers', 'ResumePlan', 'find_unfinished_run', 'find_live_run',
            'plan_resume', 'TransientError', 'is_transient', 'FaultInjection', 'held_logs', 'train', 'on_cpu',
            'Components', 'components_from_config', 'loader_like', 'DataEventsCallback', 'save_predictions',
-           'test_predictions', 'scalar_hparams', 'fit_config', 'fit', 'main']
+           'test_predictions', 'scalar_hparams', 'fit_config', 'fit', 'notebook_train']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -619,12 +619,37 @@ def fit(model:torch.nn.Module, data:dict, *, loss:Callable|None=None, optimizer=
     build = lambda c: _fit_components(c, model, data, loss, optimizer, scheduler, callbacks)
     return train(cfg, resume=resume, command=["fit()"], build=build)
 
-# %% ../nbs/15_train.ipynb #a6160334
-def main(argv:list[str]|None=None) -> int:
-    "`tp train` with these arguments."
-    from training_pipeline.cli import main as cli_main
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+# %% ../nbs/15_train.ipynb #6a4c5b04
+def _notebook_worker(config_path, overrides, epochs, run_id, cpu):
+    if cpu: os.environ["ACCELERATE_USE_CPU"] = "1"
+    os.environ["TP_RUN_ID"] = run_id
+    from training_pipeline.config import load_config
+    train(load_config(config_path, overrides), epochs=epochs, resume="never")
+
+def notebook_train(config_path:str, overrides:list[str]|None=None, num_processes:int=2, epochs:int|None=None,
+                   cpu:bool|None=None, port:int|None=None):
+    "Train the config on `num_processes` processes started from this notebook; return the run directory."
+    from accelerate import notebook_launcher
+    from training_pipeline.config import load_config
+    from training_pipeline.core import free_port
+    from training_pipeline.tracking import new_run_id
+    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    world = ["distributed.enabled=true", f"distributed.world_size={num_processes}", *(["resources.cpu=true"] if cpu else [])]
+    overrides = [*(overrides or []), *world]
+    config = load_config(config_path, overrides)  # errors show here, once, not in every process
+    check_strategy(config, cpu)
+    run_id, port = new_run_id(), port or free_port()
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)  # an Accelerator made earlier in this kernel would block the launch
+    notebook_launcher(_notebook_worker, (str(config_path), overrides, epochs, run_id, cpu), num_processes=num_processes,
+                      use_port=str(port))
+    run_dir = (Path(config.experiment.runs_dir)/config.experiment.name/run_id).resolve()
+    if not (run_dir/"run.json").exists():
+        raise TrainingError("the processes ended without a run directory", str(run_dir), "see the output above")
+    return run_dir
 
 # %% ../nbs/15_train.ipynb #ec56c0f7
 #| eval: false
-if __name__ == "__main__": raise SystemExit(main())
+if __name__ == "__main__":  # run as a program, this module is `__main__`: importing the CLI here makes no import cycle
+    from training_pipeline.cli import main
+    raise SystemExit(main(["train", *sys.argv[1:]]))
