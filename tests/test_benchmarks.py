@@ -55,3 +55,10 @@ def test_shards_read_benchmark_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "shards_read.py"), "400", "1"],
                          capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}).stdout
     assert "ratio_w2=" in out.splitlines()[-1]
+
+
+def test_streaming_workers_benchmark_runs(prepared, tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "streaming_workers.py"), "--data", str(prepared("digits")),
+                          "--rounds", "1", "--batches", "5", "--budget-s", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}).stdout
+    assert "ratio=" in out.splitlines()[-1] and "wait_share_recommended=" in out.splitlines()[-1], out[-1500:]
