@@ -22,7 +22,7 @@ import torch
 from .callback.core import CancelFitException
 from .callback.tracker import TrackerCallback
 from .core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json, clean_tmp_dirs,
-                                    fault_point, patch, sha256_file)
+                                    fault_point, on_main_thread, patch, sha256_file)
 from .models import is_pickle_file, legacy_head_names
 
 # %% auto #0
@@ -270,7 +270,7 @@ class CheckpointCallback(TrackerCallback):
     # ---- signals (preemption) ----
     def before_fit(self):
         self.previous = {}
-        if threading.current_thread() is threading.main_thread():
+        if on_main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.previous[sig] = signal.signal(sig, self._on_signal)
 

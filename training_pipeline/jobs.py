@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, PipelineError, UsageError, atomic_write, atomic_write_json,
-                                    free_port, patch)
+                                    free_port, on_main_thread, patch)
 from .tracking import new_run_id
 from .watch import format_duration
 
@@ -29,8 +29,8 @@ from .watch import format_duration
 __all__ = ['SCHEMA', 'STATES', 'ENDED', 'LIST_COLUMNS', 'SLURM_STATES', 'STATE_COLORS', 'QueueLocked', 'db_path',
            'busy_timeout_s', 'queue_error', 'connect', 'transaction', 'get_job', 'db_path_of', 'gpu_count',
            'visible_gpus', 'cpu_count', 'train_argv', 'submit_job', 'submit_command', 'run_error_kind', 'classify_exit',
-           'ResourceSampler', 'resources_text', 'claim_next', 'Worker', 'attempt_command', 'log_path', 'threading_main',
-           'run_progress', 'read_jobs', 'list_rows', 'format_table', 'show_text', 'cancel_job', 'slurm_script',
+           'ResourceSampler', 'resources_text', 'claim_next', 'Worker', 'attempt_command', 'log_path', 'run_progress',
+           'read_jobs', 'state_counts', 'list_rows', 'format_table', 'show_text', 'cancel_job', 'slurm_script',
            'slurm_train_argv', 'submit_to_slurm', 'slurm_run', 'slurm_job_info', 'sync_slurm', 'jobs_command',
            'dashboard_html', 'JobsDashboard', 'html_escape']
 
@@ -475,7 +475,7 @@ def run(self:Worker) -> int:
             for r in self.running.values():
                 with contextlib.suppress(OSError): os.killpg(r["proc"].pid, signal.SIGTERM)
         elif signum == signal.SIGINT: raise KeyboardInterrupt  # Ctrl-C twice: leave now (the jobs die with the worker; requeued)
-    handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if threading_main() else {}
+    handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if on_main_thread() else {}
     self.log(f"worker {self.name}: {self.slots} CPU slot(s), GPUs: {','.join(self.gpus) or 'none'}; queue {db_path(self.jobs_dir)}")
     try:
         while True:
@@ -489,10 +489,6 @@ def run(self:Worker) -> int:
             time.sleep(self.poll_s)
     finally:
         for s, h in handlers.items(): signal.signal(s, h)
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 # %% ../nbs/14_jobs.ipynb #782ccb43
 def _tail_rows(path:Path, max_bytes:int=1 << 16) -> list[dict]:
@@ -556,6 +552,10 @@ def read_jobs(jobs_dir:str|Path="jobs") -> list[dict]:
     return jobs
 
 LIST_COLUMNS = ("ID", "NAME", "STATE", "RETRIES", "CPU/GPU", "STARTED", "DURATION", "PROGRESS", "METRIC", "RESOURCES", "RUN")
+
+def state_counts(jobs:list[dict]) -> str:
+    "How many jobs are in each state, e.g. '2 queued · 1 running' (the states present, in the order of STATES)."
+    return " · ".join(f"{sum(j['state'] == s for j in jobs)} {s}" for s in STATES if any(j["state"] == s for j in jobs))
 
 def list_rows(jobs:list[dict]) -> list[tuple]:
     rows = []
@@ -768,7 +768,7 @@ def _watch(jobs_dir, interval_s:float=2.0) -> int:
         while True:
             jobs = read_jobs(jobs_dir)
             text = format_table(list_rows(jobs))
-            counts = " · ".join(f"{sum(j['state'] == s for j in jobs)} {s}" for s in STATES if any(j["state"] == s for j in jobs))
+            counts = state_counts(jobs)
             print(("\x1b[H\x1b[2J" if tty else "") + f"{_fmt_time(time.time())}  {counts}\n{text}\n", flush=True)
             if all(j["state"] in ENDED for j in jobs): return EXIT_OK
             time.sleep(interval_s)
@@ -868,7 +868,7 @@ class JobsDashboard:
     def refresh(self) -> list[dict]:
         "Read the queue and redraw; return the jobs."
         self.jobs = read_jobs(self.jobs_dir) if db_path(self.jobs_dir).exists() else []
-        counts = " · ".join(f"{sum(j['state'] == s for j in self.jobs)} {s}" for s in STATES if any(j["state"] == s for j in self.jobs))
+        counts = state_counts(self.jobs)
         self.title.value = f"<b>jobs</b> in {html_escape(str(db_path(self.jobs_dir)))} — {counts or 'empty'} · {_fmt_time(time.time())}"
         self.table.value = dashboard_html(self.jobs)
         return self.jobs

@@ -22,7 +22,7 @@ class TrackerCallback(Callback):
     def __init__(self, monitor:str="val_loss", mode:str="min", min_delta:float=0.0):
         if mode not in ("min", "max"): raise ConfigError(f"mode must be min or max, got {mode!r}", "monitor mode", "use min or max")
         self.monitor, self.mode, self.min_delta = monitor, mode, abs(min_delta)
-        self.best, self.best_epoch, self.new_best = None, None, False
+        self.best, self.best_epoch, self.new_best, self.validated = None, None, False, False  # validated: in the epoch just ended
 
     def improved(self, value:float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)): return False
@@ -30,10 +30,11 @@ class TrackerCallback(Callback):
         return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
 
     def after_epoch(self):
-        self.new_best = False
+        self.new_best = self.validated = False
         split = self.monitor.split("_", 1)[0]
         fresh = self.trainer.row if getattr(self.trainer, "row", None) else {}
         if fresh.get("split") != split or fresh.get("epoch") != self.epoch: return  # no validation this epoch
+        self.validated = True
         if self.monitor not in self.trainer.metrics:
             available = ", ".join(sorted(k for k in self.trainer.metrics if k.startswith(split)))
             raise ConfigError(f"monitored metric {self.monitor!r} is not produced", f"callback {self.name}",
@@ -52,13 +53,9 @@ class EarlyStoppingCallback(TrackerCallback):
         self.patience, self.wait = patience, 0
 
     def after_epoch(self):
-        before = self.best
         super().after_epoch()
-        if self.best is before and not self.new_best:
-            fresh = getattr(self.trainer, "row", None) or {}
-            if fresh.get("epoch") != self.epoch: return  # no validation this epoch: not counted
-            self.wait += 1
-        else: self.wait = 0
+        if not self.validated: return  # no validation this epoch: not counted
+        self.wait = 0 if self.new_best else self.wait + 1
         if self.wait >= self.patience:
             self.trainer.log_event("early_stop", monitor=self.monitor, best=self.best, best_epoch=self.best_epoch, patience=self.patience)
             self.trainer.logger(f"early stop: {self.monitor} has not improved for {self.patience} epoch(s); best {self.best:.4f} at epoch {self.best_epoch + 1}")
