@@ -8,6 +8,7 @@ unless --data names a prepared data dir), read with `data.in_memory=false` (each
 3. a 1-epoch `tp train` (config/test.yaml: small_cnn, batch 32) with each setting: the share of step time spent waiting for
    data (the epoch row of metrics.jsonl).
 Goals (issue 16): recommended/none >= 1.6 on a 2-core machine; data-wait share <= 5% with the recommended setting.
+(On 2 cores with small_cnn the tuner recommends no workers: the model step is the bottleneck; see benchmarks/README.md.)
 Run: .venv/bin/python benchmarks/streaming_workers.py [--data DIR] [--rounds 3] [--batches 120]"""
 import argparse
 import json

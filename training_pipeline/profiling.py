@@ -19,8 +19,8 @@ from .core import UsageError, atomic_write, atomic_write_json
 from .loaders import StreamedImages, collate_batches
 
 # %% auto #0
-__all__ = ['PHASES', 'SERIAL_LOADING_SHARE', 'StepTimer', 'ProfilerCallback', 'ImageFolderStream', 'Trial', 'time_loader',
-           'stage_times', 'TuneResult', 'tune_loader', 'tune_config', 'apply_recommendation', 'tune_report_html']
+__all__ = ['PHASES', 'StepTimer', 'ProfilerCallback', 'ImageFolderStream', 'Trial', 'time_loader', 'stage_times', 'TuneResult',
+           'tune_loader', 'tune_config', 'apply_recommendation', 'tune_report_html']
 
 # %% ../nbs/13_profiling.ipynb #571792f7
 PHASES = ("data", "h2d", "forward", "backward", "optimizer")
@@ -213,8 +213,6 @@ class TuneResult:
             lines.append(f"  {t.label:42s}{t.samples_per_s:>12.1f}{t.first_batch_s:>12.3f}s{mark}")
         return "\n".join(lines)
 
-SERIAL_LOADING_SHARE = 0.05  # loading in turn with the step below this share of it: not worth worker processes
-
 def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None, budget_s:float=60.0,
                 max_workers:int|None=None, device:str="cpu") -> TuneResult:
     "Benchmark DataLoader settings on `dataset`; recommend the fastest, or no workers when loading is not the bottleneck."
@@ -234,17 +232,14 @@ def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None
     fastest = max(trials, key=lambda t: t.samples_per_s)
     no_workers = next(t for t in trials if t.num_workers == 0)
     model_rate = batch_size / stages["model_step"] if stages.get("model_step") else None
-    # without workers loading runs in turn with the step: its share of the step is what workers could hide behind it
-    serial_share = (1 / no_workers.samples_per_s) / (1 / no_workers.samples_per_s + 1 / model_rate) if model_rate and no_workers.samples_per_s else None
-    if serial_share is not None and serial_share < SERIAL_LOADING_SHARE:
+    if model_rate and no_workers.samples_per_s > 3 * model_rate:
         best, bottleneck = no_workers, (f"loading is not the bottleneck: without workers the loader delivers {no_workers.samples_per_s:.0f} "
-                                        f"samples/s, the model consumes {model_rate:.0f}/s ({100 * serial_share:.1f}% of a step)")
+                                        f"samples/s, the model consumes {model_rate:.0f}/s")
     else:
         # a worker setting must beat no workers by 10% to be worth its processes
         best = fastest if fastest.samples_per_s > 1.1 * no_workers.samples_per_s else no_workers
         slowest = max((k for k in stages if k != "model_step"), key=stages.get)
-        bottleneck = ("loading limits the step" if serial_share is None else f"without workers loading takes {100 * serial_share:.0f}% of a step") + \
-                     f": {slowest} takes {stages[slowest] * 1000:.1f} ms per batch" + \
+        bottleneck = f"loading limits the step: {slowest} takes {stages[slowest] * 1000:.1f} ms per batch" + \
                      (f" (the model step {stages['model_step'] * 1000:.1f} ms)" if stages.get("model_step") else "")
     rec = {"num_workers": best.num_workers, "persistent_workers": best.persistent_workers, "pin_memory": best.pin_memory}
     if best.num_workers: rec["prefetch_factor"] = best.prefetch_factor
