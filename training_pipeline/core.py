@@ -29,7 +29,7 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREF
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
            'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
            'environment_info', 'free_port', 'snake_case', 'is_import_path', 'import_object', 'fault_spec',
-           'on_main_thread', 'fault_point']
+           'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -333,14 +333,14 @@ def fault_spec(area:str) -> tuple[str, int|None]|None:
 
 _fault_hits: dict = {}
 
-def on_main_thread() -> bool:
-    "Whether this is the main thread: the only one that may install signal handlers."
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
 def fault_point(area:str, name:str):
     "Tests kill this process with SIGKILL here: `TP_FAULT=<area>:<name>` the first time it is reached, `<area>:<name>@N` the N-th."
     spec = fault_spec(area)
     if spec is None or spec[0] != name: return
     _fault_hits[area, name] = _fault_hits.get((area, name), 0) + 1
     if _fault_hits[area, name] == (spec[1] or 1): os.kill(os.getpid(), signal.SIGKILL)
+
+def on_main_thread() -> bool:
+    "Whether this is the main thread: the only one that may install signal handlers."
+    import threading
+    return threading.current_thread() is threading.main_thread()

@@ -25,10 +25,11 @@ from .preprocess import ImagePreprocessor, TabularPreprocessor
 # %% auto #0
 __all__ = ['TABLE_CHUNK_ROWS', 'TABLE_FIT_ROWS', 'STAT_SAMPLES', 'TensorCache', 'split_fingerprint', 'image_tensor',
            'decode_image_file', 'image_files', 'read_image_split', 'data_placement', 'table_file', 'table_rows',
-           'table_chunks', 'SampleKey', 'sample_seed', 'sample_index', 'SampleRNG', 'SeededDataset', 'keyed',
-           'ArrayDataset', 'collate_batches', 'ResumableSampler', 'seed_worker', 'stop_workers', 'resumable_loader',
-           'DataBundle', 'build_data', 'SampleError', 'StreamedImages', 'fit_streamed', 'fit_table_sample',
-           'StreamedTable', 'write_table_rows', 'streamed_table', 'user_dataset_version', 'user_data', 'user_bundle']
+           'table_chunks', 'SampleKey', 'sample_seed', 'sample_index', 'SampleRNG', 'SeededDataset', 'augment_by_key',
+           'keyed', 'ArrayDataset', 'collate_batches', 'ResumableSampler', 'seed_worker', 'stop_workers',
+           'resumable_loader', 'DataBundle', 'build_data', 'SampleError', 'StreamedImages', 'fit_streamed',
+           'fit_table_sample', 'StreamedTable', 'write_table_rows', 'streamed_table', 'user_dataset_version',
+           'user_data', 'user_bundle']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -214,6 +215,13 @@ class SeededDataset(Dataset):
             for key in keys: rng.seed(key); samples.append(self.dataset[sample_index(key)])
             return samples
 
+def augment_by_key(augment:Callable, keys, images) -> list:
+    "Each image through `augment`, drawing from torch's generator (all torchvision's transforms use) seeded by its key."
+    with SampleRNG(all_streams=False) as rng:
+        out = []
+        for key, x in zip(keys, images): rng.seed(key); out.append(augment(x))
+        return out
+
 def keyed(dataset) -> Dataset:
     "`dataset` if it takes `SampleKey`s itself, else wrapped in a `SeededDataset`."
     return dataset if getattr(dataset, "takes_sample_keys", False) else SeededDataset(dataset)
@@ -230,11 +238,7 @@ class ArrayDataset(Dataset):
     def __getitems__(self, keys):
         idx = torch.as_tensor([sample_index(k) for k in keys], dtype=torch.long)
         x = self.x[idx]
-        if self.augment is not None:
-            with SampleRNG(all_streams=False) as rng:  # torchvision's transforms draw from torch's generator only
-                augmented = []
-                for key, xi in zip(keys, x): rng.seed(key); augmented.append(self.augment(xi))
-            x = torch.stack(augmented)
+        if self.augment is not None: x = torch.stack(augment_by_key(self.augment, keys, x))
         if self.batch_transform is not None: x = self.batch_transform(x)
         return x, self.y[idx]
 
@@ -555,13 +559,9 @@ class StreamedImages(Dataset):
     takes_sample_keys = True  # augmentation is seeded per `SampleKey`, as in `ArrayDataset`
 
     def __getitems__(self, keys):
-        xs, ys = [], []
-        with SampleRNG(all_streams=False) as rng:
-            for key in keys:
-                x, j = self.sample(sample_index(key))
-                if self.augment is not None: rng.seed(key); x = self.augment(x)
-                xs.append(x); ys.append(self.y[j])
-        return self.pre.normalize(torch.stack(xs)), torch.stack(ys)
+        xs, js = zip(*(self.sample(sample_index(key)) for key in keys))
+        if self.augment is not None: xs = augment_by_key(self.augment, keys, xs)
+        return self.pre.normalize(torch.stack(list(xs))), self.y[list(js)]
 
     def __getitem__(self, i):
         x, y = self.__getitems__([i]); return x[0], y[0]
@@ -615,8 +615,10 @@ class StreamedTable(Dataset):
         data = bytearray(b"".join(os.pread(fd, size, i * size) for i in indices))
         return torch.frombuffer(data, dtype=dtype).view(len(indices), width) if len(indices) else torch.empty(0, width, dtype=dtype)
 
-    def __getitems__(self, indices):
-        indices = [int(i) for i in indices]
+    takes_sample_keys = True  # nothing random in a row: a key is its index
+
+    def __getitems__(self, keys):
+        indices = [sample_index(k) for k in keys]
         if any(not 0 <= i < self.rows for i in indices): raise IndexError(f"row index out of range 0..{self.rows - 1}")
         fx, fy = self._fds()
         return self._read(fx, indices, self.features, self.x_dtype), self._read(fy, indices, 1, self.y_dtype)[:, 0]
