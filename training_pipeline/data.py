@@ -26,11 +26,11 @@ from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, s
 __all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'MAX_IMAGE_PIXELS', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',
            'TEXT_MIN_DISTINCT_RATIO', 'TEXT_MIN_WORDS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'QUANTILES',
            'SPLIT_IDENTITY', 'DataLayout', 'TabularData', 'ImageSample', 'ImageData', 'duplicate_columns', 'read_table',
-           'is_numeric', 'infer_task', 'check_target', 'check_features', 'tabular_from_file', 'read_image', 'write_png',
-           'scan_image_folder', 'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates',
-           'stratified_split', 'quantile_bins', 'split_positions', 'text_profile', 'is_free_text', 'text_columns',
-           'infer_tabular_schema', 'infer_image_schema', 'load_schema', 'column_statistics', 'target_statistics',
-           'class_distribution', 'dataset_version', 'now_iso']
+           'is_numeric', 'infer_task', 'check_target', 'empty_columns', 'infinite_counts', 'check_features',
+           'tabular_from_file', 'read_image', 'write_png', 'scan_image_folder', 'images_from_folder', 'load_builtin',
+           'content_hashes', 'drop_duplicates', 'stratified_split', 'quantile_bins', 'split_positions', 'text_profile',
+           'is_free_text', 'text_columns', 'infer_tabular_schema', 'infer_image_schema', 'load_schema',
+           'column_statistics', 'target_statistics', 'class_distribution', 'dataset_version', 'now_iso']
 
 # %% ../nbs/02_data.ipynb #d402700d
 SPLITS = ("train", "val", "test")
@@ -210,14 +210,22 @@ def check_target(df:pd.DataFrame, target:str, where:str, task:str="auto") -> tup
 
 def _names(cols) -> str: return ", ".join(repr(str(c)) for c in cols[:5]) + (f" and {len(cols) - 5} more" if len(cols) > 5 else "")
 
+def empty_columns(df:pd.DataFrame, exclude=()) -> list:
+    "Columns with no value in any row (none in a table without rows)."
+    return [c for c in df.columns if c not in exclude and len(df) and df[c].isna().all()]
+
+def infinite_counts(df:pd.DataFrame, exclude=()) -> dict:
+    "Numeric column -> how many inf values it holds, for the columns that hold any."
+    return {c: n for c in df.columns if c not in exclude and is_numeric(df[c]) and (n := int(np.isinf(df[c].astype(float)).sum()))}
+
 def check_features(df:pd.DataFrame, target:str, where:str):
     "`DataError` (exit 1) for feature columns no preprocessing can use: empty in every row, or holding inf."
-    empty = [c for c in df.columns if c != target and df[c].isna().all()]
+    empty = empty_columns(df, exclude=[target])
     if empty:
         trailing = " (a comma at the end of every line makes such a column)" if any(str(c).startswith("Unnamed:") for c in empty) else ""
         raise DataError(f"column(s) with no value in any row: {_names(empty)}{trailing}", where,
                         "drop them from the file: they carry nothing to learn from")
-    bad = {c: n for c in df.columns if c != target and is_numeric(df[c]) and (n := int(np.isinf(df[c].astype(float)).sum()))}
+    bad = infinite_counts(df, exclude=[target])
     if bad:
         counts = ", ".join(f"{c!r} ({n})" for c, n in list(bad.items())[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         first = next(iter(bad)); row = int(np.flatnonzero(np.isinf(df[first].astype(float)))[0])

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .core import progress_disabled, EXIT_USAGE, DataError
-from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, duplicate_columns, is_free_text, is_numeric, load_schema, read_image,
-                                    read_table, scan_image_folder, text_profile)
+from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, duplicate_columns, empty_columns, infinite_counts,
+                                    is_free_text, is_numeric, load_schema, read_image, read_table, scan_image_folder, text_profile)
 
 # %% auto #0
 __all__ = ['Issue', 'ValidationReport', 'table_defects', 'duplicate_column_issues', 'check_frame', 'DataValidator',
@@ -86,14 +86,14 @@ def _dtype_ok(expected:str, actual:str) -> bool:
 
 def table_defects(df:pd.DataFrame, split:str|None=None, train:pd.DataFrame|None=None) -> list[Issue]:
     "Checks that need no schema: columns empty in every row, non-finite numbers. A column empty here but filled in `train` is a warning."
-    issues = []
+    issues, empty, infinite = [], set(empty_columns(df)), infinite_counts(df)
     for col in df.columns:
-        if len(df) and df[col].isna().all():
+        if col in empty:
             filled = train is not None and col in train.columns and train[col].notna().any()
             issues.append(Issue("empty_column", f"column has no value in any of the {len(df)} rows" +
                                 (" (train has values: imputed)" if filled else ": it carries nothing; drop it"),
                                 split, str(col), count=len(df), severity="warning" if filled else "error"))
-        elif is_numeric(df[col]) and (n := int(np.isinf(df[col].astype(float)).sum())):
+        elif (n := infinite.get(col)):
             issues.append(Issue("non_finite", f"{n} non-finite value(s) (inf) in a numeric column: features or losses become NaN", split, str(col), count=n))
     return issues
 
