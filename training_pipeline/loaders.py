@@ -18,8 +18,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from .core import progress_disabled, EXIT_USAGE, ConfigError, DataError, atomic_write, atomic_write_json, sha256_bytes, sha256_json
-from .data import IMAGE_EXTENSIONS, SPLITS, DataLayout, load_schema, read_image, read_table
+from .core import (progress_disabled, EXIT_USAGE, ConfigError, DataError, NotBuiltError, atomic_write, atomic_write_json,
+                                    sha256_bytes, sha256_json)
+from .data import SPLITS, DataLayout, load_schema, read_image, read_table
+from .shards import image_files as class_folder_images, recorded_version, shard_datasets, shards_dir
 from .preprocess import ImagePreprocessor, TabularPreprocessor
 
 # %% auto #0
@@ -91,9 +93,8 @@ def decode_image_file(path:str|Path, channels:int) -> torch.Tensor:
     return image_tensor(read_image(path)[0], channels)
 
 def image_files(split_dir:Path, classes:list) -> list[tuple[Path, int]]:
-    "(path, class index) of a split's images, in a fixed order (class, then path); `DataError` when there are none."
-    files = [(p, i) for i, c in enumerate(classes) if (split_dir/c).is_dir()
-             for p in sorted((split_dir/c).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    "(path, class index) of a split's images, in the fixed order `shards.image_files` lists them; `DataError` when there are none."
+    files = class_folder_images(split_dir, classes)
     if not files: raise DataError("no images", str(split_dir), "run `tp prepare`, or check data.*_dir in the config", exit_code=EXIT_USAGE)
     return files
 
@@ -403,8 +404,7 @@ def build_data(config, cache:bool|None=None) -> DataBundle:
     problems = [p for p in config.check_paths() if p.where.startswith("data.")]
     if problems: raise ConfigError(f"{len(problems)} data problem(s)", "config", "see below", problems=problems) if len(problems) > 1 else problems[0]
     schema = load_schema(layout.schema_path)
-    stats = json.loads(layout.statistics_path.read_text()) if layout.statistics_path.exists() else {}
-    version = stats.get("dataset_version") or schema.get("dataset_version") or "unversioned"
+    version = recorded_version(layout, schema)
     dirs = _split_dirs(config)
     use_cache = config.data.cache if cache is None else cache
     store = TensorCache(layout.cache)
@@ -418,7 +418,6 @@ def _cached(store, parts:dict, build):
 
 def _shard_tensors(layout:DataLayout, schema:dict, pre:ImagePreprocessor, version:str, store) -> dict:
     "Every split of `<data_dir>/shards` as in-memory tensors: the same as `read_image_split` of the class folders."
-    from training_pipeline.shards import shard_datasets, shards_dir
     def read(ds):
         samples = list(ds)
         return {"images": torch.cat([pre.prepare(image_tensor(px, pre.channels)) for px, _ in samples]),
@@ -430,7 +429,6 @@ def _shard_tensors(layout:DataLayout, schema:dict, pre:ImagePreprocessor, versio
 def _image_bundle(schema, version, dirs, config, store) -> DataBundle:
     pre = ImagePreprocessor.from_config(schema, config.data.transforms)
     if config.data.shards:
-        from training_pipeline.shards import NotBuiltError
         tensors = _shard_tensors(DataLayout(config.data.data_dir), schema, pre, version, store)
         placement = data_placement(config.data, {s: t["images"].numel() * 4 for s, t in tensors.items()})
         if placement["streamed"]:

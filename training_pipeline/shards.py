@@ -44,10 +44,11 @@ def image_files(split_dir:str|Path, classes:list) -> list[tuple[Path, int]]:
     return [(p, i) for i, c in enumerate(classes) if (split_dir/c).is_dir()
             for p in sorted((split_dir/c).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
-def recorded_version(layout:DataLayout) -> str:
-    "The dataset version `tp prepare` recorded (statistics.json, else schema.json), as `build_data` reads it."
+def recorded_version(layout:DataLayout, schema:dict|None=None) -> str:
+    "The dataset version `tp prepare` recorded (statistics.json, else the schema, read from the layout when not given)."
     stats = json.loads(layout.statistics_path.read_text()) if layout.statistics_path.exists() else {}
-    return stats.get("dataset_version") or load_schema(layout.schema_path).get("dataset_version") or "unversioned"
+    if stats.get("dataset_version"): return stats["dataset_version"]
+    return (load_schema(layout.schema_path) if schema is None else schema).get("dataset_version") or "unversioned"
 
 def shards_dir(layout:DataLayout, split:str|None=None) -> Path:
     "`<data_dir>/shards`, or one split's folder in it."
