@@ -46,6 +46,9 @@ class PipelineError(Exception):
                  where:str|None=None, # The file, key, line or command concerned
                  fix:str|None=None, # How the user can fix it
                  exit_code:int|None=None): # Overrides the class's exit code
+        if where is None and fix is None and what.startswith("Caught ") and "\nOriginal Traceback" in what:
+            # raised in a DataLoader worker, torch re-raises it as `type(e)(text of the worker's traceback)`: our one line is its last
+            what = what.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
         self.what, self.where, self.fix = what, where, fix
         if exit_code is not None: self.exit_code = exit_code
         super().__init__(str(self))

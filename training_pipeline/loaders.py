@@ -511,12 +511,7 @@ def _streamed_tabular_bundle(schema, version, dirs, paths, config, store, placem
 
 # %% ../nbs/02d_loaders.ipynb #635cac71
 class SampleError(DataError):
-    """A bad sample met while loading (often in a DataLoader worker). torch re-raises a worker's error in the main process as
-    `type(message)`, the message holding the worker's traceback; this takes the one-line error back from its last line."""
-    def __init__(self, what:str, where:str|None=None, fix:str|None=None, exit_code:int|None=None):
-        if where is None and what.startswith("Caught ") and "Traceback" in what:
-            what = what.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(what, where, fix, exit_code)
+    "A bad sample met while loading, often in a DataLoader worker (a `PipelineError` keeps its one line through one)."
 
 class StreamedImages(Dataset):
     """A split as its file list: each image is read, decoded, resized (`pre.prepare`), augmented and normalized when asked

@@ -123,13 +123,8 @@ def check_shardable(dataset:str|None=None, source:str|Path|None=None):
 REWRITE = "write them again: tp prepare --shards (same --dataset/--source and --data-dir)"
 
 class ShardError(DataError):
-    "A missing, damaged or stale shard (exit 2). It keeps its one line through a DataLoader worker (see below)."
+    "A missing, damaged or stale shard (exit 2); like any `PipelineError` it keeps its one line through a DataLoader worker."
     exit_code = EXIT_USAGE
-    def __init__(self, what:str, where:str|None=None, fix:str|None=None, exit_code:int|None=None):
-        if where is None and fix is None and "\nOriginal Traceback" in what:
-            # torch re-raises a worker's exception as `type(e)(traceback_text)`; the text's last line is ours: "...ShardError: <line>"
-            what = what.rstrip().splitlines()[-1].split(": ", 1)[-1]
-        super().__init__(what, where, fix, exit_code)
 
 def _shard_error(what:str, where, fix:str=REWRITE) -> ShardError: return ShardError(what, str(where), fix)
 
