@@ -129,11 +129,15 @@ class ResumePlan:
     note: str|None = None
     changed: dict = field(default_factory=dict)  # inplace: RESUMABLE_CHANGES that differ from the run's ({key: [then, now]})
 
+def _runs_newest_first(runs_dir:str|Path, experiment:str):
+    "(run dir, its run.json) of `experiment`'s runs, newest first; a run whose run.json can't be read is passed over."
+    for run in reversed(run_dirs(runs_dir, experiment)):
+        try: yield run, json.loads((run/"run.json").read_text())
+        except (OSError, json.JSONDecodeError): continue
+
 def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
     "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure)."
-    for run in reversed(run_dirs(runs_dir, experiment)):
-        try: meta = json.loads((run/"run.json").read_text())
-        except (OSError, json.JSONDecodeError): continue
+    for run, meta in _runs_newest_first(runs_dir, experiment):
         status = meta.get("status")
         if status == "completed" or (status == "failed" and meta.get("error_kind") != "transient"): continue
         if status == "running" and run_is_alive(meta): continue
@@ -142,11 +146,8 @@ def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
 
 def find_live_run(runs_dir:str|Path, config:Config) -> Path|None:
     "The newest run of the config's experiment that a live process is training with this config (same resume hash)."
-    for run in reversed(run_dirs(runs_dir, config.experiment.name)):
-        try: meta = json.loads((run/"run.json").read_text())
-        except (OSError, json.JSONDecodeError): continue
-        if meta.get("status") == "running" and meta.get("resume_hash") == config.resume_hash and run_is_alive(meta): return run
-    return None
+    return next((run for run, meta in _runs_newest_first(runs_dir, config.experiment.name)
+                 if meta.get("status") == "running" and meta.get("resume_hash") == config.resume_hash and run_is_alive(meta)), None)
 
 # %% ../nbs/15_train.ipynb #d07cac8a
 def _checkpoint_of(path:Path, fallbacks:list) -> Path:
