@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'IMPORT_PATH', 'PipelineError', 'UsageError',
+__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR', 'MODELS_DIR',
+           'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'IMPORT_PATH', 'PipelineError', 'UsageError',
            'ConfigError', 'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch',
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
@@ -185,6 +186,14 @@ def clean_tmp_dirs(parent:str|Path):
         if p.is_dir() and p.name.startswith(TMP_PREFIX):
             shutil.rmtree(p, ignore_errors=True); removed.append(p.name)
     return sorted(removed)
+
+# %% ../nbs/00_core.ipynb #6848bd83
+DATA_DIR = "data"      # the data layout: raw/, processed/, metadata/
+RUNS_DIR = "runs"      # run directories: <runs>/<experiment>/<run_id>/
+MODELS_DIR = "models"  # the model registry
+JOBS_DIR = "jobs"      # the job queue
+SPLIT_SEED = 42        # seed of the stratified train/val/test split
+VAL_FRACTION = TEST_FRACTION = 0.15  # shares of the rows held out for validation and for test
 
 # %% ../nbs/00_core.ipynb #615f903f
 def sha256_bytes(data:bytes) -> str: return hashlib.sha256(data).hexdigest()
