@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from training_pipeline.config import DriftConfig
+from training_pipeline.schema import DriftConfig
 from training_pipeline.data import infer_tabular_schema
 from training_pipeline.validation import DataValidator, check_tables
 

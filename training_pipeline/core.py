@@ -25,12 +25,12 @@ from typing import Any, Iterator
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR', 'MODELS_DIR',
            'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'IMPORT_PATH', 'PipelineError', 'UsageError',
-           'ConfigError', 'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'patch',
-           'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
-           'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
-           'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
-           'environment_info', 'free_port', 'snake_case', 'is_import_path', 'import_object', 'fault_spec',
-           'fault_point', 'on_main_thread']
+           'ConfigError', 'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun',
+           'did_you_mean', 'patch', 'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write',
+           'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file',
+           'sha256_dir', 'sha256_json', 'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed',
+           'git_info', 'package_version', 'environment_info', 'free_port', 'snake_case', 'is_import_path',
+           'import_object', 'fault_spec', 'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -86,6 +86,13 @@ class NotBuiltError(UsageError):
 class InterruptedRun(PipelineError):
     "The run was stopped by a signal (after saving a checkpoint when it could)."
     exit_code = EXIT_INTERRUPTED
+
+# %% ../nbs/00_core.ipynb #b7a4bbc7
+def did_you_mean(word:str, choices) -> str:
+    "' (did you mean X?)' when a choice is close to `word`, else ''."
+    import difflib
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 # %% ../nbs/00_core.ipynb #c174f414
 def patch(f):
@@ -328,9 +335,7 @@ def import_object(path:str, key:str="import path"):
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            import difflib
-            close = difflib.get_close_matches(part, names, n=1)
-            raise ConfigError(f"{module_name} has no attribute {part!r}" + (f" (did you mean {close[0]!r}?)" if close else ""), key,
+            raise ConfigError(f"{module_name} has no attribute {part!r}{did_you_mean(part, names)}", key,
                               f"name a class or function defined in {module_name}")
         obj = getattr(obj, part)
     return obj

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from .config import did_you_mean
-from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, sha256_bytes, sha256_file
+from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, did_you_mean, sha256_bytes, sha256_file
 
 # %% auto #0
 __all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'MAX_IMAGE_PIXELS', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',

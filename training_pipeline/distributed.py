@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .config import Config
+from .schema import Config
 from .core import ConfigError, NotBuiltError
 
 # %% auto #0

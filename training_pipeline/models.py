@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ARCHITECTURES
-from .core import EXIT_USAGE, CheckpointError, ConfigError
+from .schema import ARCHITECTURES
+from .core import EXIT_USAGE, CheckpointError, ConfigError, did_you_mean
 
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'head_name', 'DropoutLinear',
@@ -171,7 +171,7 @@ def create_model(architecture:str, num_classes:int, input_shape:tuple, dropout:f
         if pretrained: raise ConfigError("small_cnn has no pretrained weights", "model.pretrained", "set model.pretrained: false")
         return SmallCNN(input_shape[0], num_outputs, dropout)
     import torchvision
-    from training_pipeline.config import did_you_mean, torchvision_classifiers
+    from training_pipeline.schema import torchvision_classifiers
     if architecture not in (names := torchvision_classifiers()):
         raise ConfigError(f"unknown architecture {architecture!r}{did_you_mean(architecture, [*ARCHITECTURES, *names])}", "model.architecture",
                           "use mlp, small_cnn, a torchvision classification model or package.module:Name")

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import metric_name
-from .core import ConfigError, import_object, is_import_path
+from .schema import metric_name
+from .core import ConfigError, did_you_mean, import_object, is_import_path
 
 # %% auto #0
 __all__ = ['TASKS', 'LEGACY_TASKS', 'confusion_metrics', 'Task', 'BinaryLoss', 'Classification', 'Regression', 'Multilabel',
@@ -193,7 +193,6 @@ def metric_class(name:str, key:str="training.metrics"):
     import torchmetrics
     for module in (torchmetrics, torchmetrics.classification, torchmetrics.regression):
         if hasattr(module, name): return getattr(module, name)
-    from training_pipeline.config import did_you_mean
     raise ConfigError(f"torchmetrics has no metric {name!r}{did_you_mean(name, torchmetrics.__all__)}", key,
                       "give a torchmetrics class name (e.g. MeanAbsolutePercentageError) or an import path")
 

@@ -18,7 +18,7 @@ import torch
 from .callback.core import Callback, raised_by_callback
 from .callback.progress import ProgressCallback
 from .callback.tracker import EarlyStoppingCallback, NonFiniteLossCallback
-from .config import Config
+from .schema import Config
 from .checkpoint import (CheckpointCallback, latest_good_checkpoint, load_checkpoint, restore_trainer,
                                          verify_checkpoint)
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,

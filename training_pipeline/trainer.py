@@ -15,8 +15,8 @@ from torch import nn
 
 from .callback.core import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                                              CancelTrainException, CancelValidateException, EVENTS)
-from .core import ConfigError, TrainingError, UsageError, patch
-from .config import did_you_mean, metric_name
+from .core import ConfigError, TrainingError, UsageError, did_you_mean, patch
+from .schema import metric_name
 from .tasks import Task, make_metric, make_task, metric_inputs, metric_value
 
 # %% auto #0

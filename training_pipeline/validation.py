@@ -299,7 +299,7 @@ def check_images(roots:dict[str, Path], schema:dict, drift_cfg, seed:int=0) -> t
 
 # %% ../nbs/02c_validation.ipynb #16163be0
 def _default_drift():
-    from training_pipeline.config import DriftConfig
+    from training_pipeline.schema import DriftConfig
     return DriftConfig()
 
 def locate_splits(data_dir:str|Path) -> tuple[DataLayout, str]:

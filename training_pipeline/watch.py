@@ -121,7 +121,7 @@ class HeartbeatWatcher:
         self.dir, self.log, self.last_sent, self.sent = Path(run_dir), log, -math.inf, []
         try: self.cfg = load_config(self.dir/"config.yaml").alerts
         except Exception as e:  # a run whose config no longer loads (older version): watch with the defaults
-            from training_pipeline.config import AlertsConfig
+            from training_pipeline.schema import AlertsConfig
             self.cfg = AlertsConfig(); log(f"warning: the run's alert settings could not be read ({e}); using the defaults")
         self.rule = self.cfg.rules.heartbeat
 
