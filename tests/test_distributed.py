@@ -32,7 +32,7 @@ def test_two_cpu_processes(tmp_path, prepared):
     assert [r["samples"] for r in epochs] == [1257, 1257]  # every training sample exactly once per epoch
     assert [r["samples"] for r in rows(run_dir) if r["split"] in ("val", "test")] == [270, 270, 270]
     # the gathered test metrics equal a single-process evaluation of the final weights
-    code = ("import json\nfrom training_pipeline.report import evaluate\n"
+    code = ("import json\nfrom training_pipeline.evaluation import evaluate\n"
             f"ev = evaluate({str(run_dir)!r} + '/checkpoints/' + json.load(open({str(run_dir)!r} + '/checkpoints/index.json'))['last'] + '/model.safetensors', {str(d)!r})\n"
             "print(ev.accuracy)")
     single = float(subprocess.run([str(Path(TP).with_name("python")), "-c", code], capture_output=True, text=True, check=True).stdout)

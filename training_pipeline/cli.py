@@ -402,7 +402,7 @@ def cmd_models(args) -> int:
 # %% ../nbs/20_cli.ipynb #a0c8eee3
 def cmd_sweep(args) -> int:
     "Run a grid of overrides as papermill runs and compare them; exit 1 if any point failed."
-    from training_pipeline.report import sweep
+    from training_pipeline.sweep import sweep
     s = sweep(args.config, args.param, args.parallel, args.out, args.epochs)
     for p in s["points"]:
         print(f"{p['status']:9s} {p['point']}  {p.get('run_dir', '-')}" + (f"  ({p['error']})" if p.get("error") else ""))

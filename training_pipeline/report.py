@@ -11,28 +11,22 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from fastcore.basics import patch
 
-from .checkpoint import load_exported_model
 from .core import CheckpointError, PipelineError, UsageError, atomic_write, is_import_path
-from .tasks import LEGACY_TASKS, make_task
+from .evaluation import HEADLINE, Evaluation, evaluate, load_predictions, metrics_table, read_test_split
 from .tracking import read_jsonl
 
 # %% auto #0
-__all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'HEADLINE', 'TEMPLATES', 'PAGE', 'RunData', 'load_run',
-           'stored_predictions', 'final_weights', 'summary_table', 'curve_keys', 'learning_curves', 'step_time_figure',
-           'task_name', 'Evaluation', 'metrics_table', 'evaluate', 'load_predictions', 'confusion_figure',
+__all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'TEMPLATES', 'PAGE', 'RunData', 'load_run', 'stored_predictions',
+           'final_weights', 'summary_table', 'curve_keys', 'learning_curves', 'step_time_figure', 'confusion_figure',
            'roc_pr_figures', 'worst_images_figure', 'predicted_vs_true_figure', 'residuals_figure', 'per_label_figure',
            'evaluation_parts', 'class_balance_figure', 'target_table', 'events_table', 'checkpoints_table',
            'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext', 'describe_weights', 'users_data',
-           'resolve', 'evaluations', 'template_path', 'notebook_to_html', 'build_report', 'sweep_grid', 'point_name',
-           'sweep']
+           'resolve', 'evaluations', 'template_path', 'notebook_to_html', 'build_report']
 
 # %% ../nbs/11_report.ipynb #d28d134b
 @dataclass
@@ -156,146 +150,6 @@ def step_time_figure(metrics:pd.DataFrame):
     fig.update_layout(barmode="stack", xaxis_title="epoch", yaxis_title="seconds", height=320, margin=dict(t=30))
     return fig
 
-# %% ../nbs/11_report.ipynb #a7350b66
-def task_name(task:str|None) -> str:
-    "classification, regression or multilabel (older model.json files say multiclass or binary)."
-    return LEGACY_TASKS.get(task or "classification", task or "classification")
-
-HEADLINE = {"classification": {"accuracy": "accuracy", "f1": "F1 (macro)", "precision": "precision (macro)",
-                               "recall": "recall (macro)", "top5_accuracy": "top-5 accuracy"},
-            "regression": {"rmse": "RMSE", "mae": "MAE", "r2": "R²"},
-            "multilabel": {"f1": "F1 (micro)", "precision": "precision (micro)", "recall": "recall (micro)",
-                           "accuracy": "accuracy (mean per label)"}}
-
-@dataclass
-class Evaluation:
-    "One set of weights on the test split: raw outputs and targets, read through the run's task."
-    task: str                 # classification | regression | multilabel
-    outputs: np.ndarray       # raw model outputs: (N, C) logits (or (N, 1) for bce), (N,)/(N, K) values, (N, L) label logits
-    targets: np.ndarray       # (N,) classes or values, (N, L) 0/1 labels
-    classes: list = field(default_factory=list)  # class or label names (numbered when the run has none)
-    weights: str = ""         # which weights made the outputs: "final model (step 120)", "best checkpoint ...", a file
-    source: str = ""          # where the outputs come from: a stored predictions file, or the data evaluated now
-    inputs: np.ndarray|None = None  # test images (N, C, H, W) uint8, for the worst-case grid
-
-    def __post_init__(self):
-        self.task = task_name(self.task)
-        self.outputs, self.targets = np.asarray(self.outputs, dtype=np.float32), np.asarray(self.targets)
-        if not self.classes and self.task != "regression":
-            width = self.outputs.shape[-1] if self.outputs.ndim > 1 else 1
-            self.classes = [str(i) for i in range(max(2, width) if self.task == "classification" else width)]
-        self.classes = [str(c) for c in self.classes]
-
-    @cached_property
-    def _task(self): return make_task(self.task, len(self.classes) if self.task == "classification" else None)
-    @cached_property
-    def _out(self): return torch.from_numpy(self.outputs)
-    @cached_property
-    def _y(self): return torch.from_numpy(self.targets).float() if self.task == "regression" else torch.from_numpy(self.targets).long()
-
-    @cached_property
-    def probs(self) -> np.ndarray:
-        "Class probabilities (N, C), label probabilities (N, L), or the predicted values."
-        return self._task.scores(self._out).numpy()
-    @cached_property
-    def preds(self) -> np.ndarray:
-        "Classes (N,), a 0/1 label matrix (N, L), or values."
-        return self._task.decode(self._out).numpy()
-    @cached_property
-    def metrics(self) -> dict:
-        "The task's metrics, computed as the trainer computes them (exact sums over the whole split)."
-        sums = self._task.new_sums(self._out)
-        if len(self.targets): self._task.update(sums, self._out, self._y)
-        return self._task.compute(sums)
-    @property
-    def accuracy(self) -> float: return self.metrics["accuracy"] if len(self.targets) else float("nan")
-    def headline(self) -> dict:
-        "The task's main metrics by display name (RMSE, MAE, R² / accuracy, F1 ...), and the sample count."
-        return {**{label: self.metrics[k] for k, label in HEADLINE[self.task].items() if k in self.metrics},
-                "samples": len(self.targets)}
-
-# %% ../nbs/11_report.ipynb #8c5b758b
-def metrics_table(evaluations:list[Evaluation]) -> pd.DataFrame:
-    "One row per set of weights: the task's main test metrics."
-    return pd.DataFrame([ev.headline() for ev in evaluations], index=pd.Index([ev.weights for ev in evaluations], name="weights"))
-
-def _ratio(a, b, empty=0.0): return np.divide(a, b, out=np.full(np.shape(a), empty, dtype=float), where=np.asarray(b) > 0)
-
-@patch
-def confusion(self:Evaluation) -> np.ndarray:
-    "Confusion matrix: rows the true class, columns the predicted one."
-    k = len(self.classes)
-    return np.bincount(self.targets.astype(int) * k + self.preds, minlength=k * k).reshape(k, k)
-
-@patch
-def per_class(self:Evaluation) -> pd.DataFrame:
-    "Classification: precision, recall, F1 and support of each class."
-    cm = self.confusion().astype(float)
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
-    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
-    return pd.DataFrame({"precision": precision, "recall": recall, "f1": _ratio(2 * precision * recall, precision + recall),
-                         "support": support.astype(int)}, index=pd.Index(self.classes, name="class")).round(4)
-
-@patch
-def per_label(self:Evaluation) -> pd.DataFrame:
-    "Multilabel: precision, recall, F1 and accuracy of each label, and its positives in the split."
-    p, t = self.preds.astype(bool), self.targets.astype(bool)
-    tp, fp, fn, tn = (p & t).sum(0), (p & ~t).sum(0), (~p & t).sum(0), (~p & ~t).sum(0)
-    return pd.DataFrame({"precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
-                         "f1": _ratio(2 * tp, 2 * tp + fp + fn, empty=1.0), "accuracy": (tp + tn) / max(len(t), 1),
-                         "positives": t.sum(0)}, index=pd.Index(self.classes, name="label")).round(4)
-
-@patch
-def largest_errors(self:Evaluation, n:int=10) -> pd.DataFrame:
-    "Regression: the test samples (by index in the split) with the largest absolute errors."
-    pred, true = self.preds.reshape(len(self.targets), -1), self.targets.reshape(len(self.targets), -1).astype(float)
-    err = np.abs(pred - true).max(1)
-    worst = np.argsort(-err, kind="stable")[:n]
-    return pd.DataFrame({"true": true[worst, 0], "predicted": pred[worst, 0], "error": (pred - true)[worst, 0]},
-                        index=pd.Index(worst, name="sample")).round(4)
-
-# %% ../nbs/11_report.ipynb #aec90b37
-def _test_inputs(spec:dict, data_dir:Path):
-    "(inputs tensor, targets, raw images or None) of the test split, with the saved preprocessing."
-    from training_pipeline.data import read_table
-    from training_pipeline.loaders import read_image_split
-    from training_pipeline.preprocess import preprocessor_from_state
-    pre = preprocessor_from_state(spec["preprocessing"])
-    test_dir = data_dir/"processed"/"test"
-    if not test_dir.is_dir():
-        raise UsageError("no test split to evaluate on", str(test_dir), "pass --data-dir with the prepared data the model was trained on")
-    if spec["preprocessing"]["type"] == "image":
-        t = read_image_split(test_dir, pre.classes, pre)
-        return pre.normalize(t["images"]), t["labels"].numpy(), t["images"].numpy()
-    df = read_table(test_dir/"data.csv")
-    return torch.tensor(pre.features(df)), pre.labels(df), None
-
-def _classes(spec:dict) -> list: return list(spec.get("classes") or (spec.get("preprocessing") or {}).get("classes") or [])
-
-def evaluate(weights:str|Path, data_dir:str|Path, spec:dict|None=None, batch_size:int=256, label:str|None=None) -> Evaluation:
-    "Exported weights run now on the test split of `data_dir` (`label` says which weights they are)."
-    model, spec = load_exported_model(weights, spec)
-    x, y, raw = _test_inputs(spec, Path(data_dir))
-    with torch.no_grad():
-        outputs = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-    return Evaluation(spec.get("task"), outputs.numpy(), np.asarray(y), _classes(spec), label or str(weights),
-                      f"evaluated now on {Path(data_dir)/'processed'/'test'}", raw)
-
-# %% ../nbs/11_report.ipynb #884734ed
-def load_predictions(info:dict, spec:dict) -> Evaluation:
-    "An `Evaluation` from stored predictions, read through the task of the run's model spec."
-    from safetensors.torch import load_file
-    try: t = load_file(info["file"])
-    except Exception as e:
-        raise CheckpointError(f"stored test predictions unreadable ({type(e).__name__}: {e})", info["file"],
-                              "delete artifacts/predictions and report with --checkpoint and --data-dir") from None
-    if {"outputs", "targets"} - set(t):
-        raise CheckpointError("stored test predictions lack 'outputs' or 'targets'", info["file"], "delete artifacts/predictions and report with --checkpoint")
-    y = t["targets"]
-    y = y.double() if y.is_floating_point() else y.long()
-    return Evaluation(spec.get("task"), t["outputs"].float().numpy(), y.numpy(), _classes(spec), info.get("weights") or info["name"],
-                      f"stored predictions artifacts/predictions/{Path(info['file']).name}")
-
 # %% ../nbs/11_report.ipynb #ec6a4740
 def _title(fig, what:str, ev:Evaluation):
     "Every evaluation figure names the weights it shows."
@@ -310,6 +164,7 @@ def confusion_figure(ev:Evaluation):
     fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=440, margin=dict(t=50))
     return _title(fig, "confusion matrix", ev)
 
+# %% ../nbs/11_report.ipynb #c44f1b81
 def roc_pr_figures(ev:Evaluation):
     "ROC and precision-recall curves (binary tasks), with AUC and average precision."
     import plotly.graph_objects as go
@@ -323,6 +178,7 @@ def roc_pr_figures(ev:Evaluation):
     return (_title(roc, f"ROC (AUC {roc_auc_score(truth, score):.4f}, positive class {ev.classes[1]!r})", ev),
             _title(pr, f"precision-recall (AP {average_precision_score(truth, score):.4f})", ev))
 
+# %% ../nbs/11_report.ipynb #185071e0
 def worst_images_figure(ev:Evaluation, n:int=16):
     "The misclassified test images with the highest confidence in the wrong class."
     import plotly.graph_objects as go
@@ -421,6 +277,7 @@ def target_table(statistics:dict) -> pd.DataFrame|None:
             for split, s in statistics.get("splits", {}).items() if isinstance(s.get("target"), dict)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split") if rows else None
 
+# %% ../nbs/11_report.ipynb #0eca7243
 def events_table(run:RunData) -> pd.DataFrame:
     "Events in time order, with their details in one column."
     if not run.events: return pd.DataFrame(columns=["time", "event", "step", "details"])
@@ -566,7 +423,7 @@ def _attach_images(evs:list[Evaluation], ctx:ReportContext):
     "Stored predictions of an image classifier get the test images when the prepared data is there (for the worst cases)."
     if (ctx.spec or {}).get("kind") != "image" or ctx.data_dir is None or not (ctx.data_dir/"processed"/"test").is_dir(): return
     if not any(ev.task == "classification" for ev in evs): return
-    _, y, raw = _test_inputs(ctx.spec, ctx.data_dir)
+    _, y, raw = read_test_split(ctx.spec, ctx.data_dir)
     for ev in evs:  # the same targets in the same order, or these are not the images the predictions are of
         if ev.task == "classification" and np.array_equal(np.asarray(y), ev.targets): ev.inputs = raw
 
@@ -591,6 +448,7 @@ def template_path(name:str) -> Path:
         raise NotBuiltError(f"the {name} template is not built yet", str(path), "available: " + ", ".join(sorted(p.stem for p in TEMPLATES.glob("*.ipynb"))))
     return path
 
+# %% ../nbs/11_report.ipynb #e52672f6
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -655,71 +513,3 @@ def build_report(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data
     title = f"Report: {ctx.run.meta['experiment']} {ctx.run.meta['id']}" if ctx.run else f"Report: {Path(checkpoint).name}"
     atomic_write(out, notebook_to_html(executed, title))
     return out, executed
-
-# %% ../nbs/11_report.ipynb #ba7e682a
-def sweep_grid(params:list[str]) -> list[list[str]]:
-    "['a=1,2', 'b=x,y'] -> [['a=1', 'b=x'], ['a=1', 'b=y'], ['a=2', 'b=x'], ['a=2', 'b=y']]."
-    import itertools
-    from training_pipeline.config import KEY_PATTERN
-    axes = []
-    for p in params:
-        key, sep, values = p.partition("=")
-        if not sep or not KEY_PATTERN.match(key.strip()) or not values.strip():
-            raise UsageError(f"--param {p!r} is not KEY=V1,V2,...", "tp sweep", "write e.g. --param training.learning_rate=0.1,0.01")
-        axes.append([f"{key.strip()}={v.strip()}" for v in values.split(",") if v.strip()])
-    return [list(point) for point in itertools.product(*axes)]
-
-def point_name(overrides:list[str]) -> str:
-    "A file-system-safe name for a sweep point: learning_rate=0.1_batch_size=32."
-    parts = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        parts.append(re.sub(r"[^A-Za-z0-9_=.+-]", "-", f"{key.rsplit('.', 1)[-1]}={value}"))
-    return "_".join(parts)
-
-def sweep(config:str|Path, params:list[str], parallel:int=1, out_dir:str|Path|None=None, epochs:int|None=None) -> dict:
-    "Run the grid of `params` as papermill runs of train.ipynb; compare the runs; return what happened."
-    import concurrent.futures, os, sys
-    import papermill
-    from training_pipeline.config import load_config
-    from training_pipeline.tracking import comparison_html
-    grid = sweep_grid(params)
-    for point in grid: load_config(config, point)  # every point is a valid config before anything runs
-    base = load_config(config)
-    out_dir = Path(out_dir or Path("sweeps")/f"{base.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["TQDM_DISABLE"] = "1"
-
-    def run_point(point):
-        name = point_name(point)
-        nb = out_dir/f"{name}.ipynb"
-        params = {"config": str(config), "overrides": [*point, f"experiment.description=sweep point {name}"],
-                  "epochs": epochs, "resume": "never", "output_notebook": str(nb)}
-        try:
-            papermill.execute_notebook(str(template_path("train")), str(nb), parameters=params, progress_bar=False,
-                                       kernel_name="python3", cwd=os.getcwd(), log_output=False)
-            return {"point": name, "overrides": point, "notebook": str(nb), "status": "completed"}
-        except Exception as e:
-            reason = f"{e.ename}: {e.evalue}" if isinstance(e, papermill.PapermillExecutionError) else f"{type(e).__name__}: {e}"
-            return {"point": name, "overrides": point, "notebook": str(nb), "status": "failed", "error": " ".join(reason.split())[:300]}
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        results = list(pool.map(run_point, grid))
-    runs = _runs_by_point(base.experiment.runs_dir, base.experiment.name, results)
-    done = [r["run_dir"] for r in results if r.get("run_dir") and r["status"] == "completed"]
-    comparison = comparison_html(done, out_dir/"compare.html", base.experiment.runs_dir) if len(done) >= 2 else None
-    summary = {"out_dir": str(out_dir), "points": results, "comparison": str(comparison) if comparison else None}
-    atomic_write(out_dir/"sweep.json", json.dumps(summary, indent=2))
-    return summary
-
-def _runs_by_point(runs_dir, experiment, results) -> None:
-    "Attach to each point the run whose config says it belongs to that point."
-    from training_pipeline.config import read_yaml
-    from training_pipeline.tracking import run_dirs
-    by_name = {}
-    for d in run_dirs(runs_dir, experiment):
-        desc = (read_yaml(d/"config.yaml", "run config").get("experiment") or {}).get("description", "")
-        if desc.startswith("sweep point "): by_name[desc.removeprefix("sweep point ")] = d
-    for r in results:
-        if r["point"] in by_name: r["run_dir"] = str(by_name[r["point"]])
