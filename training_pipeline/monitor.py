@@ -126,14 +126,14 @@ class MonitorCallback(Callback):
 @patch
 def after_log(self:MonitorCallback):
     if self.row["split"] != "train": return
-    if self.trainer.is_main:
+    if self.trainer.is_main:  # not main_process_only: every process joins the broadcast below
         for rule, value, threshold, message in self.check_row(self.row): self.alert(rule, value, threshold, message)
     self.stop_rule = broadcast_from_main(self.stop_rule)  # the main process decides; every process stops at the same step
     if self.stop_rule: raise CancelFitException("alert", rule=self.stop_rule)
 
 @patch
 def on_event(self:MonitorCallback, event:dict):
-    if not self.trainer.is_main: return
+    if not self.trainer.is_main: return  # alerts go out from the main process only (see after_log)
     if event["event"] in ("diverged", "nonfinite_loss_skipped") and self._rule("nonfinite_loss"):
         self.alert("nonfinite_loss", event.get("loss"), "finite", f"the training loss is {event.get('loss')}", stoppable=False)
 

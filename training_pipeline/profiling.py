@@ -77,13 +77,13 @@ class StepTimer(Callback):
 class ProfilerCallback(Callback):
     "torch.profiler over a schedule of training steps; traces for TensorBoard, a key-averages table as artifacts."
     order = 95
+    main_process_only = True
     def __init__(self, cfg, trace_dir:str|Path, artifacts_dir:str|Path):
         self.cfg, self.trace_dir, self.artifacts_dir = cfg, Path(trace_dir), Path(artifacts_dir)
         self.prof = None
 
     def before_fit(self):
         from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
-        if not self.trainer.is_main: return
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.trainer.device.type == "cuda" else [])
         self.trace_dir.mkdir(parents=True, exist_ok=True)
         self.prof = profile(activities=activities, schedule=schedule(wait=self.cfg.wait, warmup=self.cfg.warmup, active=self.cfg.active,

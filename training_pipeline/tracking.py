@@ -171,20 +171,16 @@ class RunLock:
 class RunStoreCallback(Callback):
     "Writes the trainer's rows and events into the run directory (main process only)."
     order = 20
+    main_process_only = True
     def __init__(self, store:RunStore): self.store = store
     def before_fit(self):
-        self.active = self.trainer.is_main
-        if not self.active: return
         t = self.trainer  # the plan, so that watchers can show progress and an ETA
         steps_per_epoch = math.ceil(len(t.loaders["train"]) / t.grad_accum)
         self.store.update(planned_epochs=t.n_epochs, planned_steps=t.n_epochs * steps_per_epoch)
         self.store.heartbeat(force=True)
-    def after_log(self):
-        if self.active: self.store.append_metrics(self.row)
-    def on_event(self, event:dict):
-        if self.trainer.is_main: self.store.append_event(event)
-    def after_batch(self):
-        if self.active: self.store.heartbeat()
+    def after_log(self): self.store.append_metrics(self.row)
+    def on_event(self, event:dict): self.store.append_event(event)
+    def after_batch(self): self.store.heartbeat()
 
 class TrackersCallback(Callback):
     "Logs numeric metrics to the Accelerator's trackers (init_trackers must have run)."

@@ -185,7 +185,7 @@ def log_event(self:Trainer, kind:str, **details):
     self.event = {"time": round(time.time(), 3), "event": kind, "step": self.global_step, "epoch": self.epoch, **details}
     self.events.append(self.event)
     for cb in self.cbs:
-        if hasattr(type(cb), "on_event"): cb.on_event(self.event)
+        if hasattr(type(cb), "on_event") and cb.runs_here: cb.on_event(self.event)
 
 # %% ../nbs/05_trainer.ipynb #8f89e9c2
 @patch

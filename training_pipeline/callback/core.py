@@ -42,6 +42,7 @@ def _snake(name:str) -> str: return snake_case(name.removesuffix("Callback")) or
 class Callback:
     "Base class: define methods named after events; `order` sorts callbacks (lower runs first)."
     order = 0
+    main_process_only = False  # True: called on the main process only (a writer: the run store, progress bars, the profiler)
     trainer = None
 
     @property
@@ -52,9 +53,14 @@ class Callback:
         if k.startswith("_") or k == "trainer" or self.trainer is None: raise AttributeError(k)
         return getattr(self.trainer, k)
 
+    @property
+    def runs_here(self) -> bool:
+        "Whether the trainer calls this callback on this process: on every one, unless `main_process_only`."
+        return not self.main_process_only or self.trainer.is_main
+
     def __call__(self, event:str):
         method = getattr(type(self), event, None)
-        if method is None: return
+        if method is None or not self.runs_here: return
         try: method(self)
         except CONTROL_FLOW: raise
         except Exception as e:

@@ -25,14 +25,14 @@ def epoch_summary(epoch:int, n_epochs:int, metrics:dict, seconds:float) -> str:
 class ProgressCallback(Callback):
     "A bar per training and validation phase, the latest logged loss on it, a summary line per epoch."
     order = 60
+    main_process_only = True
     def __init__(self, leave:bool=False): self.leave, self.bar = leave, None
 
-    def before_fit(self): self.show = self.trainer.is_main
     def before_epoch(self): self.t_epoch = time.perf_counter()
 
     def _open(self, desc:str):
         from tqdm.auto import tqdm
-        self.bar = tqdm(total=self.n_iter, desc=desc, leave=self.leave, disable=progress_disabled(), dynamic_ncols=True) if self.show else None
+        self.bar = tqdm(total=self.n_iter, desc=desc, leave=self.leave, disable=progress_disabled(), dynamic_ncols=True)
 
     def before_train(self): self._open(f"epoch {self.epoch + 1}/{self.n_epochs}")
     def before_validate(self):
@@ -48,4 +48,4 @@ class ProgressCallback(Callback):
     after_train = after_validate = after_cancel_train = after_cancel_validate = _close
 
     def after_epoch(self):
-        if self.show: self.trainer.logger(epoch_summary(self.epoch, self.n_epochs, self.trainer.metrics, time.perf_counter() - self.t_epoch))
+        self.trainer.logger(epoch_summary(self.epoch, self.n_epochs, self.trainer.metrics, time.perf_counter() - self.t_epoch))
