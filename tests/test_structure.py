@@ -74,3 +74,24 @@ def test_no_import_cycle_among_the_modules():
     graph = import_graph()
     assert "training_pipeline.train" in graph["training_pipeline.cli"]  # seen although the CLI imports it inside a function
     assert cycles(graph) == [], {m: sorted(d for d in graph[m] if any(m in c and d in c for c in cycles(graph))) for m in graph}
+
+
+def source_notebook(path: Path) -> str:
+    "The notebook a module is exported from, as nbdev writes it in the module's header."
+    for line in path.read_text().splitlines()[:5]:
+        if "File to edit: " in line: return line.split("nbs/")[1].rstrip(".")
+    raise AssertionError(f"{path} names no source notebook")
+
+
+def test_no_module_over_600_lines():
+    sizes = {p.relative_to(REPO).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py") if p.name != "_modidx.py"}
+    assert {p: n for p, n in sizes.items() if n > 600} == {}
+
+
+def test_a_notebook_imports_only_lower_numbered_ones():
+    "Read in order, the notebooks build the library up: each module imports only modules of notebooks that sort before its own."
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py") if p.name not in ("_modidx.py", "__init__.py")}
+    notebook = {m: source_notebook(p) for m, p in paths.items()}
+    later = {m: sorted(d for d in deps if d in notebook and notebook[d] > notebook[m])
+             for m, deps in import_graph().items() if m in notebook}
+    assert {m: [f"{d} ({notebook[d]})" for d in ds] for m, ds in later.items() if ds} == {}
