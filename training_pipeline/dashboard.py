@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from .core import UsageError, patch
+from .core import RUNS_DIR, UsageError, patch
 from .tracking import find_run, run_dirs
 from .watch import RunTail, format_duration, render_snapshot, run_snapshot
 
@@ -26,7 +26,7 @@ def _resolve(ref:str|Path, runs_dir:str|Path) -> tuple[list[Path], str|None, boo
         return run_dirs(runs_dir, str(ref)), None, True  # find_run chose the latest run of an experiment: take them all
     return [run], None, False
 
-def resolve_runs(ref:str|Path, runs_dir:str|Path="runs") -> tuple[list[Path], str|None]:
+def resolve_runs(ref:str|Path, runs_dir:str|Path=RUNS_DIR) -> tuple[list[Path], str|None]:
     "(run dirs, None) for a run dir, run id (that run) or experiment name (all its runs, oldest first); ([], why) when it names nothing yet."
     return _resolve(ref, runs_dir)[:2]
 
@@ -57,7 +57,7 @@ class _Followed:
 class Dashboard:
     "Live view of runs in a notebook: status, progress, ETA, throughput, loss/accuracy/LR curves and alerts, read from the run directories."
     def __init__(self, run_or_experiment, # a run dir, run id or experiment name (= all its runs), or a list of them
-                 runs_dir:str|Path="runs", # where runs/<experiment>/<run_id> live
+                 runs_dir:str|Path=RUNS_DIR, # where runs/<experiment>/<run_id> live
                  interval:float=1.0, # seconds between refreshes
                  start:bool=True): # start following in a background thread now
         import ipywidgets as W

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from .core import progress_disabled, EXIT_USAGE, DataError, atomic_write_json, did_you_mean, sha256_bytes, sha256_file
+from .core import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, progress_disabled, EXIT_USAGE, DataError, atomic_write_json, did_you_mean, sha256_bytes, sha256_file
 
 # %% auto #0
 __all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'MAX_IMAGE_PIXELS', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',
@@ -366,7 +366,7 @@ def drop_duplicates(data, hashes=None):
     return ImageData(data.name, [s for s, k in zip(data.samples, keep) if k]), int((~keep).sum())
 
 # %% ../nbs/02_data.ipynb #7a2ec029
-def stratified_split(labels, val_fraction:float=0.15, test_fraction:float=0.15, seed:int=42) -> dict[str, np.ndarray]:
+def stratified_split(labels, val_fraction:float=VAL_FRACTION, test_fraction:float=TEST_FRACTION, seed:int=SPLIT_SEED) -> dict[str, np.ndarray]:
     "Positions of each split, stratified by label and deterministic for a seed."
     from sklearn.model_selection import train_test_split
     labels = np.asarray(labels).astype(str)
@@ -393,7 +393,7 @@ def quantile_bins(values, max_bins:int=10, min_per_bin:int=10) -> np.ndarray:
     ranks = pd.Series(np.asarray(values, dtype=float)).rank(method="first").to_numpy() - 1
     return (ranks * k // max(n, 1)).astype(int)
 
-def split_positions(data:TabularData|ImageData, val_fraction:float=0.15, test_fraction:float=0.15, seed:int=42) -> tuple[dict, str|None]:
+def split_positions(data:TabularData|ImageData, val_fraction:float=VAL_FRACTION, test_fraction:float=TEST_FRACTION, seed:int=SPLIT_SEED) -> tuple[dict, str|None]:
     "(positions of each split, strata): stratified by class, or for a regression by quantile bins of the target."
     if data.task != "regression": return stratified_split(data.labels, val_fraction, test_fraction, seed), None
     if len(data.frame) < 3:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (progress_disabled, EXIT_USAGE, DataError, atomic_write_json, fault_point, fsync_dir, sha256_bytes,
+from .core import (DATA_DIR, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, progress_disabled, EXIT_USAGE, DataError, atomic_write_json, fault_point, fsync_dir, sha256_bytes,
                                     sha256_dir)
 from .data import (SPLITS, TASKS, DataLayout, ImageData, TabularData, class_distribution, column_statistics,
                                     content_hashes, dataset_version, drop_duplicates, images_from_folder,
@@ -164,8 +164,8 @@ def _write_features(frames:dict, schema:dict, data_dir:Path, staged:Path, prepro
     return name
 
 # %% ../nbs/02b_prepare.ipynb #b2d98a3c
-def prepare_data(data_dir:str|Path="data", dataset:str|None=None, source:str|Path|None=None, target:str|None=None,
-                 seed:int=42, val_fraction:float=0.15, test_fraction:float=0.15, preprocessing=None, task:str="auto") -> dict:
+def prepare_data(data_dir:str|Path=DATA_DIR, dataset:str|None=None, source:str|Path|None=None, target:str|None=None,
+                 seed:int=SPLIT_SEED, val_fraction:float=VAL_FRACTION, test_fraction:float=TEST_FRACTION, preprocessing=None, task:str="auto") -> dict:
     "Prepare a source into the data layout under `data_dir`, atomically; return a summary (with the task chosen and why)."
     data_dir = Path(data_dir)
     data = load_source(dataset, source, target, task)  # fails before anything is written

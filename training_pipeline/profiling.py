@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .callback.core import Callback
-from .core import UsageError, atomic_write, atomic_write_json
+from .core import TUNE_BUDGET_S, UsageError, atomic_write, atomic_write_json
 from .loaders import StreamedImages, collate_batches
 
 # %% auto #0
@@ -213,7 +213,7 @@ class TuneResult:
             lines.append(f"  {t.label:42s}{t.samples_per_s:>12.1f}{t.first_batch_s:>12.3f}s{mark}")
         return "\n".join(lines)
 
-def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None, budget_s:float=60.0,
+def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None, budget_s:float=TUNE_BUDGET_S,
                 max_workers:int|None=None, device:str="cpu") -> TuneResult:
     "Benchmark DataLoader settings on `dataset`; recommend the fastest, or no workers when loading is not the bottleneck."
     cores = max_workers if max_workers is not None else (os.cpu_count() or 1)
@@ -246,7 +246,7 @@ def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None
     return TuneResult(trials, current_trial, best, stages, bottleneck, rec)
 
 # %% ../nbs/13_profiling.ipynb #787028af
-def tune_config(config, budget_s:float=60.0) -> TuneResult:
+def tune_config(config, budget_s:float=TUNE_BUDGET_S) -> TuneResult:
     "tune_loader on the train split and model a config trains with."
     from training_pipeline.loaders import build_data
     from training_pipeline.tasks import build_components

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_exported_model, spec_candidates, verify_checkpoint
-from .core import CheckpointError, UsageError, atomic_write, atomic_write_json, fsync_tree, sha256_file
+from .core import MODELS_DIR, RUNS_DIR, CheckpointError, UsageError, atomic_write, atomic_write_json, fsync_tree, sha256_file
 from .tracking import find_run
 
 # %% auto #0
@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS aliases (
 """
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-def connect(models_dir:str|Path="models") -> sqlite3.Connection:
-    "The registry database (created on first use), in WAL mode, waiting up to 30 s for a lock."
-    models_dir = Path(models_dir); models_dir.mkdir(parents=True, exist_ok=True)
+def connect(models_dir:str|Path=MODELS_DIR, create:bool=True) -> sqlite3.Connection:
+    "The registry database (created on first use unless `create` is False), in WAL mode, waiting up to 30 s for a lock."
+    models_dir = Path(models_dir)
+    if not create and not (models_dir/"registry.db").exists():
+        raise UsageError("no model registry here", str(models_dir), "register a model first (`tp models register RUN`), or pass --models-dir")
+    models_dir.mkdir(parents=True, exist_ok=True)
     try:
         db = sqlite3.connect(models_dir/"registry.db", timeout=30, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL"); db.executescript(SCHEMA)
@@ -110,7 +113,7 @@ or, without this package, `python load_model.py` from `tp models export {name}:{
 """
 
 # %% ../nbs/12_registry.ipynb #ab770880
-def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_dir:str|Path="models", runs_dir:str|Path="runs") -> dict:
+def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_dir:str|Path=MODELS_DIR, runs_dir:str|Path=RUNS_DIR) -> dict:
     "Register a run's (or a checkpoint's) weights as the next version of `name`; returns the version's record."
     weights, run_dir = _weights_of(source, checkpoint, runs_dir)
     meta = json.loads((run_dir/"run.json").read_text()) if run_dir else {}
@@ -154,8 +157,9 @@ def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_
     return {**record, "path": str(target)}
 
 # %% ../nbs/12_registry.ipynb #c8c958f0
-def list_versions(name:str|None=None, models_dir:str|Path="models") -> list[dict]:
-    "Registered versions (of one model, or all), with their aliases."
+def list_versions(name:str|None=None, models_dir:str|Path=MODELS_DIR) -> list[dict]:
+    "Registered versions (of one model, or all), with their aliases; none where no registry exists yet."
+    if not (Path(models_dir)/"registry.db").exists(): return []
     db = connect(models_dir)
     try:
         rows = db.execute("SELECT * FROM versions" + (" WHERE name = ?" if name else "") + " ORDER BY name, version", (name,) if name else ()).fetchall()
@@ -164,9 +168,9 @@ def list_versions(name:str|None=None, models_dir:str|Path="models") -> list[dict
     finally: db.close()
     return [{**dict(r), "metrics": json.loads(r["metrics"] or "{}"), "aliases": sorted(aliases.get((r["name"], r["version"]), []))} for r in rows]
 
-def promote(name:str, version:int, alias:str, models_dir:str|Path="models") -> dict:
+def promote(name:str, version:int, alias:str, models_dir:str|Path=MODELS_DIR) -> dict:
     "Point `alias` (production, staging) of model `name` at `version`."
-    db = connect(models_dir)
+    db = connect(models_dir, create=False)
     try:
         if not db.execute("SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone():
             raise UsageError(f"no version {version} of model {name!r}", str(models_dir), "see `tp models list`")
@@ -175,12 +179,12 @@ def promote(name:str, version:int, alias:str, models_dir:str|Path="models") -> d
     finally: db.close()
     return {"name": name, "alias": alias, "version": version}
 
-def resolve_ref(ref:str, models_dir:str|Path="models") -> Path:
+def resolve_ref(ref:str, models_dir:str|Path=MODELS_DIR) -> Path:
     "The version directory of 'name', 'name:3' or 'name@production'."
     m = re.match(r"^([^:@]+)(?::(\d+)|@([A-Za-z0-9_-]+))?$", ref)
     if not m: raise UsageError(f"invalid model reference {ref!r}", "model", "write NAME, NAME:VERSION or NAME@ALIAS")
     name, version, alias = m.group(1), m.group(2), m.group(3)
-    db = connect(models_dir)
+    db = connect(models_dir, create=False)
     try:
         if alias:
             row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
@@ -238,7 +242,7 @@ class LoadedModel:
         if self.task == "multilabel": return [[name(j) for j in row.nonzero().flatten().tolist()] for row in decoded]
         return [name(i) for i in decoded.tolist()]
 
-def load_model(ref:str, models_dir:str|Path="models") -> LoadedModel:
+def load_model(ref:str, models_dir:str|Path=MODELS_DIR) -> LoadedModel:
     "A registered model by 'name', 'name:3' or 'name@production' (sha256 verified, safetensors only)."
     from training_pipeline.preprocess import preprocessor_from_state
     path = resolve_ref(ref, models_dir)
@@ -363,7 +367,7 @@ def standalone_loader(spec:dict|None=None) -> str:
               "import json\nfrom pathlib import Path\n\nimport torch\nfrom torch import nn\n\n")
     return header + "\n\n".join(parts) + STANDALONE_PREPROCESSING + STANDALONE_MAIN
 
-def export(ref:str, out:str|Path, models_dir:str|Path="models") -> Path:
+def export(ref:str, out:str|Path, models_dir:str|Path=MODELS_DIR) -> Path:
     "Copy a version (weights, model.json, card) with load_model.py into `out`."
     src, out = resolve_ref(ref, models_dir), Path(out)
     if out.exists() and any(out.iterdir()): raise UsageError("export directory is not empty", str(out), "give a new or empty directory")

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .core import ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, sha256_json, snake_case
+from .core import DATA_DIR, RUNS_DIR, ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, sha256_json, snake_case
 
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
@@ -48,7 +48,7 @@ class ExperimentConfig(Section):
     version: str = "v1.0"
     description: str = ""
     tags: list[str] = []
-    runs_dir: str = "runs"  # root of run directories: <runs_dir>/<name>/<run_id>/
+    runs_dir: str = RUNS_DIR  # root of run directories: <runs_dir>/<name>/<run_id>/
 
     @field_validator("version", mode="before")
     @classmethod
@@ -91,7 +91,7 @@ class DataConfig(Section):
     dataset: str|None = None
     init_args: dict[str, Any] = {}
     target_key: str = "target"  # the target's key in mapping batches (the other entries are forward's keyword arguments)
-    data_dir: str = "data"
+    data_dir: str = DATA_DIR
     # None: processed/<split> under data_dir (see `split_dirs`); a test split there is optional, a test_dir given is not
     train_dir: str|None = None
     val_dir: str|None = None

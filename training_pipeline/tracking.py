@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .callback.core import Callback
-from .core import UsageError, atomic_write, atomic_write_json, environment_info
+from .core import RUNS_DIR, UsageError, atomic_write, atomic_write_json, environment_info
 
 # %% auto #0
 __all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunBusyError', 'RunLock', 'RunStoreCallback',
@@ -225,7 +225,7 @@ def effective_status(meta:dict, stale_s:float=120.0) -> str:
     status = meta.get("status", "?")
     return "crashed" if status == "running" and not run_is_alive(meta, stale_s) else status
 
-def run_dirs(runs_dir:str|Path="runs", experiment:str|None=None) -> list[Path]:
+def run_dirs(runs_dir:str|Path=RUNS_DIR, experiment:str|None=None) -> list[Path]:
     "Every run directory (with a run.json) under runs_dir, oldest first (by creation time, then id)."
     root = Path(runs_dir)
     pattern = f"{experiment}/*/run.json" if experiment else "*/*/run.json"
@@ -234,7 +234,7 @@ def run_dirs(runs_dir:str|Path="runs", experiment:str|None=None) -> list[Path]:
         except (OSError, ValueError): return ""
     return sorted((p.parent for p in root.glob(pattern)), key=lambda d: (created(d), d.name))
 
-def find_run(ref:str|Path, runs_dir:str|Path="runs") -> Path:
+def find_run(ref:str|Path, runs_dir:str|Path=RUNS_DIR) -> Path:
     "A run directory from a path, a run id, or an experiment name (its latest run)."
     p = Path(ref)
     if (p/"run.json").exists(): return p
@@ -264,7 +264,7 @@ def run_summary(run_dir:Path) -> dict:
             "created": meta.get("created", "")[:19].replace("T", " "), "data_version": meta.get("data_version"),
             "parent": meta.get("parent_run"), "dir": str(run_dir)}
 
-def runs_df(runs_dir:str|Path="runs", experiment:str|None=None):
+def runs_df(runs_dir:str|Path=RUNS_DIR, experiment:str|None=None):
     "All runs as a DataFrame (one row per run), for notebooks."
     import pandas as pd
     return pd.DataFrame([run_summary(d) for d in run_dirs(runs_dir, experiment)])
@@ -278,7 +278,7 @@ def flatten_dict(d:dict, prefix:str="") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
-def compare_runs(refs, runs_dir:str|Path="runs") -> dict:
+def compare_runs(refs, runs_dir:str|Path=RUNS_DIR) -> dict:
     "{'config': keys whose values differ (rows) by run (columns), 'metrics': final metrics by run, 'dirs': run dirs}."
     import pandas as pd
     from training_pipeline.config import read_yaml
@@ -293,7 +293,7 @@ def compare_runs(refs, runs_dir:str|Path="runs") -> dict:
     metrics = pd.DataFrame({n: [summaries[n].get(k) for k in metric_keys] for n in names}, index=pd.Index(metric_keys, name="metric"))
     return {"config": config, "metrics": metrics, "dirs": dirs}
 
-def comparison_html(refs, out:str|Path, runs_dir:str|Path="runs") -> Path:
+def comparison_html(refs, out:str|Path, runs_dir:str|Path=RUNS_DIR) -> Path:
     "Config diff, metric table and overlaid learning curves of several runs in one offline HTML file."
     import html as html_lib
     import plotly.graph_objects as go

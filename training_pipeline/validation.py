@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import progress_disabled, EXIT_USAGE, DataError
+from .core import DATA_DIR, progress_disabled, EXIT_USAGE, DataError
 from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, duplicate_columns, empty_columns, infinite_counts,
                                     is_free_text, is_numeric, load_schema, read_image, read_table, scan_image_folder, text_profile)
 
@@ -308,7 +308,7 @@ def locate_splits(data_dir:str|Path) -> tuple[DataLayout, str]:
     inside = d.name in ("raw", "processed") and not (d/"metadata").exists() and any((d/s).is_dir() for s in SPLITS)
     return (DataLayout(d.parent), d.name) if inside else (DataLayout(d), "processed")
 
-def validate_data(data_dir:str|Path="data", schema_path:str|Path|None=None, source:str|Path|None=None, drift=None, seed:int=0) -> ValidationReport:
+def validate_data(data_dir:str|Path=DATA_DIR, schema_path:str|Path|None=None, source:str|Path|None=None, drift=None, seed:int=0) -> ValidationReport:
     "Validate the processed splits (or the raw ones: `data_dir` = data/raw; or `source`) and return the report; `DataError` (exit 2) when input is unusable."
     from training_pipeline.prepare import recover_data_dir
     (layout, stage), drift = locate_splits(data_dir), drift or _default_drift()
