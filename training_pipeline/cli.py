@@ -495,7 +495,7 @@ def cmd_tune_loader(args) -> int:
     config = load_config(args.config)
     r = tune_config(config, args.budget_s)
     print(r.table())
-    print(f"stages per batch: " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in r.stages.items()))
+    print("stages per batch: " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in r.stages.items()))
     print(r.bottleneck)
     print(f"recommendation: {r.recommendation} ({r.speedup:.2f}x the current setting)")
     print(f"report: {tune_report_html(r, Path(Path(args.config).stem + '.tune-loader.html'))}")

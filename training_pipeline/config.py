@@ -324,7 +324,7 @@ def _describe(err:dict, raw:dict) -> tuple[str, str, str]:
         parent = _parent_model(err["loc"], raw)
         choices = _fields(parent) if parent else []
         hint = did_you_mean(last, choices)
-        return key, f"unknown key {name!r}{hint}", (f"rename it" if hint else "remove it") + \
+        return key, f"unknown key {name!r}{hint}", ("rename it" if hint else "remove it") + \
                (f"; valid keys here: {', '.join(choices)}" if choices else "")
     if kind == "missing":
         return key, f"required key {name!r} is missing", "add it"

@@ -20,7 +20,7 @@ import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR', 'MODELS_DIR',

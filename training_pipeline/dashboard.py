@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import math
 import threading
-import time
 from pathlib import Path
 
 from .core import RUNS_DIR, UsageError, patch

@@ -10,7 +10,7 @@ import io
 import json
 import re
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from .core import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, progress_disabled, EXIT_USAGE, DataError, atomic_write_json, did_you_mean, sha256_bytes, sha256_file
+from .core import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, progress_disabled, EXIT_USAGE, DataError, did_you_mean, sha256_bytes
 
 # %% auto #0
 __all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'MAX_IMAGE_PIXELS', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',

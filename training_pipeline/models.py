@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .schema import ARCHITECTURES
-from .core import EXIT_USAGE, CheckpointError, ConfigError, did_you_mean
+from .core import CheckpointError, ConfigError, did_you_mean
 
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'head_name', 'DropoutLinear',

@@ -92,7 +92,7 @@ class MonitorCallback(Callback):
 
     def check_row(self, row:dict) -> list[tuple]:
         "(rule, value, threshold, message) for every rule this train row breaks."
-        fired, rules = [], self.cfg.rules
+        fired = []
         loss = row.get("loss")
         if (r := self._rule("loss_spike")) and loss is not None:
             if len(self.losses) >= max(r.warmup, 2):

@@ -22,7 +22,7 @@ from .core import (DATA_DIR, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, progress_d
                                     sha256_dir)
 from .data import (SPLITS, TASKS, DataLayout, ImageData, TabularData, class_distribution, column_statistics,
                                     content_hashes, dataset_version, drop_duplicates, images_from_folder,
-                                    infer_image_schema, infer_tabular_schema, load_builtin, now_iso, read_image,
+                                    infer_image_schema, infer_tabular_schema, load_builtin, now_iso,
                                     split_positions, tabular_from_file, target_statistics, write_png)
 from .preprocess import TabularPreprocessor
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 

@@ -12,7 +12,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .schema import metric_name
 from .core import ConfigError, did_you_mean, import_object, is_import_path
 
 # %% auto #0

@@ -5,7 +5,6 @@
 # %% ../nbs/02c_validation.ipynb #8888a99b
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pandas as pd
 
 from .core import DATA_DIR, progress_disabled, EXIT_USAGE, DataError
 from .data import (IMAGE_EXTENSIONS, SPLITS, DataLayout, duplicate_columns, empty_columns, infinite_counts,
-                                    is_free_text, is_numeric, load_schema, read_image, read_table, scan_image_folder, text_profile)
+                                    is_free_text, is_numeric, load_schema, read_image, read_table, text_profile)
 
 # %% auto #0
 __all__ = ['Issue', 'ValidationReport', 'table_defects', 'duplicate_column_issues', 'check_frame', 'DataValidator',
