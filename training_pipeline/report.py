@@ -5,6 +5,7 @@
 # %% ../nbs/11_report.ipynb #3a418fdb
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -26,7 +27,8 @@ __all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'TEMPLATES', 'PAGE', 'R
            'roc_pr_figures', 'worst_images_figure', 'predicted_vs_true_figure', 'residuals_figure', 'per_label_figure',
            'evaluation_parts', 'class_balance_figure', 'target_table', 'events_table', 'checkpoints_table',
            'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext', 'describe_weights', 'users_data',
-           'resolve', 'evaluations', 'template_path', 'notebook_to_html', 'build_report']
+           'resolve', 'evaluations', 'template_path', 'template_kernels', 'execute_template', 'notebook_to_html',
+           'build_report']
 
 # %% ../nbs/11_report.ipynb #d28d134b
 @dataclass
@@ -448,6 +450,26 @@ def template_path(name:str) -> Path:
         raise NotBuiltError(f"the {name} template is not built yet", str(path), "available: " + ", ".join(sorted(p.stem for p in TEMPLATES.glob("*.ipynb"))))
     return path
 
+@contextlib.contextmanager
+def template_kernels():
+    "While inside, the kernels papermill starts run this Python (first on PATH) and draw no progress widgets; restored after."
+    import os, sys
+    saved = {k: os.environ.get(k) for k in ("PATH", "TQDM_DISABLE")}
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved['PATH'] or ''}"
+    os.environ["TQDM_DISABLE"] = "1"  # progress widgets would need Jupyter's JavaScript in a saved notebook
+    try: yield
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+def execute_template(name:str, out:str|Path, parameters:dict):
+    "Run the template `name` with papermill into `out` (call it inside `template_kernels`)."
+    import os
+    import papermill
+    papermill.execute_notebook(str(template_path(name)), str(out), parameters=parameters, progress_bar=False,
+                               kernel_name="python3", cwd=os.getcwd(), log_output=False)
+
 # %% ../nbs/11_report.ipynb #e52672f6
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -474,8 +496,6 @@ def notebook_to_html(nb_path:Path, title:str) -> str:
     return PAGE.format(title=html.escape(title), body=body, created=time.strftime("%Y-%m-%d %H:%M:%S"), notebook=html.escape(nb_path.name))
 
 # %% ../nbs/11_report.ipynb #60d3c4d9
-import contextlib
-
 @contextlib.contextmanager
 def _kernel_stderr_to(log:Path):
     "Send what the kernel process writes to stderr (ipykernel start-up warnings) to a log file, not the user's terminal."
@@ -491,7 +511,7 @@ def _kernel_stderr_to(log:Path):
 def build_report(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data_dir:str|Path|None=None,
                  out:str|Path|None=None) -> tuple[Path, Path]:
     "Execute the report template with papermill and write (report.html, executed report.ipynb)."
-    import os, sys
+    import os
     import papermill
     ctx = resolve(run_dir, checkpoint, data_dir)  # clear errors before a kernel starts
     base = ctx.run.dir if ctx.run else Path(ctx.weights).parent
@@ -499,13 +519,10 @@ def build_report(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data
     executed = out.with_suffix(".ipynb")
     params = {"run_dir": str(ctx.run.dir) if ctx.run else None, "checkpoint": str(checkpoint) if checkpoint else None,
               "data_dir": str(ctx.data_dir) if ctx.data_dir else None}
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the kernel runs this Python
-    os.environ["TQDM_DISABLE"] = "1"  # no progress widgets in a report (they would need Jupyter's JavaScript)
     tmp = executed.with_name(f".{executed.stem}.tmp.ipynb")
     try:
-        with _kernel_stderr_to(executed.with_name(f".{executed.stem}.kernel.log")):
-            papermill.execute_notebook(str(template_path("report")), str(tmp), parameters=params, progress_bar=False,
-                                       kernel_name="python3", cwd=os.getcwd(), log_output=False)
+        with template_kernels(), _kernel_stderr_to(executed.with_name(f".{executed.stem}.kernel.log")):
+            execute_template("report", tmp, params)
     except papermill.PapermillExecutionError as e:
         raise PipelineError(f"the report notebook failed in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())[:200]}",
                             str(tmp), "the partly executed notebook shows where; rerun with --debug") from None

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .core import UsageError, atomic_write
-from .report import template_path
+from .report import execute_template, template_kernels
 
 # %% auto #0
 __all__ = ['sweep_grid', 'point_name', 'sweep']
@@ -53,7 +53,7 @@ def _runs_by_point(runs_dir, experiment, results) -> None:
 # %% ../nbs/11a_sweep.ipynb #857b0f3d
 def sweep(config:str|Path, params:list[str], parallel:int=1, out_dir:str|Path|None=None, epochs:int|None=None) -> dict:
     "Run the grid of `params` as papermill runs of train.ipynb; compare the runs; return what happened."
-    import concurrent.futures, os, sys
+    import concurrent.futures
     import papermill
     from training_pipeline.config import load_config
     from training_pipeline.tracking import comparison_html
@@ -62,8 +62,6 @@ def sweep(config:str|Path, params:list[str], parallel:int=1, out_dir:str|Path|No
     base = load_config(config)
     out_dir = Path(out_dir or Path("sweeps")/f"{base.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["TQDM_DISABLE"] = "1"
 
     def run_point(point):
         name = point_name(point)
@@ -71,14 +69,13 @@ def sweep(config:str|Path, params:list[str], parallel:int=1, out_dir:str|Path|No
         params = {"config": str(config), "overrides": [*point, f"experiment.description=sweep point {name}"],
                   "epochs": epochs, "resume": "never", "output_notebook": str(nb)}
         try:
-            papermill.execute_notebook(str(template_path("train")), str(nb), parameters=params, progress_bar=False,
-                                       kernel_name="python3", cwd=os.getcwd(), log_output=False)
+            execute_template("train", nb, params)
             return {"point": name, "overrides": point, "notebook": str(nb), "status": "completed"}
         except Exception as e:
             reason = f"{e.ename}: {e.evalue}" if isinstance(e, papermill.PapermillExecutionError) else f"{type(e).__name__}: {e}"
             return {"point": name, "overrides": point, "notebook": str(nb), "status": "failed", "error": " ".join(reason.split())[:300]}
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    with template_kernels(), concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         results = list(pool.map(run_point, grid))
     _runs_by_point(base.experiment.runs_dir, base.experiment.name, results)
     done = [r["run_dir"] for r in results if r.get("run_dir") and r["status"] == "completed"]
