@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .callback.core import Callback
-from .core import TUNE_BUDGET_S, UsageError, atomic_write, atomic_write_json
+from .core import TUNE_BUDGET_S, atomic_write, atomic_write_json
 from .loaders import StreamedImages
 from .sampling import collate_batches
 
