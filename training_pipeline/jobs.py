@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .core import EXIT_FAILED, EXIT_INTERRUPTED, PipelineError, UsageError
+from .core import JOBS_DIR, EXIT_FAILED, EXIT_INTERRUPTED, PipelineError, UsageError
 
 # %% auto #0
 __all__ = ['SCHEMA', 'STATES', 'ENDED', 'QueueLocked', 'db_path', 'busy_timeout_s', 'queue_error', 'connect', 'transaction',
@@ -45,7 +45,7 @@ ENDED = ("succeeded", "failed", "cancelled")
 class QueueLocked(PipelineError):
     "Another process held the queue's write lock longer than the busy timeout."
 
-def db_path(jobs_dir:str|Path="jobs") -> Path: return Path(jobs_dir)/"jobs.db"
+def db_path(jobs_dir:str|Path=JOBS_DIR) -> Path: return Path(jobs_dir)/"jobs.db"
 
 def busy_timeout_s() -> float: return float(os.environ.get("TP_JOBS_BUSY_TIMEOUT_S", "30"))
 
@@ -58,7 +58,7 @@ def queue_error(e:sqlite3.Error, jobs_dir) -> PipelineError:
     return UsageError(f"job queue unreadable: {e}", path, "restore it from a backup, or move it away to start a new queue")
 
 # %% ../nbs/14_jobs.ipynb #33581393
-def connect(jobs_dir:str|Path="jobs", create:bool=False) -> sqlite3.Connection:
+def connect(jobs_dir:str|Path=JOBS_DIR, create:bool=False) -> sqlite3.Connection:
     "The queue database in WAL mode with a busy timeout; created (with jobs/ and jobs/logs/) only when `create`."
     path = db_path(jobs_dir)
     if not create and not path.exists():
@@ -125,7 +125,7 @@ def insert_job(db, **job) -> int:
     with transaction(db):
         return db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(job.values())).lastrowid
 
-def submit_command(argv:list[str], jobs_dir:str|Path="jobs", name:str="command", cpus:int=1, priority:int=0, max_retries:int=0) -> int:
+def submit_command(argv:list[str], jobs_dir:str|Path=JOBS_DIR, name:str="command", cpus:int=1, priority:int=0, max_retries:int=0) -> int:
     "Queue any command (no run directory, no resume): for tests and odd jobs."
     db = connect(jobs_dir, create=True)
     try: return insert_job(db, name=name, state="queued", kind="command", priority=priority, submitted=time.time(), cwd=str(Path.cwd()),

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core import EXIT_OK, UsageError
+from .core import JOBS_DIR, JOB_MAX_RETRIES, EXIT_OK, UsageError
 from .jobs import (ENDED, STATES, connect, cpu_count, db_path, format_time, get_job, gpu_count, insert_job, log_path,
                                     queue_error, train_argv, transaction)
 from .slurm import slurm_env, submit_to_slurm, sync_slurm
@@ -34,8 +34,8 @@ __all__ = ['LIST_COLUMNS', 'submit_job', 'run_progress', 'relative_path', 'read_
 def submit_job(config:str|Path, # A YAML config, as for `tp train`
                overrides:list|tuple=(), # KEY=VALUE config overrides
                gpus:int|None=None, cpus:int|None=None, # resources: N GPUs, or N CPU slots
-               priority:int=0, max_retries:int=3, name:str|None=None,
-               jobs_dir:str|Path="jobs", backend:str="local", slurm:dict|None=None) -> int:
+               priority:int=0, max_retries:int=JOB_MAX_RETRIES, name:str|None=None,
+               jobs_dir:str|Path=JOBS_DIR, backend:str="local", slurm:dict|None=None) -> int:
     "Validate and queue a training job; return its id."
     from training_pipeline.config import load_config
     cfg = load_config(config, list(overrides))  # a bad config stops here: same lines as `tp config check`, exit 2
@@ -121,7 +121,7 @@ def _duration(job:dict, now:float|None=None) -> float|None:
     return (job["ended"] or (now or time.time())) - job["started"] if job["state"] != "queued" or job["ended"] else None
 
 
-def read_jobs(jobs_dir:str|Path="jobs") -> list[dict]:
+def read_jobs(jobs_dir:str|Path=JOBS_DIR) -> list[dict]:
     "Every job (Slurm states refreshed), with its progress, resources and durations: what list, show and the dashboard show."
     db = connect(jobs_dir)
     try:

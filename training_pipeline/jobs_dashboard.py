@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .core import JOBS_DIR
 from .jobs import ENDED, db_path, format_time
 from .jobs_commands import read_jobs, relative_path, state_counts
 from .watch import format_duration
@@ -43,7 +44,7 @@ def html_escape(s:str) -> str:
 # %% ../nbs/14d_jobs_dashboard.ipynb #5a2d4f20
 class JobsDashboard:
     "A live widget view of all jobs of a queue."
-    def __init__(self, jobs_dir:str|Path="jobs"):
+    def __init__(self, jobs_dir:str|Path=JOBS_DIR):
         import ipywidgets as W
         self.jobs_dir = jobs_dir
         self.title, self.table = W.HTML(), W.HTML()

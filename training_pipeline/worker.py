@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .core import EXIT_INTERRUPTED, EXIT_OK, UsageError, free_port, on_main_thread, patch
+from .core import JOBS_DIR, RETRY_BACKOFF_S, EXIT_INTERRUPTED, EXIT_OK, UsageError, free_port, on_main_thread, patch
 from .jobs import (QueueLocked, classify_exit, connect, cpu_count, db_path, format_time, get_job, log_path,
                                     queue_error, run_error_kind, run_status, transaction, visible_gpus)
 
@@ -117,7 +117,7 @@ def process_alive(pid) -> bool:
 class Worker:
     "Runs queued jobs as subprocesses on `slots` CPU slots and this machine's GPUs, until the queue is done (or forever)."
     HEARTBEAT_S, SAMPLE_S = 2.0, 2.0
-    def __init__(self, jobs_dir:str|Path="jobs", slots:int|str="auto", forever:bool=False, backoff_s:float=10.0,
+    def __init__(self, jobs_dir:str|Path=JOBS_DIR, slots:int|str="auto", forever:bool=False, backoff_s:float=RETRY_BACKOFF_S,
                  stale_s:float=60.0, poll_s:float=0.25, log=print):
         self.jobs_dir, self.forever, self.backoff_s, self.stale_s, self.poll_s, self.log = Path(jobs_dir), forever, backoff_s, stale_s, poll_s, log
         self.slots = cpu_count() if slots in ("auto", None) else int(slots)
