@@ -108,6 +108,15 @@ def test_kill9_at_a_random_moment_then_resume_is_bitwise_equal(tmp_path, prepare
         assert json.loads((run_dir / "run.json").read_text())["resumed_count"] >= 1
 
 
+def test_kill9_before_the_first_checkpoint_then_resume_logs_each_step_once(tmp_path, prepared, reference):
+    "Killed after TensorBoard logged step 5 but before the first checkpoint (step 7): the run restarts in place from step 0."
+    killed, run_dir = kill_then_resume(tmp_path, prepared("digits"), env={"TP_FAULT": "train:kill@6"})
+    assert killed
+    assert tensorboard_steps(run_dir) == reference["tb"]  # step 5 once, not twice
+    assert metric_rows(run_dir) == reference["rows"]
+    assert_bitwise_equal(final_state(run_dir), reference["final"])
+
+
 @pytest.mark.parametrize("fault", ["checkpoint:between-files@3", "checkpoint:before-manifest@5", "train:kill@30"])
 def test_kill9_inside_a_save_then_resume(tmp_path, prepared, reference, fault):
     killed, run_dir = kill_then_resume(tmp_path, prepared("digits"), env={"TP_FAULT": fault})

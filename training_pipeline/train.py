@@ -108,7 +108,7 @@ def make_trackers(config:Config, store:RunStore, purge_step:int|None=None) -> li
     from accelerate.tracking import AimTracker, MLflowTracker, TensorBoardTracker, WandBTracker
     lg, trackers = config.logging, []
     if lg.tensorboard.enabled:
-        trackers.append(TensorBoardTracker(lg.tensorboard.log_dir, store.dir, **({"purge_step": purge_step} if purge_step else {})))
+        trackers.append(TensorBoardTracker(lg.tensorboard.log_dir, store.dir, **({"purge_step": purge_step} if purge_step is not None else {})))
     if lg.wandb.enabled:
         trackers.append(WandBTracker(lg.wandb.project, name=store.id, entity=lg.wandb.entity, mode=lg.wandb.mode, dir=str(store.dir)))
     if lg.mlflow.enabled:
@@ -309,7 +309,8 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
     for record in early: log.handle(record)  # what building the model said (fine-tuning: which tensors were re-initialised)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
-    purge = resume_step + 1 if plan.mode == "inplace" and resume_step is not None else None
+    # in place, TensorBoard forgets the steps after the checkpoint; with no checkpoint yet (killed before the first), all of them
+    purge = (0 if resume_step is None else resume_step + 1) if plan.mode == "inplace" else None
     trackers = make_trackers(config, store, purge) if store is not None else []
     tb = bool(trackers)
     accelerator = make_accelerator(precision, cpu=cpu, log_with=trackers or None, **strategy_plugins(config))
