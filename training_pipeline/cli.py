@@ -18,7 +18,8 @@ from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RET
 # %% auto #0
 __all__ = ['DATASETS', 'COMMAND_GROUPS', 'HANDLERS', 'HelpFormatter', 'Parser', 'build_parser', 'handles', 'handler_for', 'main',
            'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'launch_distributed', 'cmd_train', 'cmd_report',
-           'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune_loader', 'cmd_monitor', 'cmd_jobs']
+           'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune_loader', 'cmd_lr_find', 'cmd_monitor',
+           'cmd_jobs']
 
 # %% ../nbs/20_cli.ipynb #fc124d7b
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -173,6 +174,16 @@ def _notebook_commands(sub):
     p.add_argument("--config", required=True, metavar="PATH")
     p.add_argument("--budget-s", type=float, default=TUNE_BUDGET_S, metavar="S", help="time budget in seconds")
     p.add_argument("--apply", action="store_true", help="write the recommendation into a copy of the config")
+
+    p = _add(sub, "lr-find", "LR range test on a fresh copy of the config's model; suggest a learning rate (or refuse, exit 1)",
+             epilog="example:\n  tp lr-find --config config/digits.yaml --apply config/digits.lr.yaml")
+    p.add_argument("--config", required=True, metavar="PATH")
+    p.add_argument("--apply", metavar="OUT", help="write a copy of the config with the suggested training.learning_rate")
+    p.add_argument("--start-lr", type=float, default=1e-7, metavar="LR", help="the first rate tried")
+    p.add_argument("--end-lr", type=float, default=10.0, metavar="LR", help="the last rate tried")
+    p.add_argument("--steps", type=int, default=100, metavar="N", help="optimizer steps of the test")
+    p.add_argument("--out", metavar="FILE", help="the loss curve as HTML (default: <config>.lr-find.html)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
 # %% ../nbs/20_cli.ipynb #2cfd00b8
 def _jobs_commands(sub):
@@ -500,6 +511,24 @@ def cmd_tune_loader(args) -> int:
     print(f"recommendation: {r.recommendation} ({r.speedup:.2f}x the current setting)")
     print(f"report: {tune_report_html(r, Path(Path(args.config).stem + '.tune-loader.html'))}")
     if args.apply: print(f"written: {apply_recommendation(args.config, r)}")
+    return EXIT_OK
+
+# %% ../nbs/20_cli.ipynb #b6b665e2
+@handles("lr-find")
+def cmd_lr_find(args) -> int:
+    "Run the LR range test; print the suggested rate and where the curve is; exit 1 (one line) when the curve suggests nothing."
+    from training_pipeline.config import load_config, write_config_copy
+    from training_pipeline.core import TrainingError
+    from training_pipeline.lr_find import lr_find, lr_find_html
+    config = load_config(args.config, args.overrides)
+    r = lr_find(config, args.start_lr, args.end_lr, args.steps)
+    page = lr_find_html(r, Path(args.out or Path(args.config).stem + ".lr-find.html"), f"Learning-rate finder: {config.experiment.name}")
+    if r.suggestion is None: raise TrainingError(r.reason, "tp lr-find", f"see the curve in {page}")
+    print(f"suggested learning rate: {r.suggestion:.3g}\n  {r.reason}\n  curve: {page}")
+    if args.apply:
+        out = write_config_copy(args.config, {"training.learning_rate": float(f"{r.suggestion:.3g}")}, args.apply,
+                                f"{Path(args.config).name} with the learning rate `tp lr-find` suggested")
+        print(f"written: {out}")
     return EXIT_OK
 
 # %% ../nbs/20_cli.ipynb #f8402048

@@ -20,7 +20,7 @@ from .schema import LOSSES, TASK_LOSSES, TASK_METRICS, Config, locate, lower_cho
 # %% auto #0
 __all__ = ['MAX_CONFIG_BYTES', 'MAX_YAML_NODES', 'MAX_YAML_DEPTH', 'KEY_PATTERN', 'YAMLBudgetError', 'SafeLoader', 'safe_load',
            'read_text_file', 'key_lines', 'parse_yaml', 'read_yaml', 'parse_override', 'apply_overrides', 'set_dotted',
-           'cross_section_problems', 'validate_config', 'load_config']
+           'write_config_copy', 'cross_section_problems', 'validate_config', 'load_config']
 
 # %% ../nbs/01a_config.ipynb #553416cd
 MAX_CONFIG_BYTES = 1 << 20
@@ -179,6 +179,15 @@ def set_dotted(raw:dict, key:str, value, where:str="command line"):
                               "override a key inside a section, e.g. training.epochs=3")
         node = child
     node[parts[-1]] = value
+
+# %% ../nbs/01a_config.ipynb #b7691a10
+def write_config_copy(config_path:str|Path, updates:dict, out:str|Path, comment:str) -> Path:
+    "A copy of the YAML config at `config_path` with dotted `updates` applied and `comment` as its first line (the file's own comments are not kept)."
+    from training_pipeline.core import atomic_write
+    config_path = Path(config_path)
+    raw, _ = parse_yaml(read_text_file(config_path), str(config_path))
+    for key, value in updates.items(): set_dotted(raw, key, value, str(config_path))
+    return atomic_write(out, f"# {comment}\n" + yaml.safe_dump(raw, sort_keys=False))
 
 # %% ../nbs/01a_config.ipynb #d8df531c
 def _default_of(model, key:str):

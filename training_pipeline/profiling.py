@@ -264,14 +264,11 @@ def tune_config(config, budget_s:float=TUNE_BUDGET_S) -> TuneResult:
 
 def apply_recommendation(config_path:str|Path, result:TuneResult, out:str|Path|None=None) -> Path:
     "A copy of the config file with the recommended data.* values (comments are not kept)."
-    import yaml
-    from training_pipeline.config import parse_yaml, read_text_file
+    from training_pipeline.config import write_config_copy
     config_path = Path(config_path)
-    raw, _ = parse_yaml(read_text_file(config_path), str(config_path))
-    raw.setdefault("data", {}).update(result.recommendation)
     out = Path(out) if out else config_path.with_name(f"{config_path.stem}.tuned.yaml")
-    return atomic_write(out, f"# {config_path.name} with `tp tune-loader` recommendations ({result.speedup:.2f}x)\n" +
-                        yaml.safe_dump(raw, sort_keys=False))
+    return write_config_copy(config_path, {f"data.{k}": v for k, v in result.recommendation.items()}, out,
+                             f"{config_path.name} with `tp tune-loader` recommendations ({result.speedup:.2f}x)")
 
 def tune_report_html(result:TuneResult, out:str|Path) -> Path:
     "The trials as a bar chart and the stage times, in one offline HTML file."
