@@ -24,25 +24,24 @@ from .checkpoint import (CheckpointCallback, latest_good_checkpoint, load_checkp
 from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, fault_spec, set_seed)
 from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
-from .models import is_pickle_file
 from .monitor import MonitorCallback
 from .profiling import ProfilerCallback, StepTimer
+from .resume import ResumePlan, plan_resume
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
 from typing import Callable
 from torch.utils.data import DataLoader
 from .loaders import resumable_loader
 from .tasks import Task, build_components
-from .tracking import (LOGGER, RunBusyError, RunLock, RunStore, RunStoreCallback, TrackersCallback, flatten_dict,
-                                       run_dirs, run_is_alive, setup_run_logging)
+from .tracking import (LOGGER, RunLock, RunStore, RunStoreCallback, TrackersCallback, flatten_dict,
+                                       setup_run_logging)
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 
 # %% auto #0
 __all__ = ['TRANSIENT_PATTERNS', 'FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec',
-           'write_artifacts', 'check_trackers', 'make_trackers', 'ResumePlan', 'find_unfinished_run', 'find_live_run',
-           'plan_resume', 'TransientError', 'is_transient', 'FaultInjection', 'held_logs', 'train', 'on_cpu',
-           'Components', 'components_from_config', 'loader_like', 'DataEventsCallback', 'save_predictions',
-           'test_predictions', 'scalar_hparams', 'fit_config', 'fit', 'notebook_train']
+           'write_artifacts', 'check_trackers', 'make_trackers', 'TransientError', 'is_transient', 'FaultInjection',
+           'held_logs', 'train', 'on_cpu', 'Components', 'components_from_config', 'loader_like', 'DataEventsCallback',
+           'save_predictions', 'test_predictions', 'scalar_hparams', 'fit_config', 'fit', 'notebook_train']
 
 # %% ../nbs/15_train.ipynb #f5bcf24d
 @dataclass
@@ -117,93 +116,6 @@ def make_trackers(config:Config, store:RunStore, purge_step:int|None=None) -> li
                                       run_id=None, run_name=store.id))
     if lg.aim.enabled: trackers.append(AimTracker(store.id, logging_dir=lg.aim.repo or str(Path(store.dir).parent.parent)))
     return trackers
-
-# %% ../nbs/15_train.ipynb #3ca3b13c
-@dataclass
-class ResumePlan:
-    mode: str                       # fresh | inplace | fork
-    run_dir: Path|None = None       # inplace: the run to continue
-    checkpoint: Path|None = None    # where the state comes from
-    parent: str|None = None         # fork: the parent run's id
-    fallbacks: list = field(default_factory=list)  # (checkpoint, error) skipped because they did not verify
-    note: str|None = None
-    changed: dict = field(default_factory=dict)  # inplace: RESUMABLE_CHANGES that differ from the run's ({key: [then, now]})
-
-def _runs_newest_first(runs_dir:str|Path, experiment:str):
-    "(run dir, its run.json) of `experiment`'s runs, newest first; a run whose run.json can't be read is passed over."
-    for run in reversed(run_dirs(runs_dir, experiment)):
-        try: yield run, json.loads((run/"run.json").read_text())
-        except (OSError, json.JSONDecodeError): continue
-
-def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
-    "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure)."
-    for run, meta in _runs_newest_first(runs_dir, experiment):
-        status = meta.get("status")
-        if status == "completed" or (status == "failed" and meta.get("error_kind") != "transient"): continue
-        if status == "running" and run_is_alive(meta): continue
-        return run
-    return None
-
-def find_live_run(runs_dir:str|Path, config:Config) -> Path|None:
-    "The newest run of the config's experiment that a live process is training with this config (same resume hash)."
-    return next((run for run, meta in _runs_newest_first(runs_dir, config.experiment.name)
-                 if meta.get("status") == "running" and meta.get("resume_hash") == config.resume_hash and run_is_alive(meta)), None)
-
-# %% ../nbs/15_train.ipynb #d07cac8a
-def _checkpoint_of(path:Path, fallbacks:list) -> Path:
-    "The checkpoint a --resume PATH names: a checkpoint dir, or the newest good one of a run."
-    if not path.exists(): raise UsageError("resume path not found", str(path), "give a run directory or a checkpoints/step-N directory")
-    if path.is_file():
-        if is_pickle_file(path) or path.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt"):
-            raise CheckpointError("this file is a pickle, which is never loaded (it can run code)", str(path),
-                                  "resume from a checkpoint directory written by this project")
-        raise CheckpointError("not a checkpoint directory", str(path), "give a run directory or a checkpoints/step-N directory")
-    if (path/"MANIFEST.json").exists() or path.name.startswith("step-"):
-        verify_checkpoint(path); return path
-    root = path/"checkpoints" if (path/"run.json").exists() else path
-    found = latest_good_checkpoint(root, lambda ck, e: fallbacks.append((ck, e)))
-    if found is None:
-        raise CheckpointError("no valid checkpoint" + (f" ({len(fallbacks)} failed verification)" if fallbacks else ""), str(root),
-                              "resume from another run, or start fresh with --resume never")
-    return found
-
-def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
-    """What `--resume auto|never|PATH` means for this config. With `TP_RUN_ID` naming an existing run (a job
-    manager's retry), `auto` continues exactly that run."""
-    if resume == "never": return ResumePlan("fresh")
-    if resume != "auto":
-        fallbacks = []
-        ck = _checkpoint_of(Path(resume), fallbacks)
-        run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else None
-        parent = json.loads((run_dir/"run.json").read_text())["id"] if run_dir and (run_dir/"run.json").exists() else None
-        return ResumePlan("fork", checkpoint=ck, parent=parent, fallbacks=fallbacks)
-    pinned = Path(runs_dir)/config.experiment.name/os.environ.get("TP_RUN_ID", "\0")
-    if (pinned/"run.json").exists():  # a job manager retrying its own run: that run and no other
-        meta = json.loads((pinned/"run.json").read_text())
-        if meta.get("status") == "completed":
-            raise UsageError(f"run {pinned.name} already completed", str(pinned), "unset TP_RUN_ID to start a new run")
-        run = pinned
-    else: run = find_unfinished_run(runs_dir, config.experiment.name)
-    if run is None:
-        if (busy := find_live_run(runs_dir, config)) is not None:  # the run it would resume is being trained (resumed by someone else)
-            raise RunBusyError(f"run {busy.name} of this config is being trained by {RunLock.holder(busy)}", str(busy),
-                               "wait for it to end, or start a new run with --resume never")
-        return ResumePlan("fresh")
-    meta = json.loads((run/"run.json").read_text())
-    same = meta.get("resume_hash") == config.resume_hash if "resume_hash" in meta else meta.get("config_hash") == config.hash
-    if not same:
-        return ResumePlan("fresh", note=f"the unfinished run {meta['id']} has another config: starting a new run "
-                                        f"(`--resume {run}` continues that one)")
-    before, now = meta.get("resumable_settings") or {}, config.resumable_settings()
-    changed = {k: [before[k], v] for k, v in now.items() if k in before and before[k] != v}
-    fallbacks = []
-    ck = latest_good_checkpoint(run/"checkpoints", lambda c, e: fallbacks.append((c, e)))
-    if ck is None and fallbacks:
-        raise CheckpointError(f"run {meta['id']} has checkpoints but none passes verification", str(run/"checkpoints"),
-                              "start fresh with --resume never, or restore a checkpoint")
-    note = f"the unfinished run {meta['id']} has no checkpoint: it restarts from the beginning" if ck is None else \
-           (f"resuming run {meta['id']} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())) if changed else None
-    return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks, note=note, changed=changed)
 
 # %% ../nbs/15_train.ipynb #7be86cf3
 class TransientError(RuntimeError):
