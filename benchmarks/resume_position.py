@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training_pipeline.callback.core import Callback, CancelFitException
-from training_pipeline.loaders import ArrayDataset, ResumableSampler, collate_batches
+from training_pipeline.sampling import ArrayDataset, ResumableSampler, collate_batches
 from training_pipeline.trainer import Trainer, make_accelerator
 
 N, BATCH = 60_000, 64

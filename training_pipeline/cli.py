@@ -511,6 +511,6 @@ def cmd_monitor(args) -> int:
 
 @handles("jobs")
 def cmd_jobs(args) -> int:
-    "tp jobs submit | worker | list | show | logs | cancel: see 14_jobs."
-    from training_pipeline.jobs import jobs_command
+    "tp jobs submit | worker | list | show | logs | cancel: see 14c_jobs_commands."
+    from training_pipeline.jobs_commands import jobs_command
     return jobs_command(args)

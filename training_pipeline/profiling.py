@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,9 @@ from pathlib import Path
 import torch
 
 from .callback.core import Callback
-from .core import TUNE_BUDGET_S, UsageError, atomic_write, atomic_write_json
-from .loaders import StreamedImages, collate_batches
+from .core import TUNE_BUDGET_S, atomic_write, atomic_write_json
+from .loaders import StreamedImages
+from .sampling import collate_batches
 
 # %% auto #0
 __all__ = ['PHASES', 'StepTimer', 'ProfilerCallback', 'ImageFolderStream', 'Trial', 'time_loader', 'stage_times', 'TuneResult',
@@ -148,7 +148,7 @@ class Trial:
 def time_loader(dataset, trial:Trial, budget_s:float, max_batches:int=60) -> Trial:
     "Samples per second of a DataLoader setting (after its first batch, which pays the worker start-up)."
     from torch.utils.data import DataLoader
-    from training_pipeline.loaders import collate_batches
+    from training_pipeline.sampling import collate_batches
     kw = {"persistent_workers": trial.persistent_workers, "prefetch_factor": trial.prefetch_factor} if trial.num_workers else {}
     dl = DataLoader(dataset, batch_size=trial.batch_size, shuffle=True, num_workers=trial.num_workers, pin_memory=trial.pin_memory,
                     collate_fn=collate_batches, generator=torch.Generator().manual_seed(0), **kw)
