@@ -43,7 +43,7 @@ __all__ = ['FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'mo
            'loader_like', 'DataEventsCallback', 'save_predictions', 'test_predictions', 'scalar_hparams', 'fit_config',
            'fit', 'notebook_train']
 
-# %% ../nbs/15_train.ipynb #f5bcf24d
+# %% ../nbs/15_train.ipynb #1292dd90
 @dataclass
 class TrainResult:
     "What a run produced."
@@ -61,6 +61,7 @@ def with_epochs(config:Config, epochs:int|None) -> Config:
     try: return validate_config(raw, "--epochs")
     except ConfigError as e: raise ConfigError(f"--epochs {epochs}: {e.problems[0].what}", "command line", "give a positive number of epochs") from None
 
+# %% ../nbs/15_train.ipynb #f68bc436
 def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoint:CheckpointCallback|None=None) -> list:
     "The default callbacks for a config: run store, trackers, checkpoints, progress, non-finite guard, early stopping."
     cbs = [NonFiniteLossCallback(config.training.on_nonfinite_loss), ProgressCallback()]
@@ -76,7 +77,7 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     if es.enabled: cbs.append(EarlyStoppingCallback(es.monitor, es.mode, es.min_delta, es.patience))
     return cbs
 
-# %% ../nbs/15_train.ipynb #f4507985
+# %% ../nbs/15_train.ipynb #eb4dc192
 def model_spec(config:Config, data:DataBundle, task:Task, model:torch.nn.Module) -> dict:
     "What rebuilds the model later (report, registry, `load_model`, export): architecture or import path with its arguments, task, data."
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -87,6 +88,7 @@ def model_spec(config:Config, data:DataBundle, task:Task, model:torch.nn.Module)
             "hidden_dims": config.model.hidden_dims, "dataset_version": data.dataset_version, "classes": list(data.classes),
             "target_key": config.data.target_key, "preprocessing": pre}
 
+# %% ../nbs/15_train.ipynb #e829f0ba
 def write_artifacts(store:RunStore, data:DataBundle, config:Config, spec:dict):
     "What a report or a registered model needs to use the weights later: preprocessing, label map, model spec."
     a = store.artifacts_dir
@@ -94,7 +96,7 @@ def write_artifacts(store:RunStore, data:DataBundle, config:Config, spec:dict):
     atomic_write_json(a/"label_map.json", {"classes": list(data.classes)})
     atomic_write_json(a/"model.json", spec)
 
-# %% ../nbs/15_train.ipynb #5466ac7a
+# %% ../nbs/15_train.ipynb #a6765ded
 def check_trackers(config:Config):
     "ConfigError for a tracker that is enabled but not installed."
     import importlib.util
@@ -103,6 +105,7 @@ def check_trackers(config:Config):
             raise ConfigError(f"logging.{name}.enabled is true but {name} is not installed", f"logging.{name}.enabled",
                               f"pip install {name}, or set logging.{name}.enabled: false")
 
+# %% ../nbs/15_train.ipynb #0f0c90d2
 def make_trackers(config:Config, store:RunStore, purge_step:int|None=None) -> list:
     "Tracker instances for the enabled trackers of `logging.*`."
     from accelerate.tracking import AimTracker, MLflowTracker, TensorBoardTracker, WandBTracker
@@ -241,11 +244,12 @@ def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, ba
                  resumed_count=store.meta.get("resumed_count", 0) + 1, world_size=world, resumable_settings=config.resumable_settings())
     return store
 
-# %% ../nbs/15_train.ipynb #cb5ee344
+# %% ../nbs/15_train.ipynb #ca86c7c5
 def on_cpu(config:Config) -> bool:
     "Whether this config trains on CPUs: asked for (`resources.cpu`), or no GPU here."
     return config.resources.cpu or not torch.cuda.is_available()
 
+# %% ../nbs/15_train.ipynb #2f1100d2
 @dataclass
 class Components:
     "What a run trains: data, task, loss and model — built from the config, or given to `fit` — and the user's own extras."
