@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -25,11 +26,11 @@ from .core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json,
 from .models import is_pickle_file, legacy_head_names
 
 # %% auto #0
-__all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'verify_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_good_checkpoint', 'write_index',
-           'prune_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model', 'AsyncCheckpointWriter',
-           'CheckpointCallback', 'full_states', 'load_full_states', 'rank_rng_states', 'trainer_state',
-           'restore_trainer']
+__all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'REPEAT_WINDOW_S', 'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_good_checkpoint',
+           'write_index', 'prune_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model',
+           'AsyncCheckpointWriter', 'ignoring_repeats', 'CheckpointCallback', 'full_states', 'load_full_states',
+           'rank_rng_states', 'trainer_state', 'restore_trainer']
 
 # %% ../nbs/07_checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -249,6 +250,17 @@ class AsyncCheckpointWriter:
         self.thread = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
         self.thread.start()
 
+# %% ../nbs/07_checkpoint.ipynb #d505aedd
+REPEAT_WINDOW_S = 5.0  # a second SIGTERM this soon after the first is the same signal delivered twice
+
+def ignoring_repeats(previous, since:float):
+    "A SIGTERM handler that drops repeats until `REPEAT_WINDOW_S` after `since`, then acts as `previous` (a handler, SIG_DFL or SIG_IGN)."
+    def handler(signum, frame):
+        if time.monotonic() - since <= REPEAT_WINDOW_S or previous == signal.SIG_IGN: return
+        if callable(previous): return previous(signum, frame)
+        signal.signal(signum, previous); os.kill(os.getpid(), signum)  # SIG_DFL: the default action, as if never caught
+    return handler
+
 # %% ../nbs/07_checkpoint.ipynb #b9a50e13
 class CheckpointCallback(TrackerCallback):
     "Owns the checkpoint policy; the trainer's state is collected here and written by `save_checkpoint`."
@@ -278,14 +290,20 @@ class CheckpointCallback(TrackerCallback):
             self.preempt, self._signalled_at = signal.Signals(signum).name, time.monotonic()
         # a second signal means "stop now" — unless it is the same SIGTERM delivered twice (under Slurm both slurmstepd
         # and the torchrun/accelerate agent forward it to every process), which must not cost the checkpoint
-        elif signum == signal.SIGINT or time.monotonic() - self._signalled_at > 5: raise KeyboardInterrupt
+        elif signum == signal.SIGINT or time.monotonic() - self._signalled_at > REPEAT_WINDOW_S: raise KeyboardInterrupt
+
+    def _restore_signals(self):
+        "Give the signals back to their earlier handlers; the repeats of a SIGTERM already acted on stay harmless (see `ignoring_repeats`)."
+        for sig, handler in getattr(self, "previous", {}).items():
+            stopping = sig == signal.SIGTERM and self.preempt == "SIGTERM"
+            signal.signal(sig, ignoring_repeats(handler, getattr(self, "_signalled_at", time.monotonic())) if stopping else handler)
 
     def after_fit(self):
         try:
             if self.last_saved != self.global_step: self.save(reason="final")
             if self.writer: self.writer.wait()
         finally:
-            for sig, handler in self.previous.items(): signal.signal(sig, handler)
+            self._restore_signals()
 
 # %% ../nbs/07_checkpoint.ipynb #a9355795
 def _clone_cpu(obj):
@@ -421,7 +439,7 @@ def cleanup_fit(self:CheckpointCallback):
         if self.writer: self.writer.wait()
         self._flush_events()
     finally:
-        for sig, handler in getattr(self, "previous", {}).items(): signal.signal(sig, handler)
+        self._restore_signals()
 
 # %% ../nbs/07_checkpoint.ipynb #1c4e8ee8
 def restore_trainer(trainer, state:dict) -> tuple[int, int]:
