@@ -11,7 +11,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RETRIES, JOBS_DIR, MODELS_DIR,
+from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RETRIES, JOBS_DIR, LR_FIND_END,
+                                    LR_FIND_START, LR_FIND_STEPS, MODELS_DIR,
                                     RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, VAL_FRACTION,
                                     ConfigError, PipelineError, UsageError)
 
@@ -179,9 +180,9 @@ def _notebook_commands(sub):
              epilog="example:\n  tp lr-find --config config/digits.yaml --apply config/digits.lr.yaml")
     p.add_argument("--config", required=True, metavar="PATH")
     p.add_argument("--apply", metavar="OUT", help="write a copy of the config with the suggested training.learning_rate")
-    p.add_argument("--start-lr", type=float, default=1e-7, metavar="LR", help="the first rate tried")
-    p.add_argument("--end-lr", type=float, default=10.0, metavar="LR", help="the last rate tried")
-    p.add_argument("--steps", type=int, default=100, metavar="N", help="optimizer steps of the test")
+    p.add_argument("--start-lr", type=float, default=LR_FIND_START, metavar="LR", help="the first rate tried")
+    p.add_argument("--end-lr", type=float, default=LR_FIND_END, metavar="LR", help="the last rate tried")
+    p.add_argument("--steps", type=int, default=LR_FIND_STEPS, metavar="N", help="optimizer steps of the test")
     p.add_argument("--out", metavar="FILE", help="the loss curve as HTML (default: <config>.lr-find.html)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 

@@ -11,18 +11,19 @@ from pathlib import Path
 
 
 from .callback.core import Callback, CancelFitException
-from .core import UsageError, atomic_write, set_seed
+from .core import LR_FIND_END, LR_FIND_START, LR_FIND_STEPS, UsageError, atomic_write, set_seed
+from .profiling import offline_page
 from .train import components_from_config, on_cpu
 from .trainer import Trainer, make_accelerator, make_optimizer
 
 # %% auto #0
-__all__ = ['LRFinder', 'smooth', 'suggest_lr', 'LRFindResult', 'lr_find', 'lr_find_html']
+__all__ = ['LRFinder', 'smooth', 'smoothed_loss', 'suggest_lr', 'LRFindResult', 'lr_find', 'lr_find_html']
 
 # %% ../nbs/15a_lr_find.ipynb #de571667
 class LRFinder(Callback):
     "Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_steps` steps; record the loss; stop on divergence."
     order = -10  # sets the rate before anything else reads it
-    def __init__(self, start_lr:float=1e-7, end_lr:float=10.0, num_steps:int=100, diverge:float=4.0, beta:float=0.9):
+    def __init__(self, start_lr:float=LR_FIND_START, end_lr:float=LR_FIND_END, num_steps:int=LR_FIND_STEPS, diverge:float=4.0, beta:float=0.9):
         if not 0 < start_lr < end_lr: raise UsageError(f"the rates must rise: start {start_lr}, end {end_lr}", "lr-find", "give 0 < start_lr < end_lr")
         if num_steps < 10: raise UsageError(f"{num_steps} steps are too few to read a loss curve", "lr-find", "give at least 10 steps")
         self.start_lr, self.end_lr, self.num_steps, self.diverge, self.beta = start_lr, end_lr, num_steps, diverge, beta
@@ -54,11 +55,15 @@ def smooth(values:list[float], half_width:int) -> list[float]:
         out.append(sum(window) / len(window) if window else math.nan)
     return out
 
+def smoothed_loss(losses:list[float]) -> list[float]:
+    "The curve a suggestion is read from (and drawn): a centred average over about 4% of the steps, at least 5 points."
+    return smooth(losses, max(2, len(losses) // 25))
+
 def suggest_lr(lrs:list[float], losses:list[float], min_descent:float=0.1) -> tuple[float|None, str]:
     "(suggested rate or None, why): the steepest descent of the smoothed loss before its minimum."
     n = len(losses)
     if n < 10: return None, f"only {n} steps were recorded before the loss diverged: start from a lower rate (--start-lr)"
-    curve = smooth(losses, max(2, n // 25))
+    curve = smoothed_loss(losses)
     finite = [i for i in range(n) if math.isfinite(curve[i])]
     lowest = min(finite, key=lambda i: curve[i])
     first = curve[finite[0]]
@@ -83,7 +88,7 @@ class LRFindResult:
     reason: str = ""
     stopped_by: str = "steps"
 
-def lr_find(config, start_lr:float=1e-7, end_lr:float=10.0, num_steps:int=100) -> LRFindResult:
+def lr_find(config, start_lr:float=LR_FIND_START, end_lr:float=LR_FIND_END, num_steps:int=LR_FIND_STEPS) -> LRFindResult:
     "LR range test on a fresh model built from `config`; nothing of a run is written."
     finder = LRFinder(start_lr, end_lr, num_steps)
     set_seed(config.seed)
@@ -103,12 +108,9 @@ def lr_find_html(result:LRFindResult, out:str|Path, title:str="Learning-rate fin
     import plotly.graph_objects as go
     fig = go.Figure()
     fig.add_scatter(x=result.lrs, y=result.losses, mode="lines", name="loss", line=dict(color="#bbb"))
-    fig.add_scatter(x=result.lrs, y=smooth(result.losses, max(2, len(result.losses) // 25)), mode="lines", name="smoothed")
+    fig.add_scatter(x=result.lrs, y=smoothed_loss(result.losses), mode="lines", name="smoothed")
     if result.suggestion: fig.add_vline(x=result.suggestion, line_dash="dash", line_color="#2ca02c")
     fig.update_layout(xaxis_type="log", xaxis_title="learning rate", yaxis_title="training loss", height=480)
     verdict = f"suggested learning rate: {result.suggestion:.3g}" if result.suggestion else "no suggestion"
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body style='font-family:sans-serif;max-width:1000px;margin:2em auto'><h1>{html.escape(title)}</h1>"
-            f"<p><b>{html.escape(verdict)}</b> — {html.escape(result.reason)}</p>"
-            f"{fig.to_html(full_html=False, include_plotlyjs=True)}</body></html>")
-    return atomic_write(out, page)
+    return atomic_write(out, offline_page(title, f"<p><b>{html.escape(verdict)}</b> — {html.escape(result.reason)}</p>"
+                                                 f"{fig.to_html(full_html=False, include_plotlyjs=True)}"))

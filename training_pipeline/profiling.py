@@ -20,7 +20,7 @@ from .sampling import collate_batches
 
 # %% auto #0
 __all__ = ['PHASES', 'StepTimer', 'ProfilerCallback', 'ImageFolderStream', 'Trial', 'time_loader', 'stage_times', 'TuneResult',
-           'tune_loader', 'tune_config', 'apply_recommendation', 'tune_report_html']
+           'tune_loader', 'tune_config', 'apply_recommendation', 'offline_page', 'tune_report_html']
 
 # %% ../nbs/13_profiling.ipynb #571792f7
 PHASES = ("data", "h2d", "forward", "backward", "optimizer")
@@ -270,6 +270,12 @@ def apply_recommendation(config_path:str|Path, result:TuneResult, out:str|Path|N
     return write_config_copy(config_path, {f"data.{k}": v for k, v in result.recommendation.items()}, out,
                              f"{config_path.name} with `tp tune-loader` recommendations ({result.speedup:.2f}x)")
 
+def offline_page(title:str, body:str) -> str:
+    "A self-contained HTML page (plotly figures inline, nothing fetched) with `title` as its heading above `body`."
+    import html
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body style='font-family:sans-serif;max-width:1000px;margin:2em auto'><h1>{html.escape(title)}</h1>{body}</body></html>")
+
 def tune_report_html(result:TuneResult, out:str|Path) -> Path:
     "The trials as a bar chart and the stage times, in one offline HTML file."
     import html as html_lib
@@ -279,9 +285,7 @@ def tune_report_html(result:TuneResult, out:str|Path) -> Path:
                            marker_color=["#2ca02c" if t is result.best else "#1f77b4" for t in trials]))
     fig.update_layout(xaxis_title="samples / s", height=120 + 28 * len(trials), margin=dict(l=260, t=30), yaxis_autorange="reversed")
     stages = "".join(f"<tr><td>{k}</td><td>{v * 1000:.2f} ms</td></tr>" for k, v in result.stages.items())
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>DataLoader tuning</title></head>"
-            f"<body style='font-family:sans-serif;max-width:1000px;margin:2em auto'><h1>DataLoader tuning</h1>"
-            f"<p><b>Recommendation:</b> {html_lib.escape(json.dumps(result.recommendation))} ({result.speedup:.2f}x the current setting)</p>"
-            f"<p>{html_lib.escape(result.bottleneck)}</p>{fig.to_html(full_html=False, include_plotlyjs=True)}"
-            f"<h2>Seconds per batch, by stage</h2><table border=1 cellpadding=4>{stages}</table></body></html>")
-    return atomic_write(out, page)
+    return atomic_write(out, offline_page("DataLoader tuning",
+        f"<p><b>Recommendation:</b> {html_lib.escape(json.dumps(result.recommendation))} ({result.speedup:.2f}x the current setting)</p>"
+        f"<p>{html_lib.escape(result.bottleneck)}</p>{fig.to_html(full_html=False, include_plotlyjs=True)}"
+        f"<h2>Seconds per batch, by stage</h2><table border=1 cellpadding=4>{stages}</table>"))
