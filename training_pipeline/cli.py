@@ -92,6 +92,7 @@ def _train_command(sub):
                    help="auto: continue the experiment's latest unfinished run; never: start fresh; "
                         "PATH: a new run starting from that run or checkpoint")
     p.add_argument("--profile", action="store_true", help="run torch.profiler (see the config's profile section)")
+    p.add_argument("--trial", metavar="STUDY_DB#N", help="train as trial N of an Optuna study: recorded in run.json, pruned by its pruner (tp tune passes it)")
     d = p.add_argument_group("distributed (relaunches through `accelerate launch`)")
     d.add_argument("--distributed", action="store_true", help="train on several processes")
     d.add_argument("--gpus", type=int, metavar="N", help="processes per node (GPUs, or CPU processes with --cpu)")
@@ -363,7 +364,8 @@ def launch_distributed(args) -> int:
            "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip", args.master_addr,
            "--main_process_port", str(args.master_port), "--dynamo_backend", "no", "--mixed_precision", "no",
            "-m", "training_pipeline.train", "--config", args.config, "--resume", args.resume,
-           *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else []), *args.overrides,
+           *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else []),
+           *(["--trial", args.trial] if getattr(args, "trial", None) else []), *args.overrides,
            "distributed.enabled=true", f"distributed.world_size={world}", f"distributed.num_nodes={args.nodes}",
            *(["resources.cpu=true"] if args.cpu else [])]
     env = {**os.environ, "TP_RUN_ID": os.environ.get("TP_RUN_ID") or new_run_id()}
@@ -391,7 +393,7 @@ def cmd_train(args) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "tp train", "give a positive number of epochs")
     config = load_config(args.config, [*args.overrides, *(["profile.enabled=true"] if args.profile else [])])
-    result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]])
+    result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]], trial=args.trial)
     if result.run_dir is None: return EXIT_OK  # another process of a distributed run: the main one reports
     headline = ("loss", "accuracy", "f1", "rmse", "mae", "r2")  # what each task logs first
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_")) and k.split("_", 1)[1] in headline
