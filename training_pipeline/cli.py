@@ -13,14 +13,14 @@ from pathlib import Path
 
 from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RETRIES, JOBS_DIR, LR_FIND_END,
                                     LR_FIND_START, LR_FIND_STEPS, MODELS_DIR,
-                                    RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, VAL_FRACTION,
-                                    ConfigError, PipelineError, UsageError)
+                                    RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, TUNE_TRIALS, VAL_FRACTION,
+                                    ConfigError, PipelineError, TrainingError, UsageError)
 
 # %% auto #0
 __all__ = ['DATASETS', 'COMMAND_GROUPS', 'HANDLERS', 'HelpFormatter', 'Parser', 'build_parser', 'handles', 'handler_for', 'main',
            'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'launch_distributed', 'cmd_train', 'cmd_report',
-           'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune_loader', 'cmd_lr_find', 'cmd_monitor',
-           'cmd_jobs']
+           'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune', 'cmd_tune_loader', 'cmd_lr_find',
+           'cmd_monitor', 'cmd_jobs']
 
 # %% ../nbs/20_cli.ipynb #fc124d7b
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -218,9 +218,39 @@ def _jobs_commands(sub):
     jsub.choices["logs"].add_argument("--follow", action="store_true", help="keep printing until the job ended")
     for c in jsub.choices.values(): c.add_argument("--jobs-dir", default=JOBS_DIR, metavar="DIR", help="the queue")
 
+# %% ../nbs/20_cli.ipynb #6b6b7d02
+def _tune_command(sub):
+    p = _add(sub, "tune", "hyperparameter search (Optuna): every trial a run, pruned on its validation metric",
+             epilog="examples:\n  tp tune --config config/digits.yaml --param 'training.learning_rate=loguniform(1e-4,3e-2)' "
+                    "--param 'training.batch_size=choice(32,64)' --trials 6 training.epochs=4\n"
+                    "  tp tune --config config/digits.yaml --status\n"
+                    "  tp tune --config config/digits.yaml --param 'model.dropout=uniform(0,0.5)' --jobs --parallel 2   # with: tp jobs worker --slots 2")
+    p.add_argument("--config", required=True, metavar="PATH", help="a YAML config")
+    p.add_argument("--param", action="append", metavar="KEY=SPACE",
+                   help="a searched key and its space: uniform(a,b), loguniform(a,b), int(a,b) or choice(v1,v2,...)")
+    p.add_argument("--trials", type=int, default=TUNE_TRIALS, metavar="N", help="trials in the study; again with a larger N adds trials to it")
+    p.add_argument("--pruner", default="median", metavar="median|hyperband|none", help="stops trials that do worse than the others at the same epoch")
+    p.add_argument("--startup-trials", type=int, default=2, metavar="N", help="trials that complete before any is pruned")
+    p.add_argument("--warmup-epochs", type=int, default=1, metavar="N", help="validations of a trial before it can be pruned")
+    p.add_argument("--sampler", default="tpe", metavar="tpe|random|grid", help="how the next trial's values are chosen")
+    p.add_argument("--parallel", type=int, default=1, metavar="K", help="trials at once")
+    p.add_argument("--study", metavar="NAME", help="the study (default: the experiment's name); stored in runs/<experiment>/studies/NAME.db")
+    p.add_argument("--metric", metavar="NAME", help="the objective, a val_* metric (default: checkpointing.monitor_metric)")
+    p.add_argument("--direction", default="auto", metavar="auto|max|min", help="auto: the mode of checkpointing.monitor_metric")
+    p.add_argument("--status", action="store_true", help="print the study's trials and best trial, rewrite its report; run nothing")
+    j = p.add_argument_group("trials as jobs on the queue (run them with `tp jobs worker`)")
+    j.add_argument("--jobs", action="store_true", help="queue each trial as a job: retried from its checkpoint when it fails")
+    j.add_argument("--jobs-dir", default=JOBS_DIR, metavar="DIR", help="the queue's directory")
+    j.add_argument("--max-retries", type=int, default=JOB_MAX_RETRIES, metavar="N", help="retries of a trial's job")
+    d = p.add_argument_group("each trial on several processes (through `accelerate launch`)")
+    d.add_argument("--distributed", action="store_true", help="train every trial on --gpus N processes")
+    d.add_argument("--gpus", type=int, metavar="N", help="processes per trial (GPUs, or CPU processes with --cpu)")
+    d.add_argument("--cpu", action="store_true", help="CPU processes over gloo")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides for every trial, e.g. training.epochs=4")
+
 # %% ../nbs/20_cli.ipynb #ffcef46d
 COMMAND_GROUPS = (_data_commands, _config_commands, _train_command, _watch_commands, _runs_commands, _models_commands,
-                  _notebook_commands, _jobs_commands)
+                  _notebook_commands, _jobs_commands, _tune_command)
 
 def build_parser() -> Parser:
     "The `tp` parser with every subcommand."
@@ -499,6 +529,37 @@ def cmd_sweep(args) -> int:
         print(f"{p['status']:9s} {p['point']}  {p.get('run_dir', '-')}" + (f"  ({p['error']})" if p.get("error") else ""))
     print(f"notebooks: {s['out_dir']}\ncomparison: {s['comparison'] or '- (fewer than two completed runs)'}")
     return EXIT_OK if all(p["status"] == "completed" for p in s["points"]) else EXIT_FAILED
+
+# %% ../nbs/20_cli.ipynb #32b3fcc0
+@handles("tune")
+def cmd_tune(args) -> int:
+    "Run (or continue) a study; print each trial as it ends, the best trial and the report's path."
+    from collections import Counter
+    from training_pipeline.tune import override, study_status, tune
+    if args.status: s = study_status(args.config, args.study)
+    else:
+        if args.distributed and not args.gpus: raise UsageError("--distributed needs --gpus N (processes per trial)", "tp tune", "e.g. --distributed --gpus 2 --cpu")
+        s = tune(args.config, args.param or [], args.trials, args.overrides, pruner=args.pruner, sampler=args.sampler, parallel=args.parallel,
+                 jobs=args.jobs, jobs_dir=args.jobs_dir, study=args.study, direction=args.direction, metric=args.metric,
+                 distributed=args.gpus if args.distributed else 0, cpu=args.cpu, startup_trials=args.startup_trials,
+                 warmup_epochs=args.warmup_epochs, max_retries=args.max_retries)
+    if args.status:
+        for r in s.trials:
+            value = f"{r['value']:.4f}" if r["value"] is not None else f"{r['last'][0]:.4f}@{r['last'][1]}" if r["last"] else "-"  # pruned: last value@epoch
+            print(f"trial {r['number']:<3d} {r['state']:9s} {value:>8s}  {' '.join(override(k, v) for k, v in r['params'].items())}  run {r['run_id'] or '-'}")
+    counts = Counter(r["state"] for r in s.trials)
+    print(f"study {s.study}: {len(s.trials)} trials (" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f"), {s.path}")
+    if s.best:
+        b = s.best
+        print(f"best trial {b['number']}: {s.metric} {b['value']:.4f}  run {b['run_id']}  {' '.join(override(k, v) for k, v in b['params'].items())}")
+        print(f"  run dir: {b['run_dir']}")
+    print(f"report: {s.report}")
+    if s.interrupted:
+        print("interrupted: the running trials saved a checkpoint; run the same tp tune to continue them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if s.best is None and not args.status:
+        raise TrainingError("no trial completed", str(s.path), "see the trials' logs in " + str(s.path.with_suffix("")))
+    return EXIT_OK
 
 # %% ../nbs/20_cli.ipynb #b01aa601
 @handles("tune-loader")

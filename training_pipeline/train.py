@@ -477,7 +477,7 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
         accelerator.wait_for_everyone()  # a rank leaving early makes the others' exit flaky (see ENVIRONMENT.md)
         if store:
             summary = {k: v for k, v in trainer.metrics.items() if k.startswith(("val_", "test_"))}
-            summary.update(epochs_completed=trainer.epoch + (status == "completed"), global_step=trainer.global_step)
+            summary.update(epochs_completed=trainer.epoch + (status in ("completed", "pruned")), global_step=trainer.global_step)
             best = json.loads((store.checkpoints_dir/"index.json").read_text()).get("best") if (store.checkpoints_dir/"index.json").exists() else None
             if best: summary["best"] = best
             store.finish(status, summary=summary)
