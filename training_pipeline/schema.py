@@ -10,23 +10,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .core import DATA_DIR, RUNS_DIR, ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, sha256_json, snake_case
 
 # %% auto #0
-__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS',
-           'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES', 'RESUMABLE_CHANGES',
-           'Section', 'lower_choice', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig',
-           'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig',
-           'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig',
-           'PlateauConfig', 'tagged', 'metric_name', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig',
-           'DistributedConfig', 'CheckpointingConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig',
-           'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule',
-           'LossSpikeRule', 'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule',
-           'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig',
-           'AlertsConfig', 'ProfileConfig', 'Config', 'locate']
+__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'URL_PATTERN', 'LocalPath', 'ARCHITECTURES', 'Betas',
+           'OPTIMIZERS', 'SCHEDULERS', 'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES',
+           'RESUMABLE_CHANGES', 'Section', 'lower_choice', 'local_path', 'ExperimentConfig', 'PreprocessingConfig',
+           'AugmentConfig', 'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers',
+           'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig',
+           'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged', 'metric_name', 'LossConfig',
+           'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig', 'CheckpointingConfig', 'WandbConfig',
+           'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig',
+           'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
+           'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
+           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config', 'locate']
 
 # %% ../nbs/01_schema.ipynb #5f314dcd
 class Section(BaseModel):
@@ -41,13 +41,22 @@ METRIC_PATTERN = r"^(train|val|test)_[A-Za-z0-9_]+$"
 MetricName = Annotated[str, Field(pattern=METRIC_PATTERN)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
+URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+def local_path(v):
+    "A path on this machine: an object-storage URL is refused (it would become a local folder named `s3:`)."
+    if isinstance(v, str) and URL_PATTERN.match(v):
+        raise PydanticCustomError("url_path", "object storage ({scheme}://) is not built yet; a URL here would silently become a local folder "
+                                  "named {scheme}:. Use a local or mounted path", {"scheme": v.split("://", 1)[0]})
+    return v
+LocalPath = Annotated[str, AfterValidator(local_path)]
+
 # %% ../nbs/01_schema.ipynb #6f225a8f
 class ExperimentConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)  # also a directory name
     version: str = "v1.0"
     description: str = ""
     tags: list[str] = []
-    runs_dir: str = RUNS_DIR  # root of run directories: <runs_dir>/<name>/<run_id>/
+    runs_dir: LocalPath = RUNS_DIR  # root of run directories: <runs_dir>/<name>/<run_id>/
 
     @field_validator("version", mode="before")
     @classmethod
@@ -90,11 +99,11 @@ class DataConfig(Section):
     dataset: str|None = None
     init_args: dict[str, Any] = {}
     target_key: str = "target"  # the target's key in mapping batches (the other entries are forward's keyword arguments)
-    data_dir: str = DATA_DIR
+    data_dir: LocalPath = DATA_DIR
     # None: processed/<split> under data_dir (see `split_dirs`); a test split there is optional, a test_dir given is not
-    train_dir: str|None = None
-    val_dir: str|None = None
-    test_dir: str|None = None
+    train_dir: LocalPath|None = None
+    val_dir: LocalPath|None = None
+    test_dir: LocalPath|None = None
     num_workers: int = Field(4, ge=0)
     pin_memory: bool = True
     persistent_workers: bool = True
@@ -315,7 +324,7 @@ class DistributedConfig(Section):
 
 # %% ../nbs/01_schema.ipynb #6a63fe79
 class CheckpointingConfig(Section):
-    save_dir: str = "checkpoints"  # relative paths are inside the run directory
+    save_dir: LocalPath = "checkpoints"  # relative paths are inside the run directory
     save_frequency: int = Field(1, ge=0)  # epochs; 0: no epoch checkpoints
     save_every_n_steps: PositiveInt|None = None
     keep_last_n: PositiveInt = 3
