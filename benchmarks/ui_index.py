@@ -1,7 +1,7 @@
 """How fast `tp ui` answers `/api/runs` and `/` with many runs (issue 19: /api/runs <= 1 s at 10,000 runs, warm).
 
 For each size, synthetic run directories (`training_pipeline.ui.synthetic_run`: run.json, the full resolved config.yaml,
-~25 metric rows, events) are added to one runs/ dir, a fresh `tp ui` subprocess is started on it, and timed:
+~25 metric rows, events) are written to runs-<size>/, a fresh `tp ui` subprocess is started on it, and timed:
   cold      the first /api/runs after the server starts (the index is built then: every run read once)
   warm      /api/runs and / again (nothing changed: a stat of each finished run's run.json), median of --repeat
   changed   /api/runs after 10 runs changed as training runs do (a metric row appended, run.json rewritten with a new
@@ -45,18 +45,18 @@ def main():
     ap.add_argument("--out", help="where to write the run dirs (default: a temp dir, removed)")
     a = ap.parse_args()
     tmp = tempfile.TemporaryDirectory() if not a.out else None
-    runs = Path(a.out or tmp.name) / "runs"
-    have, t0, results = 0, time.time() - 10 * 86400, {}
+    base = Path(a.out or tmp.name)
+    t0, results = time.time() - 10 * 86400, {}
     print("| runs | write s | /api/runs cold s | /api/runs warm s | / warm s | /api/runs after 10 changed s | JSON MB | HTML MB |")
     print("|---|---|---|---|---|---|---|---|")
     for size in a.sizes:
-        w = time.perf_counter()
-        for i in range(have, size):
+        w, runs = time.perf_counter(), base / f"runs-{size}"
+        for i in range(size):
             if (runs / f"exp-{i % 20:02d}" / f"run-{i:06d}" / "run.json").exists(): continue
             synthetic_run(runs, f"exp-{i % 20:02d}", f"run-{i:06d}", {"training.learning_rate": 10 ** -(2 + (i % 7) / 3),
                           "training.batch_size": 32 << (i % 3), "model.dropout": round(0.05 * (i % 5), 2)},
                           status=("completed", "completed", "failed", "pruned", "interrupted")[i % 5], seed=i, created=t0 + i, steps=100)
-        have, write_s = size, time.perf_counter() - w
+        write_s = time.perf_counter() - w
         proc, url = start(runs)
         try:
             cold, _ = fetch(url + "api/runs")
