@@ -1,7 +1,7 @@
 """How fast `tp ui` answers `/api/runs` and `/` with many runs (issue 19: /api/runs <= 1 s at 10,000 runs, warm).
 
 For each size, synthetic run directories (`training_pipeline.ui.synthetic_run`: run.json, the full resolved config.yaml,
-~25 metric rows, events) are written to runs-<size>/, a fresh `tp ui` subprocess is started on it, and timed:
+16 metric rows, events) are written to runs-<size>/, a fresh `tp ui` subprocess is started on it, and timed:
   cold      the first /api/runs after the server starts (the index is built then: every run read once)
   warm      /api/runs and / again (nothing changed: a stat of each finished run's run.json), median of --repeat
   changed   /api/runs after 10 runs changed as training runs do (a metric row appended, run.json rewritten with a new
