@@ -128,7 +128,7 @@ def test_synthetic_runs_follow_the_run_directory_contract(site):
     for rid in ("run-0001", "run-0002"): check_run_dir(next(site["runs"].glob(f"*/{rid}")))
 
 
-def test_live_run_page_draws_growing_curves(site, page, prepared, tmp_path):
+def test_live_run_page_draws_growing_curves(site, page, context, prepared, tmp_path):
     "A real `tp train` (slowed per batch) starts after the page's server: its page's curves gain points while it trains, without a reload."
     config = tmp_path / "digits.yaml"
     shutil.copy(REPO / "config" / "digits.yaml", config)
@@ -143,6 +143,10 @@ def test_live_run_page_draws_growing_curves(site, page, prepared, tmp_path):
             run = runs[0] if runs else None
             time.sleep(0.3)
         assert run, "the live run never showed as running:\n" + (tmp_path / "train.log").read_text()[-2000:]
+        table = context.new_page()  # the runs table, open while the run trains: its row follows the run without a reload
+        table.goto(site["url"] + "?experiment=digits")
+        assert table.locator(f"tr[data-run='digits/{run['run_id']}'] .st").inner_text() == "running"
+        table.evaluate("window.__sameDocument = 7")
         page.goto(f"{site['url']}runs/digits/{run['run_id']}")
         page.wait_for_function("document.getElementById('chart-loss').data !== undefined", timeout=20_000)
         page.evaluate("window.__sameDocument = 42")  # gone if the page ever reloads
@@ -158,6 +162,10 @@ def test_live_run_page_draws_growing_curves(site, page, prepared, tmp_path):
         time.sleep(1.5)  # the last metrics poll after the end
         final = page.evaluate(count)
         shot(page, "run")
+        table.wait_for_function(f"document.querySelector(\"tr[data-run='digits/{run['run_id']}'] .st\").textContent === 'completed'",
+                                timeout=15_000)
+        assert table.evaluate("window.__sameDocument") == 7
+        table.close()
     except BaseException:
         shot(page, "run-failure"); raise
     finally: stop(trainer)
