@@ -62,3 +62,9 @@ def test_streaming_workers_benchmark_runs(prepared, tmp_path):
                           "--rounds", "1", "--batches", "5", "--budget-s", "2", "--out", str(tmp_path)],
                          capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}).stdout
     assert "ratio=" in out.splitlines()[-1] and "wait_share_recommended=" in out.splitlines()[-1], out[-1500:]
+
+
+def test_ui_index_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ui_index.py"), "--sizes", "30", "--repeat", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "warm_30=" in out.splitlines()[-1] and "ok=True" in out.splitlines()[-1], out

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RETRIES, JOBS_DIR, LR_FIND_END,
                                     LR_FIND_START, LR_FIND_STEPS, MODELS_DIR,
-                                    RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, TUNE_TRIALS, VAL_FRACTION,
+                                    RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, TUNE_TRIALS, UI_HOST, UI_PORT, VAL_FRACTION,
                                     ConfigError, PipelineError, TrainingError, UsageError)
 
 # %% auto #0
 __all__ = ['DATASETS', 'COMMAND_GROUPS', 'HANDLERS', 'HelpFormatter', 'Parser', 'build_parser', 'handles', 'handler_for', 'main',
            'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'launch_distributed', 'cmd_train', 'cmd_report',
            'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune', 'cmd_tune_loader', 'cmd_lr_find',
-           'cmd_monitor', 'cmd_jobs']
+           'cmd_ui', 'cmd_monitor', 'cmd_jobs']
 
 # %% ../nbs/20_cli.ipynb #fc124d7b
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -218,6 +218,21 @@ def _jobs_commands(sub):
     jsub.choices["logs"].add_argument("--follow", action="store_true", help="keep printing until the job ended")
     for c in jsub.choices.values(): c.add_argument("--jobs-dir", default=JOBS_DIR, metavar="DIR", help="the queue")
 
+# %% ../nbs/20_cli.ipynb #5861d02a
+def _ui_command(sub):
+    p = _add(sub, "ui", "web interface: runs table, live run pages, comparisons, jobs and models",
+             epilog="examples:\n  tp ui                      # http://127.0.0.1:8765/\n  tp ui --port 0             # any free port\n"
+                    "  tp ui --host 0.0.0.0       # reachable from other machines: prints a URL with a generated token\n"
+                    "  tp ui --allow-actions      # also cancel jobs and promote models from the pages\n\n"
+                    "It only reads the three directories (nothing else is served); Ctrl-C stops it (exit 0).")
+    _runs_dir_option(p)
+    p.add_argument("--jobs-dir", default=JOBS_DIR, metavar="DIR", help="the job queue")
+    p.add_argument("--models-dir", default=MODELS_DIR, metavar="DIR", help="the registry")
+    p.add_argument("--host", default=UI_HOST, help="address to listen on (not loopback: a token is required)")
+    p.add_argument("--port", type=int, default=UI_PORT, help="port (0: any free port)")
+    p.add_argument("--token", metavar="T", help="required in ?token=T (default on loopback: none; elsewhere: generated)")
+    p.add_argument("--allow-actions", action="store_true", help="allow cancelling jobs and promoting models (POST, XSRF-checked)")
+
 # %% ../nbs/20_cli.ipynb #6b6b7d02
 def _tune_command(sub):
     p = _add(sub, "tune", "hyperparameter search (Optuna): every trial a run, pruned on its validation metric",
@@ -250,7 +265,7 @@ def _tune_command(sub):
 
 # %% ../nbs/20_cli.ipynb #ffcef46d
 COMMAND_GROUPS = (_data_commands, _config_commands, _train_command, _watch_commands, _runs_commands, _models_commands,
-                  _notebook_commands, _jobs_commands, _tune_command)
+                  _notebook_commands, _jobs_commands, _tune_command, _ui_command)
 
 def build_parser() -> Parser:
     "The `tp` parser with every subcommand."
@@ -594,6 +609,13 @@ def cmd_lr_find(args) -> int:
                                 f"{Path(args.config).name} with the learning rate `tp lr-find` suggested")
         print(f"written: {out}")
     return EXIT_OK
+
+# %% ../nbs/20_cli.ipynb #dd02a891
+@handles("ui")
+def cmd_ui(args) -> int:
+    "The web interface until Ctrl-C: see 16b_ui_server."
+    from training_pipeline.ui_server import ui_command
+    return ui_command(args)
 
 # %% ../nbs/20_cli.ipynb #f8402048
 @handles("monitor")
