@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 
 from .callback.core import Callback, CancelFitException
 from .core import LR_FIND_END, LR_FIND_START, LR_FIND_STEPS, UsageError, atomic_write, set_seed
+from .distributed import strategy_plugins, verify_strategy
 from .profiling import offline_page
 from .train import components_from_config, on_cpu
 from .trainer import Trainer, make_accelerator, make_optimizer
@@ -89,16 +92,27 @@ class LRFindResult:
     stopped_by: str = "steps"
 
 def lr_find(config, start_lr:float=LR_FIND_START, end_lr:float=LR_FIND_END, num_steps:int=LR_FIND_STEPS) -> LRFindResult:
-    "LR range test on a fresh model built from `config`; nothing of a run is written."
+    """LR range test on a fresh model built from `config`; nothing of a run is written. Under `accelerate launch` each
+    process trains on its shard of every batch (the global batch stays `training.batch_size`, as in `tp train`), and
+    every process returns the same curve and suggestion."""
     finder = LRFinder(start_lr, end_lr, num_steps)
     set_seed(config.seed)
     parts = components_from_config(config)
     if parts.optimizer is not None: raise UsageError("lr-find builds the config's optimizer; this setup brings its own", "optimizer", "remove it to run the finder")
-    loader = parts.data.loader("train", config.training.batch_size, config.data, seed=config.seed)
+    from accelerate import PartialState
+    cpu = on_cpu(config)
+    PartialState(cpu=cpu, timeout=timedelta(seconds=config.distributed.timeout_s))  # a rank that dies fails the others, never hangs them
+    accelerator = make_accelerator(cpu=cpu, **strategy_plugins(config))
+    verify_strategy(accelerator, config)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    loader = parts.data.loader("train", max(1, config.training.batch_size // world), config.data, seed=config.seed,
+                               num_replicas=world, rank=rank, even=True)  # the same number of batches on every process
     optimizer = make_optimizer(config.training.optimizer, parts.model.parameters(), start_lr)
-    trainer = Trainer(parts.model, {"train": loader}, parts.loss, optimizer, cbs=[finder], accelerator=make_accelerator(cpu=on_cpu(config)),
+    trainer = Trainer(parts.model, {"train": loader}, parts.loss, optimizer, cbs=[finder], accelerator=accelerator,
                       task=parts.task, target_key=config.data.target_key, logger=lambda *a: None, log_every=10**9)
     trainer.fit(math.ceil(num_steps / max(len(loader), 1)))
+    if world > 1 and torch.distributed.is_initialized():  # every rank leaves together (see ENVIRONMENT.md's flaky exit)
+        accelerator.wait_for_everyone(); torch.distributed.destroy_process_group()
     suggestion, reason = suggest_lr(finder.lrs, finder.losses)
     return LRFindResult(finder.lrs, finder.losses, suggestion, reason, finder.stopped_by)
 
