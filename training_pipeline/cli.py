@@ -458,6 +458,7 @@ def cmd_runs(args) -> int:
         meta, s = json.loads((d/"run.json").read_text()), run_summary(d)
         print(f"run {meta['id']} ({meta.get('experiment')}): {s['status']}\n  dir {d}")
         print("summary:\n" + "\n".join(f"  {k}: {v}" for k, v in meta.get("summary", {}).items()))
+        if meta.get("trial"): print("trial:\n" + "\n".join(f"  {k}: {v}" for k, v in meta["trial"].items()))  # a run of `tp tune`
         print("lineage:\n" + "\n".join(f"  {k}: {meta.get(k)}" for k in ("git_sha", "git_dirty", "data_version", "config_hash", "parent_run", "command", "world_size")))
         print(f"config: {d/'config.yaml'}")
         events = read_jsonl(d/"events.jsonl")
