@@ -13,14 +13,13 @@ from pathlib import Path
 
 from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RETRIES, JOBS_DIR, LR_FIND_END,
                                     LR_FIND_START, LR_FIND_STEPS, MODELS_DIR,
-                                    RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, VAL_FRACTION,
-                                    ConfigError, PipelineError, UsageError)
+                                    RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, TUNE_TRIALS, VAL_FRACTION,
+                                    ConfigError, PipelineError, TrainingError, UsageError)
 
 # %% auto #0
 __all__ = ['DATASETS', 'COMMAND_GROUPS', 'HANDLERS', 'HelpFormatter', 'Parser', 'build_parser', 'handles', 'handler_for', 'main',
-           'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'launch_distributed', 'cmd_train', 'cmd_report',
-           'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune_loader', 'cmd_lr_find', 'cmd_monitor',
-           'cmd_jobs']
+           'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs',
+           'cmd_models', 'cmd_sweep', 'cmd_tune', 'cmd_tune_loader', 'cmd_lr_find', 'cmd_monitor', 'cmd_jobs']
 
 # %% ../nbs/20_cli.ipynb #fc124d7b
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -103,6 +102,7 @@ def _train_command(sub):
                    help="auto: continue the experiment's latest unfinished run; never: start fresh; "
                         "PATH: a new run starting from that run or checkpoint")
     p.add_argument("--profile", action="store_true", help="run torch.profiler (see the config's profile section)")
+    p.add_argument("--trial", metavar="STUDY_DB#N", help="train as trial N of an Optuna study: recorded in run.json, pruned by its pruner (tp tune passes it)")
     _distributed_options(p, "train")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
@@ -223,9 +223,39 @@ def _jobs_commands(sub):
     jsub.choices["logs"].add_argument("--follow", action="store_true", help="keep printing until the job ended")
     for c in jsub.choices.values(): c.add_argument("--jobs-dir", default=JOBS_DIR, metavar="DIR", help="the queue")
 
+# %% ../nbs/20_cli.ipynb #6b6b7d02
+def _tune_command(sub):
+    p = _add(sub, "tune", "hyperparameter search (Optuna): every trial a run, pruned on its validation metric",
+             epilog="examples:\n  tp tune --config config/digits.yaml --param 'training.learning_rate=loguniform(1e-4,3e-2)' "
+                    "--param 'training.batch_size=choice(32,64)' --trials 6 training.epochs=4\n"
+                    "  tp tune --config config/digits.yaml --status\n"
+                    "  tp tune --config config/digits.yaml --param 'model.dropout=uniform(0,0.5)' --jobs --parallel 2   # with: tp jobs worker --slots 2")
+    p.add_argument("--config", required=True, metavar="PATH", help="a YAML config")
+    p.add_argument("--param", action="append", metavar="KEY=SPACE",
+                   help="a searched key and its space: uniform(a,b), loguniform(a,b), int(a,b) or choice(v1,v2,...)")
+    p.add_argument("--trials", type=int, default=TUNE_TRIALS, metavar="N", help="trials in the study; again with a larger N adds trials to it")
+    p.add_argument("--pruner", default="median", metavar="median|hyperband|none", help="stops trials that do worse than the others at the same epoch")
+    p.add_argument("--startup-trials", type=int, default=2, metavar="N", help="trials that complete before any is pruned")
+    p.add_argument("--warmup-epochs", type=int, default=1, metavar="N", help="validations of a trial before it can be pruned")
+    p.add_argument("--sampler", default="tpe", metavar="tpe|random|grid", help="how the next trial's values are chosen")
+    p.add_argument("--parallel", type=int, default=1, metavar="K", help="trials at once")
+    p.add_argument("--study", metavar="NAME", help="the study (default: the experiment's name); stored in runs/<experiment>/studies/NAME.db")
+    p.add_argument("--metric", metavar="NAME", help="the objective, a val_* metric (default: checkpointing.monitor_metric)")
+    p.add_argument("--direction", default="auto", metavar="auto|max|min", help="auto: the mode of checkpointing.monitor_metric")
+    p.add_argument("--status", action="store_true", help="print the study's trials and best trial, rewrite its report; run nothing")
+    j = p.add_argument_group("trials as jobs on the queue (run them with `tp jobs worker`)")
+    j.add_argument("--jobs", action="store_true", help="queue each trial as a job: retried from its checkpoint when it fails")
+    j.add_argument("--jobs-dir", default=JOBS_DIR, metavar="DIR", help="the queue's directory")
+    j.add_argument("--max-retries", type=int, default=JOB_MAX_RETRIES, metavar="N", help="retries of a trial's job")
+    d = p.add_argument_group("each trial on several processes (through `accelerate launch`)")
+    d.add_argument("--distributed", action="store_true", help="train every trial on --gpus N processes")
+    d.add_argument("--gpus", type=int, metavar="N", help="processes per trial (GPUs, or CPU processes with --cpu)")
+    d.add_argument("--cpu", action="store_true", help="CPU processes over gloo")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides for every trial, e.g. training.epochs=4")
+
 # %% ../nbs/20_cli.ipynb #ffcef46d
 COMMAND_GROUPS = (_data_commands, _config_commands, _train_command, _watch_commands, _runs_commands, _models_commands,
-                  _notebook_commands, _jobs_commands)
+                  _notebook_commands, _jobs_commands, _tune_command)
 
 def build_parser() -> Parser:
     "The `tp` parser with every subcommand."
@@ -354,53 +384,22 @@ def cmd_validate(args) -> int:
     return EXIT_OK if report.valid else EXIT_FAILED
 
 # %% ../nbs/20_cli.ipynb #e4a38e47
-def launch_distributed(args, program:list[str], env:dict|None=None) -> int:
-    "Run `program` (`-m module args...`) on N processes per node through `accelerate launch` (gloo on CPUs with --cpu), with the config overrides and the world it runs in."
-    import subprocess
-    if not args.gpus or args.gpus < 1:
-        raise UsageError("--distributed needs --gpus N (processes per node)", f"tp {args.command}", "e.g. --distributed --gpus 2 --cpu")
-    world = args.gpus * args.nodes
-    import torch
-    from training_pipeline.config import load_config
-    from training_pipeline.distributed import check_strategy
-    # a config or strategy that cannot run fails here, once, not in each of the N processes
-    check_strategy(load_config(args.config, args.overrides), cpu=args.cpu or not torch.cuda.is_available())
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
-           "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip", args.master_addr,
-           "--main_process_port", str(args.master_port), "--dynamo_backend", "no", "--mixed_precision", "no",
-           *program, *args.overrides,
-           "distributed.enabled=true", f"distributed.world_size={world}", f"distributed.num_nodes={args.nodes}",
-           *(["resources.cpu=true"] if args.cpu else [])]
-    env = {**os.environ, **(env or {})}
-    if args.cpu: env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu this starts N real CPU processes over gloo
-    # SIGTERM (a job manager, a scheduler) goes to the launcher, which passes it on to every process: they save a
-    # checkpoint and stop. This process waits for them instead of dying first and leaving them behind. Ctrl-C already
-    # reaches the whole process group, so SIGINT is only waited out here.
-    import signal
-    proc, signalled = subprocess.Popen(cmd, env=env), []
-    def forward(signum, frame):
-        signalled.append(signum)
-        if signum == signal.SIGTERM: proc.send_signal(signum)
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try: code = proc.wait()
-    finally:
-        for sig, handler in previous.items(): signal.signal(sig, handler)
-    return EXIT_INTERRUPTED if signalled and code != 0 else code
-
 @handles("train")
 def cmd_train(args) -> int:
     "Train one run; print the run directory and its final metrics."
     from training_pipeline.config import load_config
     from training_pipeline.train import train
     if args.distributed:
+        from training_pipeline.distributed import launch_distributed
         from training_pipeline.tracking import new_run_id
         return launch_distributed(args, ["-m", "training_pipeline.train", "--config", args.config, "--resume", args.resume,
-                                         *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else [])],
+                                         *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else []),
+                                         *(["--trial", args.trial] if args.trial else [])],
                                   {"TP_RUN_ID": os.environ.get("TP_RUN_ID") or new_run_id()})
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "tp train", "give a positive number of epochs")
     config = load_config(args.config, [*args.overrides, *(["profile.enabled=true"] if args.profile else [])])
-    result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]])
+    result = train(config, epochs=args.epochs, resume=args.resume, command=["tp", *sys.argv[1:]], trial=args.trial)
     if result.run_dir is None: return EXIT_OK  # another process of a distributed run: the main one reports
     headline = ("loss", "accuracy", "f1", "rmse", "mae", "r2")  # what each task logs first
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_")) and k.split("_", 1)[1] in headline
@@ -508,6 +507,37 @@ def cmd_sweep(args) -> int:
     print(f"notebooks: {s['out_dir']}\ncomparison: {s['comparison'] or '- (fewer than two completed runs)'}")
     return EXIT_OK if all(p["status"] == "completed" for p in s["points"]) else EXIT_FAILED
 
+# %% ../nbs/20_cli.ipynb #32b3fcc0
+@handles("tune")
+def cmd_tune(args) -> int:
+    "Run (or continue) a study; print each trial as it ends, the best trial and the report's path."
+    from collections import Counter
+    from training_pipeline.tune import override, study_status, tune
+    if args.status: s = study_status(args.config, args.study)
+    else:
+        if args.distributed and not args.gpus: raise UsageError("--distributed needs --gpus N (processes per trial)", "tp tune", "e.g. --distributed --gpus 2 --cpu")
+        s = tune(args.config, args.param or [], args.trials, args.overrides, pruner=args.pruner, sampler=args.sampler, parallel=args.parallel,
+                 jobs=args.jobs, jobs_dir=args.jobs_dir, study=args.study, direction=args.direction, metric=args.metric,
+                 distributed=args.gpus if args.distributed else 0, cpu=args.cpu, startup_trials=args.startup_trials,
+                 warmup_epochs=args.warmup_epochs, max_retries=args.max_retries)
+    if args.status:
+        for r in s.trials:
+            value = f"{r['value']:.4f}" if r["value"] is not None else f"{r['last'][0]:.4f}@{r['last'][1]}" if r["last"] else "-"  # pruned: last value@epoch
+            print(f"trial {r['number']:<3d} {r['state']:9s} {value:>8s}  {' '.join(override(k, v) for k, v in r['params'].items())}  run {r['run_id'] or '-'}")
+    counts = Counter(r["state"] for r in s.trials)
+    print(f"study {s.study}: {len(s.trials)} trials (" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f"), {s.path}")
+    if s.best:
+        b = s.best
+        print(f"best trial {b['number']}: {s.metric} {b['value']:.4f}  run {b['run_id']}  {' '.join(override(k, v) for k, v in b['params'].items())}")
+        print(f"  run dir: {b['run_dir']}")
+    print(f"report: {s.report}")
+    if s.interrupted:
+        print("interrupted: the running trials saved a checkpoint; run the same tp tune to continue them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if s.best is None and not args.status:
+        raise TrainingError("no trial completed", str(s.path), "see the trials' logs in " + str(s.path.with_suffix("")))
+    return EXIT_OK
+
 # %% ../nbs/20_cli.ipynb #b01aa601
 @handles("tune-loader")
 def cmd_tune_loader(args) -> int:
@@ -525,44 +555,11 @@ def cmd_tune_loader(args) -> int:
     return EXIT_OK
 
 # %% ../nbs/20_cli.ipynb #b6b665e2
-def _launch_lr_find(args) -> int:
-    """`tp lr-find --distributed`: the same command on N processes. The main one reports; a refusal's exit code comes back
-    through a file (TP_EXIT_FILE), because a process that exits 1 makes the launcher print a page of failure report."""
-    import tempfile
-    from training_pipeline.lr_find import LRFinder
-    LRFinder(args.start_lr, args.end_lr, args.steps)  # bad settings fail here, once, not in each process
-    program = ["-m", "training_pipeline", "lr-find", "--config", args.config, "--start-lr", repr(args.start_lr),
-               "--end-lr", repr(args.end_lr), "--steps", str(args.steps), *(["--out", args.out] if args.out else []),
-               *(["--apply", args.apply] if args.apply else [])]
-    with tempfile.TemporaryDirectory(prefix="tp-lr-find-") as d:
-        relay = Path(d)/"exit"
-        code = launch_distributed(args, program, {"TP_EXIT_FILE": str(relay)})
-        return int(relay.read_text()) if code == EXIT_OK and relay.exists() else code
-
 @handles("lr-find")
 def cmd_lr_find(args) -> int:
-    "Run the LR range test; print the suggested rate and where the curve is; exit 1 (one line) when the curve suggests nothing."
-    from training_pipeline.config import load_config, write_config_copy
-    from training_pipeline.core import TrainingError
-    from training_pipeline.lr_find import lr_find, lr_find_html
-    if args.distributed: return _launch_lr_find(args)
-    config = load_config(args.config, args.overrides)
-    r = lr_find(config, args.start_lr, args.end_lr, args.steps)
-    from accelerate import PartialState
-    if not PartialState().is_main_process: return EXIT_OK  # every process has the same curve: the main one reports
-    page = lr_find_html(r, Path(args.out or Path(args.config).stem + ".lr-find.html"), f"Learning-rate finder: {config.experiment.name}")
-    if r.suggestion is None:
-        refusal = TrainingError(r.reason, "tp lr-find", f"see the curve in {page}")
-        if not os.environ.get("TP_EXIT_FILE"): raise refusal
-        _print_error(str(refusal), False)  # under `tp lr-find --distributed`: the line here, the exit code from the launching process
-        Path(os.environ["TP_EXIT_FILE"]).write_text(str(refusal.exit_code))
-        return EXIT_OK
-    print(f"suggested learning rate: {r.suggestion:.3g}\n  {r.reason}\n  curve: {page}")
-    if args.apply:
-        out = write_config_copy(args.config, {"training.learning_rate": float(f"{r.suggestion:.3g}")}, args.apply,
-                                f"{Path(args.config).name} with the learning rate `tp lr-find` suggested")
-        print(f"written: {out}")
-    return EXIT_OK
+    "The LR range test (with --distributed on N processes): see 15a_lr_find."
+    from training_pipeline.lr_find import lr_find_command
+    return lr_find_command(args)
 
 # %% ../nbs/20_cli.ipynb #f8402048
 @handles("monitor")

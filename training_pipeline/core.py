@@ -25,8 +25,8 @@ from typing import Any
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR',
            'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES',
-           'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS', 'IMPORT_PATH',
-           'PipelineError', 'UsageError', 'ConfigError', 'DataError', 'CheckpointError', 'TrainingError',
+           'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS',
+           'IMPORT_PATH', 'PipelineError', 'UsageError', 'ConfigError', 'DataError', 'CheckpointError', 'TrainingError',
            'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'patch', 'progress_disabled', 'fsync_dir',
            'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs',
            'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'is_safetensors_bytes', 'is_pickle_bytes',
@@ -207,6 +207,7 @@ VAL_FRACTION = TEST_FRACTION = 0.15  # shares of the rows held out for validatio
 JOB_MAX_RETRIES = 3    # retries of a queued job after transient failures
 RETRY_BACKOFF_S = 10.0 # first delay before a retry, doubled per retry
 TUNE_BUDGET_S = 60.0   # time `tp tune-loader` spends measuring loader settings
+TUNE_TRIALS = 20       # trials of a `tp tune` study
 LR_FIND_START, LR_FIND_END, LR_FIND_STEPS = 1e-7, 10.0, 100  # the rates `tp lr-find` sweeps, over this many steps
 
 # %% ../nbs/00_core.ipynb #615f903f

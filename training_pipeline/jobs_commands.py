@@ -35,7 +35,9 @@ def submit_job(config:str|Path, # A YAML config, as for `tp train`
                overrides:list|tuple=(), # KEY=VALUE config overrides
                gpus:int|None=None, cpus:int|None=None, # resources: N GPUs, or N CPU slots
                priority:int=0, max_retries:int=JOB_MAX_RETRIES, name:str|None=None,
-               jobs_dir:str|Path=JOBS_DIR, backend:str="local", slurm:dict|None=None) -> int:
+               jobs_dir:str|Path=JOBS_DIR, backend:str="local", slurm:dict|None=None,
+               run_id:str|None=None, # the run's id (default: a new one)
+               train_args:list|tuple=()) -> int: # more `tp train` options, e.g. ("--trial", "runs/e/studies/s.db#3")
     "Validate and queue a training job; return its id."
     from training_pipeline.config import load_config
     cfg = load_config(config, list(overrides))  # a bad config stops here: same lines as `tp config check`, exit 2
@@ -62,13 +64,13 @@ def submit_job(config:str|Path, # A YAML config, as for `tp train`
     if any(c.isspace() for c in str(cwd)) and backend == "slurm":
         raise UsageError("the working directory has white space, which sbatch's --chdir/--output cannot take", str(cwd),
                          "submit from a directory without spaces")
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     run_dir = cwd/cfg.experiment.runs_dir/cfg.experiment.name/run_id
     config_abs = str(Path(config).resolve())
     db = connect(jobs_dir, create=True)
     try:
         job_id = insert_job(db, name=name or cfg.experiment.name, state="queued", backend=backend, priority=priority, submitted=time.time(),
-                         cwd=str(cwd), argv=json.dumps(train_argv(config_abs, list(overrides), gpus)), config=config_abs,
+                         cwd=str(cwd), argv=json.dumps(train_argv(config_abs, [*train_args, *overrides], gpus)), config=config_abs,
                          overrides=json.dumps(list(overrides)), experiment=cfg.experiment.name, run_id=run_id, run_dir=str(run_dir),
                          cpus=cpus or 1, gpus=gpus, max_retries=max_retries, slurm=json.dumps(slurm) if slurm else None)
         if backend == "slurm": submit_to_slurm(db, get_job(db, job_id), jobs_dir)

@@ -35,6 +35,7 @@ from .tasks import Task, build_components
 from .tracking import (LOGGER, RunLock, RunStore, RunStoreCallback, TrackersCallback, flatten_dict,
                                        setup_run_logging)
 from .resume import ResumePlan, TransientError, is_transient, plan_resume
+from .trial import TrialPruningCallback, TrialRef
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 
 # %% auto #0
@@ -62,8 +63,9 @@ def with_epochs(config:Config, epochs:int|None) -> Config:
     except ConfigError as e: raise ConfigError(f"--epochs {epochs}: {e.problems[0].what}", "command line", "give a positive number of epochs") from None
 
 # %% ../nbs/15_train.ipynb #f68bc436
-def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoint:CheckpointCallback|None=None) -> list:
-    "The default callbacks for a config: run store, trackers, checkpoints, progress, non-finite guard, early stopping."
+def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoint:CheckpointCallback|None=None,
+                    trial:TrialRef|None=None) -> list:
+    "The default callbacks for a config: run store, trackers, checkpoints, progress, non-finite guard, early stopping, trial pruning."
     cbs = [NonFiniteLossCallback(config.training.on_nonfinite_loss), ProgressCallback()]
     if store is not None: cbs.append(RunStoreCallback(store))
     if trackers: cbs.append(TrackersCallback())
@@ -75,6 +77,7 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     if (fault := fault_spec("train")) is not None: cbs.append(FaultInjection(*fault))
     es = config.validation.early_stopping
     if es.enabled: cbs.append(EarlyStoppingCallback(es.monitor, es.mode, es.min_delta, es.patience))
+    if trial is not None: cbs.append(TrialPruningCallback(trial, config.checkpointing.monitor_metric, flatten_dict(config.to_dict())))
     return cbs
 
 # %% ../nbs/15_train.ipynb #eb4dc192
@@ -170,11 +173,13 @@ def held_logs(name:str=LOGGER):
 
 # %% ../nbs/15_train.ipynb #da18ffcc
 def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None,
-          build:Callable[[Config], Components]|None=None) -> TrainResult:
+          build:Callable[[Config], Components]|None=None, trial:str|None=None) -> TrainResult:
     """Train one run from a validated config, resuming and retrying as configured; return where it went and its metrics.
-    `build` makes the data, task, loss and model (default: from the config); `fit` passes the user's own."""
+    `build` makes the data, task, loss and model (default: from the config); `fit` passes the user's own.
+    `trial` (`STUDY_DB#N`, from `tp tune`) makes the run that trial of the study: recorded in run.json, pruned by its pruner."""
     import time
     config = with_epochs(config, epochs)
+    trial = TrialRef.parse(trial) if trial else None
     # fit() brings its own model and data: only a config's paths and import paths are checked here
     problems = config.check_paths() + config.check_imports() if build is None else [p for p in config.check_paths() if not p.where.startswith("data.")]
     if problems:
@@ -196,7 +201,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     attempt, current = 0, {}
     try:
         while True:
-            try: return _train_once(config, plan, command, runs_dir, current, build or components_from_config)
+            try: return _train_once(config, plan, command, runs_dir, current, build or components_from_config, trial)
             except BaseException as e:
                 run_dir = current.get("run_dir")
                 transient = is_transient(e)
@@ -292,7 +297,7 @@ def _make_optimization(config:Config, parts:Components, steps_per_epoch:int):
     return (opt, *make_scheduler(t.lr_scheduler, opt, t.epochs, steps_per_epoch, t.learning_rate))
 
 # %% ../nbs/15_train.ipynb #e1ab66ef
-def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict, build=components_from_config) -> TrainResult:
+def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict, build=components_from_config, trial:TrialRef|None=None) -> TrainResult:
     cpu = on_cpu(config)
     if config.resources.num_threads: torch.set_num_threads(config.resources.num_threads)
     if not cpu and config.resources.allow_tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -308,6 +313,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
         store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, data)
         current["run_dir"] = store.dir
         write_artifacts(store, data, config, spec)
+        if trial is not None: store.update(trial=trial.record())
     # the run directory exists before any process logs into it; its path comes from rank 0 (plain torchrun sets no TP_RUN_ID)
     run_dir = Path(broadcast_from_main(str(store.dir) if store else None))
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
@@ -331,7 +337,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
                                  context={"data_version": data.dataset_version, "config_hash": config.hash, "run_id": run_dir.name})
     t = config.training
     trainer = Trainer(parts.model, loaders, parts.loss, optimizer, scheduler, interval,
-                      build_callbacks(config, store, tb, ckpt_cb) + list(parts.callbacks), accelerator=accelerator, task=parts.task,
+                      build_callbacks(config, store, tb, ckpt_cb, trial) + list(parts.callbacks), accelerator=accelerator, task=parts.task,
                       grad_accum=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, log_every=config.logging.log_frequency,
                       val_every=config.validation.frequency, plateau_monitor=getattr(t.lr_scheduler, "monitor", "val_loss"),
                       metrics=t.metrics, target_key=config.data.target_key, logger=log.info)
@@ -454,9 +460,11 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
             if store is None: return TrainResult(None, status, dict(trainer.metrics), trainer)
             raise InterruptedRun(f"interrupted by {stop.details['signal']} at step {trainer.global_step}, after saving a checkpoint",
                                  str(store.dir), "run the same `tp train` command to resume it")
-        if "test" in trainer.loaders: test_predictions(trainer, store)
-        status = "completed"
-        _hparams_with_final_metrics(accelerator, config, trainer.metrics)
+        if stop is not None and stop.reason == "pruned": status = "pruned"  # a trial the study gave up on: no test evaluation
+        else:
+            if "test" in trainer.loaders: test_predictions(trainer, store)
+            status = "completed"
+            _hparams_with_final_metrics(accelerator, config, trainer.metrics)
     except KeyboardInterrupt:
         status = "interrupted"; raise
     except InterruptedRun: raise
@@ -469,7 +477,7 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
         accelerator.wait_for_everyone()  # a rank leaving early makes the others' exit flaky (see ENVIRONMENT.md)
         if store:
             summary = {k: v for k, v in trainer.metrics.items() if k.startswith(("val_", "test_"))}
-            summary.update(epochs_completed=trainer.epoch + (status == "completed"), global_step=trainer.global_step)
+            summary.update(epochs_completed=trainer.epoch + (status in ("completed", "pruned")), global_step=trainer.global_step)
             best = json.loads((store.checkpoints_dir/"index.json").read_text()).get("best") if (store.checkpoints_dir/"index.json").exists() else None
             if best: summary["best"] = best
             store.finish(status, summary=summary)

@@ -16,8 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .core import (JOBS_DIR, RETRY_BACKOFF_S, EXIT_INTERRUPTED, EXIT_OK, RUN_ENDED_OK, UsageError, free_port, on_main_thread,
-                                    patch)
+from .core import (JOBS_DIR, RETRY_BACKOFF_S, EXIT_INTERRUPTED, EXIT_OK, RUN_ENDED_OK, UsageError, free_port,
+                                    on_main_thread, patch)
 from .jobs import (QueueLocked, classify_exit, connect, cpu_count, db_path, format_time, get_job, log_path,
                                     queue_error, run_error_kind, run_status, transaction, visible_gpus)
 
