@@ -1,6 +1,7 @@
 """`tp lr-find` (issue 18, item 6) end to end: on digits it suggests a rate that `tp train` reaches >= 97% validation
 accuracy with; on a model whose loss cannot fall (a package this repository does not contain, written here) it refuses
-in one line, exit 1, and writes no config; nothing of a run is created either way."""
+in one line, exit 1, and writes no config; nothing of a run is created either way. Under `--distributed --gpus 2 --cpu`
+two real processes run the test on their shards and the main one reports, once."""
 import json
 import re
 import textwrap
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO, data_overrides, run_tp
+from conftest import REPO, data_overrides, free_port, run_tp
 
 
 def test_the_suggested_rate_trains_digits_to_97_percent(tmp_path, prepared):
@@ -32,6 +33,18 @@ def test_the_suggested_rate_trains_digits_to_97_percent(tmp_path, prepared):
     run_dir = Path(re.search(r"^run completed: (\S+)$", r.stdout, re.M).group(1))
     summary = json.loads((tmp_path / run_dir / "run.json").read_text())["summary"]
     assert summary["val_accuracy"] >= 0.97, (suggested, summary)
+
+
+def test_two_cpu_processes_suggest_one_rate_once(tmp_path, prepared):
+    r = run_tp("lr-find", "--config", REPO / "config" / "digits.yaml", "--apply", "digits.lr.yaml", "--steps", "60", *data_overrides(prepared("digits")),
+               "--distributed", "--gpus", "2", "--cpu", "--master-port", free_port(), cwd=tmp_path, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = re.findall(r"^suggested learning rate: (\S+)$", r.stdout, re.M)
+    assert len(found) == 1 and 1e-5 < float(found[0]) < 1, r.stdout  # the main process reports, the other is silent
+    assert int(re.search(r"\(step \d+ of (\d+);", r.stdout).group(1)) <= 60, r.stdout  # --steps reached the processes
+    assert r.stdout.count("written: ") == 1 and "Traceback" not in r.stderr, (r.stdout, r.stderr[-2000:])
+    assert yaml.safe_load((tmp_path / "digits.lr.yaml").read_text())["training"]["learning_rate"] == float(found[0])
+    assert "plotly" in (tmp_path / "digits.lr-find.html").read_text() and not (tmp_path / "runs").exists()
 
 
 def test_a_loss_that_cannot_fall_is_refused(tmp_path, prepared):

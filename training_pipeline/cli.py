@@ -18,9 +18,8 @@ from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RET
 
 # %% auto #0
 __all__ = ['DATASETS', 'COMMAND_GROUPS', 'HANDLERS', 'HelpFormatter', 'Parser', 'build_parser', 'handles', 'handler_for', 'main',
-           'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'launch_distributed', 'cmd_train', 'cmd_report',
-           'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune', 'cmd_tune_loader', 'cmd_lr_find',
-           'cmd_ui', 'cmd_monitor', 'cmd_jobs']
+           'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs',
+           'cmd_models', 'cmd_sweep', 'cmd_tune', 'cmd_tune_loader', 'cmd_lr_find', 'cmd_ui', 'cmd_monitor', 'cmd_jobs']
 
 # %% ../nbs/20_cli.ipynb #fc124d7b
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -81,6 +80,17 @@ def _config_commands(sub):
     c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. training.learning_rate=0.01")
 
 # %% ../nbs/20_cli.ipynb #943f8ea7
+def _distributed_options(p, verb:str):
+    "The options that relaunch a command on several processes (`tp train`, `tp lr-find`)."
+    d = p.add_argument_group("distributed (relaunches through `accelerate launch`)")
+    d.add_argument("--distributed", action="store_true", help=f"{verb} on several processes")
+    d.add_argument("--gpus", type=int, metavar="N", help="processes per node (GPUs, or CPU processes with --cpu)")
+    d.add_argument("--nodes", type=int, default=1, metavar="N", help="number of nodes")
+    d.add_argument("--node-rank", type=int, default=0, metavar="R", help="rank of this node")
+    d.add_argument("--master-addr", default="127.0.0.1", metavar="A", help="address of node 0")
+    d.add_argument("--master-port", type=int, default=29500, metavar="P", help="port on node 0")
+    d.add_argument("--cpu", action="store_true", help=f"{verb} on CPU processes over gloo, even if GPUs exist")
+
 def _train_command(sub):
     p = _add(sub, "train", "train one run from a config",
              epilog="examples:\n  tp train --config config/digits.yaml\n"
@@ -93,14 +103,7 @@ def _train_command(sub):
                         "PATH: a new run starting from that run or checkpoint")
     p.add_argument("--profile", action="store_true", help="run torch.profiler (see the config's profile section)")
     p.add_argument("--trial", metavar="STUDY_DB#N", help="train as trial N of an Optuna study: recorded in run.json, pruned by its pruner (tp tune passes it)")
-    d = p.add_argument_group("distributed (relaunches through `accelerate launch`)")
-    d.add_argument("--distributed", action="store_true", help="train on several processes")
-    d.add_argument("--gpus", type=int, metavar="N", help="processes per node (GPUs, or CPU processes with --cpu)")
-    d.add_argument("--nodes", type=int, default=1, metavar="N", help="number of nodes")
-    d.add_argument("--node-rank", type=int, default=0, metavar="R", help="rank of this node")
-    d.add_argument("--master-addr", default="127.0.0.1", metavar="A", help="address of node 0")
-    d.add_argument("--master-port", type=int, default=29500, metavar="P", help="port on node 0")
-    d.add_argument("--cpu", action="store_true", help="train on CPU processes over gloo, even if GPUs exist")
+    _distributed_options(p, "train")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
 # %% ../nbs/20_cli.ipynb #3f9e274d
@@ -178,13 +181,15 @@ def _notebook_commands(sub):
     p.add_argument("--apply", action="store_true", help="write the recommendation into a copy of the config")
 
     p = _add(sub, "lr-find", "LR range test on a fresh copy of the config's model; suggest a learning rate (or refuse, exit 1)",
-             epilog="example:\n  tp lr-find --config config/digits.yaml --apply config/digits.lr.yaml")
+             epilog="examples:\n  tp lr-find --config config/digits.yaml --apply config/digits.lr.yaml\n"
+                    "  tp lr-find --config config/digits.yaml --distributed --gpus 2 --cpu")
     p.add_argument("--config", required=True, metavar="PATH")
     p.add_argument("--apply", metavar="OUT", help="write a copy of the config with the suggested training.learning_rate")
     p.add_argument("--start-lr", type=float, default=LR_FIND_START, metavar="LR", help="the first rate tried")
     p.add_argument("--end-lr", type=float, default=LR_FIND_END, metavar="LR", help="the last rate tried")
     p.add_argument("--steps", type=int, default=LR_FIND_STEPS, metavar="N", help="optimizer steps of the test")
     p.add_argument("--out", metavar="FILE", help="the loss curve as HTML (default: <config>.lr-find.html)")
+    _distributed_options(p, "run the test")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
 # %% ../nbs/20_cli.ipynb #2cfd00b8
@@ -394,47 +399,18 @@ def cmd_validate(args) -> int:
     return EXIT_OK if report.valid else EXIT_FAILED
 
 # %% ../nbs/20_cli.ipynb #e4a38e47
-def launch_distributed(args) -> int:
-    "Relaunch `tp train` on N processes per node through `accelerate launch` (gloo on CPUs with --cpu)."
-    import subprocess
-    from training_pipeline.tracking import new_run_id
-    if not args.gpus or args.gpus < 1: raise UsageError("--distributed needs --gpus N (processes per node)", "tp train", "e.g. --distributed --gpus 2 --cpu")
-    world = args.gpus * args.nodes
-    import torch
-    from training_pipeline.config import load_config
-    from training_pipeline.distributed import check_strategy
-    # a config or strategy that cannot run fails here, once, not in each of the N processes
-    check_strategy(load_config(args.config, args.overrides), cpu=args.cpu or not torch.cuda.is_available())
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
-           "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip", args.master_addr,
-           "--main_process_port", str(args.master_port), "--dynamo_backend", "no", "--mixed_precision", "no",
-           "-m", "training_pipeline.train", "--config", args.config, "--resume", args.resume,
-           *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else []),
-           *(["--trial", args.trial] if getattr(args, "trial", None) else []), *args.overrides,
-           "distributed.enabled=true", f"distributed.world_size={world}", f"distributed.num_nodes={args.nodes}",
-           *(["resources.cpu=true"] if args.cpu else [])]
-    env = {**os.environ, "TP_RUN_ID": os.environ.get("TP_RUN_ID") or new_run_id()}
-    if args.cpu: env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu this starts N real CPU processes over gloo
-    # SIGTERM (a job manager, a scheduler) goes to the launcher, which passes it on to every process: they save a
-    # checkpoint and stop. This process waits for them instead of dying first and leaving them behind. Ctrl-C already
-    # reaches the whole process group, so SIGINT is only waited out here.
-    import signal
-    proc, signalled = subprocess.Popen(cmd, env=env), []
-    def forward(signum, frame):
-        signalled.append(signum)
-        if signum == signal.SIGTERM: proc.send_signal(signum)
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try: code = proc.wait()
-    finally:
-        for sig, handler in previous.items(): signal.signal(sig, handler)
-    return EXIT_INTERRUPTED if signalled and code != 0 else code
-
 @handles("train")
 def cmd_train(args) -> int:
     "Train one run; print the run directory and its final metrics."
     from training_pipeline.config import load_config
     from training_pipeline.train import train
-    if args.distributed: return launch_distributed(args)
+    if args.distributed:
+        from training_pipeline.distributed import launch_distributed
+        from training_pipeline.tracking import new_run_id
+        return launch_distributed(args, ["-m", "training_pipeline.train", "--config", args.config, "--resume", args.resume,
+                                         *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else []),
+                                         *(["--trial", args.trial] if args.trial else [])],
+                                  {"TP_RUN_ID": os.environ.get("TP_RUN_ID") or new_run_id()})
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "tp train", "give a positive number of epochs")
     config = load_config(args.config, [*args.overrides, *(["profile.enabled=true"] if args.profile else [])])
@@ -496,6 +472,7 @@ def cmd_runs(args) -> int:
         meta, s = json.loads((d/"run.json").read_text()), run_summary(d)
         print(f"run {meta['id']} ({meta.get('experiment')}): {s['status']}\n  dir {d}")
         print("summary:\n" + "\n".join(f"  {k}: {v}" for k, v in meta.get("summary", {}).items()))
+        if meta.get("trial"): print("trial:\n" + "\n".join(f"  {k}: {v}" for k, v in meta["trial"].items()))  # a run of `tp tune`
         print("lineage:\n" + "\n".join(f"  {k}: {meta.get(k)}" for k in ("git_sha", "git_dirty", "data_version", "config_hash", "parent_run", "command", "world_size")))
         print(f"config: {d/'config.yaml'}")
         events = read_jsonl(d/"events.jsonl")
@@ -595,20 +572,9 @@ def cmd_tune_loader(args) -> int:
 # %% ../nbs/20_cli.ipynb #b6b665e2
 @handles("lr-find")
 def cmd_lr_find(args) -> int:
-    "Run the LR range test; print the suggested rate and where the curve is; exit 1 (one line) when the curve suggests nothing."
-    from training_pipeline.config import load_config, write_config_copy
-    from training_pipeline.core import TrainingError
-    from training_pipeline.lr_find import lr_find, lr_find_html
-    config = load_config(args.config, args.overrides)
-    r = lr_find(config, args.start_lr, args.end_lr, args.steps)
-    page = lr_find_html(r, Path(args.out or Path(args.config).stem + ".lr-find.html"), f"Learning-rate finder: {config.experiment.name}")
-    if r.suggestion is None: raise TrainingError(r.reason, "tp lr-find", f"see the curve in {page}")
-    print(f"suggested learning rate: {r.suggestion:.3g}\n  {r.reason}\n  curve: {page}")
-    if args.apply:
-        out = write_config_copy(args.config, {"training.learning_rate": float(f"{r.suggestion:.3g}")}, args.apply,
-                                f"{Path(args.config).name} with the learning rate `tp lr-find` suggested")
-        print(f"written: {out}")
-    return EXIT_OK
+    "The LR range test (with --distributed on N processes): see 15a_lr_find."
+    from training_pipeline.lr_find import lr_find_command
+    return lr_find_command(args)
 
 # %% ../nbs/20_cli.ipynb #dd02a891
 @handles("ui")

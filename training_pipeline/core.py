@@ -23,21 +23,24 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR', 'MODELS_DIR',
-           'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES', 'RETRY_BACKOFF_S',
-           'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS', 'UI_HOST', 'UI_PORT',
-           'IMPORT_PATH', 'PipelineError', 'UsageError', 'ConfigError', 'DataError', 'CheckpointError', 'TrainingError',
-           'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'patch', 'progress_disabled', 'fsync_dir',
-           'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs',
-           'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'is_safetensors_bytes', 'is_pickle_bytes',
-           'safetensors_bytes', 'set_seed', 'git_info', 'package_version', 'environment_info', 'free_port',
-           'snake_case', 'is_import_path', 'import_object', 'fault_spec', 'fault_point', 'on_main_thread']
+__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR',
+           'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES',
+           'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS',
+           'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'PipelineError', 'UsageError', 'ConfigError', 'DataError',
+           'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'patch',
+           'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
+           'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
+           'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
+           'environment_info', 'free_port', 'snake_case', 'is_import_path', 'import_object', 'fault_spec',
+           'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
 EXIT_FAILED = 1       # the job ran and failed: data invalid, training diverged, retries exhausted
 EXIT_USAGE = 2        # bad input or usage: config, paths, schema, unreadable or unsafe checkpoint
 EXIT_INTERRUPTED = 130  # SIGINT / Ctrl-C, as shells report it
+RUN_ENDED_OK = ("completed", "pruned")  # run.json statuses of a run that ended as planned (pruned: a search stopped the
+                                        # trial early on purpose): `tp monitor` exits 0 on them, their job succeeded
 
 # %% ../nbs/00_core.ipynb #5c5329a5
 class PipelineError(Exception):

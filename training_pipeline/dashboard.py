@@ -38,7 +38,10 @@ def headless() -> bool:
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _TRACES = (("loss", "train", 1), ("loss", "val", 1), ("accuracy", "train", 2), ("accuracy", "val", 2), ("lr", "train", 3))
-_BAR = {"running": "info", "completed": "success", "interrupted": "warning"}
+# a status's progress-bar style and label colour; anything else (failed, crashed) is danger, in red. A pruned trial ended as
+# its search planned, early: a plain bar, stopped where it was, and a grey label
+_BAR = {"running": "info", "completed": "success", "interrupted": "warning", "pruned": ""}
+_STATUS_COLOR = {"running": "#1f77b4", "completed": "#2ca02c", "interrupted": "#ff7f0e", "pruned": "#7f7f7f"}
 
 def _value(row:dict, key:str):
     v = row.get(key)
@@ -114,7 +117,7 @@ def _plot(self:Dashboard, f:_Followed):
 def _row_html(snap:dict) -> str:
     esc, st = html.escape, snap["status"]
     fmt = lambda d: " ".join(f"{k} <b>{v:.4g}</b>" for k, v in d.items()) or "-"
-    color = {"completed": "#2ca02c", "running": "#1f77b4"}.get(st, "#d62728")
+    color = _STATUS_COLOR.get(st, "#d62728")
     parts = [f"<b>{esc(str(snap['run_id']))}</b> ({esc(str(snap['experiment']))})",
              f"<span class='tp-status' data-run='{esc(str(snap['run_id']))}' style='color:{color};font-weight:bold'>{esc(st)}</span>"
              + (f" ×{snap['world_size']} processes" if snap["world_size"] > 1 else ""),

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import torch
 
 from .schema import Config
-from .core import ConfigError, NotBuiltError
+from .core import EXIT_INTERRUPTED, ConfigError, NotBuiltError, UsageError
 
 # %% auto #0
-__all__ = ['check_strategy', 'strategy_plugins', 'verify_strategy', 'broadcast_from_main', 'init_process_group']
+__all__ = ['check_strategy', 'strategy_plugins', 'verify_strategy', 'broadcast_from_main', 'init_process_group',
+           'launch_distributed']
 
 # %% ../nbs/08_distributed.ipynb #edd750f8
 def check_strategy(config:Config, cpu:bool):
@@ -88,3 +90,37 @@ def init_process_group(cpu:bool, timeout_s:float):
     store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
     dist.init_process_group("gloo" if cpu else "nccl", store=dist.PrefixStore(f"round-{restart}", store), rank=rank,
                             world_size=world, timeout=timedelta(seconds=timeout_s))
+
+# %% ../nbs/08_distributed.ipynb #f07b7d78
+def launch_distributed(args, program:list[str], env:dict|None=None) -> int:
+    """Run `program` (`-m module args...`) on N processes per node through `accelerate launch` (gloo on CPUs with --cpu), with
+    the config overrides and the world it runs in; `args` holds the command's distributed options (`tp train`, `tp lr-find`)."""
+    import subprocess
+    if not args.gpus or args.gpus < 1:
+        raise UsageError("--distributed needs --gpus N (processes per node)", f"tp {args.command}", "e.g. --distributed --gpus 2 --cpu")
+    world = args.gpus * args.nodes
+    from training_pipeline.config import load_config
+    # a config or strategy that cannot run fails here, once, not in each of the N processes
+    check_strategy(load_config(args.config, args.overrides), cpu=args.cpu or not torch.cuda.is_available())
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
+           "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip", args.master_addr,
+           "--main_process_port", str(args.master_port), "--dynamo_backend", "no", "--mixed_precision", "no",
+           *program, *args.overrides,
+           "distributed.enabled=true", f"distributed.world_size={world}", f"distributed.num_nodes={args.nodes}",
+           *(["resources.cpu=true"] if args.cpu else [])]
+    env = {**os.environ, **(env or {})}
+    if args.cpu: env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu this starts N real CPU processes over gloo
+    # SIGTERM (a job manager, a scheduler) goes to the launcher, which passes it on to every process: they save a
+    # checkpoint and stop. This process waits for them instead of dying first and leaving them behind. Ctrl-C already
+    # reaches the whole process group, so SIGINT is only waited out here.
+    import signal
+    proc, signalled = subprocess.Popen(cmd, env=env), []
+    def forward(signum, frame):
+        signalled.append(signum)
+        if signum == signal.SIGTERM: proc.send_signal(signum)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try: code = proc.wait()
+    finally:
+        for sig, handler in previous.items(): signal.signal(sig, handler)
+    return EXIT_INTERRUPTED if signalled and code != 0 else code
+

@@ -94,13 +94,14 @@ def _tail_rows(path:Path, max_bytes:int=1 << 16) -> list[dict]:
 
 # %% ../nbs/14c_jobs_commands.ipynb #edadc47e
 def run_progress(run_dir) -> dict:
-    "{'epoch', 'epochs', 'step', 'fraction', 'metric', 'metrics'} of a run directory (empty when it has not started)."
+    "{'epoch', 'epochs', 'step', 'fraction', 'metric', 'metrics', 'pruned'} of a run directory (empty when it has not started)."
     if not run_dir or not (Path(run_dir)/"run.json").exists(): return {}
     try: meta = json.loads((Path(run_dir)/"run.json").read_text())
     except (OSError, ValueError): meta = {}
     rows = _tail_rows(Path(run_dir)/"metrics.jsonl")
     out = {"epochs": meta.get("planned_epochs")}  # the plan the trainer records in run.json
     if meta.get("status") == "completed": out["fraction"] = 1.0
+    if meta.get("status") == "pruned": out["pruned"] = True  # its search stopped it early: the job succeeded, its progress stays where it stopped
     if rows:
         last = rows[-1]
         out.update(step=last.get("step"), epoch=last.get("epoch"))
@@ -153,6 +154,7 @@ def list_rows(jobs:list[dict]) -> list[tuple]:
         p = j["progress"]
         prog = f"{p['fraction'] * 100:.0f}%" if p.get("fraction") is not None else "-"
         if p.get("epochs") and p.get("epoch") is not None and j["state"] == "running": prog += f" ep {min(p['epoch'] + 1, p['epochs'])}/{p['epochs']}"
+        if p.get("pruned"): prog += " pruned"
         retries = f"{j['retries']}/{j['max_retries']}" + (f" +{j['requeues']}rq" if j["requeues"] else "")
         rows.append((j["id"], j["name"], j["state"], retries, f"{j['cpus']}/{j['gpus']}" + (f" [{j['devices']}]" if j["devices"] else ""),
                      format_time(j["started"])[11:] if j["started"] else "-", format_duration(j["duration_s"]), prog, p.get("metric") or "-",
@@ -177,6 +179,7 @@ def show_text(job:dict, attempts:list[dict], jobs_dir) -> str:
              ("duration", format_duration(job["duration_s"]))]
     if job["run_id"]: lines += [("run id", job["run_id"]), ("run dir", job["run_dir"])]
     if p: lines.append(("progress", f"{p.get('fraction', 0) * 100:.0f}% (epoch {(p.get('epoch') or 0) + 1}/{p.get('epochs')}, step {p.get('step')})"
+                                     + (" · pruned by its search" if p.get("pruned") else "")
                                      + (f" · {' '.join(f'{k} {v:.4f}' for k, v in p['metrics'].items())}" if p.get("metrics") else "")))
     if r: lines.append(("usage", resources_text(r) + f" · mean cpu {r['mean_cpu_percent']:.0f}% over {r['samples']} samples"))
     if job["worker"]: lines.append(("worker", f"{job['worker']}" + (f", pid {job['pid']}" if job["pid"] else "")))

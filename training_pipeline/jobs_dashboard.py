@@ -30,6 +30,7 @@ def dashboard_html(jobs:list[dict]) -> str:
     for j in jobs:
         p = j["progress"]; frac = p.get("fraction")
         bar = (f"<progress value='{frac:.3f}' max='1' style='width:100px'></progress> {frac * 100:.0f}%" if frac is not None else "-")
+        if p.get("pruned"): bar += " <i>pruned</i>"  # a trial its search stopped early: the job succeeded, the bar stays where it stopped
         metrics = " · ".join(f"{k} {v:.4f}" for k, v in (p.get("metrics") or {}).items()) or "-"
         cells = (j["id"], html.escape(j["name"]), f"<b style='color:{STATE_COLORS.get(j['state'], '#000')}'>{j['state']}</b>", bar, metrics,
                  resources_text(j["resources"]), f"{j['retries']}/{j['max_retries']}", format_duration(j["duration_s"]), html.escape(relative_path(j["run_dir"])))

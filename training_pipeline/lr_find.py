@@ -6,18 +6,23 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 
 from .callback.core import Callback, CancelFitException
-from .core import LR_FIND_END, LR_FIND_START, LR_FIND_STEPS, UsageError, atomic_write, set_seed
+from .core import EXIT_OK, LR_FIND_END, LR_FIND_START, LR_FIND_STEPS, TrainingError, UsageError, atomic_write, set_seed
+from .distributed import launch_distributed, strategy_plugins, verify_strategy
 from .profiling import offline_page
 from .train import components_from_config, on_cpu
 from .trainer import Trainer, make_accelerator, make_optimizer
 
 # %% auto #0
-__all__ = ['LRFinder', 'smooth', 'smoothed_loss', 'suggest_lr', 'LRFindResult', 'lr_find', 'lr_find_html']
+__all__ = ['LRFinder', 'smooth', 'smoothed_loss', 'suggest_lr', 'LRFindResult', 'lr_find', 'lr_find_html', 'lr_find_command']
 
 # %% ../nbs/15a_lr_find.ipynb #de571667
 class LRFinder(Callback):
@@ -89,16 +94,27 @@ class LRFindResult:
     stopped_by: str = "steps"
 
 def lr_find(config, start_lr:float=LR_FIND_START, end_lr:float=LR_FIND_END, num_steps:int=LR_FIND_STEPS) -> LRFindResult:
-    "LR range test on a fresh model built from `config`; nothing of a run is written."
+    """LR range test on a fresh model built from `config`; nothing of a run is written. Under `accelerate launch` each
+    process trains on its shard of every batch (the global batch stays `training.batch_size`, as in `tp train`), and
+    every process returns the same curve and suggestion."""
     finder = LRFinder(start_lr, end_lr, num_steps)
     set_seed(config.seed)
     parts = components_from_config(config)
     if parts.optimizer is not None: raise UsageError("lr-find builds the config's optimizer; this setup brings its own", "optimizer", "remove it to run the finder")
-    loader = parts.data.loader("train", config.training.batch_size, config.data, seed=config.seed)
+    from accelerate import PartialState
+    cpu = on_cpu(config)
+    PartialState(cpu=cpu, timeout=timedelta(seconds=config.distributed.timeout_s))  # a rank that dies fails the others, never hangs them
+    accelerator = make_accelerator(cpu=cpu, **strategy_plugins(config))
+    verify_strategy(accelerator, config)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    loader = parts.data.loader("train", max(1, config.training.batch_size // world), config.data, seed=config.seed,
+                               num_replicas=world, rank=rank, even=True)  # the same number of batches on every process
     optimizer = make_optimizer(config.training.optimizer, parts.model.parameters(), start_lr)
-    trainer = Trainer(parts.model, {"train": loader}, parts.loss, optimizer, cbs=[finder], accelerator=make_accelerator(cpu=on_cpu(config)),
+    trainer = Trainer(parts.model, {"train": loader}, parts.loss, optimizer, cbs=[finder], accelerator=accelerator,
                       task=parts.task, target_key=config.data.target_key, logger=lambda *a: None, log_every=10**9)
     trainer.fit(math.ceil(num_steps / max(len(loader), 1)))
+    if world > 1 and torch.distributed.is_initialized():  # every rank leaves together (see ENVIRONMENT.md's flaky exit)
+        accelerator.wait_for_everyone(); torch.distributed.destroy_process_group()
     suggestion, reason = suggest_lr(finder.lrs, finder.losses)
     return LRFindResult(finder.lrs, finder.losses, suggestion, reason, finder.stopped_by)
 
@@ -114,3 +130,40 @@ def lr_find_html(result:LRFindResult, out:str|Path, title:str="Learning-rate fin
     verdict = f"suggested learning rate: {result.suggestion:.3g}" if result.suggestion else "no suggestion"
     return atomic_write(out, offline_page(title, f"<p><b>{html.escape(verdict)}</b> — {html.escape(result.reason)}</p>"
                                                  f"{fig.to_html(full_html=False, include_plotlyjs=True)}"))
+
+# %% ../nbs/15a_lr_find.ipynb #cc55bb57
+def _launch_lr_find(args) -> int:
+    """`tp lr-find --distributed`: the same command on N processes. The main one reports; a refusal's exit code comes back
+    through a file (TP_EXIT_FILE), because a process that exits 1 makes the launcher print a page of failure report."""
+    import tempfile
+    LRFinder(args.start_lr, args.end_lr, args.steps)  # bad settings fail here, once, not in each process
+    program = ["-m", "training_pipeline", "lr-find", "--config", args.config, "--start-lr", repr(args.start_lr),
+               "--end-lr", repr(args.end_lr), "--steps", str(args.steps), *(["--out", args.out] if args.out else []),
+               *(["--apply", args.apply] if args.apply else [])]
+    with tempfile.TemporaryDirectory(prefix="tp-lr-find-") as d:
+        relay = Path(d)/"exit"
+        code = launch_distributed(args, program, {"TP_EXIT_FILE": str(relay)})
+        return int(relay.read_text()) if code == EXIT_OK and relay.exists() else code
+
+def lr_find_command(args) -> int:
+    "`tp lr-find`: run the test; print the suggested rate and where the curve is; exit 1 (one line) when the curve suggests nothing."
+    from training_pipeline.config import load_config, write_config_copy
+    if args.distributed: return _launch_lr_find(args)
+    config = load_config(args.config, args.overrides)
+    r = lr_find(config, args.start_lr, args.end_lr, args.steps)
+    from accelerate import PartialState
+    if not PartialState().is_main_process: return EXIT_OK  # every process has the same curve: the main one reports
+    page = lr_find_html(r, Path(args.out or Path(args.config).stem + ".lr-find.html"), f"Learning-rate finder: {config.experiment.name}")
+    if r.suggestion is None:
+        refusal = TrainingError(r.reason, "tp lr-find", f"see the curve in {page}")
+        if not os.environ.get("TP_EXIT_FILE"): raise refusal
+        print(f"error: {refusal}", file=sys.stderr)  # under `tp lr-find --distributed`: the line here, the exit code from the launching process
+        Path(os.environ["TP_EXIT_FILE"]).write_text(str(refusal.exit_code))
+        return EXIT_OK
+    print(f"suggested learning rate: {r.suggestion:.3g}\n  {r.reason}\n  curve: {page}")
+    if args.apply:
+        out = write_config_copy(args.config, {"training.learning_rate": float(f"{r.suggestion:.3g}")}, args.apply,
+                                f"{Path(args.config).name} with the learning rate `tp lr-find` suggested")
+        print(f"written: {out}")
+    return EXIT_OK
+

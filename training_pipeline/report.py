@@ -84,6 +84,16 @@ def final_weights(run:RunData) -> str:
     final = next((p for p in stored_predictions(run.dir) if p["name"] == "test_final"), None)
     return final["weights"] if final else f"final model (step {run.meta.get('summary', {}).get('global_step', '?')})"
 
+def _status(meta:dict) -> str:
+    "The status row: a pruned trial says what stopped it (the run ended as planned, early; DESIGN.md \"Search and tuning\")."
+    status = str(meta.get("status"))
+    return status + " (stopped early by its hyperparameter search's pruner)" if status == "pruned" else status
+
+def _trial(trial:dict) -> str:
+    "'study digits-lr, trial 3: training.learning_rate=0.003 · training.batch_size=64': a tuned run's place in its search."
+    params = " · ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (trial.get("params") or {}).items())
+    return f"study {trial.get('study')}, trial {trial.get('number')}" + (f": {params}" if params else "")
+
 def summary_table(run:RunData, evaluations:list|tuple=()) -> pd.DataFrame:
     """One row per fact: status, duration, epochs, best metric and where, the last validation, the test metrics of each
     set of weights (named), throughput, early stop, alerts."""
@@ -92,8 +102,9 @@ def summary_table(run:RunData, evaluations:list|tuple=()) -> pd.DataFrame:
     val = run.metrics[run.metrics["split"] == "val"] if len(run.metrics) else pd.DataFrame()
     best = (run.index or {}).get("best")
     kinds = [e["event"] for e in run.events]
-    rows += [("run", f"{m['id']} ({m.get('experiment')})"), ("status", m.get("status")), ("duration", _duration(m)),
+    rows += [("run", f"{m['id']} ({m.get('experiment')})"), ("status", _status(m)), ("duration", _duration(m)),
              ("epochs completed", s.get("epochs_completed", "-")), ("global step", s.get("global_step", "-"))]
+    if m.get("trial"): rows.append(("trial", _trial(m["trial"])))
     if best: rows.append(("best " + str(best["monitor"]), f"{best['value']:.4f} at {best['name']}"))
     if _compact(_prefixed(s, "val_")):
         rows.append((f"validation, last (step {int(val['step'].iloc[-1])})" if len(val) else "validation, last", _compact(_prefixed(s, "val_"))))

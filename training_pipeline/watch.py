@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from .core import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RUN_ENDED_OK, UsageError
 from .tracking import RunStore, effective_status, find_run, heartbeat_age, run_is_alive
 
 # %% auto #0
@@ -169,8 +169,8 @@ def follow(run_dir:str|Path, interval:float=1.0, out=None, once:bool=False, max_
         time.sleep(interval); tail.poll()
 
 def monitor_command(args) -> int:
-    "`tp monitor`: exit 0 for --once or a completed run, 1 for a run that failed, crashed or was interrupted."
+    "`tp monitor`: exit 0 for --once or a run that ended as planned (completed, pruned), 1 for one that failed, crashed or was interrupted."
     run_dir = find_run(args.run or args.experiment_id, args.runs_dir)
     try: snap = follow(run_dir, interval=float(os.environ.get("TP_MONITOR_INTERVAL", "1")), once=args.once)
     except KeyboardInterrupt: return EXIT_INTERRUPTED
-    return EXIT_OK if args.once or snap["status"] == "completed" else EXIT_FAILED
+    return EXIT_OK if args.once or snap["status"] in RUN_ENDED_OK else EXIT_FAILED

@@ -16,7 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .core import JOBS_DIR, RETRY_BACKOFF_S, EXIT_INTERRUPTED, EXIT_OK, UsageError, free_port, on_main_thread, patch
+from .core import (JOBS_DIR, RETRY_BACKOFF_S, EXIT_INTERRUPTED, EXIT_OK, RUN_ENDED_OK, UsageError, free_port,
+                                    on_main_thread, patch)
 from .jobs import (QueueLocked, classify_exit, connect, cpu_count, db_path, format_time, get_job, log_path,
                                     queue_error, run_error_kind, run_status, transaction, visible_gpus)
 
@@ -236,7 +237,7 @@ def _recover(self:Worker):
             cur = self.db.execute("SELECT state, worker FROM jobs WHERE id=?", (job["id"],)).fetchone()
             if cur["state"] != "running" or cur["worker"] != job["worker"]: continue
             state = "cancelled" if job["cancel_requested"] else "queued"
-            if run_status(job["run_dir"]) == "completed": state = "succeeded"  # it finished before its worker went
+            if run_status(job["run_dir"]) in RUN_ENDED_OK: state = "succeeded"  # it finished (or its search pruned it) before its worker went
             self.db.execute("UPDATE jobs SET state=?, worker=NULL, pid=NULL, requeues=requeues+?, ended=? WHERE id=?",
                             (state, int(state == "queued"), None if state == "queued" else now, job["id"]))
             self.db.execute("UPDATE attempts SET ended=?, outcome='worker lost' WHERE job_id=? AND attempt=?", (now, job["id"], job["attempts"]))
