@@ -12,14 +12,14 @@ from pathlib import Path
 
 from .callback.core import raised_by_callback
 from .checkpoint import latest_good_checkpoint, verify_checkpoint
-from .core import CheckpointError, PipelineError, UsageError
+from .core import RUN_ENDED_OK, CheckpointError, PipelineError, UsageError
 from .models import is_pickle_file
 from .schema import Config
 from .tracking import RunBusyError, RunLock, run_dirs, run_is_alive
 
 # %% auto #0
-__all__ = ['FINISHED', 'TRANSIENT_PATTERNS', 'ResumePlan', 'find_unfinished_run', 'find_live_run', 'plan_resume',
-           'TransientError', 'is_transient']
+__all__ = ['TRANSIENT_PATTERNS', 'ResumePlan', 'find_unfinished_run', 'find_live_run', 'plan_resume', 'TransientError',
+           'is_transient']
 
 # %% ../nbs/09a_resume.ipynb #3ca3b13c
 @dataclass
@@ -39,13 +39,11 @@ def _runs_newest_first(runs_dir:str|Path, experiment:str):
         try: yield run, json.loads((run/"run.json").read_text())
         except (OSError, json.JSONDecodeError): continue
 
-FINISHED = ("completed", "pruned")  # statuses a run never continues from
-
 def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
     "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure); pruned trials are finished."
     for run, meta in _runs_newest_first(runs_dir, experiment):
         status = meta.get("status")
-        if status in FINISHED or (status == "failed" and meta.get("error_kind") != "transient"): continue
+        if status in RUN_ENDED_OK or (status == "failed" and meta.get("error_kind") != "transient"): continue
         if status == "running" and run_is_alive(meta): continue
         return run
     return None
@@ -87,7 +85,7 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
     pinned = Path(runs_dir)/config.experiment.name/os.environ.get("TP_RUN_ID", "\0")
     if (pinned/"run.json").exists():  # a job manager retrying its own run: that run and no other
         meta = json.loads((pinned/"run.json").read_text())
-        if meta.get("status") in FINISHED:
+        if meta.get("status") in RUN_ENDED_OK:
             raise UsageError(f"run {pinned.name} already {meta['status']}", str(pinned), "unset TP_RUN_ID to start a new run")
         run = pinned
     else: run = find_unfinished_run(runs_dir, config.experiment.name)

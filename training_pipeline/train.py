@@ -21,7 +21,7 @@ from .callback.tracker import EarlyStoppingCallback, NonFiniteLossCallback
 from .schema import Config
 from .checkpoint import (CheckpointCallback, latest_good_checkpoint, load_checkpoint, restore_trainer,
                                          verify_checkpoint)
-from .core import (CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
+from .core import (RUN_ENDED_OK, CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, fault_spec, set_seed)
 from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
 from .monitor import MonitorCallback
@@ -477,7 +477,7 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
         accelerator.wait_for_everyone()  # a rank leaving early makes the others' exit flaky (see ENVIRONMENT.md)
         if store:
             summary = {k: v for k, v in trainer.metrics.items() if k.startswith(("val_", "test_"))}
-            summary.update(epochs_completed=trainer.epoch + (status in ("completed", "pruned")), global_step=trainer.global_step)
+            summary.update(epochs_completed=trainer.epoch + (status in RUN_ENDED_OK), global_step=trainer.global_step)
             best = json.loads((store.checkpoints_dir/"index.json").read_text()).get("best") if (store.checkpoints_dir/"index.json").exists() else None
             if best: summary["best"] = best
             store.finish(status, summary=summary)
