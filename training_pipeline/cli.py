@@ -14,7 +14,7 @@ from pathlib import Path
 from .core import (DATA_DIR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JOB_MAX_RETRIES, JOBS_DIR, LR_FIND_END,
                                     LR_FIND_START, LR_FIND_STEPS, MODELS_DIR,
                                     RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, TUNE_TRIALS, UI_HOST, UI_PORT, VAL_FRACTION,
-                                    ConfigError, PipelineError, TrainingError, UsageError)
+                                    ConfigError, PipelineError, TrainingError, UsageError, refuse_url)
 
 # %% auto #0
 __all__ = ['DATASETS', 'COMMAND_GROUPS', 'HANDLERS', 'HelpFormatter', 'Parser', 'build_parser', 'handles', 'handler_for', 'main',
@@ -319,6 +319,8 @@ def main(argv:list[str]|None=None) -> int:
         stray = [a for a in extra if not (hasattr(args, "overrides") and "=" in a and not a.startswith("-"))]
         if stray: raise UsageError(f"unrecognized arguments: {' '.join(stray)}", "tp", "see `tp --help`")
         if extra: args.overrides = [*args.overrides, *extra]
+        for name, value in vars(args).items():  # every location option and argument: object storage is not built yet
+            for v in value if isinstance(value, list) and name != "overrides" else [value]: refuse_url(v, f"tp {args.command} {name.replace('_', '-')}")
         return handler_for(args)(args)
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else EXIT_OK

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -23,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR',
-           'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES',
+__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'URL_PATTERN', 'TMP_PREFIX', 'DATA_DIR',
+           'RUNS_DIR', 'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES',
            'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS',
            'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'PipelineError', 'UsageError', 'ConfigError', 'DataError',
-           'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'patch',
+           'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'refuse_url', 'patch',
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
            'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
@@ -97,6 +98,16 @@ def did_you_mean(word:str, choices) -> str:
     import difflib
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+# %% ../nbs/00_core.ipynb #be6c94cb
+URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+def refuse_url(value, where:str):
+    "Raise `NotBuiltError` if `value` is an object-storage URL (`s3://bucket/runs`) rather than a path on this machine."
+    if isinstance(value, str) and URL_PATTERN.match(value):
+        scheme = value.split("://", 1)[0]
+        raise NotBuiltError(f"object storage ({scheme}://) is not built yet: {value} would become a local folder named {scheme}:", where,
+                            "use a local or mounted path")
 
 # %% ../nbs/00_core.ipynb #c174f414
 def patch(f):

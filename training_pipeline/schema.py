@@ -13,11 +13,11 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .core import DATA_DIR, RUNS_DIR, ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, sha256_json, snake_case
+from .core import DATA_DIR, RUNS_DIR, URL_PATTERN, ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, sha256_json, snake_case
 
 # %% auto #0
-__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'URL_PATTERN', 'LocalPath', 'ARCHITECTURES', 'Betas',
-           'OPTIMIZERS', 'SCHEDULERS', 'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES',
+__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'LocalPath', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS',
+           'SCHEDULERS', 'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES',
            'RESUMABLE_CHANGES', 'Section', 'lower_choice', 'local_path', 'ExperimentConfig', 'PreprocessingConfig',
            'AugmentConfig', 'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers',
            'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig',
@@ -41,7 +41,6 @@ METRIC_PATTERN = r"^(train|val|test)_[A-Za-z0-9_]+$"
 MetricName = Annotated[str, Field(pattern=METRIC_PATTERN)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
-URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 def local_path(v):
     "A path on this machine: an object-storage URL is refused (it would become a local folder named `s3:`)."
     if isinstance(v, str) and URL_PATTERN.match(v):
