@@ -3,6 +3,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def run_tp(*args, cwd=None, env=None, timeout=600):
     full_env.update(env or {})
     return subprocess.run([str(TP), *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def wait_for(pred, timeout=120, what="condition"):
+    "Poll `pred` until it is true; fail the test after `timeout` seconds."
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred(): return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def tree_snapshot(root):

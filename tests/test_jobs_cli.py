@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TP, check_run_dir, data_overrides, run_tp
+from conftest import REPO, TP, check_run_dir, data_overrides, run_tp, wait_for
 
 CONFIG = REPO / "config" / "test.yaml"
 # digits, 40 steps per epoch; checkpoints every 7 steps
@@ -47,14 +47,6 @@ def db(cwd):
 def job(cwd, job_id): return dict(db(cwd).execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
 def attempts(cwd, job_id): return [dict(r) for r in db(cwd).execute("SELECT * FROM attempts WHERE job_id=? ORDER BY attempt", (job_id,))]
 def events(run_dir): return [json.loads(l)["event"] for l in (Path(run_dir) / "events.jsonl").read_text().splitlines()]
-
-
-def wait_for(pred, timeout=120, what="condition"):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred(): return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metric_rows(run_dir):

@@ -8,12 +8,11 @@ import re
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TP, run_tp
+from conftest import REPO, TP, run_tp, wait_for
 
 LR_BATCH = ["--param", "training.learning_rate=loguniform(1e-4,3e-2)", "--param", "training.batch_size=choice(32,64)"]
 
@@ -99,14 +98,6 @@ def test_two_process_trials_share_their_params_and_a_pruned_trial_stops_both_ran
     assert pruned["summary"]["epochs_completed"] == 2
     checkpoints = json.loads((tmp_path / "runs" / "test" / runs[1][0] / "checkpoints" / "index.json").read_text())
     assert checkpoints["last"] == f"step-{pruned['summary']['global_step']:08d}"  # the final checkpoint of the stop
-
-
-def wait_for(pred, timeout=120, what="condition"):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred(): return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def queued_jobs(cwd):
