@@ -1,7 +1,8 @@
 """The job manager end to end with the real `tp jobs` and `tp train`: 4 jobs on 2 CPU slots, a job SIGKILLed
 mid-run retried from its checkpoint (bitwise equal to an uninterrupted run), bad configs refused at submit, a
 deterministic failure not retried, a SIGKILLed worker's job requeued by the next worker, two workers sharing a
-queue, cancel with a checkpoint, queue errors, the dashboard template, and a real single-node Slurm."""
+queue, cancel with a checkpoint, queue errors, the dashboard template, and a real single-node Slurm (a job, a requeue, tp tune's
+trials)."""
 import json
 import os
 import signal
@@ -330,6 +331,17 @@ def test_slurm_runs_a_one_node_job(tmp_path, prepared, slurm):
     shown = run_tp("jobs", "show", str(jid), cwd=tmp_path, env=slurm).stdout
     assert f"slurm job {json.loads(j['slurm'])['job_id']}" in shown
     check_run_dir(j["run_dir"])
+
+
+def test_tune_trials_run_as_slurm_jobs(tmp_path, prepared, slurm):
+    r = run_tp("tune", "--config", CONFIG, "--param", "training.learning_rate=choice(0.003)", "--trials", "1", "--jobs", "--backend", "slurm",
+               "--pruner", "none", *data_overrides(prepared("digits")), "logging.tensorboard.enabled=false", cwd=tmp_path, env=slurm, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (row,) = db(tmp_path).execute("SELECT backend, state, run_dir FROM jobs").fetchall()
+    assert (row["backend"], row["state"]) == ("slurm", "succeeded")
+    meta = json.loads((Path(row["run_dir"]) / "run.json").read_text())
+    assert meta["status"] == "completed" and meta["trial"]["number"] == 0  # the job's run is the trial
+    assert "study test: 1 trials (1 complete)" in r.stdout, r.stdout
 
 
 def test_slurm_requeue_resumes_from_the_preemption_checkpoint(tmp_path, prepared, slurm):
