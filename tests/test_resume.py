@@ -93,7 +93,7 @@ def kill_then_resume(cwd, data_dir, kill_after_s=None, env=None):
     return killed, completed_run(cwd)
 
 
-DELAYS = [round(random.Random(seed).uniform(2.0, 5.5), 2) for seed in range(4)]  # seconds after start
+DELAYS = [round(random.Random(seed).uniform(2.0, 5.5), 2) for seed in range(2)]  # seconds after start (2 moments: CI time)
 
 
 @pytest.mark.parametrize("delay", DELAYS)

@@ -77,10 +77,10 @@ def test_digits_search_then_two_more_trials_in_the_same_study(tmp_path, prepared
 def test_two_process_trials_share_their_params_and_a_pruned_trial_stops_both_ranks(tmp_path, prepared):
     cfg = digits_config(tmp_path, prepared("digits"), base="test.yaml")
     common = ["tune", "--config", cfg, "--param", "model.dropout=uniform(0.0,0.5)", "--sampler", "random", "--distributed", "--gpus", "2", "--cpu",
-              "--startup-trials", "1", "--warmup-epochs", "1", "training.epochs=3", "distributed.timeout_s=60", "logging.tensorboard.enabled=false"]
+              "--startup-trials", "1", "--warmup-epochs", "0", "training.epochs=2", "distributed.timeout_s=60", "logging.tensorboard.enabled=false"]
     r = run_tp(*common, "--trials", "1", "training.learning_rate=0.01", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    # the same study with a learning rate that cannot learn: below the median of the completed trial at epoch 2, pruned there
+    # the same study with a learning rate that cannot learn: below the median of the completed trial at epoch 1, pruned there
     r = run_tp(*common, "--trials", "2", "training.learning_rate=1e-7", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "trial 1 pruned" in r.stdout, r.stdout
@@ -93,9 +93,9 @@ def test_two_process_trials_share_their_params_and_a_pruned_trial_stops_both_ran
         for rank, log in ((0, logs / "train.log"), (1, logs / "train.rank1.log")):  # both ranks trained the sampled value
             text = log.read_text()
             assert f"trial {number} of study test on process {rank}: model.dropout={dropout}" in text, (rank, text[-2000:])
-            if status == "pruned": assert f"trial {number} pruned at epoch 2" in text, (rank, text[-2000:])  # both stopped there
+            if status == "pruned": assert f"trial {number} pruned at epoch 1" in text, (rank, text[-2000:])  # both stopped there
     _, pruned = runs[1]
-    assert pruned["summary"]["epochs_completed"] == 2
+    assert pruned["summary"]["epochs_completed"] == 1
     checkpoints = json.loads((tmp_path / "runs" / "test" / runs[1][0] / "checkpoints" / "index.json").read_text())
     assert checkpoints["last"] == f"step-{pruned['summary']['global_step']:08d}"  # the final checkpoint of the stop
 
