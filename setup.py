@@ -37,7 +37,8 @@ setuptools.setup(
     package_data={cfg["lib_path"]: ["notebooks/*.ipynb"]},
     install_requires=requirements("requirements"),
     extras_require={"dev": requirements("dev_requirements"), "datasets": requirements("datasets_requirements"),
-                    "bench": requirements("bench_requirements"), "shards": requirements("shards_requirements")},
+                    "bench": requirements("bench_requirements"), "shards": requirements("shards_requirements"),
+                    "s3": requirements("s3_requirements"), "gcs": requirements("gcs_requirements")},
     python_requires=">=" + cfg["min_python"],
     zip_safe=False,
     entry_points={

@@ -26,11 +26,12 @@ from .core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json,
 from .models import is_pickle_file, legacy_head_names
 
 # %% auto #0
-__all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'REPEAT_WINDOW_S', 'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_good_checkpoint',
-           'write_index', 'prune_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model',
-           'AsyncCheckpointWriter', 'ignoring_repeats', 'CheckpointCallback', 'full_states', 'load_full_states',
-           'rank_rng_states', 'trainer_state', 'restore_trainer']
+__all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'PINS_DIR', 'REPEAT_WINDOW_S', 'flatten_state', 'unflatten_state', 'rng_state',
+           'set_rng_state', 'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'list_checkpoints',
+           'latest_good_checkpoint', 'checkpoint_summary', 'write_index', 'build_index', 'prune_checkpoints',
+           'pinned_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model', 'AsyncCheckpointWriter',
+           'ignoring_repeats', 'CheckpointCallback', 'full_states', 'load_full_states', 'rank_rng_states',
+           'trainer_state', 'restore_trainer']
 
 # %% ../nbs/07_checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -168,7 +169,8 @@ def latest_good_checkpoint(root:str|Path, on_fallback=None) -> Path|None:
             if on_fallback: on_fallback(ck, e)
     return None
 
-def _summary(ck:Path) -> dict:
+def checkpoint_summary(ck:Path) -> dict:
+    "What index.json says of a committed checkpoint: name, step, position, time, metrics."
     t = json.loads((ck/"trainer.json").read_text())
     return {"name": ck.name, "step": t["step"], "epoch": t.get("epoch"), "batches_done": t.get("batches_done"),
             "time": json.loads((ck/"MANIFEST.json").read_text())["created"], "metrics": t.get("metrics", {})}
@@ -176,14 +178,17 @@ def _summary(ck:Path) -> dict:
 def write_index(root:str|Path, monitor:str|None=None, mode:str="min", resumed_from:str|None=None) -> dict:
     "Rebuild checkpoints/index.json from the committed checkpoints."
     root = Path(root)
-    entries = [_summary(c) for c in list_checkpoints(root)]
-    best = _best(entries, monitor, mode, 1)
-    index = {"format": FORMAT_VERSION, "checkpoints": entries, "last": entries[-1]["name"] if entries else None,
-             "best": {"name": best[0]["name"], "monitor": monitor, "mode": mode, "value": best[0]["metrics"][monitor]} if best else None,
-             "best_model": "best_model.safetensors" if (root/"best_model.safetensors").exists() else None,
-             "resumed_from": resumed_from}
+    index = build_index([checkpoint_summary(c) for c in list_checkpoints(root)], monitor, mode,
+                        (root/"best_model.safetensors").exists(), resumed_from)
     atomic_write_json(root/"index.json", index)
     return index
+
+def build_index(entries:list[dict], monitor:str|None, mode:str, best_model:bool, resumed_from:str|None) -> dict:
+    "index.json from the summaries of committed checkpoints, oldest first (a local or a remote run's)."
+    best = _best(entries, monitor, mode, 1)
+    return {"format": FORMAT_VERSION, "checkpoints": entries, "last": entries[-1]["name"] if entries else None,
+            "best": {"name": best[0]["name"], "monitor": monitor, "mode": mode, "value": best[0]["metrics"][monitor]} if best else None,
+            "best_model": "best_model.safetensors" if best_model else None, "resumed_from": resumed_from}
 
 def _best(entries, monitor, mode, n):
     scored = [e for e in entries if monitor and isinstance(e["metrics"].get(monitor), (int, float)) and math.isfinite(e["metrics"][monitor])]
@@ -192,12 +197,24 @@ def _best(entries, monitor, mode, n):
 def prune_checkpoints(root:str|Path, keep_last:int, keep_best:int=0, monitor:str|None=None, mode:str="min",
                       protect=()) -> list[str]:
     "Delete committed checkpoints beyond the last `keep_last` and best `keep_best`, never those in `protect`."
-    entries = [_summary(c) for c in list_checkpoints(root)]
+    entries = [checkpoint_summary(c) for c in list_checkpoints(root)]
     keep = {e["name"] for e in entries[-keep_last:]} | {e["name"] for e in _best(entries, monitor, mode, keep_best)} | set(protect)
     removed = []
     for e in entries:
         if e["name"] not in keep: shutil.rmtree(Path(root)/e["name"]); removed.append(e["name"])
     return removed
+
+# %% ../nbs/07_checkpoint.ipynb #6bd23fde
+PINS_DIR = "pins"  # <run>/pins/<model>-v<N>.json: {"checkpoint": "step-N"}, written by the model registry
+
+def pinned_checkpoints(run_dir:str|Path) -> list[str]:
+    "The checkpoints of a run that registered model versions point to: retention keeps them."
+    names = []
+    for pin in sorted(Path(run_dir, PINS_DIR).glob("*.json")):
+        try: names.append(json.loads(pin.read_text())["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError): continue
+    return names
+
 
 # %% ../nbs/07_checkpoint.ipynb #4bc0d113
 def export_best_model(ckpt:str|Path, root:str|Path, spec:dict) -> Path:
@@ -417,7 +434,7 @@ def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None
     def write():
         path = save_checkpoint(self.root, step, **state)
         if is_best or not (self.root/"best_model.safetensors").exists(): export_best_model(path, self.root, self.spec)
-        protect = [path.name] + ([self.resumed_from] if self.resumed_from else [])
+        protect = [path.name] + ([self.resumed_from] if self.resumed_from else []) + pinned_checkpoints(self.root.parent)
         removed = prune_checkpoints(self.root, self.cfg.keep_last_n, self.cfg.keep_best_n, self.monitor, self.mode, protect)
         write_index(self.root, self.monitor, self.mode, self.resumed_from)
         self._events.append({"event": "checkpoint_saved", "name": path.name, "reason": reason, "epoch": epoch,

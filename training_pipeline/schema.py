@@ -16,17 +16,18 @@ from pydantic_core import PydanticCustomError
 from .core import DATA_DIR, RUNS_DIR, URL_PATTERN, ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, sha256_json, snake_case
 
 # %% auto #0
-__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'LocalPath', 'ARCHITECTURES', 'Betas', 'OPTIMIZERS',
-           'SCHEDULERS', 'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS', 'LOSSES',
-           'RESUMABLE_CHANGES', 'Section', 'lower_choice', 'local_path', 'ExperimentConfig', 'PreprocessingConfig',
-           'AugmentConfig', 'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers',
-           'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig',
-           'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged', 'metric_name', 'LossConfig',
-           'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig', 'CheckpointingConfig', 'WandbConfig',
-           'TensorBoardConfig', 'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig',
-           'ResourcesConfig', 'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule',
-           'ThroughputDropRule', 'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule',
-           'RulesConfig', 'EmailConfig', 'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config', 'locate']
+__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'LocalPath', 'STORAGE_SCHEMES', 'RunsLocation', 'SECRET_OPTION',
+           'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS', 'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES',
+           'TASK_METRICS', 'LOSSES', 'RESUMABLE_CHANGES', 'Section', 'lower_choice', 'local_path', 'runs_location',
+           'redact_options', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig',
+           'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig',
+           'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig',
+           'PlateauConfig', 'tagged', 'metric_name', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig',
+           'DistributedConfig', 'CheckpointingConfig', 'StorageConfig', 'WandbConfig', 'TensorBoardConfig',
+           'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig',
+           'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule',
+           'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig',
+           'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config', 'locate']
 
 # %% ../nbs/01_schema.ipynb #5f314dcd
 class Section(BaseModel):
@@ -43,11 +44,33 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 def local_path(v):
     "A path on this machine: an object-storage URL is refused (it would become a local folder named `s3:`)."
-    if isinstance(v, str) and URL_PATTERN.match(v):
-        raise PydanticCustomError("url_path", "object storage ({scheme}://) is not built yet; a URL here would silently become a local folder "
-                                  "named {scheme}:. Use a local or mounted path", {"scheme": v.split("://", 1)[0]})
-    return v
+    if isinstance(v, str) and URL_PATTERN.match(v) and not v.startswith("file://"):
+        raise PydanticCustomError("url_path", "object storage ({scheme}://) is not supported here: a URL would silently become a local "
+                                  "folder named {scheme}:. Use a local or mounted path (runs go to a bucket with experiment.runs_dir)",
+                                  {"scheme": v.split("://", 1)[0]})
+    return v[len("file://"):] if isinstance(v, str) and v.startswith("file://") else v
 LocalPath = Annotated[str, AfterValidator(local_path)]
+
+STORAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory")  # fsspec filesystems a runs dir may be on (file:// is a path)
+
+def runs_location(v):
+    "A local path, or an object-storage URL of a known scheme (see `09b_storage`)."
+    if isinstance(v, str) and URL_PATTERN.match(v) and not v.startswith("file://"):
+        scheme = v.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            raise PydanticCustomError("url_scheme", "unknown storage {scheme}://; use a local path or one of {known}",
+                                      {"scheme": scheme, "known": ", ".join(f"{s}://" for s in STORAGE_SCHEMES)})
+        if not v.split("://", 1)[1].strip("/"): raise PydanticCustomError("url_bucket", "the URL names no bucket", {})
+        return v.rstrip("/")
+    return local_path(v)
+RunsLocation = Annotated[str, AfterValidator(runs_location)]
+
+SECRET_OPTION = re.compile(r"(secret|password|token|credential|session|^key$)", re.I)
+
+def redact_options(options:dict|None) -> dict:
+    "Storage options with secret values hidden: for what is printed or saved (config.yaml of a run)."
+    return {k: "<redacted>" if SECRET_OPTION.search(k) else v for k, v in (options or {}).items()}
+
 
 # %% ../nbs/01_schema.ipynb #6f225a8f
 class ExperimentConfig(Section):
@@ -55,7 +78,7 @@ class ExperimentConfig(Section):
     version: str = "v1.0"
     description: str = ""
     tags: list[str] = []
-    runs_dir: LocalPath = RUNS_DIR  # root of run directories: <runs_dir>/<name>/<run_id>/
+    runs_dir: RunsLocation = RUNS_DIR  # root of run directories: <runs_dir>/<name>/<run_id>/; a local path or a bucket URL
 
     @field_validator("version", mode="before")
     @classmethod
@@ -332,6 +355,12 @@ class CheckpointingConfig(Section):
     monitor_metric: MetricName = "val_loss"
     mode: Mode = "min"
     async_save: bool = False
+    remote_timeout_s: PositiveInt = 600  # runs in a bucket: alert when no checkpoint could be committed for this long
+
+class StorageConfig(Section):
+    "How to reach object storage when experiment.runs_dir is a URL; endpoint and credentials also come from the environment."
+    options: dict[str, Any] = {}  # fsspec options, e.g. {endpoint_url: ..., key: ..., secret: ...}; secrets never printed or saved
+    sync_interval_s: float = Field(5.0, gt=0)  # how often logs and checkpoints are uploaded
 
 # %% ../nbs/01_schema.ipynb #0728d333
 class WandbConfig(Section):
@@ -459,7 +488,7 @@ RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefet
                      "distributed.timeout_s", "resources.cpu", "resources.gpu_ids")
 
 class Config(Section):
-    "A validated training config: the seed's sections plus `seed`, `alerts` and `profile`."
+    "A validated training config: the seed's sections plus `seed`, `alerts`, `profile` and `storage`."
     seed: int = Field(42, ge=0)
     experiment: ExperimentConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -472,18 +501,26 @@ class Config(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     _origin: tuple = PrivateAttr(default=("<config>", {}, ()))  # (file, key lines, overridden keys), set by validate_config
 
     def to_dict(self) -> dict:
-        "The resolved config as plain YAML/JSON types, with the file's key names."
-        return self.model_dump(mode="json", by_alias=True)
+        "The resolved config as plain YAML/JSON types, with the file's key names (and storage secrets redacted)."
+        d = self.model_dump(mode="json", by_alias=True)
+        d["storage"]["options"] = redact_options(d["storage"]["options"])
+        return d
+
+    def _hashed(self) -> dict:
+        "What the hashes cover: not how storage is reached (endpoint, credentials), which may change between a run and its resume."
+        d = self.to_dict(); d.pop("storage")
+        return d
 
     def to_yaml(self) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     @property
     def hash(self) -> str:
         "Stable content hash of the resolved config (16 hex digits)."
-        return sha256_json(self.to_dict())[:16]
+        return sha256_json(self._hashed())[:16]
 
     def resumable_settings(self) -> dict:
         "The values of `RESUMABLE_CHANGES`: how data is loaded and on how many processes, which a resume may change."
@@ -492,7 +529,7 @@ class Config(Section):
     @property
     def resume_hash(self) -> str:
         "Hash of the config without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume hash."
-        d = self.to_dict()
+        d = self._hashed()
         for key in RESUMABLE_CHANGES: d[key.split(".")[0]].pop(key.split(".")[1], None)
         return sha256_json(d)[:16]
 

@@ -36,13 +36,14 @@ from .tracking import (LOGGER, RunLock, RunStore, RunStoreCallback, TrackersCall
                                        setup_run_logging)
 from .resume import ResumePlan, TransientError, is_transient, plan_resume
 from .trial import TrialPruningCallback, TrialRef
+from .storage import RunMirror, Storage, cache_dir, check_storage, is_url, local_location, localize, pull_for_resume, pull_tree
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 
 # %% auto #0
 __all__ = ['FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec', 'write_artifacts', 'check_trackers',
-           'make_trackers', 'FaultInjection', 'held_logs', 'train', 'on_cpu', 'Components', 'components_from_config',
-           'loader_like', 'DataEventsCallback', 'save_predictions', 'test_predictions', 'scalar_hparams', 'fit_config',
-           'fit', 'notebook_train']
+           'make_trackers', 'FaultInjection', 'held_logs', 'train', 'RemoteRuns', 'open_remote_runs', 'start_mirror',
+           'close_mirror', 'on_cpu', 'Components', 'components_from_config', 'loader_like', 'DataEventsCallback',
+           'save_predictions', 'test_predictions', 'scalar_hparams', 'fit_config', 'fit', 'notebook_train']
 
 # %% ../nbs/15_train.ipynb #1292dd90
 @dataclass
@@ -53,6 +54,7 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)   # final val_* and test_* metrics
     trainer: Trainer|None = None
     best_checkpoint: Path|None = None             # the best checkpoint by checkpointing.monitor_metric
+    remote: str|None = None                       # the run's URL, when its runs dir is a bucket (run_dir: its local staging)
 
 def with_epochs(config:Config, epochs:int|None) -> Config:
     "The config with training.epochs replaced (validated like the file)."
@@ -188,20 +190,34 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     check_trackers(config)
     cpu = on_cpu(config)
     check_strategy(config, cpu)
-    runs_dir = runs_dir or config.experiment.runs_dir
+    runs_dir = local_location(runs_dir or config.experiment.runs_dir)
     from accelerate import PartialState
     from datetime import timedelta
     # a timeout on the process group: a rank that dies makes the others fail within distributed.timeout_s, never hang
     init_process_group(cpu, config.distributed.timeout_s)
     state = PartialState(cpu=cpu, timeout=timedelta(seconds=config.distributed.timeout_s))
+    local_main = state.local_process_index == 0  # one process per machine fetches what that machine needs
+    if is_url(resume) and local_main: resume = str(localize(resume, config.storage.options, with_checkpoints=True))
+    remote = None
+    if is_url(runs_dir):
+        remote = open_remote_runs(config, runs_dir, resume, state.is_main_process)
+        runs_dir = remote.staging
     # one process decides how to resume and tells the others (they would race with its writes otherwise)
     plan = plan_resume(config, resume, runs_dir) if state.is_main_process else None
     plan = broadcast_from_main(plan)
+    if remote is not None or is_url(resume):
+        if remote is not None and local_main and plan.checkpoint is not None and not plan.checkpoint.exists():  # another machine
+            pull_tree(remote.storage, f"{config.experiment.name}/{plan.run_dir.name}", plan.run_dir, checkpoints=True)
+        state.wait_for_everyone()
     if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
-    attempt, current = 0, {}
+    attempt, current, failing = 0, {"remote": remote}, True
     try:
         while True:
-            try: return _train_once(config, plan, command, runs_dir, current, build or components_from_config, trial)
+            try:
+                result = _train_once(config, plan, command, runs_dir, current, build or components_from_config, trial)
+                failing = False
+                if (mirror := current.get("mirror")) is not None: result.remote = mirror.url
+                return result
             except BaseException as e:
                 run_dir = current.get("run_dir")
                 transient = is_transient(e)
@@ -229,8 +245,10 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
                 fallbacks = []
                 ck = latest_good_checkpoint(Path(run_dir)/"checkpoints", lambda c, err: fallbacks.append((c, err)))
                 plan = ResumePlan("inplace", run_dir=Path(run_dir), checkpoint=ck, fallbacks=fallbacks)
-    finally:  # the run's lock goes when this process is done with it, however it ended
-        if (lock := RunLock.held(current.get("run_dir"))) is not None: lock.release()
+    finally:  # what is left goes to the bucket, then the run's lock goes: this process is done with it, however it ended
+        try: close_mirror(current, failing)
+        finally:
+            if (lock := RunLock.held(current.get("run_dir"))) is not None: lock.release()
 
 # %% ../nbs/15_train.ipynb #34b6e3a7
 def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, backend, data:DataBundle) -> RunStore:
@@ -248,6 +266,54 @@ def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, ba
     store.update(status="running", ended=None, error=None, error_kind=None, pid=os.getpid(), heartbeat=now(),
                  resumed_count=store.meta.get("resumed_count", 0) + 1, world_size=world, resumable_settings=config.resumable_settings())
     return store
+
+# %% ../nbs/15_train.ipynb #0cd78f13
+@dataclass
+class RemoteRuns:
+    "Where a run in a bucket lives: the storage and the local staging directory that stands for it."
+    storage: Storage
+    staging: Path
+
+def open_remote_runs(config:Config, runs_dir:str, resume:str, is_main:bool) -> RemoteRuns:
+    """Check the bucket (one line and exit 2 if missing or denied, before any training); on the main process, bring
+    the runs `--resume auto` may continue into the staging directory."""
+    if config.checkpointing.save_dir != "checkpoints":
+        raise ConfigError("a run in a bucket keeps its checkpoints in checkpoints/", "checkpointing.save_dir",
+                          "remove checkpointing.save_dir (or use a local experiment.runs_dir)")
+    storage = Storage(runs_dir, config.storage.options)
+    check_storage(storage)  # every process: one that cannot reach the bucket says so instead of waiting on the others
+    remote = RemoteRuns(storage, cache_dir(storage.url))
+    if is_main and resume == "auto":
+        pull_for_resume(storage, remote.staging, config.experiment.name, os.environ.get("TP_RUN_ID"))
+    return remote
+
+# %% ../nbs/15_train.ipynb #14dff014
+def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePlan, current:dict, log) -> RunMirror:
+    "The run's mirror to the bucket (one per run: a retry in place keeps it), its URL recorded in run.json."
+    mirror = current.get("mirror")
+    if mirror is not None and mirror.local == store.dir: return mirror
+    def alert(message, waited):  # through the run's alert channels, like a rule's
+        from training_pipeline.monitor import deliver_alert
+        t = current.get("trainer")
+        deliver_alert(config.alerts, {"run_id": store.id, "rule": "storage", "step": getattr(t, "global_step", 0), "epoch": getattr(t, "epoch", 0),
+                                      "value": waited, "threshold": config.checkpointing.remote_timeout_s, "message": message,
+                                      "run_dir": mirror.url, "action": "warn"}, log=log.warning)
+    c = config.checkpointing
+    mirror = RunMirror(remote.storage, store.dir, f"{config.experiment.name}/{store.id}", config.storage.sync_interval_s, c.remote_timeout_s,
+                       c.monitor_metric if c.save_best else None, c.mode, protect=[plan.checkpoint.name] if plan.checkpoint else [],
+                       on_alert=alert, log=log.info)
+    store.update(remote=mirror.url)
+    current["mirror"] = mirror.start()
+    log.info(f"run {store.id} is mirrored to {mirror.url} every {config.storage.sync_interval_s:g} s")
+    return mirror
+
+def close_mirror(current:dict, failing:bool):
+    "Upload what is left of the run. Training that already failed only warns when the upload fails too (its own error wins)."
+    if (mirror := current.get("mirror")) is None: return
+    try: mirror.close(min(mirror.remote_timeout_s, 60) if failing else None)
+    except TrainingError as e:
+        if not failing: raise
+        print(f"warning: {e}", file=sys.stderr)
 
 # %% ../nbs/15_train.ipynb #ca86c7c5
 def on_cpu(config:Config) -> bool:
@@ -318,6 +384,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     run_dir = Path(broadcast_from_main(str(store.dir) if store else None))
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
     for record in early: log.handle(record)  # what building the model said (fine-tuning: which tensors were re-initialised)
+    if store is not None and current.get("remote") is not None: start_mirror(config, current["remote"], store, plan, current, log)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
     # in place, TensorBoard forgets the steps after the checkpoint; with no checkpoint yet (killed before the first), all of them
     purge = (0 if resume_step is None else resume_step + 1) if plan.mode == "inplace" else None
@@ -341,6 +408,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
                       grad_accum=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, log_every=config.logging.log_frequency,
                       val_every=config.validation.frequency, plateau_monitor=getattr(t.lr_scheduler, "monitor", "val_loss"),
                       metrics=t.metrics, target_key=config.data.target_key, logger=log.info)
+    current["trainer"] = trainer  # a storage alert says where training is
     start = _restore(trainer, plan, data, store, log) if plan.checkpoint else (0, 0)
     if store: log.info(f"run {store.id}: {store.dir}")
     return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
