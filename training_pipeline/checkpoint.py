@@ -204,7 +204,7 @@ def prune_checkpoints(root:str|Path, keep_last:int, keep_best:int=0, monitor:str
         if e["name"] not in keep: shutil.rmtree(Path(root)/e["name"]); removed.append(e["name"])
     return removed
 
-# %% ../nbs/07_checkpoint.ipynb #6bd23fde
+# %% ../nbs/07_checkpoint.ipynb #22be34a0
 PINS_DIR = "pins"  # <run>/pins/<model>-v<N>.json: {"checkpoint": "step-N"}, written by the model registry
 
 def pinned_checkpoints(run_dir:str|Path) -> list[str]:

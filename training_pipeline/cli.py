@@ -15,9 +15,9 @@ from .core import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, PipelineE
 
 
 # %% auto #0
-__all__ = ['HANDLERS', 'handles', 'handler_for', 'main', 'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'cmd_train',
-           'cmd_report', 'cmd_notebooks', 'cmd_runs', 'cmd_models', 'cmd_sweep', 'cmd_tune', 'cmd_tune_loader',
-           'cmd_lr_find', 'cmd_ui', 'cmd_monitor', 'cmd_jobs']
+__all__ = ['HANDLERS', 'BUCKET_OPTIONS', 'handles', 'handler_for', 'main', 'bucket_locations', 'follow_buckets',
+           'cmd_config_check', 'cmd_prepare', 'cmd_validate', 'cmd_train', 'cmd_report', 'cmd_notebooks', 'cmd_runs',
+           'cmd_models', 'cmd_sweep', 'cmd_tune', 'cmd_tune_loader', 'cmd_lr_find', 'cmd_ui', 'cmd_monitor', 'cmd_jobs']
 
 # %% ../nbs/20_cli.ipynb #428b8b12
 HANDLERS = {}
@@ -52,8 +52,8 @@ def main(argv:list[str]|None=None) -> int:
         stray = [a for a in extra if not (hasattr(args, "overrides") and "=" in a and not a.startswith("-"))]
         if stray: raise UsageError(f"unrecognized arguments: {' '.join(stray)}", "tp", "see `tp --help`")
         if extra: args.overrides = [*args.overrides, *extra]
-        for name, value in vars(args).items():  # every location option and argument: object storage is not built yet
-            for v in value if isinstance(value, list) and name != "overrides" else [value]: refuse_url(v, f"tp {args.command} {name.replace('_', '-')}")
+        args.remote = bucket_locations(args)  # before the handler: a bad URL is one line, whatever the command
+        follow_buckets(args, args.remote)
         return handler_for(args)(args)
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else EXIT_OK
@@ -74,6 +74,38 @@ def main(argv:list[str]|None=None) -> int:
         _print_error(f"internal error: {type(e).__name__}: {' '.join(str(e).split())} (tp {cmd}): "
                      "rerun with --debug for the traceback and report it", debug)
         return EXIT_FAILED
+
+# %% ../nbs/20_cli.ipynb #e594ba71
+# the options through which a command reaches runs or checkpoints in a bucket; any other option refuses a URL
+BUCKET_OPTIONS = {"runs": ("runs_dir", "run_id", "run_ids"), "report": ("run", "checkpoint"), "monitor": ("run", "runs_dir"),
+                  "models": ("source",), "ui": ("runs_dir",), "train": ("resume",)}
+
+def bucket_locations(args) -> dict:
+    """Make `file://` values paths; refuse a URL where no bucket can go; give a reading command a local copy (read cache)
+    of what a URL names. Returns {option: URL} for the options replaced; `tp train` pulls what it resumes from itself."""
+    from training_pipeline.core import URL_PATTERN
+    def url(v): return isinstance(v, str) and bool(URL_PATTERN.match(v)) and not v.startswith("file://")
+    remote = {}
+    for name, value in list(vars(args).items()):
+        values = value if isinstance(value, list) else [value]
+        if name == "overrides" or not any(isinstance(v, str) and URL_PATTERN.match(v) for v in values): continue
+        values = [v[len("file://"):] if isinstance(v, str) and v.startswith("file://") else v for v in values]
+        urls = [v for v in values if url(v)]
+        if urls and name not in BUCKET_OPTIONS.get(args.command, ()): refuse_url(urls[0], f"tp {args.command} {name.replace('_', '-')}")
+        if urls and args.command != "train":
+            from training_pipeline.storage import localize
+            values = [str(localize(v, with_checkpoints=args.command == "models")) if url(v) else v for v in values]
+            remote[name] = urls if isinstance(value, list) else urls[0]
+        setattr(args, name, values if isinstance(value, list) else values[0])
+    return remote
+
+def follow_buckets(args, remote:dict):
+    "Views that go on (`tp ui`, `tp monitor` without --once) keep their local copies fresh."
+    if not remote or not (args.command == "ui" or (args.command == "monitor" and not args.once)): return
+    from training_pipeline.storage import keep_pulling
+    interval = float(os.environ.get("TP_PULL_INTERVAL_S", "2"))
+    for urls in remote.values():
+        for u in urls if isinstance(urls, list) else [urls]: keep_pulling(u, interval_s=interval, log=lambda m: print(m, file=sys.stderr))
 
 # %% ../nbs/20_cli.ipynb #d2873bec
 @handles("config check")
@@ -154,7 +186,8 @@ def cmd_train(args) -> int:
     headline = ("loss", "accuracy", "f1", "rmse", "mae", "r2")  # what each task logs first
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_")) and k.split("_", 1)[1] in headline
              and (k.split("_", 1)[1] != "f1" or "multilabel" in str(getattr(result.trainer, "task", "")).lower())}
-    print(f"run {result.status}: {result.run_dir}")
+    if result.remote: print(f"run {result.status}: {result.remote}\n  staged in {result.run_dir}")
+    else: print(f"run {result.status}: {result.run_dir}")
     print("  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
     return EXIT_OK
 
@@ -166,6 +199,9 @@ def cmd_report(args) -> int:
     data_dir = args.data_dir or (None if args.run else "data")
     report, executed = build_report(args.run, args.checkpoint, data_dir, args.out)
     print(f"report: {report}\nexecuted notebook: {executed}")
+    if args.remote.get("run") and not args.out:  # beside the run in its bucket, where the next reader looks
+        from training_pipeline.storage import push_file
+        print(f"report in the bucket: {push_file(args.remote['run'], report, 'report.html')}")
     return EXIT_OK
 
 # %% ../nbs/20_cli.ipynb #a4bfa1fe
@@ -232,6 +268,11 @@ def cmd_models(args) -> int:
     if c == "register":
         r = registry.register(args.source, args.name, args.checkpoint, args.models_dir)
         print(f"registered {r['name']} v{r['version']}: {r['path']}\n  from run {r['run_id']}, checkpoint {r['checkpoint']}, sha256 {r['sha256'][:16]}")
+        if r["pin"] and args.remote.get("source"):  # the run in the bucket keeps this checkpoint from now on
+            from training_pipeline.checkpoint import PINS_DIR
+            from training_pipeline.storage import push_file
+            pin = Path(r["pin"])
+            print(f"  pinned in the bucket: {push_file(args.remote['source'], pin, f'{PINS_DIR}/{pin.name}')}")
     elif c == "list":
         rows = registry.list_versions(args.name, args.models_dir)
         if not rows: print(f"no models in {args.models_dir}"); return EXIT_OK

@@ -103,10 +103,10 @@ def did_you_mean(word:str, choices) -> str:
 URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def refuse_url(value, where:str):
-    "Raise `NotBuiltError` if `value` is an object-storage URL (`s3://bucket/runs`) rather than a path on this machine."
+    "Raise `NotBuiltError` if `value` is a URL (`s3://bucket/jobs`) where only a path on this machine can go (runs and checkpoints take URLs)."
     if isinstance(value, str) and URL_PATTERN.match(value):
         scheme = value.split("://", 1)[0]
-        raise NotBuiltError(f"object storage ({scheme}://) is not built yet: {value} would become a local folder named {scheme}:", where,
+        raise NotBuiltError(f"object storage ({scheme}://) is not supported here: {value} would become a local folder named {scheme}:", where,
                             "use a local or mounted path")
 
 # %% ../nbs/00_core.ipynb #c174f414

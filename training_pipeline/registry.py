@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_exported_model, spec_candidates, verify_checkpoint
+from .checkpoint import CKPT_PATTERN, PINS_DIR, load_exported_model, spec_candidates, verify_checkpoint
 from .core import MODELS_DIR, RUNS_DIR, CheckpointError, UsageError, atomic_write, atomic_write_json, fsync_tree, sha256_file
 from .tracking import find_run
 
@@ -154,7 +154,11 @@ def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_
             raise
         finally: db.close()
     finally: shutil.rmtree(staged, ignore_errors=True)
-    return {**record, "path": str(target)}
+    pin = None
+    if run_dir is not None and CKPT_PATTERN.match(weights.parent.name):  # retention keeps the checkpoint a version came from
+        pin = run_dir/PINS_DIR/f"{name}-v{version}.json"
+        atomic_write_json(pin, {"checkpoint": weights.parent.name, "model": name, "version": version})
+    return {**record, "path": str(target), "pin": str(pin) if pin else None}
 
 # %% ../nbs/12_registry.ipynb #c8c958f0
 def list_versions(name:str|None=None, models_dir:str|Path=MODELS_DIR) -> list[dict]:

@@ -19,9 +19,9 @@ from .checkpoint import CKPT_PATTERN, PINS_DIR, list_checkpoints
 from .core import URL_PATTERN, TrainingError, UsageError, atomic_write, patch, sha256_file
 
 # %% auto #0
-__all__ = ['EXTRAS', 'is_url', 'local_location', 'Storage', 'check_storage', 'cache_root', 'cache_dir', 'pull_tree', 'runs_of',
-           'pull_runs', 'StorageDown', 'UploadMismatch', 'Retrying', 'put_verified', 'RunMirror', 'pull_for_resume',
-           'localize', 'push_file']
+__all__ = ['EXTRAS', 'PULLED', 'is_url', 'local_location', 'Storage', 'check_storage', 'cache_root', 'cache_dir', 'pull_tree',
+           'runs_of', 'pull_runs', 'StorageDown', 'UploadMismatch', 'Retrying', 'put_verified', 'RunMirror',
+           'pull_for_resume', 'localize', 'push_file', 'keep_pulling']
 
 # %% ../nbs/09b_storage.ipynb #8bd8c74a
 EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
@@ -59,13 +59,14 @@ class Storage:
     def exists(self, rel:str) -> bool: return self.fs.exists(self.path(rel))
     def size(self, rel:str) -> int: return int(self.fs.info(self.path(rel))["size"])
 
-    def files(self, rel:str="") -> list[str]:
-        "Every object under `rel`, as paths relative to the root."
+    def files(self, rel:str="") -> dict[str, str]:
+        "Every object under `rel`: path relative to the root -> a stamp that changes when the object does (size and ETag or time)."
         base = self.path(rel)
-        try: found = self.fs.find(base)
-        except FileNotFoundError: return []
+        try: found = self.fs.find(base, detail=True)
+        except FileNotFoundError: return {}
         prefix = self.root.lstrip("/") + "/"
-        return sorted(p.lstrip("/")[len(prefix):] for p in found if p.lstrip("/").startswith(prefix))
+        def stamp(info): return f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or info.get('mtime') or info.get('created')}"
+        return {p.lstrip("/")[len(prefix):]: stamp(info) for p, info in sorted(found.items()) if p.lstrip("/").startswith(prefix)}
 
     def remove(self, rels:list[str]):
         for rel in rels:
@@ -105,19 +106,26 @@ def _checkpoint_of(rel:str) -> str|None:
     parts = rel.split("/")
     return "/".join(parts[:2]) if len(parts) > 2 and parts[0] == "checkpoints" and CKPT_PATTERN.match(parts[1]) else None
 
-def pull_tree(storage:Storage, rel:str, local:str|Path, checkpoints:bool=False, files:list[str]|None=None) -> Path:
-    "Copy the objects under `rel` into `local` (see above); `files`: the listing, if already known."
+PULLED = ".tp-pulled.json"  # in a local copy: the stamp of each object when it was pulled, so an unchanged one is not fetched again
+
+def pull_tree(storage:Storage, rel:str, local:str|Path, checkpoints:bool=False, files:dict[str, str]|None=None) -> Path:
+    "Copy the objects under `rel` into `local` (see above); `files`: the listing (`Storage.files`), if already known."
     local, prefix = Path(local), f"{rel}/" if rel else ""
-    names = [f[len(prefix):] for f in (storage.files(rel) if files is None else files) if f.startswith(prefix)]
+    stamps = storage.files(rel) if files is None else files
+    names = [f[len(prefix):] for f in stamps if f.startswith(prefix)]
+    try: pulled = json.loads((local/PULLED).read_text())
+    except (OSError, ValueError): pulled = {}
     committed = {_checkpoint_of(n) for n in names if n.endswith("/MANIFEST.json") and _checkpoint_of(n)}
     wanted = [n for n in names if not n.startswith(".") and (_checkpoint_of(n) is None or (checkpoints and _checkpoint_of(n) in committed))]
     for n in wanted:
-        target = local/n
+        target, stamp = local/n, stamps[prefix + n]
+        if pulled.get(n) == stamp and target.exists(): continue
         try: data = storage.get_bytes(prefix + n)
         except FileNotFoundError: continue  # deleted since the listing (retention)
-        if target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data: continue
-        atomic_write(target, data)
+        if not (target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data): atomic_write(target, data)
+        pulled[n] = stamp
     keep = set(wanted)
+    if wanted: atomic_write(local/PULLED, json.dumps({n: pulled[n] for n in wanted if n in pulled}))
     if local.is_dir():
         for f in sorted(local.rglob("*"), reverse=True):
             r = f.relative_to(local).as_posix()
@@ -405,3 +413,17 @@ def push_file(url:str, local:str|Path, rel:str, options:dict|None=None) -> str:
     storage = Storage(url, options)
     storage.put_bytes(rel, Path(local).read_bytes())
     return storage.url_of(rel)
+
+# %% ../nbs/09b_storage.ipynb #fd55da7a
+def keep_pulling(url:str, options:dict|None=None, interval_s:float=2.0, with_checkpoints:bool=False, log=None) -> threading.Event:
+    "Refresh the read cache of `url` (see `localize`) every `interval_s` in the background until the returned event is set."
+    stop = threading.Event()
+    def loop():
+        failing = False
+        while not stop.wait(interval_s):
+            try: localize(url, options, with_checkpoints); failing = False
+            except Exception as e:  # the storage may come back: the reader goes on with what it has
+                if not failing and log: log(f"warning: cannot refresh {url}: {_short(e)}")
+                failing = True
+    threading.Thread(target=loop, name="read-cache", daemon=True).start()
+    return stop

@@ -267,7 +267,7 @@ def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, ba
                  resumed_count=store.meta.get("resumed_count", 0) + 1, world_size=world, resumable_settings=config.resumable_settings())
     return store
 
-# %% ../nbs/15_train.ipynb #0cd78f13
+# %% ../nbs/15_train.ipynb #11f080bd
 @dataclass
 class RemoteRuns:
     "Where a run in a bucket lives: the storage and the local staging directory that stands for it."
@@ -287,7 +287,7 @@ def open_remote_runs(config:Config, runs_dir:str, resume:str, is_main:bool) -> R
         pull_for_resume(storage, remote.staging, config.experiment.name, os.environ.get("TP_RUN_ID"))
     return remote
 
-# %% ../nbs/15_train.ipynb #14dff014
+# %% ../nbs/15_train.ipynb #800965b5
 def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePlan, current:dict, log) -> RunMirror:
     "The run's mirror to the bucket (one per run: a retry in place keeps it), its URL recorded in run.json."
     mirror = current.get("mirror")
