@@ -75,7 +75,7 @@ def main(argv:list[str]|None=None) -> int:
                      "rerun with --debug for the traceback and report it", debug)
         return EXIT_FAILED
 
-# %% ../nbs/20_cli.ipynb #e594ba71
+# %% ../nbs/20_cli.ipynb #d950721e
 # the options through which a command reaches runs or checkpoints in a bucket; any other option refuses a URL
 BUCKET_OPTIONS = {"runs": ("runs_dir", "run_id", "run_ids"), "report": ("run", "checkpoint"), "monitor": ("run", "runs_dir"),
                   "models": ("source",), "ui": ("runs_dir",), "train": ("resume",)}

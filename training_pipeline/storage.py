@@ -169,11 +169,12 @@ class Retrying:
     def call(self, what:str, fn, *args):
         delay = self.first_delay_s
         while True:
+            began = time.time()  # a client gives up on an endpoint after its own retries: the outage began with the call
             try: result = fn(*args)
             except self.fatal: raise
             except Exception as e:
                 if self.down_since is None:
-                    self.down_since, self.outages = time.time(), self.outages + 1
+                    self.down_since, self.outages = began, self.outages + 1
                     self.on_event("storage_unavailable", operation=what, error=_short(e))
                 deadline = self.deadline()
                 if deadline is not None and time.monotonic() + delay > deadline:
@@ -214,7 +215,7 @@ class RunMirror:
         self.interval_s, self.remote_timeout_s, self.monitor, self.mode = interval_s, remote_timeout_s, monitor, mode
         self.protect, self.on_alert, self.log = set(protect), on_alert, log or (lambda msg: None)
         self.sent, self.committed, self._local_seen = {}, {}, set()  # relative path -> (size, mtime) uploaded; checkpoint name -> summary
-        self.pending_since, self.alerted, self.deadline, self.error = None, False, None, None
+        self.alerted, self.deadline, self.error = False, None, None
         self.retrying = Retrying(self._event, self._check_overdue, lambda: self.deadline, fatal=(FileNotFoundError, _LocalCorrupt))
         self._stop, self._lock = threading.Event(), threading.Lock()
         self.thread = threading.Thread(target=self._loop, name="run-mirror", daemon=True)
@@ -233,10 +234,14 @@ class RunMirror:
 @patch
 def start(self:RunMirror) -> RunMirror:
     "Learn which checkpoints the bucket already holds (a resumed run's), then upload in the background."
-    from training_pipeline.checkpoint import checkpoint_summary
+    from training_pipeline.checkpoint import CheckpointError, checkpoint_summary, verify_checkpoint
     names = {f.split("/")[-2] for f in self.retrying.call("list checkpoints", self.storage.files, self._ckpt_rel()) if f.endswith("/MANIFEST.json")}
-    for name in names:  # pulled with the run when it was resumed: their summaries are here
-        if (self.local/"checkpoints"/name/"trainer.json").exists(): self.committed[name] = checkpoint_summary(self.local/"checkpoints"/name)
+    for name in sorted(names):  # pulled with the run when it was resumed: their summaries are here
+        ck = self.local/"checkpoints"/name
+        try: verify_checkpoint(ck); self.committed[name] = checkpoint_summary(ck)
+        except (CheckpointError, OSError) as e:  # damaged in the bucket (the resume fell back from it): no longer a checkpoint there,
+            self.retrying.call(f"uncommit {name}", self.storage.remove, [self._ckpt_rel(f"{name}/MANIFEST.json")])  # so a new save of
+            self._event("remote_checkpoint_uncommitted", name=name, error=_short(e))  # that step is uploaded again
     self.thread.start()
     return self
 
@@ -256,7 +261,6 @@ def sync(self:RunMirror):
         local = list_checkpoints(self.local/"checkpoints")
         pending = [c for c in local if c.name not in self.committed]
         if pending:
-            if self.pending_since is None: self.pending_since = time.monotonic()
             self._sync_files()  # first: the bucket's logs then reach the checkpoint's step
             for ck in pending: self._commit(ck)
         if pending or {c.name for c in local} != self._local_seen:  # something committed, or the local policy removed some
@@ -300,7 +304,7 @@ def _commit(self:RunMirror, ck:Path):
     except FileNotFoundError:
         return  # removed by retention before it could be uploaded: a newer one is on its way
     self.committed[ck.name] = summary
-    self.pending_since, self.alerted = None, False
+    self.alerted = False
     self._event("checkpoint_uploaded", name=ck.name, url=self.storage.url_of(self._ckpt_rel(ck.name)),
                 bytes=sum(e["size"] for e in manifest["files"]), seconds=round(time.perf_counter() - started, 3))
 
@@ -347,9 +351,15 @@ def _put_index(self:RunMirror):
 @patch
 def _check_overdue(self:RunMirror):
     "Alert once when a checkpoint has waited longer than `remote_timeout_s` to be committed."
-    if self.pending_since is None or self.alerted or time.monotonic() - self.pending_since < self.remote_timeout_s: return
+    if self.alerted: return
+    from training_pipeline.checkpoint import list_checkpoints
+    def saved_at(ck):
+        try: return (ck/"MANIFEST.json").stat().st_mtime
+        except FileNotFoundError: return None  # removed by the local policy meanwhile
+    saved = [t for c in list_checkpoints(self.local/"checkpoints") if c.name not in self.committed and (t := saved_at(c)) is not None]
+    if not saved or time.time() - min(saved) < self.remote_timeout_s: return  # the oldest checkpoint still waiting: since its save
     self.alerted = True
-    waited = round(time.monotonic() - self.pending_since)
+    waited = round(time.time() - min(saved))
     message = f"no checkpoint could be committed to {self.url} for {waited} s (storage unreachable?); training goes on, staged locally"
     self._event("storage_alert", message=message, waited_s=waited)
     if self.on_alert is not None:
@@ -414,7 +424,7 @@ def push_file(url:str, local:str|Path, rel:str, options:dict|None=None) -> str:
     storage.put_bytes(rel, Path(local).read_bytes())
     return storage.url_of(rel)
 
-# %% ../nbs/09b_storage.ipynb #fd55da7a
+# %% ../nbs/09b_storage.ipynb #7838c345
 def keep_pulling(url:str, options:dict|None=None, interval_s:float=2.0, with_checkpoints:bool=False, log=None) -> threading.Event:
     "Refresh the read cache of `url` (see `localize`) every `interval_s` in the background until the returned event is set."
     stop = threading.Event()
