@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import re
@@ -215,7 +216,7 @@ class RunMirror:
         self.interval_s, self.remote_timeout_s, self.monitor, self.mode = interval_s, remote_timeout_s, monitor, mode
         self.protect, self.on_alert, self.log = set(protect), on_alert, log or (lambda msg: None)
         self.sent, self.committed, self._local_seen = {}, {}, set()  # relative path -> (size, mtime) uploaded; checkpoint name -> summary
-        self.alerted, self.deadline, self.error = False, None, None
+        self.waiting_since, self.alerted, self.deadline, self.error = None, False, None, None  # waiting: a checkpoint saved, none committed since
         self.retrying = Retrying(self._event, self._check_overdue, lambda: self.deadline, fatal=(FileNotFoundError, _LocalCorrupt))
         self._stop, self._lock = threading.Event(), threading.Lock()
         self.thread = threading.Thread(target=self._loop, name="run-mirror", daemon=True)
@@ -304,7 +305,7 @@ def _commit(self:RunMirror, ck:Path):
     except FileNotFoundError:
         return  # removed by retention before it could be uploaded: a newer one is on its way
     self.committed[ck.name] = summary
-    self.alerted = False
+    self.waiting_since, self.alerted = None, False
     self._event("checkpoint_uploaded", name=ck.name, url=self.storage.url_of(self._ckpt_rel(ck.name)),
                 bytes=sum(e["size"] for e in manifest["files"]), seconds=round(time.perf_counter() - started, 3))
 
@@ -357,9 +358,10 @@ def _check_overdue(self:RunMirror):
         try: return (ck/"MANIFEST.json").stat().st_mtime
         except FileNotFoundError: return None  # removed by the local policy meanwhile
     saved = [t for c in list_checkpoints(self.local/"checkpoints") if c.name not in self.committed and (t := saved_at(c)) is not None]
-    if not saved or time.time() - min(saved) < self.remote_timeout_s: return  # the oldest checkpoint still waiting: since its save
+    if saved: self.waiting_since = min([*saved, self.waiting_since or math.inf])  # newer ones replace it locally: the wait goes on
+    if self.waiting_since is None or time.time() - self.waiting_since < self.remote_timeout_s: return
     self.alerted = True
-    waited = round(time.time() - min(saved))
+    waited = round(time.time() - self.waiting_since)
     message = f"no checkpoint could be committed to {self.url} for {waited} s (storage unreachable?); training goes on, staged locally"
     self._event("storage_alert", message=message, waited_s=waited)
     if self.on_alert is not None:
