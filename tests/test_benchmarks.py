@@ -68,3 +68,9 @@ def test_ui_index_benchmark_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ui_index.py"), "--sizes", "30", "--repeat", "1"],
                          capture_output=True, text=True, check=True).stdout
     assert "warm_30=" in out.splitlines()[-1] and "ok=True" in out.splitlines()[-1], out
+
+
+def test_remote_checkpoint_benchmark_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "remote_checkpoint.py"), "1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "remote_blocked_s=" in out.splitlines()[-1], out

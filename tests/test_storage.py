@@ -225,3 +225,43 @@ def test_readers_work_from_the_bucket(tmp_path, prepared, s3):
     assert version["sha256"] == sha256_file(tmp_path / "models" / "test" / "v1" / "model.safetensors")
     r = run_tp("runs", "list", "--runs-dir", "s3://no-such-bucket/runs", cwd=tmp_path, env=reader)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_job_killed_mid_run_is_retried_from_the_bucket(tmp_path, prepared, reference, s3):
+    from test_jobs_cli import attempts, job, start_worker
+    prefix = f"jobs-{uuid.uuid4().hex[:6]}"
+    env = {"TP_CACHE_DIR": str(tmp_path / "cache")}
+    r = run_tp("jobs", "submit", *cmd(prepared("digits"), f"experiment.runs_dir=s3://bucket/{prefix}", "storage.sync_interval_s=0.5")[2:],
+               cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    jid = int(r.stdout.strip())
+    assert job(tmp_path, jid)["run_dir"] == f"s3://bucket/{prefix}/test/{job(tmp_path, jid)['run_id']}"  # the job knows its run's URL
+    import torch  # the worker gives a job as many threads as CPU slots; the reference ran with torch's default: the same here
+    w = start_worker(tmp_path, "--slots", "1", env={**env, **SLOW, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    wait_for(lambda: len(committed(s3, prefix)) >= 2, 120, "two checkpoints in the bucket")
+    os.kill(job(tmp_path, jid)["pid"], signal.SIGKILL)
+    w.communicate(timeout=300)
+    j = job(tmp_path, jid)
+    assert (j["state"], j["attempts"]) == ("succeeded", 2), w.stdout
+    assert [(a["outcome"], a["resume"]) for a in attempts(tmp_path, jid)] == [("transient", "never"), ("succeeded", "auto")]
+    run = pulled(j["run_dir"], tmp_path)
+    assert_bitwise_equal(final_state(run), reference["final"])
+
+
+def test_tune_refuses_a_bucket_and_ui_serves_one(tmp_path, prepared, s3):
+    r = run_tp("tune", "--config", REPO / "config" / "test.yaml", "--param", "training.learning_rate=loguniform(1e-4,1e-2)",
+               "--trials", "2", "experiment.runs_dir=s3://bucket/tune", cwd=tmp_path)
+    assert r.returncode == 2 and "not built" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    prefix = f"ui-{uuid.uuid4().hex[:6]}"
+    r = run_tp(*cmd(prepared("digits"), f"experiment.runs_dir=s3://bucket/{prefix}", "training.epochs=1")[1:], cwd=tmp_path,
+               env={"TP_CACHE_DIR": str(tmp_path / "trainer")})
+    assert r.returncode == 0, r.stderr
+    run_id = bucket_run(s3, prefix).rsplit("/", 1)[1]
+    from test_ui import get, start_ui
+    from test_dashboard_browser import stop
+    proc, url = start_ui(tmp_path, "--runs-dir", f"s3://bucket/{prefix}", env={"TP_CACHE_DIR": str(tmp_path / "reader")})
+    try:
+        status, body, _ = get(url.rstrip("/") + "/api/runs")
+        assert status == 200 and run_id in body, body[:500]
+    finally: stop(proc)

@@ -19,7 +19,7 @@ from .core import JOBS_DIR, EXIT_FAILED, EXIT_INTERRUPTED, PipelineError, UsageE
 # %% auto #0
 __all__ = ['SCHEMA', 'STATES', 'ENDED', 'QueueLocked', 'db_path', 'busy_timeout_s', 'queue_error', 'connect', 'transaction',
            'get_job', 'db_path_of', 'gpu_count', 'visible_gpus', 'cpu_count', 'train_argv', 'insert_job',
-           'submit_command', 'log_path', 'format_time', 'run_status', 'run_error_kind', 'classify_exit']
+           'submit_command', 'log_path', 'format_time', 'run_meta', 'run_status', 'run_error_kind', 'classify_exit']
 
 # %% ../nbs/14_jobs.ipynb #f3966ab3
 SCHEMA = """
@@ -139,15 +139,20 @@ def log_path(jobs_dir, job_id) -> Path: return Path(jobs_dir)/"logs"/f"{job_id}.
 def format_time(t) -> str: return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
 # %% ../nbs/14_jobs.ipynb #0405c0ae
-def _run_meta(run_dir) -> dict:
+def run_meta(run_dir) -> dict:
+    "The run's run.json, from its directory or its bucket (a job whose runs dir is a URL); {} if there is none yet."
+    from training_pipeline.storage import Storage, is_url
+    if is_url(run_dir):
+        try: return json.loads(Storage(run_dir).get_bytes("run.json"))
+        except Exception: return {}  # not written yet, or the storage is down: as for a missing local file
     try: return json.loads((Path(run_dir)/"run.json").read_text())
     except (OSError, ValueError, TypeError): return {}
 
-def run_status(run_dir) -> str|None: return _run_meta(run_dir).get("status")
+def run_status(run_dir) -> str|None: return run_meta(run_dir).get("status")
 
 def run_error_kind(run_dir) -> tuple[str|None, str|None]:
     "(error_kind, error) from a run's run.json."
-    meta = _run_meta(run_dir)
+    meta = run_meta(run_dir)
     return meta.get("error_kind"), meta.get("error")
 
 def classify_exit(rc:int, run_dir=None, cancel_requested:bool=False) -> str:

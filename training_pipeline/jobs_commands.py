@@ -65,7 +65,9 @@ def submit_job(config:str|Path, # A YAML config, as for `tp train`
         raise UsageError("the working directory has white space, which sbatch's --chdir/--output cannot take", str(cwd),
                          "submit from a directory without spaces")
     run_id = run_id or new_run_id()
-    run_dir = cwd/cfg.experiment.runs_dir/cfg.experiment.name/run_id
+    from training_pipeline.storage import is_url
+    runs = cfg.experiment.runs_dir
+    run_dir = f"{runs}/{cfg.experiment.name}/{run_id}" if is_url(runs) else cwd/runs/cfg.experiment.name/run_id  # a bucket's run: its URL
     config_abs = str(Path(config).resolve())
     db = connect(jobs_dir, create=True)
     try:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import JOB_MAX_RETRIES, JOBS_DIR, RUN_ENDED_OK, UsageError, atomic_write, free_port
+from .core import JOB_MAX_RETRIES, JOBS_DIR, RUN_ENDED_OK, NotBuiltError, UsageError, atomic_write, free_port
 # the trial and tracking modules (torch) are imported where used: a bad search is refused in a second, not after torch loads
 
 # %% auto #0
@@ -318,6 +318,10 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
     make_pruner(pruner, startup_trials, warmup_epochs, base.training.epochs)  # an unknown pruner fails here, before the study exists
     name = study or base.experiment.name
     if not re.fullmatch(r"[\w.-]+", name): raise UsageError(f"study name {name!r} has characters a file name cannot take", "tp tune --study", "use letters, digits, . - _")
+    from training_pipeline.storage import is_url
+    if is_url(base.experiment.runs_dir):
+        raise NotBuiltError("tp tune with the runs in a bucket is not built: the study is a SQLite file beside the runs", "experiment.runs_dir",
+                            "tune with a local (or mounted) runs dir")
     path = study_path(base.experiment.runs_dir, base.experiment.name, name)
     the_study = open_study(path, name, metric, direction, sampler, spaces, base.seed,
                            {"kind": pruner, "startup_trials": startup_trials, "warmup_epochs": warmup_epochs, "max_epochs": base.training.epochs})

@@ -19,7 +19,7 @@ from pathlib import Path
 from .core import (JOBS_DIR, RETRY_BACKOFF_S, EXIT_INTERRUPTED, EXIT_OK, RUN_ENDED_OK, UsageError, free_port,
                                     on_main_thread, patch)
 from .jobs import (QueueLocked, classify_exit, connect, cpu_count, db_path, format_time, get_job, log_path,
-                                    queue_error, run_error_kind, run_status, transaction, visible_gpus)
+                                    queue_error, run_error_kind, run_status, transaction, visible_gpus, run_meta)
 
 # %% auto #0
 __all__ = ['resources_text', 'ResourceSampler', 'claim_next', 'process_alive', 'Worker', 'attempt_command']
@@ -143,7 +143,7 @@ def attempt_command(job:dict) -> tuple[list, dict, str|None]:
     "(argv, extra environment, resume mode) of the next attempt of a job."
     argv = json.loads(job["argv"])
     if job["kind"] != "train": return argv, {}, None
-    resume = "auto" if (Path(job["run_dir"])/"run.json").exists() else "never"
+    resume = "auto" if run_meta(job["run_dir"]) else "never"  # the job's own run exists (a retry): continue it
     if "--distributed" in argv and "--master-port" not in argv:  # two multi-GPU jobs must not share the default port
         argv = [*argv, "--master-port", str(free_port())]
     env = {"TP_RUN_ID": job["run_id"], "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": job["devices"] or ""}
