@@ -83,7 +83,7 @@ def test_example_configs_resolve(tp, config):
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved) == {"seed", "experiment", "data", "model", "training", "distributed", "checkpointing",
-                             "logging", "validation", "resources", "alerts", "profile"}
+                             "logging", "validation", "resources", "alerts", "profile", "storage"}
     original = yaml.safe_load((REPO / "config" / config).read_text())
     assert resolved["experiment"]["name"] == original["experiment"]["name"]
     assert resolved["training"]["batch_size"] == original["training"]["batch_size"]

@@ -265,3 +265,32 @@ def test_tune_refuses_a_bucket_and_ui_serves_one(tmp_path, prepared, s3):
         status, body, _ = get(url.rstrip("/") + "/api/runs")
         assert status == 200 and run_id in body, body[:500]
     finally: stop(proc)
+
+
+def test_two_nodes_without_a_shared_disk_resume_from_the_bucket(tmp_path, prepared, s3):
+    "Each node has its own disk (cwd and cache); the run killed on one machine continues on two, rank 1 pulling the checkpoint itself."
+    prefix = f"nodes-{uuid.uuid4().hex[:6]}"
+    url = f"s3://bucket/{prefix}"
+    first = start_train(prepared("digits"), url, tmp_path / "machine-a", SLOW)
+    wait_for(lambda: len(committed(s3, prefix)) >= 2, 120, "two checkpoints in the bucket")
+    first.send_signal(signal.SIGKILL); first.wait(timeout=60)
+    resumed_from = committed(s3, prefix)[-1]
+    run_id = bucket_run(s3, prefix).rsplit("/", 1)[1]
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        node = tmp_path / f"node-{rank}"; node.mkdir()
+        procs.append(subprocess.Popen([*cmd(prepared("digits"), f"experiment.runs_dir={url}"), "--distributed", "--gpus", "1", "--nodes", "2",
+                                       "--cpu", "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port)],
+                                      cwd=node, env={**os.environ, "TP_CACHE_DIR": str(node / "cache"), "TP_RUN_ID": run_id},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    # rank 1's machine got the checkpoint from the bucket, into its own staging copy
+    staged = list((tmp_path / "node-1" / "cache" / "staging").glob(f"*/test/{run_id}/checkpoints/{resumed_from}/MANIFEST.json"))
+    assert staged, sorted(str(p) for p in (tmp_path / "node-1").rglob("*"))[:40]
+    run = pulled(f"{url}/test/{run_id}", tmp_path)
+    meta = json.loads((run / "run.json").read_text())
+    assert (meta["status"], meta["world_size"], meta["num_nodes"], meta["resumed_count"]) == ("completed", 2, 2, 1)
+    assert any(e["event"] == "resumed" for e in events(run))
+    assert not list((tmp_path / "node-1").glob("runs"))  # nothing of the run went to a local runs dir

@@ -6,23 +6,26 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import CKPT_PATTERN, PINS_DIR, list_checkpoints
-from .core import URL_PATTERN, TrainingError, UsageError, atomic_write, patch, sha256_file
+from .core import URL_PATTERN, ConfigError, TrainingError, UsageError, atomic_write, patch, sha256_file
 
 # %% auto #0
 __all__ = ['EXTRAS', 'PULLED', 'is_url', 'local_location', 'Storage', 'check_storage', 'cache_root', 'cache_dir', 'pull_tree',
            'runs_of', 'pull_runs', 'StorageDown', 'UploadMismatch', 'Retrying', 'put_verified', 'RunMirror',
-           'pull_for_resume', 'localize', 'push_file', 'keep_pulling']
+           'pull_for_resume', 'localize', 'push_file', 'keep_pulling', 'RemoteRuns', 'on_this_machine',
+           'open_remote_runs', 'start_mirror', 'close_mirror']
 
 # %% ../nbs/09b_storage.ipynb #8bd8c74a
 EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
@@ -409,10 +412,15 @@ def _kind(storage:Storage, rel:str, listing:list[str]) -> str:
     return "runs"
 
 def localize(url:str, options:dict|None=None, with_checkpoints:bool=False) -> Path:
-    "A local copy (read cache) of a remote runs dir, run or checkpoint; `UsageError` if the URL holds none of them."
+    "A local copy (read cache) of a remote runs dir, run, checkpoint or weights file; `UsageError` if the URL holds none of them."
     storage = Storage(url, options)
     try: listing = storage.files()
     except Exception as e: raise UsageError(f"cannot read {url} ({_short(e)})", url, "check the URL, the credentials and AWS_ENDPOINT_URL") from None
+    if not listing and storage.fs.isfile(storage.root):  # one file (best_model.safetensors): with the files beside it (its model.json)
+        parent_url, name = storage.url.rsplit("/", 1)
+        parent = Storage(parent_url, options)
+        local = pull_tree(parent, "", cache_dir(parent.url, "read"), files={f: s for f, s in parent.files().items() if "/" not in f})
+        return local/name
     if not listing: raise UsageError("nothing stored there", url, "give a runs dir, a run or a checkpoint in the bucket")
     local = cache_dir(storage.url, "read")
     kind = _kind(storage, "", [f for f in listing if "/" not in f])
@@ -439,3 +447,58 @@ def keep_pulling(url:str, options:dict|None=None, interval_s:float=2.0, with_che
                 failing = True
     threading.Thread(target=loop, name="read-cache", daemon=True).start()
     return stop
+
+# %% ../nbs/09b_storage.ipynb #11f080bd
+@dataclass
+class RemoteRuns:
+    "Where a run in a bucket lives: the storage and the local staging directory that stands for it."
+    storage: Storage
+    staging: Path
+
+def on_this_machine(path:Path|None, main_cache:Path|None) -> Path|None:
+    "`path` in the main process's cache (staging, read cache) as the same path in this machine's cache; other paths as they are."
+    if path is None or main_cache is None: return path
+    try: return cache_root()/Path(path).relative_to(main_cache)
+    except ValueError: return path
+
+def open_remote_runs(config:Config, runs_dir:str, resume:str, is_main:bool) -> RemoteRuns:
+    """Check the bucket (one line and exit 2 if missing or denied, before any training); on the main process, bring
+    the runs `--resume auto` may continue into the staging directory."""
+    if config.checkpointing.save_dir != "checkpoints":
+        raise ConfigError("a run in a bucket keeps its checkpoints in checkpoints/", "checkpointing.save_dir",
+                          "remove checkpointing.save_dir (or use a local experiment.runs_dir)")
+    storage = Storage(runs_dir, config.storage.options)
+    check_storage(storage)  # every process: one that cannot reach the bucket says so instead of waiting on the others
+    remote = RemoteRuns(storage, cache_dir(storage.url))
+    if is_main and resume == "auto":
+        pull_for_resume(storage, remote.staging, config.experiment.name, os.environ.get("TP_RUN_ID"))
+    return remote
+
+# %% ../nbs/09b_storage.ipynb #800965b5
+def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePlan, current:dict, log, deliver=None) -> RunMirror:
+    """The run's mirror to the bucket (one per run: a retry in place keeps it), its URL recorded in run.json; `deliver(alerts, alert, log=)`
+    sends a storage alert through the run's alert channels (`monitor.deliver_alert`, in `train`)."""
+    mirror = current.get("mirror")
+    if mirror is not None and mirror.local == store.dir: return mirror
+    def alert(message, waited):  # through the run's alert channels, like a rule's
+        if deliver is None: return
+        t = current.get("trainer")
+        deliver(config.alerts, {"run_id": store.id, "rule": "storage", "step": getattr(t, "global_step", 0), "epoch": getattr(t, "epoch", 0),
+                                      "value": waited, "threshold": config.checkpointing.remote_timeout_s, "message": message,
+                                      "run_dir": mirror.url, "action": "warn"}, log=log.warning)
+    c = config.checkpointing
+    mirror = RunMirror(remote.storage, store.dir, f"{config.experiment.name}/{store.id}", config.storage.sync_interval_s, c.remote_timeout_s,
+                       c.monitor_metric if c.save_best else None, c.mode, protect=[plan.checkpoint.name] if plan.checkpoint else [],
+                       on_alert=alert, log=log.info)
+    store.update(remote=mirror.url)
+    current["mirror"] = mirror.start()
+    log.info(f"run {store.id} is mirrored to {mirror.url} every {config.storage.sync_interval_s:g} s")
+    return mirror
+
+def close_mirror(current:dict, failing:bool):
+    "Upload what is left of the run. Training that already failed only warns when the upload fails too (its own error wins)."
+    if (mirror := current.get("mirror")) is None: return
+    try: mirror.close(min(mirror.remote_timeout_s, 60) if failing else None)
+    except TrainingError as e:
+        if not failing: raise
+        print(f"warning: {e}", file=sys.stderr)

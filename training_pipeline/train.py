@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from .checkpoint import (CheckpointCallback, latest_good_checkpoint, load_checkp
 from .core import (RUN_ENDED_OK, CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, fault_spec, set_seed)
 from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
-from .monitor import MonitorCallback
+from .monitor import MonitorCallback, deliver_alert
 from .profiling import ProfilerCallback, StepTimer
 from .tracking import json_line, now, read_jsonl
 from .loaders import DataBundle, build_data
@@ -36,14 +37,14 @@ from .tracking import (LOGGER, RunLock, RunStore, RunStoreCallback, TrackersCall
                                        setup_run_logging)
 from .resume import ResumePlan, TransientError, is_transient, plan_resume
 from .trial import TrialPruningCallback, TrialRef
-from .storage import RunMirror, Storage, cache_dir, check_storage, is_url, local_location, localize, pull_for_resume, pull_tree
+from .storage import cache_root, close_mirror, is_url, local_location, localize, on_this_machine, open_remote_runs, pull_tree, start_mirror
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 
 # %% auto #0
 __all__ = ['FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec', 'write_artifacts', 'check_trackers',
-           'make_trackers', 'FaultInjection', 'held_logs', 'train', 'RemoteRuns', 'open_remote_runs', 'start_mirror',
-           'close_mirror', 'on_cpu', 'Components', 'components_from_config', 'loader_like', 'DataEventsCallback',
-           'save_predictions', 'test_predictions', 'scalar_hparams', 'fit_config', 'fit', 'notebook_train']
+           'make_trackers', 'FaultInjection', 'held_logs', 'train', 'on_cpu', 'Components', 'components_from_config',
+           'loader_like', 'DataEventsCallback', 'save_predictions', 'test_predictions', 'scalar_hparams', 'fit_config',
+           'fit', 'notebook_train']
 
 # %% ../nbs/15_train.ipynb #1292dd90
 @dataclass
@@ -205,12 +206,15 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
     # one process decides how to resume and tells the others (they would race with its writes otherwise)
     plan = plan_resume(config, resume, runs_dir) if state.is_main_process else None
     plan = broadcast_from_main(plan)
-    if remote is not None or is_url(resume):
+    main_cache = None
+    if remote is not None or is_url(resume):  # the plan's paths are in the main process's cache: each machine has its own
+        main_cache = Path(broadcast_from_main(str(cache_root())))
+        plan = dataclasses.replace(plan, run_dir=on_this_machine(plan.run_dir, main_cache), checkpoint=on_this_machine(plan.checkpoint, main_cache))
         if remote is not None and local_main and plan.checkpoint is not None and not plan.checkpoint.exists():  # another machine
             pull_tree(remote.storage, f"{config.experiment.name}/{plan.run_dir.name}", plan.run_dir, checkpoints=True)
         state.wait_for_everyone()
     if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
-    attempt, current, failing = 0, {"remote": remote}, True
+    attempt, current, failing = 0, {"remote": remote, "main_cache": main_cache}, True
     try:
         while True:
             try:
@@ -264,56 +268,9 @@ def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, ba
     rows = [r for r in read_jsonl(store.metrics_path) if r["step"] <= keep_until]
     atomic_write(store.metrics_path, "".join(json_line(r) for r in rows))  # what was logged after the checkpoint goes
     store.update(status="running", ended=None, error=None, error_kind=None, pid=os.getpid(), heartbeat=now(),
-                 resumed_count=store.meta.get("resumed_count", 0) + 1, world_size=world, resumable_settings=config.resumable_settings())
+                 resumed_count=store.meta.get("resumed_count", 0) + 1, world_size=world, num_nodes=config.distributed.num_nodes,
+                 resumable_settings=config.resumable_settings())
     return store
-
-# %% ../nbs/15_train.ipynb #11f080bd
-@dataclass
-class RemoteRuns:
-    "Where a run in a bucket lives: the storage and the local staging directory that stands for it."
-    storage: Storage
-    staging: Path
-
-def open_remote_runs(config:Config, runs_dir:str, resume:str, is_main:bool) -> RemoteRuns:
-    """Check the bucket (one line and exit 2 if missing or denied, before any training); on the main process, bring
-    the runs `--resume auto` may continue into the staging directory."""
-    if config.checkpointing.save_dir != "checkpoints":
-        raise ConfigError("a run in a bucket keeps its checkpoints in checkpoints/", "checkpointing.save_dir",
-                          "remove checkpointing.save_dir (or use a local experiment.runs_dir)")
-    storage = Storage(runs_dir, config.storage.options)
-    check_storage(storage)  # every process: one that cannot reach the bucket says so instead of waiting on the others
-    remote = RemoteRuns(storage, cache_dir(storage.url))
-    if is_main and resume == "auto":
-        pull_for_resume(storage, remote.staging, config.experiment.name, os.environ.get("TP_RUN_ID"))
-    return remote
-
-# %% ../nbs/15_train.ipynb #800965b5
-def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePlan, current:dict, log) -> RunMirror:
-    "The run's mirror to the bucket (one per run: a retry in place keeps it), its URL recorded in run.json."
-    mirror = current.get("mirror")
-    if mirror is not None and mirror.local == store.dir: return mirror
-    def alert(message, waited):  # through the run's alert channels, like a rule's
-        from training_pipeline.monitor import deliver_alert
-        t = current.get("trainer")
-        deliver_alert(config.alerts, {"run_id": store.id, "rule": "storage", "step": getattr(t, "global_step", 0), "epoch": getattr(t, "epoch", 0),
-                                      "value": waited, "threshold": config.checkpointing.remote_timeout_s, "message": message,
-                                      "run_dir": mirror.url, "action": "warn"}, log=log.warning)
-    c = config.checkpointing
-    mirror = RunMirror(remote.storage, store.dir, f"{config.experiment.name}/{store.id}", config.storage.sync_interval_s, c.remote_timeout_s,
-                       c.monitor_metric if c.save_best else None, c.mode, protect=[plan.checkpoint.name] if plan.checkpoint else [],
-                       on_alert=alert, log=log.info)
-    store.update(remote=mirror.url)
-    current["mirror"] = mirror.start()
-    log.info(f"run {store.id} is mirrored to {mirror.url} every {config.storage.sync_interval_s:g} s")
-    return mirror
-
-def close_mirror(current:dict, failing:bool):
-    "Upload what is left of the run. Training that already failed only warns when the upload fails too (its own error wins)."
-    if (mirror := current.get("mirror")) is None: return
-    try: mirror.close(min(mirror.remote_timeout_s, 60) if failing else None)
-    except TrainingError as e:
-        if not failing: raise
-        print(f"warning: {e}", file=sys.stderr)
 
 # %% ../nbs/15_train.ipynb #ca86c7c5
 def on_cpu(config:Config) -> bool:
@@ -381,10 +338,10 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
         write_artifacts(store, data, config, spec)
         if trial is not None: store.update(trial=trial.record())
     # the run directory exists before any process logs into it; its path comes from rank 0 (plain torchrun sets no TP_RUN_ID)
-    run_dir = Path(broadcast_from_main(str(store.dir) if store else None))
+    run_dir = on_this_machine(Path(broadcast_from_main(str(store.dir) if store else None)), current.get("main_cache"))
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
     for record in early: log.handle(record)  # what building the model said (fine-tuning: which tensors were re-initialised)
-    if store is not None and current.get("remote") is not None: start_mirror(config, current["remote"], store, plan, current, log)
+    if store is not None and current.get("remote") is not None: start_mirror(config, current["remote"], store, plan, current, log, deliver_alert)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
     # in place, TensorBoard forgets the steps after the checkpoint; with no checkpoint yet (killed before the first), all of them
     purge = (0 if resume_step is None else resume_step + 1) if plan.mode == "inplace" else None

@@ -232,6 +232,8 @@ def _do_validate(self:Trainer, split:str="val"):
     self.dl = self.loaders[split]
     self.n_iter = len(self.dl)
     self.eval_model = self.accelerator.unwrap_model(self.model)
+    if self.accelerator.num_processes > 1:  # BatchNorm's running stats: each process updated its own in its last training step
+        for buf in self.eval_model.buffers(): torch.distributed.broadcast(buf, src=0)  # evaluate the model the checkpoint holds
     try:
         with torch.no_grad(): self._with_events(self._all_batches, "validate", CancelValidateException)
     finally: self.training = training
