@@ -21,8 +21,8 @@ from .core import RUNS_DIR, UsageError, atomic_write, atomic_write_json, environ
 
 # %% auto #0
 __all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunBusyError', 'RunLock', 'RunStoreCallback',
-           'TrackersCallback', 'setup_run_logging', 'heartbeat_age', 'run_is_alive', 'effective_status', 'run_dirs',
-           'find_run', 'run_summary', 'runs_df', 'flatten_dict', 'compare_runs', 'comparison_html']
+           'TrackersCallback', 'setup_run_logging', 'heartbeat_age', 'pid_alive', 'run_is_alive', 'effective_status',
+           'run_dirs', 'find_run', 'run_summary', 'runs_df', 'flatten_dict', 'compare_runs', 'comparison_html']
 
 # %% ../nbs/09_tracking.ipynb #46cf3c1c
 def _clean(v):
@@ -212,11 +212,16 @@ def heartbeat_age(meta:dict) -> float|None:
     try: return time.time() - datetime.fromisoformat(meta["heartbeat"]).timestamp()
     except (KeyError, TypeError, ValueError): return None
 
+def pid_alive(pid) -> bool:
+    "Whether process `pid` runs here; a zombie (killed, not yet reaped by its new parent) is not alive."
+    import psutil
+    try: return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except psutil.AccessDenied: return True  # another user's: it exists
+    except (psutil.Error, ValueError, TypeError): return False
+
 def run_is_alive(meta:dict, stale_s:float=120.0) -> bool:
     "Whether the process that owns a 'running' run is still there (same host: pid alive; and a fresh heartbeat)."
-    if meta.get("host") == socket.gethostname():
-        try: os.kill(int(meta.get("pid", -1)), 0)
-        except (OSError, ValueError): return False
+    if meta.get("host") == socket.gethostname() and not pid_alive(meta.get("pid")): return False
     age = heartbeat_age(meta)
     return age is not None and age < stale_s
 

@@ -105,14 +105,8 @@ def _die_with_parent():
     except Exception: pass
 
 def process_alive(pid) -> bool:
-    if not pid: return False
-    try: os.kill(int(pid), 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    try:  # a zombie (exited, not yet reaped) is gone for our purposes
-        import psutil
-        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
-    except Exception: return True
+    from training_pipeline.tracking import pid_alive
+    return bool(pid) and pid_alive(pid)  # a zombie (exited, not yet reaped) is gone for our purposes
 
 # %% ../nbs/14a_worker.ipynb #2694fbed
 class Worker:
