@@ -223,6 +223,13 @@ def test_readers_work_from_the_bucket(tmp_path, prepared, s3):
     from training_pipeline.core import sha256_file
     version = json.loads((tmp_path / "models" / "test" / "v1" / "model.json").read_text())
     assert version["sha256"] == sha256_file(tmp_path / "models" / "test" / "v1" / "model.safetensors")
+    last = json.loads((pulled(run_url, tmp_path) / "checkpoints" / "index.json").read_text())["last"]
+    r = run_tp(*cmd(prepared("digits"), "training.epochs=2", "--resume", f"{run_url}/checkpoints/{last}")[1:], cwd=tmp_path, env=reader)
+    assert r.returncode == 0, r.stderr  # a child run on this machine from the bucket's checkpoint
+    child = json.loads(next((tmp_path / "runs" / "test").glob("*/run.json")).read_text())
+    assert (child["parent_run"], child["status"]) == (run_id, "completed")
+    r = run_tp("models", "register", f"{run_url}/checkpoints/{last}", "--name", "other", "--models-dir", tmp_path / "models", cwd=tmp_path, env=reader)
+    assert r.returncode == 0 and "registered other v1" in r.stdout, r.stdout + r.stderr
     r = run_tp("runs", "list", "--runs-dir", "s3://no-such-bucket/runs", cwd=tmp_path, env=reader)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -78,7 +78,7 @@ def main(argv:list[str]|None=None) -> int:
 # %% ../nbs/20_cli.ipynb #d950721e
 # the options through which a command reaches runs or checkpoints in a bucket; any other option refuses a URL
 BUCKET_OPTIONS = {"runs": ("runs_dir", "run_id", "run_ids"), "report": ("run", "checkpoint"), "monitor": ("run", "runs_dir"),
-                  "models": ("source",), "ui": ("runs_dir",), "train": ("resume",)}
+                  "models": ("source", "checkpoint"), "ui": ("runs_dir",), "train": ("resume",)}
 
 def bucket_locations(args) -> dict:
     """Make `file://` values paths; refuse a URL where no bucket can go; give a reading command a local copy (read cache)

@@ -110,14 +110,15 @@ def _checkpoint_of(rel:str) -> str|None:
     parts = rel.split("/")
     return "/".join(parts[:2]) if len(parts) > 2 and parts[0] == "checkpoints" and CKPT_PATTERN.match(parts[1]) else None
 
-PULLED = ".tp-pulled.json"  # in a local copy: the stamp of each object when it was pulled, so an unchanged one is not fetched again
+PULLED = ".tp-pulled.json"  # beside a local copy: the stamp of each object when it was pulled, so an unchanged one is not fetched again
+def _pulled_file(local:Path) -> Path: return local.parent/f".{local.name}{PULLED}"  # outside it: a checkpoint holds its files only
 
 def pull_tree(storage:Storage, rel:str, local:str|Path, checkpoints:bool=False, files:dict[str, str]|None=None) -> Path:
     "Copy the objects under `rel` into `local` (see above); `files`: the listing (`Storage.files`), if already known."
     local, prefix = Path(local), f"{rel}/" if rel else ""
     stamps = storage.files(rel) if files is None else files
     names = [f[len(prefix):] for f in stamps if f.startswith(prefix)]
-    try: pulled = json.loads((local/PULLED).read_text())
+    try: pulled = json.loads(_pulled_file(local).read_text())
     except (OSError, ValueError): pulled = {}
     committed = {_checkpoint_of(n) for n in names if n.endswith("/MANIFEST.json") and _checkpoint_of(n)}
     wanted = [n for n in names if not n.startswith(".") and (_checkpoint_of(n) is None or (checkpoints and _checkpoint_of(n) in committed))]
@@ -129,7 +130,7 @@ def pull_tree(storage:Storage, rel:str, local:str|Path, checkpoints:bool=False, 
         if not (target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data): atomic_write(target, data)
         pulled[n] = stamp
     keep = set(wanted)
-    if wanted: atomic_write(local/PULLED, json.dumps({n: pulled[n] for n in wanted if n in pulled}))
+    if wanted: atomic_write(_pulled_file(local), json.dumps({n: pulled[n] for n in wanted if n in pulled}))
     if local.is_dir():
         for f in sorted(local.rglob("*"), reverse=True):
             r = f.relative_to(local).as_posix()
@@ -424,6 +425,11 @@ def localize(url:str, options:dict|None=None, with_checkpoints:bool=False) -> Pa
     if not listing: raise UsageError("nothing stored there", url, "give a runs dir, a run or a checkpoint in the bucket")
     local = cache_dir(storage.url, "read")
     kind = _kind(storage, "", [f for f in listing if "/" not in f])
+    if kind == "checkpoint" and "/checkpoints/" in storage.url:  # laid out as in its run, with the run's own files: its lineage is known
+        run_url, name = storage.url.rsplit("/checkpoints/", 1)
+        run = Storage(run_url, options)
+        run_dir = pull_tree(run, "", cache_dir(run.url, "read"))  # all but the checkpoints: model.json, artifacts, run.json
+        return pull_tree(storage, "", run_dir/"checkpoints"/name, files=listing)
     if kind == "runs": pull_runs(storage, local)
     else: pull_tree(storage, "", local, checkpoints=with_checkpoints or kind == "checkpoint", files=listing)
     return local
