@@ -98,3 +98,42 @@ def test_without_litdata_prepare_shards_is_one_line_naming_the_extra(tmp_path):
     line = one_error_line(r)
     assert "needs the optional package litdata" in line and "pip install 'training_pipeline[shards]'" in line, line
     assert not (tmp_path / "data").exists()
+
+
+def final_state(cwd):
+    "(model tensors of the last checkpoint, metric rows without timings) of the one run under cwd."
+    from safetensors.torch import load_file
+    run = next((cwd / "runs" / "test").iterdir())
+    step = max((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    timing = {"time", "samples_per_s", "epoch_time_s", "data_wait_s", "data_wait_share"}
+    rows = [{k: v for k, v in json.loads(l).items() if k not in timing and not k.startswith("time_")}
+            for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return load_file(step / "model.safetensors"), rows
+
+
+def test_training_streams_the_shards_alone_as_it_streams_the_folders(copy, tmp_path):
+    "Shards are enough without their class folders: a streamed run from them (2 workers) ends where one from the folders does."
+    import torch
+    from conftest import REPO
+    common = ["train", "--config", REPO / "config" / "test.yaml", f"data.data_dir={copy}", "data.in_memory=false", "data.cache=false"]
+    (tmp_path / "folders").mkdir()
+    r = run_tp(*common, "data.num_workers=0", cwd=tmp_path / "folders")
+    assert r.returncode == 0, r.stderr[-2000:]
+    shutil.rmtree(copy / "processed" / "train"); shutil.rmtree(copy / "processed" / "val"); shutil.rmtree(copy / "processed" / "test")
+    (tmp_path / "shards").mkdir()
+    r = run_tp(*common, "data.shards=true", "data.num_workers=2", "data.persistent_workers=true", cwd=tmp_path / "shards")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert any(l.startswith("data: streaming") for l in r.stdout.splitlines()), r.stdout
+    (a, rows_a), (b, rows_b) = final_state(tmp_path / "folders"), final_state(tmp_path / "shards")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert rows_a == rows_b
+
+
+def test_a_shard_damaged_before_a_streamed_run_is_one_line_exit_2(copy, tmp_path):
+    from conftest import REPO
+    chunk = first_chunk(copy)
+    raw = bytearray(chunk.read_bytes()); raw[len(raw) // 2] ^= 0xFF; chunk.write_bytes(bytes(raw))  # same size: found when read
+    r = run_tp("train", "--config", REPO / "config" / "test.yaml", f"data.data_dir={copy}", "data.in_memory=false", "data.shards=true",
+               "data.num_workers=2", cwd=tmp_path)
+    line = one_error_line(r)
+    assert str(chunk) in line and "tp prepare" in line, line

@@ -21,16 +21,16 @@ from torch.utils.data import DataLoader, Dataset
 from .core import (progress_disabled, EXIT_USAGE, ConfigError, DataError, NotBuiltError, atomic_write, atomic_write_json,
                                     sha256_bytes, sha256_json)
 from .data import SPLITS, DataLayout, load_schema, read_image, read_table
-from .shards import image_files as class_folder_images, recorded_version, shard_datasets, shards_dir
+from .shards import ShardError, image_files as class_folder_images, recorded_version, shard_datasets, shards_dir
 from .preprocess import ImagePreprocessor, TabularPreprocessor
 from .sampling import ArrayDataset, augment_by_key, resumable_loader, sample_index
 
 # %% auto #0
 __all__ = ['TABLE_CHUNK_ROWS', 'TABLE_FIT_ROWS', 'STAT_SAMPLES', 'TensorCache', 'split_fingerprint', 'image_tensor',
            'decode_image_file', 'image_files', 'read_image_split', 'data_placement', 'table_file', 'table_rows',
-           'table_chunks', 'DataBundle', 'build_data', 'SampleError', 'StreamedImages', 'fit_streamed',
-           'fit_table_sample', 'StreamedTable', 'write_table_rows', 'streamed_table', 'user_dataset_version',
-           'user_data', 'user_bundle']
+           'table_chunks', 'DataBundle', 'build_data', 'SampleError', 'StreamedImages', 'fit_streamed', 'shard_labels',
+           'StreamedShards', 'fit_table_sample', 'StreamedTable', 'write_table_rows', 'streamed_table',
+           'user_dataset_version', 'user_data', 'user_bundle']
 
 # %% ../nbs/02d_loaders.ipynb #ef056134
 class TensorCache:
@@ -210,15 +210,20 @@ def _cached(store, parts:dict, build):
     if store is None: return build()
     return store.get_or_build(sha256_json(parts)[:24], build)
 
-def _shard_tensors(layout:DataLayout, schema:dict, pre:ImagePreprocessor, version:str, store) -> dict:
-    "Every split of `<data_dir>/shards` as in-memory tensors: the same as `read_image_split` of the class folders."
+def _shard_tensors(layout:DataLayout, shards:dict, pre:ImagePreprocessor, version:str, store) -> dict:
+    "Every split of `<data_dir>/shards` (`shard_datasets`) as in-memory tensors: the same as `read_image_split` of the class folders."
     def read(ds):
         samples = list(ds)
         return {"images": torch.cat([pre.prepare(image_tensor(px, pre.channels)) for px, _ in samples]),
                 "labels": torch.tensor([y for _, y in samples], dtype=torch.int64)}
     return {s: _cached(store, {"v": version, "t": pre.cache_key, "split": s, "kind": "shards", "fp": split_fingerprint(shards_dir(layout, s))},
                        lambda ds=ds: read(ds))
-            for s, ds in shard_datasets(layout, schema).items()}
+            for s, ds in shards.items()}
+
+def _shard_shape(shards, pre:ImagePreprocessor) -> tuple[int, int, int]:
+    "(C, H, W) of a split's shard samples after `pre.prepare`: the resize, else the first sample's size."
+    if pre.size is not None: return (pre.channels, *pre.size)
+    return tuple(pre.prepare(image_tensor(shards[0][0], pre.channels)).shape[1:])
 
 # %% ../nbs/02d_loaders.ipynb #8d39e475
 def _image_shape(files:list, pre:ImagePreprocessor) -> tuple[int, int, int]:
@@ -233,18 +238,23 @@ def _image_shape(files:list, pre:ImagePreprocessor) -> tuple[int, int, int]:
 # %% ../nbs/02d_loaders.ipynb #043b76be
 def _image_bundle(schema, version, dirs, config, store) -> DataBundle:
     pre = ImagePreprocessor.from_config(schema, config.data.transforms)
+    on_bad = config.data.on_bad_sample
     if config.data.shards:
-        tensors = _shard_tensors(DataLayout(config.data.data_dir), schema, pre, version, store)
-        placement = data_placement(config.data, {s: t["images"].numel() * 4 for s, t in tensors.items()})
+        layout = DataLayout(config.data.data_dir)
+        shards = shard_datasets(layout, schema)
+        shape = _shard_shape(shards["train"], pre)
+        placement = data_placement(config.data, {s: len(ds) * math.prod(shape) * 4 for s, ds in shards.items()})
         if placement["streamed"]:
-            raise NotBuiltError(f"streaming from shards is not built yet ({placement['reason']})", "data.shards",
-                                "set data.in_memory: true (the shards are read into memory) or data.shards: false (the class folders stream)")
-        return _memory_image_bundle(schema, version, tensors, pre, placement)
+            datasets = {s: StreamedShards(ds, pre, shape, on_bad_sample=on_bad) for s, ds in shards.items()}
+            return _streamed_image_bundle(schema, version, datasets, config, pre, shape, placement)
+        return _memory_image_bundle(schema, version, _shard_tensors(layout, shards, pre, version, store), pre, placement)
     files = {s: image_files(d, schema["classes"]) for s, d in dirs.items()}
     shape = _image_shape(files["train"], pre)
     # held in memory, a split is normalized float32: 4 bytes a value
     placement = data_placement(config.data, {s: len(f) * math.prod(shape) * 4 for s, f in files.items()})
-    if placement["streamed"]: return _streamed_image_bundle(schema, version, dirs, files, config, pre, shape, placement)
+    if placement["streamed"]:
+        datasets = {s: StreamedImages(dirs[s], f, pre, shape, on_bad_sample=on_bad) for s, f in files.items()}
+        return _streamed_image_bundle(schema, version, datasets, config, pre, shape, placement)
     tensors = {s: _cached(store, {"v": version, "t": pre.cache_key, "split": s, "fp": split_fingerprint(d), "kind": "image"},
                           lambda d=d: read_image_split(d, schema["classes"], pre)) for s, d in dirs.items()}
     return _memory_image_bundle(schema, version, tensors, pre, placement)
@@ -311,7 +321,9 @@ class StreamedImages(Dataset):
 
     def decode(self, i:int) -> torch.Tensor:
         "Sample `i` as uint8 (C, H, W) after `pre.prepare`; `DataError` naming the file when it can't be."
-        x = self.pre.prepare(decode_image_file(self.path(i), self.pre.channels))[0]
+        return self._checked(self.pre.prepare(decode_image_file(self.path(i), self.pre.channels))[0], i)
+
+    def _checked(self, x:torch.Tensor, i:int) -> torch.Tensor:
         if tuple(x.shape) != self.shape:
             raise DataError(f"image is {tuple(x.shape)} (C, H, W), the split's are {self.shape}", str(self.path(i)),
                             "set data.transforms.resize: [height, width]", exit_code=EXIT_USAGE)
@@ -323,6 +335,7 @@ class StreamedImages(Dataset):
         for j in (k % n for k in range(i, i + n)):
             if self.bad[j]: continue
             try: return self.decode(j), j
+            except ShardError: raise  # a damaged or missing shard is not a bad sample: skipping it would hide lost data
             except DataError as e:
                 self.bad[j] = True
                 if self.on_bad_sample == "error":
@@ -360,10 +373,33 @@ def fit_streamed(pre:ImagePreprocessor, ds:StreamedImages, seed:int=0, max_sampl
     finally: bar.close()
     return pre
 
+# %% ../nbs/02d_loaders.ipynb #70f1b707
+def shard_labels(shards) -> torch.Tensor:
+    "Every label of a split's shards from their manifest's class counts (the samples are in class order), without reading a shard."
+    counts = shards.manifest.get("class_counts")
+    if counts is None or sum(counts) != len(shards):
+        raise DataError("these shards do not list their class counts (written by an older `tp prepare --shards`)", str(shards.folder),
+                        "write them again: tp prepare ... --shards", exit_code=EXIT_USAGE)
+    return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64))
+
+class StreamedShards(StreamedImages):
+    """A split's shards, streamed: each sample is read from its shard (its CRC-32 checked), decoded, resized, augmented and
+    normalized in the process that asks for it, exactly as `StreamedImages` does with the class folders they were written
+    from. A missing or damaged shard is a `ShardError` (exit 2) whatever `on_bad_sample` says."""
+    def __init__(self, shards, pre:ImagePreprocessor, shape:tuple, augment:Callable|None=None, on_bad_sample:str="error"):
+        self.shards, self.root, self.pre, self.shape = shards, shards.folder, pre, tuple(shape)
+        self.augment, self.on_bad_sample = augment, on_bad_sample
+        self.y = shard_labels(shards)
+        self.bad = torch.zeros(len(self.y), dtype=torch.bool).share_memory_()
+
+    def path(self, i:int) -> str: return f"{self.shards.shard_of(i)}, sample {i}"
+
+    def decode(self, i:int) -> torch.Tensor:
+        return self._checked(self.pre.prepare(image_tensor(self.shards[i][0], self.pre.channels))[0], i)
+
 # %% ../nbs/02d_loaders.ipynb #46e2e207
-def _streamed_image_bundle(schema, version, dirs, files, config, pre, shape, placement) -> DataBundle:
-    "Per-sample decoding of every split; normalization fitted on (a seeded sample of) train."
-    datasets = {s: StreamedImages(dirs[s], f, pre, shape, on_bad_sample=config.data.on_bad_sample) for s, f in files.items()}
+def _streamed_image_bundle(schema, version, datasets:dict, config, pre, shape, placement) -> DataBundle:
+    "Per-sample decoding of every split (`StreamedImages` or `StreamedShards`); normalization fitted on (a seeded sample of) train."
     fit_streamed(pre, datasets["train"], seed=config.seed)
     datasets["train"].augment = pre.augment
     return DataBundle("image", schema["classes"], datasets, pre, version, shape, schema, placement=placement)

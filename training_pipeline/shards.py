@@ -101,6 +101,7 @@ def write_shards(data_dir:str|Path, # A prepared data dir (`tp prepare`)
             atomic_write_json(tmp/split/MANIFEST, {
                 "manifest_version": MANIFEST_VERSION, "library": SHARD_LIBRARY, "library_version": require_litdata().__version__,
                 "dataset_version": version, "split": split, "kind": "image", "samples": len(files), "classes": classes,
+                "class_counts": np.bincount([y for _, y in files], minlength=len(classes)).tolist(),  # the labels, in order
                 "sample": {"png": "the processed PNG file's bytes (1-D uint8)", "label": "class index into classes",
                            "crc32": "zlib.crc32 of the label (8 bytes, little-endian) then the PNG bytes"},
                 "data_format": SAMPLE_FORMAT, "order": "classes in order, then sorted file paths", "files": written})
