@@ -1,6 +1,6 @@
 """Profiling end to end: step timing in every run's metrics, `tp train --profile` artifacts and traces,
-`tp tune-loader` on the digits config (in memory: no workers, loading not the bottleneck) with --apply, and on a
-streamed split (its decoding timed)."""
+`tp tune-loader` on the digits config (in memory: no workers, loading not the bottleneck, also when the settings train
+with the model's step) with --apply, and on a streamed split (its decoding timed)."""
 import json
 
 import yaml
@@ -33,6 +33,7 @@ def test_tune_loader_on_in_memory_digits(tmp_path, prepared):
     r = run_tp("tune-loader", "--config", cfg, "--budget-s", "6", "--apply", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "loading is not the bottleneck" in r.stdout and "'num_workers': 0" in r.stdout
+    assert "with the model step" in r.stdout and "workers 0, batch 64, " in r.stdout.split("with the model step")[1]  # trained too
     tuned = yaml.safe_load((tmp_path / "digits.tuned.yaml").read_text())
     assert tuned["data"]["num_workers"] == 0 and tuned["model"] == raw["model"]
     assert (tmp_path / "digits.tune-loader.html").exists()

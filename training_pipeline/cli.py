@@ -334,13 +334,13 @@ def cmd_tune(args) -> int:
 def cmd_tune_loader(args) -> int:
     "Benchmark DataLoader settings for a config's training data; print the table and the recommendation."
     from training_pipeline.config import load_config
-    from training_pipeline.profiling import apply_recommendation, tune_config, tune_report_html
+    from training_pipeline.profiling import apply_recommendation, recommendation_text, tune_config, tune_report_html
     config = load_config(args.config)
     r = tune_config(config, args.budget_s)
     print(r.table())
     print("stages per batch: " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in r.stages.items()))
     print(r.bottleneck)
-    print(f"recommendation: {r.recommendation} ({r.speedup:.2f}x the current setting)")
+    print(f"recommendation: {recommendation_text(r)}")
     print(f"report: {tune_report_html(r, Path(Path(args.config).stem + '.tune-loader.html'))}")
     if args.apply: print(f"written: {apply_recommendation(args.config, r)}")
     return EXIT_OK

@@ -373,7 +373,7 @@ def fit_streamed(pre:ImagePreprocessor, ds:StreamedImages, seed:int=0, max_sampl
     finally: bar.close()
     return pre
 
-# %% ../nbs/02d_loaders.ipynb #70f1b707
+# %% ../nbs/02d_loaders.ipynb #799cbe29
 def shard_labels(shards) -> torch.Tensor:
     "Every label of a split's shards from their manifest's class counts (the samples are in class order), without reading a shard."
     counts = shards.manifest.get("class_counts")

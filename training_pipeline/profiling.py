@@ -19,8 +19,10 @@ from .loaders import StreamedImages
 from .sampling import collate_batches
 
 # %% auto #0
-__all__ = ['PHASES', 'StepTimer', 'ProfilerCallback', 'ImageFolderStream', 'Trial', 'time_loader', 'stage_times', 'TuneResult',
-           'tune_loader', 'tune_config', 'apply_recommendation', 'offline_page', 'tune_report_html']
+__all__ = ['PHASES', 'WORTH_WORKERS', 'StepTimer', 'ProfilerCallback', 'ImageFolderStream', 'Trial', 'trial_loader',
+           'time_loader', 'stage_times', 'TrainingTrial', 'time_training', 'TuneResult', 'training_candidates',
+           'tune_loader', 'tune_config', 'apply_recommendation', 'offline_page', 'tune_report_html',
+           'recommendation_text']
 
 # %% ../nbs/13_profiling.ipynb #571792f7
 PHASES = ("data", "h2d", "forward", "backward", "optimizer")
@@ -145,13 +147,16 @@ class Trial:
         extra = f", prefetch {self.prefetch_factor}" if self.num_workers else ""
         return f"workers {self.num_workers}, batch {self.batch_size}{extra}" + (", pinned" if self.pin_memory else "")
 
+def trial_loader(dataset, trial:Trial):
+    "The shuffled DataLoader a trial measures."
+    from torch.utils.data import DataLoader
+    kw = {"persistent_workers": trial.persistent_workers, "prefetch_factor": trial.prefetch_factor} if trial.num_workers else {}
+    return DataLoader(dataset, batch_size=trial.batch_size, shuffle=True, num_workers=trial.num_workers, pin_memory=trial.pin_memory,
+                      collate_fn=collate_batches, generator=torch.Generator().manual_seed(0), **kw)
+
 def time_loader(dataset, trial:Trial, budget_s:float, max_batches:int=60) -> Trial:
     "Samples per second of a DataLoader setting (after its first batch, which pays the worker start-up)."
-    from torch.utils.data import DataLoader
-    from training_pipeline.sampling import collate_batches
-    kw = {"persistent_workers": trial.persistent_workers, "prefetch_factor": trial.prefetch_factor} if trial.num_workers else {}
-    dl = DataLoader(dataset, batch_size=trial.batch_size, shuffle=True, num_workers=trial.num_workers, pin_memory=trial.pin_memory,
-                    collate_fn=collate_batches, generator=torch.Generator().manual_seed(0), **kw)
+    dl = trial_loader(dataset, trial)
     rates, first = [], None
     for _ in range(3):  # the best of 3 windows: one hiccup of a busy machine must not decide the recommendation
         t0 = time.perf_counter(); it = iter(dl); next(it); t1 = time.perf_counter()
@@ -193,7 +198,42 @@ def stage_times(dataset, batch_size:int, model_step=None, device:str="cpu") -> d
         t = time.perf_counter(); model_step(xb); stages["model_step"] = time.perf_counter() - t
     return {k: round(v, 6) for k, v in stages.items()}
 
+# %% ../nbs/13_profiling.ipynb #0fadad64
+@dataclass
+class TrainingTrial:
+    "A loader setting feeding the model's step, with `threads` torch threads in the training process."
+    loader: Trial
+    threads: int
+    samples_per_s: float = 0.0
+    wait_share: float = 0.0
+
+    @property
+    def label(self) -> str: return f"{self.loader.label}, {self.threads} torch thread{'s' if self.threads > 1 else ''}"
+
+def time_training(dataset, trial:Trial, model_step, threads:int, budget_s:float, max_batches:int=60) -> TrainingTrial:
+    """Samples per second of `model_step` fed by the loader setting `trial` with `threads` torch threads: loading and the step
+    compete for the CPU as they do in training, so worker processes that slow the step down show here, not only their speed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        it = iter(trial_loader(dataset, trial))
+        model_step(next(it)[0])  # worker start-up and the step's warm-up are not measured
+        n, wait, t0 = 0, 0.0, time.perf_counter()
+        for i in range(max_batches):
+            t = time.perf_counter()
+            try: xb, _ = next(it)
+            except StopIteration: break
+            wait += time.perf_counter() - t
+            model_step(xb); n += len(xb)
+            if time.perf_counter() - t0 > budget_s: break
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        del it
+    finally: torch.set_num_threads(before)
+    return TrainingTrial(trial, threads, round(n / elapsed, 1), round(wait / elapsed, 4))
+
 # %% ../nbs/13_profiling.ipynb #c47a74b3
+WORTH_WORKERS = 1.05  # a worker setting must train 5% faster than none, and the loader must have kept the step waiting 5% of the time
+
 @dataclass
 class TuneResult:
     trials: list
@@ -202,20 +242,47 @@ class TuneResult:
     stages: dict
     bottleneck: str
     recommendation: dict = field(default_factory=dict)
+    training: list = field(default_factory=list)  # TrainingTrial: the loader and the model's step together
+    threads: int|None = None  # torch threads to train with, when fewer than the default train faster beside the workers
 
     @property
     def speedup(self) -> float: return self.best.samples_per_s / max(self.current.samples_per_s, 1e-9)
 
+    @property
+    def chosen(self) -> TrainingTrial|None:
+        return next((t for t in self.training if t.loader is self.best and t.threads == (self.threads or self.training[0].threads)), None)
+
+    @property
+    def training_speedup(self) -> float|None:
+        "Training samples/s with the recommendation over training without workers."
+        return self.chosen.samples_per_s / max(self.training[0].samples_per_s, 1e-9) if self.chosen else None
+
     def table(self) -> str:
-        lines = [f"  {'setting':42s}{'samples/s':>12s}{'first batch':>13s}"]
+        lines = [f"  {'loader alone':52s}{'samples/s':>12s}{'first batch':>13s}"]
         for t in sorted(self.trials, key=lambda t: -t.samples_per_s):
             mark = "  <- recommended" if t is self.best else ("  (current)" if t is self.current else "")
-            lines.append(f"  {t.label:42s}{t.samples_per_s:>12.1f}{t.first_batch_s:>12.3f}s{mark}")
+            lines.append(f"  {t.label:52s}{t.samples_per_s:>12.1f}{t.first_batch_s:>12.3f}s{mark}")
+        if self.training:
+            lines.append(f"  {'with the model step':52s}{'samples/s':>12s}{'data wait':>13s}")
+            for t in sorted(self.training, key=lambda t: -t.samples_per_s):
+                lines.append(f"  {t.label:52s}{t.samples_per_s:>12.1f}{100 * t.wait_share:>12.1f}%" + ("  <- recommended" if t is self.chosen else ""))
         return "\n".join(lines)
+
+def training_candidates(trials:list, threads:int) -> list:
+    "(loader trial, torch threads) pairs worth timing with the step: none; the two fastest worker counts, with all threads and with one per worker fewer."
+    by_workers = {}
+    for t in sorted(trials, key=lambda t: -t.samples_per_s):
+        if t.num_workers: by_workers.setdefault(t.num_workers, t)
+    pairs = [(next(t for t in trials if t.num_workers == 0), threads)]
+    for t in sorted(by_workers.values(), key=lambda t: -t.samples_per_s)[:2]:
+        pairs += [(t, n) for n in dict.fromkeys((threads, max(1, threads - t.num_workers)))]
+    return pairs
 
 def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None, budget_s:float=TUNE_BUDGET_S,
                 max_workers:int|None=None, device:str="cpu") -> TuneResult:
-    "Benchmark DataLoader settings on `dataset`; recommend the fastest, or no workers when loading is not the bottleneck."
+    """Benchmark DataLoader settings on `dataset` and recommend one. With the model's step, the candidates also train together
+    with it (sharing the CPU as in training): workers are recommended only when they make training faster, and among settings
+    that train equally fast (within 5%), the one with the fastest loader."""
     cores = max_workers if max_workers is not None else (os.cpu_count() or 1)
     current = current or {"num_workers": 0}
     pin = device.startswith("cuda")
@@ -225,25 +292,40 @@ def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None
     cur = Trial(current.get("num_workers", 0), batch_size, pin, bool(current.get("persistent_workers")) and current.get("num_workers", 0) > 0,
                 current.get("prefetch_factor") if current.get("num_workers", 0) else None)
     if not any((t.num_workers, t.prefetch_factor) == (cur.num_workers, cur.prefetch_factor) for t in candidates): candidates.append(cur)
-    share = budget_s / len(candidates)
-    trials = [time_loader(dataset, t, share) for t in candidates]
+    loader_budget = budget_s / 2 if model_step else budget_s
+    trials = [time_loader(dataset, t, loader_budget / len(candidates)) for t in candidates]
     current_trial = next(t for t in trials if (t.num_workers, t.prefetch_factor) == (cur.num_workers, cur.prefetch_factor))
     stages = stage_times(dataset, batch_size, model_step, device)
-    fastest = max(trials, key=lambda t: t.samples_per_s)
     no_workers = next(t for t in trials if t.num_workers == 0)
-    model_rate = batch_size / stages["model_step"] if stages.get("model_step") else None
-    if model_rate and no_workers.samples_per_s > 3 * model_rate:
-        best, bottleneck = no_workers, (f"loading is not the bottleneck: without workers the loader delivers {no_workers.samples_per_s:.0f} "
-                                        f"samples/s, the model consumes {model_rate:.0f}/s")
+    slowest = max((k for k in stages if k != "model_step"), key=stages.get)
+    training, threads = [], None
+    if model_step is None:
+        fastest = max(trials, key=lambda t: t.samples_per_s)
+        best = fastest if fastest.samples_per_s > 1.1 * no_workers.samples_per_s else no_workers  # worth its processes
+        bottleneck = f"loading limits the step: {slowest} takes {stages[slowest] * 1000:.1f} ms per batch"
     else:
-        # a worker setting must beat no workers by 10% to be worth its processes
-        best = fastest if fastest.samples_per_s > 1.1 * no_workers.samples_per_s else no_workers
-        slowest = max((k for k in stages if k != "model_step"), key=stages.get)
-        bottleneck = f"loading limits the step: {slowest} takes {stages[slowest] * 1000:.1f} ms per batch" + \
-                     (f" (the model step {stages['model_step'] * 1000:.1f} ms)" if stages.get("model_step") else "")
+        pairs = training_candidates(trials, torch.get_num_threads())
+        training = [time_training(dataset, t, model_step, n, budget_s / 2 / len(pairs)) for t, n in pairs]
+        alone, fastest = training[0], max(training, key=lambda t: t.samples_per_s)
+        if alone.wait_share >= WORTH_WORKERS - 1 and fastest.samples_per_s > WORTH_WORKERS * alone.samples_per_s:
+            # settings that train within the noise of the fastest are a tie: the one whose loader has the most headroom wins it,
+            # as a real epoch meets slower samples than a few seconds of trial (cold storage, larger images, augmentation)
+            tied = [t for t in training if t.samples_per_s * WORTH_WORKERS >= fastest.samples_per_s]
+            pick = max(tied, key=lambda t: (t.loader.samples_per_s, t.samples_per_s))
+            best, threads = pick.loader, (pick.threads if pick.threads != alone.threads else None)
+            bottleneck = (f"loading limits the step: without workers training waits for data {100 * alone.wait_share:.0f}% of the time "
+                          f"({slowest} takes {stages[slowest] * 1000:.1f} ms per batch, the model step {stages['model_step'] * 1000:.1f} ms); "
+                          f"{pick.label} train {pick.samples_per_s / alone.samples_per_s:.2f}x faster")
+        else:
+            best = no_workers
+            bottleneck = (f"loading is not the bottleneck: without workers training runs at {alone.samples_per_s:.0f} samples/s, waiting for "
+                          f"data {100 * alone.wait_share:.1f}% of the time; the best worker setting trains at {fastest.samples_per_s:.0f}/s"
+                          if fastest is not alone else
+                          f"loading is not the bottleneck: without workers training runs at {alone.samples_per_s:.0f} samples/s, faster than "
+                          f"with any worker setting")
     rec = {"num_workers": best.num_workers, "persistent_workers": best.persistent_workers, "pin_memory": best.pin_memory}
     if best.num_workers: rec["prefetch_factor"] = best.prefetch_factor
-    return TuneResult(trials, current_trial, best, stages, bottleneck, rec)
+    return TuneResult(trials, current_trial, best, stages, bottleneck, rec, training, threads)
 
 # %% ../nbs/13_profiling.ipynb #787028af
 def tune_config(config, budget_s:float=TUNE_BUDGET_S) -> TuneResult:
@@ -255,19 +337,24 @@ def tune_config(config, budget_s:float=TUNE_BUDGET_S) -> TuneResult:
     opt = torch.optim.SGD(model.parameters(), 1e-3)
     ds, n = data.datasets["train"], min(config.training.batch_size, len(data.datasets["train"]))
     _, y = collate_batches(ds.__getitems__(list(range(n))) if hasattr(ds, "__getitems__") else [ds[i] for i in range(n)])
+    device = "cuda" if torch.cuda.is_available() and not config.resources.cpu else "cpu"
+    model, y = model.to(device), y.to(device)
     def step(xb):
-        l = loss(model(xb), y[:len(xb)]); l.backward(); opt.step(); opt.zero_grad()
+        l = loss(model(xb.to(device, non_blocking=True)), y[:len(xb)]); l.backward(); opt.step(); opt.zero_grad()
     d = config.data
     current = {"num_workers": d.num_workers, "persistent_workers": d.persistent_workers, "prefetch_factor": d.prefetch_factor}
-    device = "cuda" if torch.cuda.is_available() and not config.resources.cpu else "cpu"
-    return tune_loader(data.datasets["train"], config.training.batch_size, current, step, budget_s, device=device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.resources.num_threads or threads)  # the count training would use is the default to beat
+    try: return tune_loader(data.datasets["train"], config.training.batch_size, current, step, budget_s, device=device)
+    finally: torch.set_num_threads(threads)
 
 def apply_recommendation(config_path:str|Path, result:TuneResult, out:str|Path|None=None) -> Path:
-    "A copy of the config file with the recommended data.* values (comments are not kept)."
+    "A copy of the config file with the recommended data.* values, and resources.num_threads when fewer threads train faster (comments are not kept)."
     from training_pipeline.config import write_config_copy
     config_path = Path(config_path)
     out = Path(out) if out else config_path.with_name(f"{config_path.stem}.tuned.yaml")
-    return write_config_copy(config_path, {f"data.{k}": v for k, v in result.recommendation.items()}, out,
+    values = {f"data.{k}": v for k, v in result.recommendation.items()} | ({"resources.num_threads": result.threads} if result.threads else {})
+    return write_config_copy(config_path, values, out,
                              f"{config_path.name} with `tp tune-loader` recommendations ({result.speedup:.2f}x)")
 
 def offline_page(title:str, body:str) -> str:
@@ -285,7 +372,17 @@ def tune_report_html(result:TuneResult, out:str|Path) -> Path:
                            marker_color=["#2ca02c" if t is result.best else "#1f77b4" for t in trials]))
     fig.update_layout(xaxis_title="samples / s", height=120 + 28 * len(trials), margin=dict(l=260, t=30), yaxis_autorange="reversed")
     stages = "".join(f"<tr><td>{k}</td><td>{v * 1000:.2f} ms</td></tr>" for k, v in result.stages.items())
+    training = "".join(f"<tr><td>{html_lib.escape(t.label)}{' (recommended)' if t is result.chosen else ''}</td><td>{t.samples_per_s:.1f}</td>"
+                       f"<td>{100 * t.wait_share:.1f}%</td></tr>" for t in sorted(result.training, key=lambda t: -t.samples_per_s))
     return atomic_write(out, offline_page("DataLoader tuning",
-        f"<p><b>Recommendation:</b> {html_lib.escape(json.dumps(result.recommendation))} ({result.speedup:.2f}x the current setting)</p>"
-        f"<p>{html_lib.escape(result.bottleneck)}</p>{fig.to_html(full_html=False, include_plotlyjs=True)}"
+        f"<p><b>Recommendation:</b> {html_lib.escape(recommendation_text(result))}</p>"
+        f"<p>{html_lib.escape(result.bottleneck)}</p><h2>The loader alone</h2>{fig.to_html(full_html=False, include_plotlyjs=True)}"
+        + (f"<h2>Training with the model's step</h2><table border=1 cellpadding=4><tr><th>setting</th><th>samples/s</th>"
+           f"<th>waiting for data</th></tr>{training}</table>" if training else "") +
         f"<h2>Seconds per batch, by stage</h2><table border=1 cellpadding=4>{stages}</table>"))
+
+def recommendation_text(result:TuneResult) -> str:
+    "The recommended settings and what they gain, in one line."
+    threads = f", resources.num_threads={result.threads}" if result.threads else ""
+    trains = f"; training {result.training_speedup:.2f}x the speed without workers" if result.training_speedup and result.best.num_workers else ""
+    return f"{result.recommendation}{threads} ({result.speedup:.2f}x the current loader setting{trains})"
