@@ -5,8 +5,9 @@ Makes N synthetic 32x32 RGB PNGs (10 classes) for each size, `tp prepare --sourc
 RSS of the main process and the sum over its process tree (psutil; pages shared with the workers are counted in each).
 On the smallest size it also trains in memory (no workers: its best setting) and streamed without workers, for samples/s
 (train samples / the epoch's seconds as `tp train` prints them). Data goes to benchmarks/results/ (git-ignored).
+With --shards the data is also written as shards (`tp prepare --shards`) and streamed from them (`data.shards=true`).
 Goal: streamed peak at the largest size <= 1.25 x at the smallest (main process and tree); in memory the fastest.
-Run: .venv/bin/python benchmarks/streaming_memory.py [--sizes 2000 20000]"""
+Run: .venv/bin/python benchmarks/streaming_memory.py [--sizes 2000 20000] [--shards]"""
 import argparse
 import re
 import shutil
@@ -26,13 +27,13 @@ CONFIG = REPO / "config" / "test.yaml"
 MIB = 2**20
 
 
-def make_pngs(root: Path, n: int, seed: int = 0):
-    "n 32x32 RGB PNGs in 10 class folders: a class-dependent colour ramp plus noise (learnable, photo-like compression)."
+def make_pngs(root: Path, n: int, seed: int = 0, size: int = 32):
+    "n size x size RGB PNGs in 10 class folders: a class-dependent colour ramp plus noise (learnable, photo-like compression)."
     rng = np.random.default_rng(seed)
-    ramp = np.add.outer(np.arange(32), np.arange(32))[..., None]
+    ramp = np.add.outer(np.arange(size), np.arange(size))[..., None]
     for i in range(n):
         label = i % 10
-        px = (ramp * (label + 1) % 256 + rng.integers(0, 40, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+        px = (ramp * (label + 1) % 256 + rng.integers(0, 40, (size, size, 3))).clip(0, 255).astype(np.uint8)
         d = root / f"class_{label}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(px, "RGB").save(d / f"{i:06d}.png")
@@ -71,6 +72,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "streaming_memory")
+    ap.add_argument("--shards", action="store_true", help="also stream the same images from shards")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     rows, results = [], {}
@@ -78,12 +80,13 @@ def main():
         base = args.out / f"n{n}"
         t0 = time.perf_counter(); make_pngs(base / "source", n); made = time.perf_counter() - t0
         t0 = time.perf_counter()
-        subprocess.run([str(TP), "prepare", "--source", str(base / "source"), "--data-dir", str(base / "data")], check=True,
-                       capture_output=True, text=True)
+        subprocess.run([str(TP), "prepare", "--source", str(base / "source"), "--data-dir", str(base / "data"),
+                        *(["--shards"] if args.shards else [])], check=True, capture_output=True, text=True)
         prepared = time.perf_counter() - t0
         train_n = sum(1 for _ in (base / "data" / "processed" / "train").rglob("*.png"))
         print(f"{n} images: written in {made:.1f} s, prepared in {prepared:.1f} s ({train_n} train)", flush=True)
         runs = [("streamed, 2 workers", ("data.in_memory=false", "data.num_workers=2"))]
+        if args.shards: runs += [("shards streamed, 2 workers", ("data.in_memory=false", "data.num_workers=2", "data.shards=true"))]
         if n == min(args.sizes):
             runs += [("in memory, no workers", ("data.in_memory=true", "data.num_workers=0")),
                      ("streamed, no workers", ("data.in_memory=false", "data.num_workers=0"))]
@@ -101,6 +104,9 @@ def main():
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     mem, stream = results[(small, "in memory, no workers")], s
+    if args.shards:
+        ss, sl = results[(small, "shards streamed, 2 workers")], results[(large, "shards streamed, 2 workers")]
+        print(f"shards_main_ratio={sl['main_mib'] / ss['main_mib']:.3f} shards_tree_ratio={sl['tree_mib'] / ss['tree_mib']:.3f}")
     print(f"main_ratio={l['main_mib'] / s['main_mib']:.3f} tree_ratio={l['tree_mib'] / s['tree_mib']:.3f} "
           f"in_memory_samples_s={mem['samples_s']:.0f} streamed_samples_s={stream['samples_s']:.0f} "
           f"streamed_no_workers_samples_s={results[(small, 'streamed, no workers')]['samples_s']:.0f}")
