@@ -553,15 +553,11 @@ def _prefixes(key:str) -> list[str]:
 @patch
 def check_paths(self:Config) -> list[ConfigError]:
     "Problems with data directories, which must exist before training (not before checking)."
-    problems = []
     own_data = is_import_path(self.data.dataset)  # the user's dataset function: no prepared split folders to find
-    if self.data.shards and not own_data:  # the shards alone are enough (`<data_dir>/shards/<split>`, 02ca_shards)
-        for split in ("train", "val"):
-            if not (path := Path(self.data.data_dir)/"shards"/split).is_dir():
-                problems.append(ConfigError(f"shards not found: {path}", "data.shards",
-                    f"run `tp prepare --data-dir {self.data.data_dir} --shards` first, or set data.shards: false"))
-        own_data = True
-    for split, path in () if own_data else self.data.split_dirs().items():
+    shards = self.data.shards and not own_data  # the shards alone are enough: `<data_dir>/shards/<split>` (02ca_shards)
+    problems = [ConfigError(f"shards not found: {p}", "data.shards", f"run `tp prepare --data-dir {self.data.data_dir} --shards` first, "
+                            "or set data.shards: false") for p in (Path(self.data.data_dir)/"shards"/s for s in ("train", "val")) if shards and not p.is_dir()]
+    for split, path in () if own_data or shards else self.data.split_dirs().items():
         key = f"data.{split}_dir"
         if path.is_dir(): continue
         if getattr(self.data, f"{split}_dir") is None:
