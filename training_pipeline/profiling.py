@@ -318,11 +318,10 @@ def tune_loader(dataset, batch_size:int, current:dict|None=None, model_step=None
                           f"{pick.label} train {pick.samples_per_s / alone.samples_per_s:.2f}x faster")
         else:
             best = no_workers
-            bottleneck = (f"loading is not the bottleneck: without workers training runs at {alone.samples_per_s:.0f} samples/s, waiting for "
-                          f"data {100 * alone.wait_share:.1f}% of the time; the best worker setting trains at {fastest.samples_per_s:.0f}/s"
-                          if fastest is not alone else
-                          f"loading is not the bottleneck: without workers training runs at {alone.samples_per_s:.0f} samples/s, faster than "
-                          f"with any worker setting")
+            bottleneck = (("loading is not the bottleneck" if alone.wait_share < WORTH_WORKERS - 1 else
+                           "workers would not make training faster (they and the step share the CPU)") +
+                          f": without workers training runs at {alone.samples_per_s:.0f} samples/s, waiting for data {100 * alone.wait_share:.1f}% "
+                          "of the time" + (f"; the best worker setting trains at {max(t.samples_per_s for t in training[1:]):.0f}/s" if training[1:] else ""))
     rec = {"num_workers": best.num_workers, "persistent_workers": best.persistent_workers, "pin_memory": best.pin_memory}
     if best.num_workers: rec["prefetch_factor"] = best.prefetch_factor
     return TuneResult(trials, current_trial, best, stages, bottleneck, rec, training, threads)
