@@ -130,3 +130,18 @@ def test_a_two_process_run_resumed_on_one_process_sees_every_sample_once(tmp_pat
     assert run["status"] == "completed"
     steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if json.loads(l)["split"] == "train"]
     assert len(steps) == len(set(steps)), "a step was logged twice"
+
+
+def test_a_run_resumes_with_another_torch_thread_count(tmp_path, prepared):
+    "resources.num_threads (which `tp tune-loader` may recommend beside workers) may change on resume: the same run goes on, and says so."
+    killed = train(tmp_path, prepared("digits"), 0, env={"TP_FAULT": "train:kill@35"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), *AUGMENTED, *WORKERS[2],
+                     "resources.num_threads=1", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resources.num_threads None -> 1" in resumed.stdout + resumed.stderr, resumed.stdout
+    run_dir = completed_run(tmp_path)  # the one run, continued
+    events = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
+    resumed_events = [e for e in events if e["event"] == "resumed"]
+    assert len(resumed_events) == 1 and resumed_events[0]["changed"]["resources.num_threads"] == [None, 1], resumed_events
+    assert json.loads((run_dir / "run.json").read_text())["resumable_settings"]["resources.num_threads"] == 1

@@ -14,12 +14,12 @@ from .callback.core import raised_by_callback
 from .checkpoint import latest_good_checkpoint, verify_checkpoint
 from .core import RUN_ENDED_OK, CheckpointError, PipelineError, UsageError
 from .models import is_pickle_file
-from .schema import Config
+from .schema import RESUMABLE_CHANGES, Config
 from .tracking import RunBusyError, RunLock, run_dirs, run_is_alive
 
 # %% auto #0
-__all__ = ['TRANSIENT_PATTERNS', 'ResumePlan', 'find_unfinished_run', 'find_live_run', 'plan_resume', 'TransientError',
-           'is_transient']
+__all__ = ['TRANSIENT_PATTERNS', 'ResumePlan', 'find_unfinished_run', 'find_live_run', 'resumes_with', 'plan_resume',
+           'TransientError', 'is_transient']
 
 # %% ../nbs/09a_resume.ipynb #3ca3b13c
 @dataclass
@@ -51,7 +51,13 @@ def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
 def find_live_run(runs_dir:str|Path, config:Config) -> Path|None:
     "The newest run of the config's experiment that a live process is training with this config (same resume hash)."
     return next((run for run, meta in _runs_newest_first(runs_dir, config.experiment.name)
-                 if meta.get("status") == "running" and meta.get("resume_hash") == config.resume_hash and run_is_alive(meta)), None)
+                 if meta.get("status") == "running" and resumes_with(meta, config) and run_is_alive(meta)), None)
+
+def resumes_with(meta:dict, config:Config) -> bool:
+    """Whether the run of `meta` (its run.json) may continue with `config`: the same resume hash, leaving out the settings the run
+    recorded as resumable (a run from an older version knew fewer, and its hash still holds the others)."""
+    if "resume_hash" not in meta: return meta.get("config_hash") == config.hash
+    return meta["resume_hash"] == config.resume_hash_without(meta.get("resumable_settings") or RESUMABLE_CHANGES)
 
 # %% ../nbs/09a_resume.ipynb #d07cac8a
 def _checkpoint_of(path:Path, fallbacks:list) -> Path:
@@ -95,8 +101,7 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
                                "wait for it to end, or start a new run with --resume never")
         return ResumePlan("fresh")
     meta = json.loads((run/"run.json").read_text())
-    same = meta.get("resume_hash") == config.resume_hash if "resume_hash" in meta else meta.get("config_hash") == config.hash
-    if not same:
+    if not resumes_with(meta, config):
         return ResumePlan("fresh", note=f"the unfinished run {meta['id']} has another config: starting a new run "
                                         f"(`--resume {run}` continues that one)")
     before, now = meta.get("resumable_settings") or {}, config.resumable_settings()

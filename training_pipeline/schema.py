@@ -485,7 +485,7 @@ class ProfileConfig(Section):
 # the loader) and on how many processes and devices it runs (the sampler's position is global). Anything else starts a new run.
 RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefetch_factor", "data.pin_memory",
                      "distributed.enabled", "distributed.world_size", "distributed.num_nodes", "distributed.backend",
-                     "distributed.timeout_s", "resources.cpu", "resources.gpu_ids")
+                     "distributed.timeout_s", "resources.cpu", "resources.gpu_ids", "resources.num_threads")
 
 class Config(Section):
     "A validated training config: the seed's sections plus `seed`, `alerts`, `profile` and `storage`."
@@ -512,8 +512,7 @@ class Config(Section):
 
     def _hashed(self) -> dict:
         "What the hashes cover: not how storage is reached (endpoint, credentials), which may change between a run and its resume."
-        d = self.to_dict(); d.pop("storage")
-        return d
+        return {k: v for k, v in self.to_dict().items() if k != "storage"}
 
     def to_yaml(self) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
@@ -526,12 +525,13 @@ class Config(Section):
         "The values of `RESUMABLE_CHANGES`: how data is loaded and on how many processes, which a resume may change."
         return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in RESUMABLE_CHANGES}
 
-    @property
-    def resume_hash(self) -> str:
-        "Hash of the config without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume hash."
+    def resume_hash_without(self, keys=RESUMABLE_CHANGES) -> str:
+        "Hash of the config without `keys`: the settings a resume may change, or those an older run recorded as such."
         d = self._hashed()
-        for key in RESUMABLE_CHANGES: d[key.split(".")[0]].pop(key.split(".")[1], None)
+        for key in keys: d[key.split(".")[0]].pop(key.split(".")[1], None)
         return sha256_json(d)[:16]
+
+    resume_hash = property(resume_hash_without, doc="Hash without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume hash.")
 
     def save(self, path:str|Path) -> Path:
         "Write the resolved config atomically, with its hash in a header comment."

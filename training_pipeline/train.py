@@ -269,7 +269,7 @@ def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, ba
     atomic_write(store.metrics_path, "".join(json_line(r) for r in rows))  # what was logged after the checkpoint goes
     store.update(status="running", ended=None, error=None, error_kind=None, pid=os.getpid(), heartbeat=now(),
                  resumed_count=store.meta.get("resumed_count", 0) + 1, world_size=world, num_nodes=config.distributed.num_nodes,
-                 resumable_settings=config.resumable_settings())
+                 resumable_settings=config.resumable_settings(), resume_hash=config.resume_hash)  # as this version computes it
     return store
 
 # %% ../nbs/15_train.ipynb #ca86c7c5
