@@ -482,7 +482,7 @@ class ProfileConfig(Section):
 
 # %% ../nbs/01_schema.ipynb #ff0b3ff8
 # What a run may change when it is resumed: how its data is loaded (samples draw their randomness from their keys, not from
-# the loader) and on how many processes and devices it runs (the sampler's position is global). Anything else starts a new run.
+# the loader), on how many processes, devices and threads it runs (the sampler's position is global). Anything else starts a new run.
 RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefetch_factor", "data.pin_memory",
                      "distributed.enabled", "distributed.world_size", "distributed.num_nodes", "distributed.backend",
                      "distributed.timeout_s", "resources.cpu", "resources.gpu_ids", "resources.num_threads")
