@@ -134,10 +134,10 @@ def test_a_two_process_run_resumed_on_one_process_sees_every_sample_once(tmp_pat
 
 def test_a_run_resumes_with_another_torch_thread_count(tmp_path, prepared):
     "resources.num_threads (which `tp tune-loader` may recommend beside workers) may change on resume: the same run goes on, and says so."
-    killed = train(tmp_path, prepared("digits"), 0, env={"TP_FAULT": "train:kill@35"})
+    short = ["--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), "checkpointing.save_every_n_steps=7"]
+    killed = run_tp("train", *short, cwd=tmp_path, env={"TP_FAULT": "train:kill@7"}, timeout=300)  # right after its first checkpoint
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), *AUGMENTED, *WORKERS[2],
-                     "resources.num_threads=1", cwd=tmp_path, timeout=300)
+    resumed = run_tp("train", *short, *WORKERS[2], "resources.num_threads=1", cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resources.num_threads None -> 1" in resumed.stdout + resumed.stderr, resumed.stdout
     run_dir = completed_run(tmp_path)  # the one run, continued
