@@ -153,10 +153,14 @@ class RunLock:
         return cls._held.get(str(Path(run_dir).resolve())) if run_dir is not None else None
 
     @staticmethod
-    def holder(run_dir:Path) -> str:
+    def holder(run_dir:Path, wait_s:float=2.0) -> str:
         "Who holds the lock, as its file says ('another process' when it cannot be read)."
-        try: h = json.loads((Path(run_dir)/".lock").read_text())
-        except (OSError, ValueError): return "another process"
+        deadline = time.monotonic() + wait_s
+        while True:  # the holder writes who it is right after it locks: a reader between the two sees an empty file
+            try: h = json.loads((Path(run_dir)/".lock").read_text()); break
+            except (OSError, ValueError):
+                if time.monotonic() > deadline: return "another process"
+                time.sleep(0.02)
         return f"pid {h.get('pid')} on {h.get('host')} (since {h.get('since')})"
 
     def release(self):
