@@ -17,11 +17,6 @@ TP = Path(sys.executable).with_name("tp")
 CHECK_RUN_DIR = REPO.parent / "shared" / "tools" / "check_run_dir.py"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "serial: judged by wall-clock time, or uses a machine-wide service (Slurm): "
-                                       ".ci/test runs these alone, after the others ran two at a time")
-
-
 def run_tp(*args, cwd=None, env=None, timeout=600):
     "Run the installed `tp` script; return the CompletedProcess (text)."
     full_env = {k: v for k, v in os.environ.items() if k != "TP_DEBUG"}

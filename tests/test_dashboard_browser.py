@@ -19,9 +19,6 @@ import pytest
 
 from conftest import REPO, TP, data_overrides, free_port
 
-pytestmark = pytest.mark.serial  # JupyterLab and Chromium follow a live run with deadlines: run alone
-
-
 JUPYTER = Path(sys.executable).with_name("jupyter")
 TEMPLATE = REPO / "training_pipeline" / "notebooks" / "dashboard.ipynb"
 ARTIFACTS = REPO / "tests" / "artifacts"

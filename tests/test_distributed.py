@@ -67,7 +67,6 @@ def test_resume_a_two_process_run(tmp_path, prepared):
     assert len(keys) == len(set(keys))
 
 
-@pytest.mark.serial  # a deadline on wall-clock time: run alone
 def test_a_killed_rank_fails_the_job_fast(tmp_path, prepared):
     start = time.monotonic()
     r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), *EXTRA,
@@ -107,7 +106,6 @@ def test_torchrun_restarts_the_group_after_a_killed_rank_and_the_run_completes(t
     check_run_dir(run_dir)
 
 
-@pytest.mark.serial  # a deadline on wall-clock time: run alone
 def test_torchrun_without_restarts_fails_fast_with_one_clear_line(tmp_path, prepared):
     r, seconds = torchrun(tmp_path, prepared("digits"), max_restarts=0, fault="train:killrank1@20")
     assert r.returncode != 0 and seconds < 120
@@ -148,7 +146,6 @@ def test_a_strategy_that_cannot_run_here_fails_before_training(tmp_path, prepare
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.serial  # a deadline on wall-clock time: run alone
 def test_an_alert_rule_with_action_stop_stops_every_process_at_the_same_step(tmp_path, prepared):
     start = time.monotonic()
     r = run_tp("train", "--config", REPO / "config" / "test.yaml", *data_overrides(prepared("digits")), *EXTRA,
@@ -164,7 +161,6 @@ def test_an_alert_rule_with_action_stop_stops_every_process_at_the_same_step(tmp
     assert [e["reason"] for e in events if e["event"] == "checkpoint_saved"] == ["final"]
 
 
-@pytest.mark.serial  # a deadline on wall-clock time: run alone
 def test_sigterm_to_a_distributed_run_saves_stops_every_process_and_resumes(tmp_path, prepared):
     # the launcher passes SIGTERM on; the processes agree on the step (even one that falls on a checkpoint step)
     args = ["train", "--config", str(REPO / "config" / "test.yaml"), *data_overrides(prepared("digits")), *EXTRA,

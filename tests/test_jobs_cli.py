@@ -319,7 +319,6 @@ def slurm_state(cwd, jid, env):
     return job(cwd, jid)
 
 
-@pytest.mark.serial  # one Slurm and one munged for the machine: run alone
 def test_slurm_runs_a_one_node_job(tmp_path, prepared, slurm):
     jid = submit(tmp_path, prepared("digits"), "--backend", "slurm", "--time", "10:00", env=slurm)
     script = (tmp_path / "jobs" / "slurm" / f"{jid}.sbatch").read_text()
@@ -334,7 +333,6 @@ def test_slurm_runs_a_one_node_job(tmp_path, prepared, slurm):
     check_run_dir(j["run_dir"])
 
 
-@pytest.mark.serial  # one Slurm and one munged for the machine: run alone
 def test_tune_trials_run_as_slurm_jobs(tmp_path, prepared, slurm):
     r = run_tp("tune", "--config", CONFIG, "--param", "training.learning_rate=choice(0.003)", "--trials", "1", "--jobs", "--backend", "slurm",
                "--pruner", "none", *data_overrides(prepared("digits")), "logging.tensorboard.enabled=false", cwd=tmp_path, env=slurm, timeout=300)
@@ -346,7 +344,6 @@ def test_tune_trials_run_as_slurm_jobs(tmp_path, prepared, slurm):
     assert "study test: 1 trials (1 complete)" in r.stdout, r.stdout
 
 
-@pytest.mark.serial  # one Slurm and one munged for the machine: run alone
 def test_slurm_requeue_resumes_from_the_preemption_checkpoint(tmp_path, prepared, slurm):
     env = {**slurm, "TP_FAULT": "train:sleep=0.05"}  # sbatch passes the submitter's environment on
     jid = submit(tmp_path, prepared("digits"), *SETTINGS, "training.epochs=2", "--backend", "slurm", env=env)

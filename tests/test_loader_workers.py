@@ -20,9 +20,6 @@ import yaml
 
 from conftest import REPO, TP, run_tp
 
-pytestmark = pytest.mark.serial  # runs must exit within EXIT_SOON_S of their last epoch (two run at a time already): run alone
-
-
 CONFIG = REPO / "config" / "test.yaml"
 MARK = "TP_TEST_LOADER_RUN"
 EXIT_SOON_S = 30  # from the last epoch line to exit: the test split and the summary take 3 s here, 12 s with load 9

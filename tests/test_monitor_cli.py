@@ -16,8 +16,6 @@ from aiosmtpd.controller import Controller
 
 from conftest import TP, free_port, REPO, data_overrides, run_tp
 
-pytestmark = pytest.mark.serial  # throughput and heartbeat rules judge wall-clock speed: run alone, not beside another test
-
 
 @pytest.fixture
 def smtp():

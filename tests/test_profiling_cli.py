@@ -3,12 +3,9 @@
 with the model's step) with --apply, and on a streamed split (its decoding timed)."""
 import json
 
-import pytest
 import yaml
 
 from conftest import REPO, data_overrides, run_tp
-
-pytestmark = pytest.mark.serial  # the tuner's recommendations and the phase timings measure this machine's speed: run alone
 
 
 def test_profile_and_step_timing(tmp_path, prepared):

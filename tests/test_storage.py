@@ -161,7 +161,6 @@ def test_kill9_then_resume_from_the_bucket_on_another_machine_is_bitwise_equal(t
     assert not list(Path.cwd().glob("s3:*"))
 
 
-@pytest.mark.serial  # the outage is timed in seconds: run alone
 def test_the_endpoint_down_for_20_s_mid_run_loses_nothing(tmp_path, prepared, reference, s3):
     prefix = f"outage-{uuid.uuid4().hex[:6]}"
     p = start_train(prepared("digits"), f"s3://bucket/{prefix}", tmp_path / "cache", {"TP_FAULT": "train:sleep=0.15"},

@@ -22,9 +22,6 @@ import pytest
 from conftest import REPO, TP, check_run_dir, data_overrides, run_tp
 from test_dashboard_browser import chromium, stop
 
-pytestmark = pytest.mark.serial  # pages must answer within seconds, in a real browser: run alone
-
-
 ARTIFACTS = REPO / "tests" / "artifacts" / "ui"
 N_RUNS = 300
 LRS = (0.0003, 0.001, 0.003, 0.01, 0.03)
