@@ -479,7 +479,8 @@ def execute_template(name:str, out:str|Path, parameters:dict):
     import os
     import papermill
     papermill.execute_notebook(str(template_path(name)), str(out), parameters=parameters, progress_bar=False,
-                               kernel_name="python3", cwd=os.getcwd(), log_output=False)
+                               kernel_name="python3", cwd=os.getcwd(), log_output=False,
+                               start_timeout=300)  # papermill waits 60 s: a kernel on a busy machine missed that (tp report in CI)
 
 # %% ../nbs/11_report.ipynb #e52672f6
 PAGE = """<!doctype html>
