@@ -1,9 +1,10 @@
 """How long training is blocked by saving a full ResNet-50 training state (model, AdamW state,
 scheduler, RNG): synchronous save vs the async writer (which only copies the state to CPU memory
 before returning). Median of N saves each, alternating. Goal: async blocked time <= 10% of sync.
-Run: .venv/bin/python benchmarks/checkpoint_async.py [N]"""
+--model NAME: another torchvision model (CI checks that the script runs with a small one).
+Run: .venv/bin/python benchmarks/checkpoint_async.py [N] [--model resnet50]"""
+import argparse
 import statistics
-import sys
 import tempfile
 import time
 
@@ -18,8 +19,8 @@ def full_state(model, opt, sched):
                 rng=rng_state(), trainer_state={"epoch": 0, "batches_done": 1})
 
 
-def main(n=5):
-    model = torchvision.models.resnet50(weights=None)
+def main(n=5, model_name="resnet50"):
+    model = torchvision.models.get_model(model_name, weights=None)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
     model(torch.randn(2, 3, 64, 64)).sum().backward(); opt.step()  # optimizer state exists (exp_avg, exp_avg_sq)
@@ -36,10 +37,14 @@ def main(n=5):
             async_t.append(time.perf_counter() - t0)  # what training waits for
             writer.wait(); total_async.append(time.perf_counter() - t0)
     s, a = statistics.median(sync_t), statistics.median(async_t)
-    print(f"ResNet-50 full state {size / 2**20:.0f} MiB: sync save median {s:.3f} s; async blocks training for median {a:.3f} s "
+    print(f"{model_name} full state {size / 2**20:.0f} MiB: sync save median {s:.3f} s; async blocks training for median {a:.3f} s "
           f"(write finishes in the background after {statistics.median(total_async):.3f} s)")
     print(f"state_mib={size / 2**20:.0f} sync_s={s:.3f} async_blocked_s={a:.3f} ratio={a / s:.3f} goal=0.10")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("n", nargs="?", type=int, default=5, help="saves per case (medians of N)")
+    p.add_argument("--model", default="resnet50", help="a torchvision model name")
+    a = p.parse_args()
+    main(a.n, a.model)

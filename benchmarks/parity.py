@@ -9,7 +9,7 @@ script says so and runs the other two. Prints, last line:
     max_abs_loss_diff=<x> max_abs_param_diff=<y> ratio=<median Trainer/raw wall time> ratio_min=<fastest/fastest>
     overhead_ms_per_step=<z> [lightning_ratio=... lightning_ratio_min=... lightning_max_abs_loss_diff=...
     lightning_max_abs_param_diff=...]
-Run: .venv/bin/python benchmarks/parity.py [--runs 5] [--epochs 2] [--data-dir DIR]"""
+Run: .venv/bin/python benchmarks/parity.py [--runs 5] [--epochs 2] [--warmup 1] [--data-dir DIR]"""
 import argparse
 import logging
 import statistics
@@ -147,6 +147,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first (0: CI, which checks the parity only)")
     ap.add_argument("--data-dir", default=None, help="a prepared mnist5k data dir (default: prepared into a temp dir)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,8 +156,9 @@ def main():
         data = build_data(cfg)
         if pl is None: print("pytorch-lightning is not installed (pip install -e \".[bench]\"): comparing raw loop and Trainer only")
         else: quiet_lightning()
-        raw_loop(data, 1); trainer_loop(data, 1, cfg, f"{tmp}/runs")  # warm-up (allocator, kernels)
-        if pl is not None: lightning_loop(data, 1, cfg)
+        if args.warmup:  # untimed (allocator, kernels)
+            raw_loop(data, args.warmup); trainer_loop(data, args.warmup, cfg, f"{tmp}/runs")
+            if pl is not None: lightning_loop(data, args.warmup, cfg)
         raw_t, tr_t, lit_t, diffs, pdiffs, lit_diffs, lit_pdiffs = [], [], [], [], [], [], []
         for _ in range(args.runs):
             t0 = time.perf_counter(); raw_losses, raw_model = raw_loop(data, args.epochs); raw_t.append(time.perf_counter() - t0)

@@ -5,8 +5,9 @@ the save until the writer's submit returns, as in checkpoint_async.py. Saves alt
 Between saves the training loop is busy: ResNet-50 forward/backward/AdamW steps on 2x3x64x64 random batches run until
 the background work is done (local: the write; remote: the checkpoint committed in the bucket, its MANIFEST.json
 there), at least --steps of them, each timed: the upload may slow them. Goal: remote blocked <= 1.5x local blocked.
---threads T: torch intra-op threads (default torch's own: one per core).
-Run: .venv/bin/python benchmarks/remote_checkpoint.py [N] [--steps K] [--threads T]"""
+--threads T: torch intra-op threads (default torch's own: one per core). --model NAME: another torchvision model (CI
+checks that the script runs with a small one).
+Run: .venv/bin/python benchmarks/remote_checkpoint.py [N] [--steps K] [--threads T] [--model resnet50]"""
 import argparse
 import json
 import math
@@ -54,10 +55,10 @@ def start_moto(log):
     return server, port
 
 
-def main(n=5, min_steps=3, threads=None):
+def main(n=5, min_steps=3, threads=None, model_name="resnet50"):
     if threads: torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None)
+    model = torchvision.models.get_model(model_name, weights=None)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -142,7 +143,7 @@ def main(n=5, min_steps=3, threads=None):
     lb, rb = statistics.median(blocked["local"]), statistics.median(blocked["remote"])
     sl, sr, si = statistics.median(steps["local"]), statistics.median(steps["remote"]), statistics.median(idle)
     commit, written = statistics.median(done_s["remote"]), statistics.median(done_s["local"])
-    print(f"ResNet-50 full state {size / 2**20:.0f} MiB, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores: blocked median local {lb:.3f} s, remote {rb:.3f} s (ratio {rb / lb:.2f}); "
+    print(f"{model_name} full state {size / 2**20:.0f} MiB, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores: blocked median local {lb:.3f} s, remote {rb:.3f} s (ratio {rb / lb:.2f}); "
           f"written locally after {written:.2f} s, committed in the bucket after {commit:.2f} s; "
           f"train step median {sl:.3f} s local ({len(steps['local'])} steps), {sr:.3f} s remote ({len(steps['remote'])} steps), "
           f"{si:.3f} s with nothing in the background; moto_server used median {statistics.median(moto_cpu):.1f} CPU s per remote save")
@@ -155,5 +156,6 @@ if __name__ == "__main__":
     p.add_argument("n", nargs="?", type=int, default=5, help="saves per case (medians of N)")
     p.add_argument("--steps", type=int, default=3, help="at least this many train steps after each save")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--model", default="resnet50", help="a torchvision model name")
     a = p.parse_args()
-    main(a.n, a.steps, a.threads)
+    main(a.n, a.steps, a.threads, a.model)

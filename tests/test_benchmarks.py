@@ -19,7 +19,7 @@ def test_validate_benchmark_runs():
 
 
 def test_parity_benchmark_runs_and_is_bitwise_equal():
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "parity.py"), "--runs", "1", "--epochs", "1"],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "parity.py"), "--runs", "1", "--epochs", "1", "--warmup", "0"],
                          capture_output=True, text=True, check=True).stdout
     last = dict(kv.split("=") for kv in out.splitlines()[-1].split())
     assert float(last["max_abs_loss_diff"]) == 0.0 and float(last["max_abs_param_diff"]) == 0.0, last
@@ -34,7 +34,7 @@ def test_resume_position_benchmark_runs():
 
 
 def test_async_checkpoint_benchmark_runs():
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "checkpoint_async.py"), "1"],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "checkpoint_async.py"), "1", "--model", "resnet18"],
                          capture_output=True, text=True, check=True).stdout
     assert "async_blocked_s=" in out.splitlines()[-1]
 
@@ -72,6 +72,6 @@ def test_ui_index_benchmark_runs():
 
 
 def test_remote_checkpoint_benchmark_runs():
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "remote_checkpoint.py"), "1"],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "remote_checkpoint.py"), "1", "--model", "resnet18"],
                          capture_output=True, text=True, check=True).stdout
     assert "remote_blocked_s=" in out.splitlines()[-1], out
