@@ -279,8 +279,8 @@ def set_seed(seed:int, # Seed for python, numpy, torch (CPU and every CUDA devic
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     if deterministic: os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # torch.use_deterministic_algorithms imports torch._inductor (1.6 s of CPU, a third of a short run's): only call it
-    # when there is something to set or undo
+    # torch.use_deterministic_algorithms imports torch._inductor (0.3 s of a 4 s tp train of config/test.yaml here,
+    # with torchvision already imported): only call it when there is something to set or undo
     if deterministic or torch.are_deterministic_algorithms_enabled() or "torch._inductor" in sys.modules:
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
     return seed
