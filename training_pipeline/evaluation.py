@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from fastcore.basics import patch
 
 from .checkpoint import load_exported_model
-from .core import CheckpointError, UsageError
+from .core import CheckpointError, UsageError, patch
 from .tasks import LEGACY_TASKS, make_task
 
 # %% auto #0
