@@ -32,8 +32,8 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDE
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
            'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
-           'environment_info', 'free_port', 'snake_case', 'is_import_path', 'import_object', 'fault_spec',
-           'fault_point', 'on_main_thread']
+           'environment_info', 'free_port', 'usable_cpus', 'default_num_workers', 'snake_case', 'is_import_path',
+           'import_object', 'fault_spec', 'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -326,6 +326,15 @@ def environment_info(path:str|Path=".") -> dict:
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous, a test server)."
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+# %% ../nbs/00_core.ipynb #f214534b
+def usable_cpus() -> int:
+    "CPUs this process may run on (its affinity, as torch's DataLoader counts them), else all of the machine's."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+def default_num_workers() -> int:
+    "What `data.num_workers: auto` means: a loader worker per usable CPU, at most 4 (more only makes torch warn)."
+    return min(4, usable_cpus())
 
 # %% ../nbs/00_core.ipynb #23c6b1cf
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .core import DATA_DIR, RUNS_DIR, URL_PATTERN, ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, sha256_json, snake_case
+from .core import (DATA_DIR, RUNS_DIR, URL_PATTERN, ConfigError, atomic_write, default_num_workers, did_you_mean,
+                                    import_object, is_import_path, patch, sha256_json, snake_case)
 
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'LocalPath', 'STORAGE_SCHEMES', 'RunsLocation', 'SECRET_OPTION',
@@ -71,7 +72,6 @@ def redact_options(options:dict|None) -> dict:
     "Storage options with secret values hidden: for what is printed or saved (config.yaml of a run)."
     return {k: "<redacted>" if SECRET_OPTION.search(k) else v for k, v in (options or {}).items()}
 
-
 # %% ../nbs/01_schema.ipynb #6f225a8f
 class ExperimentConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)  # also a directory name
@@ -126,7 +126,8 @@ class DataConfig(Section):
     train_dir: LocalPath|None = None
     val_dir: LocalPath|None = None
     test_dir: LocalPath|None = None
-    num_workers: int = Field(4, ge=0)
+    num_workers: Annotated[int, BeforeValidator(lambda v: default_num_workers() if v == "auto" else v)] = Field(
+        "auto", ge=0, validate_default=True)  # auto: `default_num_workers()`, resolved on reading: the config says what ran
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: PositiveInt = 2
