@@ -27,13 +27,15 @@ from typing import Any
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'URL_PATTERN', 'TMP_PREFIX', 'DATA_DIR',
            'RUNS_DIR', 'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES',
            'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS',
-           'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'PipelineError', 'UsageError', 'ConfigError', 'DataError',
+           'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'REDACTED', 'SECRET_WORDS', 'KEY_SECRET_WORDS', 'HARMLESS_KEYS',
+           'TOKEN_COUNTS', 'URL_USERINFO', 'URL_QUERY_VALUE', 'PipelineError', 'UsageError', 'ConfigError', 'DataError',
            'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'refuse_url', 'patch',
            'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
            'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
            'environment_info', 'free_port', 'usable_cpus', 'default_num_workers', 'snake_case', 'is_import_path',
-           'import_object', 'fault_spec', 'fault_point', 'on_main_thread']
+           'import_object', 'key_words', 'is_secret_key', 'remember_secret', 'scrub', 'redact', 'redact_argv',
+           'fault_spec', 'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -372,6 +374,80 @@ def import_object(path:str, key:str="import path"):
                               f"name a class or function defined in {module_name}")
         obj = getattr(obj, part)
     return obj
+
+# %% ../nbs/00_core.ipynb #8abfadec
+REDACTED = "<redacted>"
+SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "token", "credential", "credentials",
+                "session", "auth", "authorization", "cookie", "apikey", "sas"}
+KEY_SECRET_WORDS = {"key", "keys"}  # secret unless the key is a known harmless one (below)
+HARMLESS_KEYS = {"target_key", "sort_key", "group_key", "label_key", "input_key", "key_column", "primary_key",
+                 "key_value_proj_dim", "num_key_value_heads", "key_dim", "kv_key", "monitor_key"}
+TOKEN_COUNTS = {"id", "ids", "type", "types", "count", "counts", "length", "len", "dim", "size", "index", "embeddings"}
+
+def key_words(name) -> list[str]:
+    "A key's lower-case words: `awsSessionToken`, `aws_session_token` and `AWS-SESSION-TOKEN` are the same three."
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(name))
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+def is_secret_key(name) -> bool:
+    "Whether a config/option key names a secret (see above)."
+    words = key_words(name)
+    if not words or words[-1] == "env" or "_".join(words) in HARMLESS_KEYS: return False
+    for i, word in enumerate(words):
+        following = words[i + 1] if i + 1 < len(words) else None
+        if word == "token" and following in TOKEN_COUNTS: continue
+        if word in SECRET_WORDS or word in KEY_SECRET_WORDS: return True
+    return False
+
+
+# %% ../nbs/00_core.ipynb #dbef485a
+_remembered: set[str] = set()
+URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<password>[^/@\s]+)@")
+URL_QUERY_VALUE = re.compile(r"(?P<name>[?&][^=&#\s]+)=(?P<value>[^&#\s]+)")
+
+def remember_secret(value):
+    "Hide `value` wherever `scrub` later sees it (values of 4+ characters: shorter ones would hide ordinary text)."
+    if isinstance(value, str) and len(value) >= 4: _remembered.add(value)
+
+def scrub(text:str) -> str:
+    "`text` with every remembered secret, URL password and secret query value replaced by `<redacted>`."
+    if not isinstance(text, str): return text
+    for value in sorted(_remembered, key=len, reverse=True): text = text.replace(value, REDACTED)
+    text = URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    return URL_QUERY_VALUE.sub(lambda m: f"{m['name']}={REDACTED}" if is_secret_key(m["name"][1:]) else m[0], text)
+
+def redact(obj, remember:bool=True):
+    "A copy of `obj` (mappings, lists, strings at any depth) with secret values replaced; they are remembered for `scrub`."
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if is_secret_key(k) and v not in (None, "", {}, []):
+                for leaf in _leaves(v):
+                    if remember: remember_secret(leaf)
+                out[k] = REDACTED
+            else: out[k] = redact(v, remember)
+        return out
+    if isinstance(obj, (list, tuple)): return type(obj)(redact(v, remember) for v in obj)
+    return scrub(obj) if isinstance(obj, str) else obj
+
+def _leaves(v):
+    if isinstance(v, dict): return [x for item in v.values() for x in _leaves(item)]
+    if isinstance(v, (list, tuple)): return [x for item in v for x in _leaves(item)]
+    return [str(v)]
+
+def redact_argv(argv:list) -> list[str]:
+    "A command line as it may be recorded: `KEY=VALUE` overrides and `--option VALUE` of secret keys redacted."
+    out, hide_next = [], False
+    for arg in map(str, argv):
+        name, eq, value = arg.partition("=")
+        if hide_next: remember_secret(arg); out.append(REDACTED); hide_next = False
+        elif eq and is_secret_key(name.lstrip("-").rsplit(".", 1)[-1]):
+            remember_secret(value); out.append(f"{name}={REDACTED}")
+        else:
+            hide_next = arg.startswith("--") and not eq and is_secret_key(arg[2:])
+            out.append(scrub(arg))
+    return out
+
 
 # %% ../nbs/00_core.ipynb #800a16d0
 def fault_spec(area:str) -> tuple[str, int|None]|None:
