@@ -24,7 +24,7 @@ def epoch_summary(epoch:int, n_epochs:int, metrics:dict, seconds:float) -> str:
 
 class ProgressCallback(Callback):
     "A bar per training and validation phase, the latest logged loss on it, a summary line per epoch."
-    order = 60
+    order = 27  # its epoch line comes before callbacks that may end the fit in after_epoch (checkpoint, early stop)
     main_process_only = True
     def __init__(self, leave:bool=False): self.leave, self.bar = leave, None
 
