@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CheckpointError, PipelineError, UsageError, atomic_write, is_import_path
+from .core import CheckpointError, PipelineError, UsageError, atomic_write, is_import_path, redact_argv
 from .evaluation import HEADLINE, Evaluation, evaluate, load_predictions, metrics_table, read_test_split
 from .tracking import read_jsonl
 
 # %% auto #0
-__all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'TEMPLATES', 'PAGE', 'RunData', 'load_run', 'stored_predictions',
-           'final_weights', 'summary_table', 'curve_keys', 'learning_curves', 'step_time_figure', 'confusion_figure',
-           'roc_pr_figures', 'worst_images_figure', 'predicted_vs_true_figure', 'residuals_figure', 'per_label_figure',
-           'evaluation_parts', 'class_balance_figure', 'target_table', 'events_table', 'checkpoints_table',
-           'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext', 'describe_weights', 'users_data',
-           'resolve', 'evaluations', 'template_path', 'template_kernels', 'execute_template', 'notebook_to_html',
-           'build_report']
+__all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'EPOCH_FIELDS', 'TEMPLATES', 'PAGE', 'RunData', 'load_run',
+           'stored_predictions', 'final_weights', 'early_stop_text', 'summary_table', 'curve_keys', 'learning_curves',
+           'step_time_figure', 'confusion_figure', 'roc_pr_figures', 'worst_images_figure', 'predicted_vs_true_figure',
+           'residuals_figure', 'per_label_figure', 'evaluation_parts', 'class_balance_figure', 'target_table',
+           'events_table', 'checkpoints_table', 'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext',
+           'describe_weights', 'users_data', 'resolve', 'evaluations', 'template_path', 'template_kernels',
+           'execute_template', 'notebook_to_html', 'build_report']
 
 # %% ../nbs/11_report.ipynb #d28d134b
 @dataclass
@@ -94,6 +94,14 @@ def _trial(trial:dict) -> str:
     params = " · ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (trial.get("params") or {}).items())
     return f"study {trial.get('study')}, trial {trial.get('number')}" + (f": {params}" if params else "")
 
+def early_stop_text(run:RunData) -> str:
+    "'yes: after epoch 5 of 12 (val_accuracy best at epoch 4)' only when the run stopped before its planned epochs."
+    stop = next((e for e in reversed(run.events) if e.get("event") == "early_stop"), None)
+    done, planned = run.meta.get("summary", {}).get("epochs_completed"), run.meta.get("planned_epochs")
+    if stop is None or (done is not None and planned is not None and done >= planned): return "no"
+    best = f" ({stop['monitor']} best at epoch {stop['best_epoch'] + 1})" if stop.get("best_epoch") is not None else ""
+    return f"yes: after epoch {done} of {planned}{best}" if done is not None and planned else f"yes{best}"
+
 def summary_table(run:RunData, evaluations:list|tuple=()) -> pd.DataFrame:
     """One row per fact: status, duration, epochs, best metric and where, the last validation, the test metrics of each
     set of weights (named), throughput, early stop, alerts."""
@@ -114,7 +122,7 @@ def summary_table(run:RunData, evaluations:list|tuple=()) -> pd.DataFrame:
         rows.append((f"test, {ev.weights}", _compact({k: ev.metrics[k] for k in HEADLINE[ev.task] if k in ev.metrics})))
     if "samples_per_s" in train: rows.append(("throughput (median)", f"{train['samples_per_s'].median():.0f} samples/s"))
     if "data_wait_share" in train: rows.append(("time waiting for data (median)", f"{100 * train['data_wait_share'].median():.1f}%"))
-    rows.append(("early stop", "yes" if "early_stop" in kinds else "no"))
+    rows.append(("early stop", early_stop_text(run)))
     rows.append(("alerts", str(sum(k == "alert" for k in kinds))))
     if "resumed" in kinds: rows.append(("resumed", f"{kinds.count('resumed')} time(s)"))
     if m.get("error"): rows.append(("error", m["error"]))
@@ -148,7 +156,12 @@ def learning_curves(metrics:pd.DataFrame):
             if not len(d): continue
             fig.add_trace(go.Scatter(x=d["step"], y=d[key], name=split, mode="lines+markers" if split == "val" else "lines",
                                      line=dict(color=colors[split]), legendgroup=split, showlegend=(i == 0)), row=r, col=c)
-    fig.update_layout(height=280 * (math.ceil(len(present) / 2) or 1), margin=dict(t=40, b=30, l=40, r=20))
+        values = metrics.loc[metrics["split"].isin(["train", "val"]), key].dropna()
+        fig.update_yaxes(tickformat=".3~g", row=r, col=c)
+        if len(values) and values.min() == values.max():  # a constant (a fixed LR): plotly would centre it on -0.5..1
+            middle = float(values.iloc[0]); pad = abs(middle) / 2 or 1.0
+            fig.update_yaxes(range=[middle - pad, middle + pad], row=r, col=c)
+    fig.update_layout(height=280 * (math.ceil(len(present) / 2) or 1), margin=dict(t=40, b=30, l=50, r=20))
     fig.update_xaxes(title_text="step")
     return fig
 
@@ -291,31 +304,45 @@ def target_table(statistics:dict) -> pd.DataFrame|None:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split") if rows else None
 
 # %% ../nbs/11_report.ipynb #0eca7243
+EPOCH_FIELDS = ("epoch", "best_epoch")  # epoch indices in the files, shown as people count epochs (from 1)
+
+def _detail(key:str, value) -> str:
+    if key in EPOCH_FIELDS and isinstance(value, int): value += 1
+    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+
 def events_table(run:RunData) -> pd.DataFrame:
-    "Events in time order, with their details in one column."
-    if not run.events: return pd.DataFrame(columns=["time", "event", "step", "details"])
+    "Events in time order: time, event, step, epoch (counted from 1, as the console counts), and the details."
+    columns = ["time", "event", "step", "epoch", "details"]
     rows = []
     for e in run.events:
         details = {k: v for k, v in e.items() if k not in ("time", "event", "step", "epoch")}
+        epoch = e.get("epoch")
         rows.append({"time": pd.to_datetime(e.get("time"), unit="s").strftime("%H:%M:%S") if e.get("time") else "",
-                     "event": e["event"], "step": e.get("step", ""), "details": ", ".join(f"{k}={v}" for k, v in details.items())[:160]})
-    return pd.DataFrame(rows)
+                     "event": e["event"], "step": e.get("step", ""), "epoch": epoch + 1 if isinstance(epoch, int) else "",
+                     "details": ", ".join(_detail(k, v) for k, v in details.items())[:160]})
+    return pd.DataFrame(rows, columns=columns)
+
+def _position(checkpoint:dict) -> str:
+    "Where in training a checkpoint was saved, as a person counts epochs: 'end of epoch 4', 'epoch 5, batch 12'."
+    epoch, done = checkpoint.get("epoch"), checkpoint.get("batches_done")
+    if epoch is None: return ""
+    return f"end of epoch {epoch}" if not done else f"epoch {epoch + 1}, batch {done}"
 
 def checkpoints_table(run:RunData) -> pd.DataFrame:
     "The committed checkpoints, their position and metrics; the best and last marked."
     if not run.index or not run.index.get("checkpoints"): return pd.DataFrame(columns=["checkpoint"])
     best = (run.index.get("best") or {}).get("name")
-    rows = [{"checkpoint": c["name"], "step": c["step"], "epoch": c.get("epoch"), "batches_done": c.get("batches_done"),
+    rows = [{"checkpoint": c["name"], "step": c["step"], "saved at": _position(c),
              **{k: round(v, 4) for k, v in c.get("metrics", {}).items() if k.startswith("val_") and isinstance(v, (int, float))},
-             "": ("best " if c["name"] == best else "") + ("last" if c["name"] == run.index.get("last") else "")}
+             "kept as": " and ".join(m for m, name in (("best", best), ("last", run.index.get("last"))) if c["name"] == name)}
             for c in run.index["checkpoints"]]
-    table = pd.DataFrame(rows)  # a mid-epoch checkpoint has no val metrics: blank, and the best/last marks last
-    return table[[c for c in table.columns if c != ""] + [""]].astype(object).where(table.notna(), "")
+    table = pd.DataFrame(rows)  # a mid-epoch checkpoint has no val metrics: blank; best/last in the last column
+    return table[[c for c in table.columns if c != "kept as"] + ["kept as"]].astype(object).where(table.notna(), "")
 
 def lineage_table(run:RunData) -> pd.DataFrame:
     m, env = run.meta, run.meta.get("env", {})
     rows = [("git sha", f"{m.get('git_sha')}{' (dirty)' if m.get('git_dirty') else ''}"), ("dataset version", m.get("data_version")),
-            ("config hash", m.get("config_hash")), ("parent run", m.get("parent_run") or "-"), ("command", " ".join(m.get("command") or [])),
+            ("config hash", m.get("config_hash")), ("parent run", m.get("parent_run") or "-"), ("command", " ".join(redact_argv(m.get("command") or []))),
             ("world size", m.get("world_size")), ("host", m.get("host"))]
     rows += [(k, env.get(k)) for k in ("python", "torch", "accelerate", "cuda", "gpus", "cpu_count", "platform")]
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
@@ -330,9 +357,10 @@ def show(fig):
     display(HTML(fig.to_html(full_html=False, include_plotlyjs=not _PLOTLY_JS_SHOWN["done"], config={"displaylogo": False})))
     _PLOTLY_JS_SHOWN["done"] = True
 
-def show_table(df:pd.DataFrame, caption:str|None=None):
+def show_table(df:pd.DataFrame, caption:str|None=None, index:bool=True):
+    "A table without pandas' inline styles; `index=False` for tables whose rows have no names (events, checkpoints)."
     from IPython.display import HTML, display
-    table = df.to_html(classes="tp-table", border=0, float_format=lambda v: f"{v:.4g}", escape=True, index_names=False)
+    table = df.to_html(classes="tp-table", border=0, float_format=lambda v: f"{v:.4g}", escape=True, index_names=False, index=index)
     display(HTML((f"<p class='caption'>{html.escape(caption)}</p>" if caption else "") + table))
 
 def show_parts(parts:list[tuple[str, object]]):
@@ -490,7 +518,7 @@ body {{ font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-s
 h1 {{ border-bottom: 2px solid #ddd; padding-bottom: .3em; }} h2 {{ margin-top: 2em; border-bottom: 1px solid #eee; }}
 table.tp-table {{ border-collapse: collapse; margin: .5em 0 1em; font-size: 14px; }}
 table.tp-table th, table.tp-table td {{ border: 1px solid #ddd; padding: 4px 10px; text-align: left; }}
-table.tp-table tr:nth-child(even) {{ background: #fafafa; }} pre {{ background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 13px; }}
+table.tp-table tr:nth-child(even) {{ background: #fafafa; }} table.tp-table td:first-child {{ white-space: nowrap; }} pre {{ background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 13px; }}
 .caption {{ color: #666; margin-bottom: 0; }} .jp-OutputArea-output pre {{ background: none; padding: 0; }}
 .anchor-link {{ display: none; }}
 </style></head><body>
