@@ -36,9 +36,9 @@ setuptools.setup(
     include_package_data=True,
     package_data={cfg["lib_path"]: ["notebooks/*.ipynb"]},
     install_requires=requirements("requirements"),
-    extras_require={"dev": requirements("dev_requirements"), "datasets": requirements("datasets_requirements"),
-                    "bench": requirements("bench_requirements"), "shards": requirements("shards_requirements"),
-                    "s3": requirements("s3_requirements"), "gcs": requirements("gcs_requirements")},
+    # every `<name>_requirements` of settings.ini is the extra `<name>`: dev, datasets, bench, shards, s3, gcs, hf
+    extras_require={key.removesuffix("_requirements"): requirements(key) for key in cfg if key.endswith("_requirements")
+                    and key != "requirements"},
     python_requires=">=" + cfg["min_python"],
     zip_safe=False,
     entry_points={
