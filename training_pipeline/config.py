@@ -14,13 +14,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .core import ConfigError, did_you_mean, is_import_path
+from .core import ConfigError, did_you_mean, is_hf_architecture, is_import_path
 from .schema import LOSSES, TASK_LOSSES, TASK_METRICS, Config, locate, lower_choice, metric_name
 
 # %% auto #0
 __all__ = ['MAX_CONFIG_BYTES', 'MAX_YAML_NODES', 'MAX_YAML_DEPTH', 'KEY_PATTERN', 'YAMLBudgetError', 'SafeLoader', 'safe_load',
            'read_text_file', 'key_lines', 'parse_yaml', 'read_yaml', 'parse_override', 'apply_overrides', 'set_dotted',
-           'write_config_copy', 'cross_section_problems', 'validate_config', 'load_config']
+           'write_config_copy', 'cross_section_problems', 'with_hf_loss_default', 'validate_config', 'load_config']
 
 # %% ../nbs/01a_config.ipynb #553416cd
 MAX_CONFIG_BYTES = 1 << 20
@@ -230,7 +230,8 @@ def _task_problems(raw:dict) -> list[tuple[str, str, str]]:
     task, loss = _raw(raw, "training.task"), _raw(raw, "training.loss.type")
     if task not in TASK_LOSSES: return []
     problems = []
-    if isinstance(loss, str) and not is_import_path(loss) and loss.lower() in LOSSES and loss.lower() not in TASK_LOSSES[task]:
+    if (isinstance(loss, str) and not is_import_path(loss) and loss.lower() in LOSSES and loss.lower() not in TASK_LOSSES[task]
+            and loss.lower() not in ("model", "auto")):
         problems.append(("training.loss.type", f"loss {loss} does not suit the task {task}",
                          f"use {' or '.join(TASK_LOSSES[task])}, or set training.task to the task of your data"))
     extra = {metric_name(n) for n in (_raw(raw, "training.metrics") or []) if isinstance(n, str)}
@@ -365,6 +366,15 @@ def _describe(err:dict, raw:dict) -> tuple[str, str, str]:
     return key, f"{name}: {msg}", "fix the value"
 
 # %% ../nbs/01a_config.ipynb #943c9bb3
+def with_hf_loss_default(raw:dict) -> dict:
+    "A Hugging Face model's loss defaults to `auto`: its own when its output carries one (see `LossConfig`)."
+    training = raw.get("training")
+    loss = training.get("loss") if isinstance(training, dict) else None
+    if (not is_hf_architecture(_raw(raw, "model.architecture")) or _raw(raw, "training.loss.type") is not None
+            or training is not None and not isinstance(training, dict) or loss is not None and not isinstance(loss, dict)):
+        return raw
+    return {**raw, "training": {**(training or {}), "loss": {**(loss or {}), "type": "auto"}}}
+
 def validate_config(raw:Any, source:str="<config>", lines:dict|None=None, overridden:tuple=()) -> Config:
     "Validate a raw mapping; raise a `ConfigError` whose `problems` lists every problem."
     if raw is None:
@@ -374,6 +384,7 @@ def validate_config(raw:Any, source:str="<config>", lines:dict|None=None, overri
                           "start the file with section names such as `experiment:` and `model:`")
     lines = lines or {}
     found = []
+    raw = with_hf_loss_default(raw)
     try: config = Config.model_validate(raw)
     except ValidationError as e:
         config = None

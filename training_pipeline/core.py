@@ -34,8 +34,8 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDE
            'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
            'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
            'environment_info', 'free_port', 'usable_cpus', 'default_num_workers', 'snake_case', 'is_import_path',
-           'import_object', 'key_words', 'is_secret_key', 'remember_secret', 'scrub', 'redact', 'redact_argv',
-           'fault_spec', 'fault_point', 'on_main_thread']
+           'is_hf_architecture', 'import_object', 'key_words', 'is_secret_key', 'remember_secret', 'scrub', 'redact',
+           'redact_argv', 'fault_spec', 'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -350,6 +350,10 @@ def is_import_path(name) -> bool:
     "Whether `name` looks like `package.module:attribute`."
     import re
     return isinstance(name, str) and re.match(IMPORT_PATH, name) is not None
+
+def is_hf_architecture(name) -> bool:
+    "A Hugging Face model: `transformers:Class` in a config, or a class from the transformers package (`fit`)."
+    return isinstance(name, str) and name.split(":", 1)[0].split(".", 1)[0] == "transformers"
 
 def import_object(path:str, key:str="import path"):
     "The object `package.module:attr.sub` names; `ConfigError` at `key` when it cannot be imported."

@@ -264,12 +264,14 @@ OptimizerConfig = tagged(*OPTIMIZERS, default="adamw")
 SchedulerConfig = tagged(*SCHEDULERS, default="none")
 
 # %% ../nbs/01_schema.ipynb #d8ea5eba
-# The losses of each task (the first is its default) and the metrics it logs; 04a_tasks builds them and tests that
-# these names agree with it. Another loss is an import path `package.module:Name`.
-TASK_LOSSES = {"classification": ("cross_entropy", "bce"), "regression": ("mse", "mae", "huber"), "multilabel": ("bce",)}
+# The losses of each task (the first is its default) and the metrics it logs (04a_tasks tests these names against its
+# own); besides: an import path `package.module:Name`, `model` (the model's own), `auto` (its own when it returns one)
+TASK_LOSSES = {"classification": ("cross_entropy", "bce"), "regression": ("mse", "mae", "huber"), "multilabel": ("bce",),
+               "causal_lm": ("cross_entropy",), "token_classification": ("cross_entropy",)}
 TASK_METRICS = {"classification": ("loss", "accuracy", "precision", "recall", "f1", "top5_accuracy"),
-                "regression": ("loss", "rmse", "mae", "r2"), "multilabel": ("loss", "f1", "precision", "recall", "accuracy")}
-LOSSES = tuple(dict.fromkeys(l for ls in TASK_LOSSES.values() for l in ls))
+                "regression": ("loss", "rmse", "mae", "r2"), "multilabel": ("loss", "f1", "precision", "recall", "accuracy"),
+                "causal_lm": ("loss", "perplexity", "token_accuracy"), "token_classification": ("loss", "token_accuracy", "f1")}
+LOSSES = (*dict.fromkeys(l for ls in TASK_LOSSES.values() for l in ls), "model", "auto")
 
 def metric_name(name:str) -> str:
     "The logged name of a `training.metrics` entry: its class name in snake case (`MeanAbsolutePercentageError` -> mean_absolute_percentage_error)."
@@ -277,13 +279,12 @@ def metric_name(name:str) -> str:
 
 # %% ../nbs/01_schema.ipynb #1bfdf955
 class LossConfig(Section):
-    type: str|None = None  # None: the task's default (cross_entropy, mse, bce); or an import path
+    type: str|None = None  # None: the task's default (`auto` for a Hugging Face model: 01a_config); model; an import path
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     delta: float = Field(1.0, gt=0)  # huber
     init_args: dict[str, Any] = {}  # for an import-path loss class
 
     @field_validator("type", mode="before")
-    @classmethod
     def _known_loss(cls, v):
         if not isinstance(v, str) or is_import_path(v): return v
         if v.lower() not in LOSSES:
@@ -306,7 +307,7 @@ class TrainingConfig(Section):
     retry_backoff_s: float = Field(5.0, ge=0)  # first wait before a retry; doubles each time
     deterministic: bool = False
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
-    task: Literal["classification", "regression", "multilabel"] = "classification"
+    task: Literal["classification", "regression", "multilabel", "causal_lm", "token_classification"] = "classification"
     metrics: list[str] = []  # more validation metrics: torchmetrics class names or import paths
 
     @model_validator(mode="after")
@@ -315,7 +316,6 @@ class TrainingConfig(Section):
         return self
 
     @field_validator("mixed_precision", mode="before")
-    @classmethod
     def _bool_precision(cls, v):
         if isinstance(v, bool): return "auto" if v else "no"
         return lower_choice(v)
@@ -342,7 +342,6 @@ class DistributedConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
 
     @field_validator("backend", "strategy", mode="before")
-    @classmethod
     def _lower_choices(cls, v): return lower_choice(v)
 
 # %% ../nbs/01_schema.ipynb #6a63fe79

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -17,12 +18,12 @@ from .callback.core import (Callback, CancelBatchException, CancelEpochException
                                              CancelTrainException, CancelValidateException, EVENTS)
 from .core import ConfigError, TrainingError, UsageError, did_you_mean, patch
 from .schema import metric_name
-from .tasks import Task, make_metric, make_task, metric_inputs, metric_value
+from .tasks import MODEL_LOSS, Task, make_metric, make_task, metric_inputs, metric_value, unpack_output
 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'WarmupCosine', 'resolve_precision', 'make_accelerator', 'split_batch',
-           'call_model', 'chunk_batch', 'Trainer', 'GatherPreds', 'MetricsCallback', 'SchedulerCallback',
-           'GradNormCallback']
+           'with_labels', 'call_model', 'chunk_batch', 'Trainer', 'GatherPreds', 'Running', 'MetricsCallback',
+           'SchedulerCallback', 'GradNormCallback']
 
 # %% ../nbs/05_trainer.ipynb #a3ae8ee4
 def make_optimizer(opt_cfg, params, lr:float) -> torch.optim.Optimizer:
@@ -92,8 +93,21 @@ def split_batch(batch, target_key:str="target") -> tuple[object, torch.Tensor]:
     raise TrainingError(f"a batch must be (inputs..., target) or a mapping, got {type(batch).__name__}", "batch",
                         "make the dataset return (x, y) pairs or dicts with a target entry")
 
+def with_labels(inputs, target, target_key:str="target"):
+    """A batch's inputs with the target put back for a model that computes its own loss: under its key in a mapping
+    batch (`labels` for Hugging Face models), as the keyword `labels` after positional inputs."""
+    if isinstance(inputs, dict): return {**inputs, target_key: target}
+    return {"_args": inputs if isinstance(inputs, tuple) else (inputs,), "labels": target}
+
+def _no_model_loss(output) -> ConfigError:
+    return ConfigError(f"training.loss is the model's own, but its output ({type(output).__name__}) has no loss",
+                       "training.loss.type", "pass the labels the model takes (a mapping batch with data.target_key naming "
+                       "its labels argument), or set training.loss.type to the task's loss (e.g. cross_entropy)")
+
 def call_model(model, inputs):
-    "The model on a batch's inputs: `model(x)`, `model(*xs)` or `model(**kw)`."
+    "The model on a batch's inputs: `model(x)`, `model(*xs)`, `model(**kw)`, or `model(*args, labels=y)` (`with_labels`)."
+    if isinstance(inputs, dict) and "_args" in inputs:
+        return model(*inputs["_args"], **{k: v for k, v in inputs.items() if k != "_args"})
     if isinstance(inputs, dict): return model(**inputs)
     if isinstance(inputs, tuple): return model(*inputs)
     return model(inputs)
@@ -129,6 +143,7 @@ class Trainer:
         self.loaders, self.loss_func, self.scheduler = loaders, loss_func, scheduler
         self.task, self.grad_accum, self.target_key = make_task(task, num_classes), grad_accum, target_key
         self.log_every, self.val_every, self.logger = log_every, val_every, logger
+        self.model_loss_used = loss_func is MODEL_LOSS  # the labels go into the model, its output's loss is the loss
         self.epoch, self.n_epochs, self.iter, self.global_step, self.micro_splits = 0, 0, 0, 0, 1
         self.training, self.split, self.start_iter, self.stop = False, None, 0, None
         self.metrics, self.history, self.events = {}, [], []
@@ -271,8 +286,12 @@ def _do_one_batch(self:Trainer):
         sync = self.training and boundary and last_chunk
         with (nullcontext() if sync or not self.training else self.accelerator.no_sync(self.model)):
             # evaluation runs on the unwrapped module: no collective inside, so ranks may have different batch counts
-            self.pred = call_model(self.model if self.training else self.eval_model, self.xc); self("after_pred")
-            self.loss = self.loss_func(self.pred, self.yc)
+            inputs = with_labels(self.xc, self.yc, self.target_key) if self.model_loss_used else self.xc
+            out = call_model(self.model if self.training else self.eval_model, inputs)
+            self.pred, self.model_loss = (out, None) if type(out) is torch.Tensor else unpack_output(out)
+            self("after_pred")
+            self.loss = self.model_loss if self.model_loss_used else self.loss_func(self.pred, self.yc)
+            if self.loss is None: raise _no_model_loss(out)
             if self.micro_splits > 1: self.loss = self.loss * (len(self.yc) / n)
             self("after_loss")
             preds.append(self.pred.detach()); total = total + self.loss.detach()
@@ -376,30 +395,44 @@ def _sums_state(sums:dict|None) -> dict|None:
 def _sums_from_state(state:dict|None, device) -> dict|None:
     return None if state is None else {k: torch.tensor(s["values"], dtype=getattr(torch, s["dtype"]), device=device) for k, s in state.items()}
 
+@dataclass
+class Running:
+    "What a stretch of training batches added up: an epoch, or the interval between two logged rows."
+    loss: object = 0.0        # Σ batch loss × weight (a device tensor once a batch is in: no host sync per batch)
+    weight: object = 0        # Σ weights: samples, or counted tokens for token tasks (`Task.weight`)
+    samples: int = 0
+    sums: dict|None = None    # the task's metric sums
+    wait: float = 0.0         # seconds spent waiting for data
+    since: float = field(default_factory=time.perf_counter)
+
+    def state(self, prefix:str) -> dict:
+        num = lambda v: float(v) if isinstance(v, torch.Tensor) else v
+        return {f"{prefix}_loss": num(self.loss), f"{prefix}_n": self.samples, f"{prefix}_w": num(self.weight),
+                f"{prefix}_sums": _sums_state(self.sums)}
+
+    @classmethod
+    def from_state(cls, state:dict, prefix:str, device, task:Task) -> Running:
+        "A stretch saved in a checkpoint (an older version's has no weight: its weight was the sample count)."
+        sums = _sums_from_state(state[f"{prefix}_sums"], device)
+        return cls(state[f"{prefix}_loss"], state.get(f"{prefix}_w", state[f"{prefix}_n"]), state[f"{prefix}_n"],
+                   task.upgrade(sums) if sums is not None else None)
+
 class MetricsCallback(Callback):
     "Exact, sync-free metric sums (the task's, plus torchmetrics) and the train/val/test rows."
     order = -10
     def __init__(self, extra=()): self.extra_names, self.template = list(extra), None
 
-    def _reset_interval(self):
-        self.i_loss, self.i_n, self.i_sums, self.i_wait = 0.0, 0, None, 0.0
-        self.t_interval = time.perf_counter()
-
     def before_train(self):
-        self.e_loss, self.e_n, self.e_sums, self.e_wait, self.t_epoch = 0.0, 0, None, 0.0, time.perf_counter()
-        self._reset_interval()
+        self.epoch_sums, self.interval = Running(), Running()
         resumed, self._resumed = getattr(self, "_resumed", None), None
         if resumed and self.start_iter:  # continuing an epoch from a checkpoint: its sums so far come back
-            dev = self.trainer.device
-            self.e_loss, self.e_n, self.i_loss, self.i_n = resumed["e_loss"], resumed["e_n"], resumed["i_loss"], resumed["i_n"]
-            self.e_sums, self.i_sums = _sums_from_state(resumed["e_sums"], dev), _sums_from_state(resumed["i_sums"], dev)
+            dev, task = self.trainer.device, self.task
+            self.epoch_sums, self.interval = Running.from_state(resumed, "e", dev, task), Running.from_state(resumed, "i", dev, task)
 
     def state_dict(self) -> dict:
         "Running sums of the epoch and of the logging interval (read at checkpoints only)."
-        if not self.training or not hasattr(self, "e_n"): return {}
-        num = lambda v: float(v) if isinstance(v, torch.Tensor) else v
-        return {"e_loss": num(self.e_loss), "e_n": self.e_n, "i_loss": num(self.i_loss), "i_n": self.i_n,
-                "e_sums": _sums_state(self.e_sums), "i_sums": _sums_state(self.i_sums)}
+        if not self.training or not hasattr(self, "epoch_sums"): return {}
+        return {**self.epoch_sums.state("e"), **self.interval.state("i")}
 
     def load_state_dict(self, state:dict): self._resumed = state or None
 
@@ -408,7 +441,7 @@ class MetricsCallback(Callback):
         return self.task.new_sums(output)
 
     def before_validate(self):
-        self.v_loss, self.v_sums = torch.zeros((), dtype=torch.float64, device=self.trainer.device), None
+        self.valid = Running(torch.zeros((), dtype=torch.float64, device=self.trainer.device))
         self.extra = None
 
     def before_batch(self): self.cancelled = False
@@ -416,48 +449,53 @@ class MetricsCallback(Callback):
 
     def after_batch(self):
         if self.cancelled: return
-        n, task = len(self.yb), self.task
+        task, weight = self.task, self.task.weight(self.yb)
         if not self.training:
-            if self.v_sums is None: self.v_sums = self._new_sums(self.pred)
-            task.update(self.v_sums, self.pred, self.yb)
-            self.v_loss += self.loss.double() * n
+            v = self.valid
+            if v.sums is None: v.sums = self._new_sums(self.pred)
+            task.update(v.sums, self.pred, self.yb)
+            v.loss += self.loss.double() * weight; v.weight += weight; v.samples += len(self.yb)
             if self.extra_names:
                 if self.extra is None: self.extra = self._new_metrics(self.pred)
-                for m in self.extra.values(): m.update(*metric_inputs(task, self.pred.detach(), self.yb))
+                for m in self.extra.values(): m.update(*metric_inputs(task, self.pred.detach(), self.yb, m))
             return
-        if self.e_sums is None: self.e_sums = self._new_sums(self.pred)
-        if self.i_sums is None: self.i_sums = self._new_sums(self.pred)
-        task.update(self.e_sums, self.pred, self.yb); task.update(self.i_sums, self.pred, self.yb)
-        loss = self.loss.detach() * n
-        self.i_loss, self.i_n, self.e_loss, self.e_n = self.i_loss + loss, self.i_n + n, self.e_loss + loss, self.e_n + n
-        self.i_wait += self.data_wait; self.e_wait += self.data_wait
+        loss = self.loss.detach() * weight
+        for run in (self.epoch_sums, self.interval):
+            if run.sums is None: run.sums = self._new_sums(self.pred)
+            task.update(run.sums, self.pred, self.yb)
+            run.loss, run.weight, run.samples, run.wait = run.loss + loss, run.weight + weight, run.samples + len(self.yb), run.wait + self.data_wait
         # a row every log_every optimizer steps, covering the batches since the last; the epoch row covers the last step
         if self.stepped and self.global_step % self.log_every == 0 and self.iter + 1 < self.n_iter:
-            self._log_train(self.i_loss, self.i_n, self.i_sums, self.i_wait, self.t_interval)
-            self._reset_interval()
+            self._log_train(self.interval)
+            self.interval = Running()
 
     def _new_metrics(self, output) -> dict:
         return {metric_name(n): make_metric(n, self.task, output) for n in self.extra_names}
 
     def after_train(self):
-        if self.e_n: self._log_train(self.e_loss, self.e_n, self.e_sums, self.e_wait, self.t_epoch, epoch_row=True)
+        if self.epoch_sums.samples: self._log_train(self.epoch_sums, epoch_row=True)
 
-    def _log_train(self, loss, n, sums, wait, since, epoch_row=False):
-        elapsed = max(time.perf_counter() - since, 1e-9)
-        sums, (loss, n) = self.trainer._reduce_sums(sums, loss=loss, n=n)
-        metrics = self.task.compute(sums)
-        row = {"loss": loss / max(n, 1), **{k: metrics[k] for k in self.task.train_metrics}, "lr": self.trainer.lr,
-               "samples_per_s": round(n / elapsed, 2), "data_wait_s": round(wait, 6), "data_wait_share": round(wait / elapsed, 4)}
+    def _log_train(self, run:Running, epoch_row=False):
+        elapsed = max(time.perf_counter() - run.since, 1e-9)
+        sums, (loss, weight, n) = self.trainer._reduce_sums(run.sums, loss=run.loss, weight=run.weight, n=run.samples)
+        mean = loss / max(weight, 1)
+        metrics = {**self.task.compute(sums), **self.task.from_loss(mean)}
+        row = {"loss": mean, **{k: metrics[k] for k in self.task.train_metrics}, "lr": self.trainer.lr,
+               "samples_per_s": round(n / elapsed, 2)}
+        if self.task.per_token: row["tokens_per_s"] = round(weight / elapsed, 2)  # counted target tokens
+        row.update(data_wait_s=round(run.wait, 6), data_wait_share=round(run.wait / elapsed, 4))
         if epoch_row: row.update(epoch_time_s=round(elapsed, 3), samples=int(n))  # samples seen by all processes
         if getattr(self.trainer, "grad_norm", None) is not None: row["grad_norm"] = float(self.trainer.grad_norm)
         self.trainer.log_row("train", **row)
 
     def after_validate(self):
-        if self.v_sums is None and self.template is not None: self.v_sums = self.task.new_sums(self.template)  # no batch here
-        if self.v_sums is None: return  # nothing to validate on (an empty split, before any training)
-        sums, (loss,) = self.trainer._reduce_sums(self.v_sums, loss=self.v_loss)
-        metrics = self.task.compute(sums)
-        row = {"loss": loss / max(metrics["samples"], 1), **metrics}
+        v = self.valid
+        if v.sums is None and self.template is not None: v.sums = self.task.new_sums(self.template)  # no batch here
+        if v.sums is None: return  # nothing to validate on (an empty split, before any training)
+        sums, (loss, weight, n) = self.trainer._reduce_sums(v.sums, loss=v.loss, weight=v.weight, n=v.samples)
+        mean = loss / max(weight, 1)
+        row = {"loss": mean, **self.task.compute(sums), **self.task.from_loss(mean)}
+        row.setdefault("samples", int(n))
         if self.extra_names:
             if self.extra is None: self.extra = self._new_metrics(self.template)
             row.update({k: metric_value(m.compute()) for k, m in self.extra.items()})  # torchmetrics syncs the processes
