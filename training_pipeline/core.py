@@ -27,15 +27,15 @@ from typing import Any
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'URL_PATTERN', 'TMP_PREFIX', 'DATA_DIR',
            'RUNS_DIR', 'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES',
            'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS',
-           'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'REDACTED', 'SECRET_WORDS', 'KEY_SECRET_WORDS', 'HARMLESS_KEYS',
-           'TOKEN_COUNTS', 'URL_USERINFO', 'URL_QUERY_VALUE', 'PipelineError', 'UsageError', 'ConfigError', 'DataError',
-           'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'refuse_url', 'patch',
-           'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree',
-           'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json',
-           'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed', 'git_info', 'package_version',
-           'environment_info', 'free_port', 'usable_cpus', 'default_num_workers', 'snake_case', 'is_import_path',
-           'is_hf_architecture', 'import_object', 'key_words', 'is_secret_key', 'remember_secret', 'scrub', 'redact',
-           'redact_argv', 'fault_spec', 'fault_point', 'on_main_thread']
+           'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'OPTIONAL_EXTRAS', 'REDACTED', 'SECRET_WORDS', 'KEY_SECRET_WORDS',
+           'HARMLESS_KEYS', 'TOKEN_COUNTS', 'URL_USERINFO', 'URL_QUERY_VALUE', 'PipelineError', 'UsageError',
+           'ConfigError', 'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun',
+           'did_you_mean', 'refuse_url', 'patch', 'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write',
+           'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file',
+           'sha256_dir', 'sha256_json', 'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed',
+           'git_info', 'package_version', 'environment_info', 'free_port', 'usable_cpus', 'default_num_workers',
+           'snake_case', 'is_import_path', 'is_hf_architecture', 'import_object', 'key_words', 'is_secret_key',
+           'remember_secret', 'scrub', 'redact', 'redact_argv', 'fault_spec', 'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -262,9 +262,19 @@ def is_pickle_bytes(data:bytes, size:int|None=None) -> bool:
     "Whether a file's first bytes are a pickle (or a torch zip archive, which holds one) and not safetensors."
     return _pickle_header(data[:4]) and not is_safetensors_bytes(data, size)
 
+def _unshared(tensors:dict) -> dict:
+    "Tensors that share memory (tied weights: a language model's embedding and output layer) as copies: safetensors stores each once."
+    seen, out = set(), {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        out[k] = v.clone() if ptr in seen else v
+        if ptr is not None: seen.add(ptr)
+    return out
+
 def safetensors_bytes(tensors:dict, metadata:dict|None=None) -> bytes:
-    "`safetensors.torch.save`, with the header padded so the file never starts like a pickle."
+    "`safetensors.torch.save`, with tied tensors stored as copies and the header padded so the file never starts like a pickle."
     from safetensors.torch import save
+    tensors = _unshared(tensors)
     data, pad = save(tensors, metadata), 0
     while _pickle_header(data[:4]):
         pad += 1; data = save(tensors, {**(metadata or {}), "pad": " " * pad})
@@ -355,6 +365,8 @@ def is_hf_architecture(name) -> bool:
     "A Hugging Face model: `transformers:Class` in a config, or a class from the transformers package (`fit`)."
     return isinstance(name, str) and name.split(":", 1)[0].split(".", 1)[0] == "transformers"
 
+OPTIONAL_EXTRAS = {"transformers": "hf", "tokenizers": "hf", "litdata": "shards", "s3fs": "s3", "gcsfs": "gcs"}
+
 def import_object(path:str, key:str="import path"):
     "The object `package.module:attr.sub` names; `ConfigError` at `key` when it cannot be imported."
     import importlib
@@ -364,6 +376,9 @@ def import_object(path:str, key:str="import path"):
     if os.getcwd() not in sys.path and "" not in sys.path: sys.path.insert(0, os.getcwd())
     try: obj = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
+        if e.name in OPTIONAL_EXTRAS:  # a package of one of our extras (transformers for `transformers:Class` models)
+            raise ConfigError(f"{path} needs the {e.name} package, which is not installed", key,
+                              f"pip install 'training_pipeline[{OPTIONAL_EXTRAS[e.name]}]'") from None
         if e.name and module_name.startswith(e.name) and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise ConfigError(f"module {e.name!r} not found (importing {path})", key,
                               "check the spelling; the module must be importable from the working directory or PYTHONPATH") from None

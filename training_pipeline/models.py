@@ -16,7 +16,7 @@ from .core import CheckpointError, ConfigError, did_you_mean
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'head_name', 'DropoutLinear',
            'replace_head', 'is_pickle_file', 'load_safetensors', 'load_pretrained', 'legacy_head_names', 'load_weights',
-           'create_model', 'user_model', 'model_from_config', 'model_from_spec']
+           'create_model', 'user_model', 'model_from_config', 'model_from_spec', 'hf_model', 'hf_spec']
 
 # %% ../nbs/03_models.ipynb #9fb4dc88
 def conv_block(c_in:int, c_out:int) -> nn.Sequential:
@@ -200,10 +200,16 @@ def user_model(path:str, init_args:dict|None=None) -> nn.Module:
         raise ConfigError(f"{path} returned a {type(model).__name__}, not a torch nn.Module", "model.architecture", "name an nn.Module class or a function returning one")
     return model
 
-def model_from_config(model_cfg, input_shape:tuple, num_classes:int|None, num_outputs:int|None=None) -> nn.Module:
-    "The model of a `ModelConfig`: the user's own (import path + init_args, fine-tuned from pretrained_weights if asked), or `create_model`."
+def model_from_config(model_cfg, input_shape:tuple, num_classes:int|None, num_outputs:int|None=None,
+                      vocab_size:int|None=None) -> nn.Module:
+    """The model of a `ModelConfig`: a Hugging Face model (`hf_model`), the user's own (import path + init_args,
+    fine-tuned from pretrained_weights if asked), or `create_model`."""
     import logging
-    from training_pipeline.core import is_import_path
+    from training_pipeline.core import is_hf_architecture, is_import_path
+    if is_hf_architecture(model_cfg.architecture):
+        model, note = hf_model(model_cfg.architecture, model_cfg.init_args, model_cfg.pretrained_weights, num_classes, vocab_size)
+        if note: logging.getLogger("training_pipeline").warning(note)
+        return model
     if is_import_path(model_cfg.architecture):
         model = user_model(model_cfg.architecture, model_cfg.init_args)
         if model_cfg.pretrained:
@@ -221,8 +227,9 @@ def model_from_config(model_cfg, input_shape:tuple, num_classes:int|None, num_ou
 
 def model_from_spec(spec:dict) -> nn.Module:
     "Rebuild a trained model's architecture (untrained weights) from the `model.json` a run or registered model keeps."
-    from training_pipeline.core import is_import_path
+    from training_pipeline.core import is_hf_architecture, is_import_path
     arch = spec["architecture"]
+    if is_hf_architecture(arch): return hf_model(arch, spec.get("init_args") or {})[0]
     if is_import_path(arch): return user_model(arch, spec.get("init_args") or {})
     n, shape = spec.get("num_outputs") or spec.get("num_classes"), spec.get("input_shape")
     if not n or not shape:
@@ -230,3 +237,63 @@ def model_from_spec(spec:dict) -> nn.Module:
                               "keep the model.json its run wrote beside the weights")
     return create_model(arch, spec.get("num_classes") or n, tuple(shape), spec.get("dropout", 0.0),
                         hidden_dims=spec.get("hidden_dims", (256, 128)), num_outputs=n, init_args=spec.get("init_args"))
+
+# %% ../nbs/03_models.ipynb #02321ac8
+def _transformers():
+    try: import transformers
+    except ImportError:
+        raise ConfigError("Hugging Face models need the transformers package, which is not installed", "model.architecture",
+                          "pip install 'training_pipeline[hf]'") from None
+    transformers.logging.set_verbosity_error(); transformers.utils.logging.disable_progress_bar()  # one line of ours instead
+    return transformers
+
+def _hf_class(transformers, name:str):
+    cls = getattr(transformers, name, None)
+    if cls is None or not (name.startswith("AutoModel") or isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        models = [n for n in dir(transformers) if n.startswith("AutoModel") or n.endswith(("Model", "LMHeadModel")) or "For" in n]
+        raise ConfigError(f"transformers has no model class {name!r}{did_you_mean(name, models)}", "model.architecture",
+                          "name a PreTrainedModel class: transformers:BertForSequenceClassification, transformers:AutoModelForCausalLM ...")
+    return cls
+
+def _from_data(name:str, init_args:dict, num_classes:int|None, vocab_size:int|None) -> dict:
+    "What the data fills in when the arguments leave it out: num_labels of a classifier, vocab_size of a tokenized corpus."
+    args = dict(init_args)
+    if num_classes and "num_labels" not in args and ("SequenceClassification" in name or "TokenClassification" in name):
+        args["num_labels"] = num_classes
+    if vocab_size and "vocab_size" not in args: args["vocab_size"] = vocab_size
+    return args
+
+# %% ../nbs/03_models.ipynb #16e5e940
+def hf_model(architecture:str, init_args:dict|None=None, pretrained_weights:str|None=None,
+             num_classes:int|None=None, vocab_size:int|None=None) -> tuple[nn.Module, str|None]:
+    "(model, what loading pretrained weights did) for `transformers:<class>`: built from its config, or from a local directory."
+    transformers, name = _transformers(), architecture.split(":", 1)[1]
+    cls, args = _hf_class(transformers, name), dict(init_args or {})
+    if pretrained_weights:
+        path = Path(pretrained_weights)
+        if not (path/"config.json").is_file():
+            raise ConfigError(f"{path} is not a save_pretrained directory (no config.json)", "model.pretrained_weights",
+                              "give a local directory written by save_pretrained (nothing is downloaded)")
+        try: model, info = cls.from_pretrained(path, local_files_only=True, use_safetensors=True, ignore_mismatched_sizes=True,
+                                               output_loading_info=True, **_from_data(name, args, num_classes, None))
+        except (OSError, ValueError, TypeError) as e:
+            raise CheckpointError(f"cannot load {name} from it: {' '.join(str(e).split())[:200]}", str(path),
+                                  "give a directory with config.json and model.safetensors from save_pretrained") from None
+        changed = sorted({k[0] for k in info["mismatched_keys"]} | set(info["missing_keys"]))
+        return model, f"pretrained weights {path.name}: loaded" + (f"; re-initialised: {', '.join(changed)}" if changed else "")
+    args = _from_data(name, args, num_classes, vocab_size)
+    try:
+        if name.startswith("AutoModel"):
+            if "model_type" not in args:
+                raise ConfigError(f"{name} needs the config's model_type", "model.init_args", "add model_type (e.g. gpt2, bert) to model.init_args")
+            model_type = args.pop("model_type")
+            return cls.from_config(transformers.AutoConfig.for_model(model_type, **args)), None
+        return cls(cls.config_class(**args)), None
+    except ConfigError: raise
+    except Exception as e:
+        raise ConfigError(f"{name}(config(**model.init_args)) failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                          "model.init_args", "fix the config arguments") from None
+
+def hf_spec(model:nn.Module) -> tuple[str, dict]:
+    "(architecture, init_args) that rebuild a Hugging Face model: its concrete class and every value of its config."
+    return f"transformers:{type(model).__name__}", model.config.to_dict()

@@ -350,8 +350,8 @@ def build_components(config, data) -> tuple[Task, Callable, nn.Module]:
     "(task, loss, model) for a validated config and its data (a `DataBundle`)."
     from training_pipeline.models import model_from_config
     task, loss, n = task_and_loss(config, data)
-    width = None if is_import_path(config.model.architecture) else output_width(config, task, n, data)
-    return task, loss, model_from_config(config.model, data.input_shape, n, width)
+    width = None if is_import_path(config.model.architecture) else output_width(config, task, n, data)  # HF: num_labels
+    return task, loss, model_from_config(config.model, data.input_shape, n, width, getattr(data, "vocab_size", None))
 
 def task_and_loss(config, data, loss:Callable|None=None) -> tuple[Task, Callable, int|None]:
     "(task, loss, number of classes) for a config and its data, checked against each other; `loss` given: the user's own."
