@@ -5,6 +5,7 @@
 # %% ../nbs/10c_evaluation.ipynb #4b43e884
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,60 +15,75 @@ import pandas as pd
 import torch
 
 from .checkpoint import load_exported_model
-from .core import CheckpointError, UsageError, patch
-from .tasks import LEGACY_TASKS, make_task
+from .core import CheckpointError, NotBuiltError, UsageError, patch
+from .tasks import IGNORE_INDEX, LEGACY_TASKS, class_count_metrics, make_task, unpack_output
 
 # %% auto #0
-__all__ = ['HEADLINE', 'task_name', 'Evaluation', 'metrics_table', 'load_predictions', 'read_test_split', 'evaluate']
+__all__ = ['HEADLINE', 'task_name', 'Evaluation', 'token_metrics', 'top_class_metrics', 'metrics_table', 'load_predictions',
+           'read_test_split', 'evaluate']
 
 # %% ../nbs/10c_evaluation.ipynb #a7350b66
 def task_name(task:str|None) -> str:
-    "classification, regression or multilabel (older model.json files say multiclass or binary)."
+    "The task of a model.json (older files say multiclass or binary for classification)."
     return LEGACY_TASKS.get(task or "classification", task or "classification")
 
 HEADLINE = {"classification": {"accuracy": "accuracy", "f1": "F1 (macro)", "precision": "precision (macro)",
                                "recall": "recall (macro)", "top5_accuracy": "top-5 accuracy"},
             "regression": {"rmse": "RMSE", "mae": "MAE", "r2": "R²"},
             "multilabel": {"f1": "F1 (micro)", "precision": "precision (micro)", "recall": "recall (micro)",
-                           "accuracy": "accuracy (mean per label)"}}
+                           "accuracy": "accuracy (mean per label)"},
+            "causal_lm": {"perplexity": "perplexity", "token_accuracy": "token accuracy", "tokens": "tokens"},
+            "token_classification": {"token_accuracy": "token accuracy", "f1": "F1 (macro)", "precision": "precision (macro)",
+                                     "recall": "recall (macro)", "tokens": "tokens"}}
 
 @dataclass
 class Evaluation:
-    "One set of weights on the test split: raw outputs and targets, read through the run's task."
-    task: str                 # classification | regression | multilabel
-    outputs: np.ndarray       # raw model outputs: (N, C) logits (or (N, 1) for bce), (N,)/(N, K) values, (N, L) label logits
-    targets: np.ndarray       # (N,) classes or values, (N, L) 0/1 labels
+    """One set of weights on the test split, read through the run's task: raw outputs, or the compact record a task
+    keeps for many classes (`Task.prediction_record`: the top 5 classes; per token, the prediction and its loss)."""
+    task: str                 # classification | regression | multilabel | causal_lm | token_classification
+    outputs: np.ndarray|None  # raw model outputs: (N, C) logits (or (N, 1) for bce), (N,)/(N, K) values, (N, L) label logits
+    targets: np.ndarray       # (N,) classes or values, (N, L) 0/1 labels, (N, T) tokens (-100: not counted)
     classes: list = field(default_factory=list)  # class or label names (numbered when the run has none)
     weights: str = ""         # which weights made the outputs: "final model (step 120)", "best checkpoint ...", a file
     source: str = ""          # where the outputs come from: a stored predictions file, or the data evaluated now
     inputs: np.ndarray|None = None  # test images (N, C, H, W) uint8, for the worst-case grid
+    record: dict = field(default_factory=dict)  # compact predictions: top_classes/top_scores, or predicted/nll per token
 
     def __post_init__(self):
         self.task = task_name(self.task)
-        self.outputs, self.targets = np.asarray(self.outputs, dtype=np.float32), np.asarray(self.targets)
-        if not self.classes and self.task != "regression":
+        self.targets = np.asarray(self.targets)
+        if self.outputs is not None: self.outputs = np.asarray(self.outputs, dtype=np.float32)
+        self.record = {k: np.asarray(v) for k, v in self.record.items()}
+        if not self.classes and self.outputs is not None and self.task in ("classification", "multilabel"):
             width = self.outputs.shape[-1] if self.outputs.ndim > 1 else 1
             self.classes = [str(i) for i in range(max(2, width) if self.task == "classification" else width)]
         self.classes = [str(c) for c in self.classes]
 
+    @property
+    def per_token(self) -> bool: return self.task in ("causal_lm", "token_classification")
+    @property
+    def counted(self) -> np.ndarray: return self.targets != IGNORE_INDEX  # token tasks: the positions that count
     @cached_property
     def _task(self): return make_task(self.task, len(self.classes) if self.task == "classification" else None)
     @cached_property
     def _out(self): return torch.from_numpy(self.outputs)
     @cached_property
     def _y(self): return torch.from_numpy(self.targets).float() if self.task == "regression" else torch.from_numpy(self.targets).long()
-
     @cached_property
     def probs(self) -> np.ndarray:
-        "Class probabilities (N, C), label probabilities (N, L), or the predicted values."
-        return self._task.scores(self._out).numpy()
+        "Class probabilities (N, C), label probabilities (N, L), or the predicted values (the top 5 for a compact record)."
+        return self.record["top_scores"] if "top_scores" in self.record else self._task.scores(self._out).numpy()
     @cached_property
     def preds(self) -> np.ndarray:
-        "Classes (N,), a 0/1 label matrix (N, L), or values."
+        "Classes (N,), a 0/1 label matrix (N, L), values, or per-token predictions (N, T)."
+        if "predicted" in self.record: return self.record["predicted"]
+        if "top_classes" in self.record: return self.record["top_classes"][:, 0]
         return self._task.decode(self._out).numpy()
     @cached_property
     def metrics(self) -> dict:
-        "The task's metrics, computed as the trainer computes them (exact sums over the whole split)."
+        "The task's metrics, as the trainer computes them (exact sums over the whole split), from outputs or the record."
+        if self.per_token: return token_metrics(self)
+        if "top_classes" in self.record: return top_class_metrics(self)
         sums = self._task.new_sums(self._out)
         if len(self.targets): self._task.update(sums, self._out, self._y)
         return self._task.compute(sums)
@@ -77,6 +93,32 @@ class Evaluation:
         "The task's main metrics by display name (RMSE, MAE, R² / accuracy, F1 ...), and the sample count."
         return {**{label: self.metrics[k] for k, label in HEADLINE[self.task].items() if k in self.metrics},
                 "samples": len(self.targets)}
+
+# %% ../nbs/10c_evaluation.ipynb #d4b6b445
+def _count_metrics(truth:np.ndarray, predicted:np.ndarray, k:int) -> dict:
+    "class_count_metrics of (truth, predicted) class pairs over k classes."
+    counts = [np.bincount(v, minlength=k)[:k] for v in (truth[predicted == truth], truth, predicted)]
+    return class_count_metrics(*(torch.from_numpy(c) for c in counts))
+
+def _n_classes(ev:Evaluation, *arrays) -> int:
+    return max(len(ev.classes), *(int(a.max(initial=0)) + 1 for a in arrays))
+
+def token_metrics(ev:Evaluation) -> dict:
+    "A token task's metrics from its record: tokens, token accuracy, perplexity (exp of the mean NLL), macro P/R/F1 over labels."
+    counted = ev.counted
+    tokens, truth, predicted = int(counted.sum()), ev.targets[counted].astype(int), ev.preds[counted].astype(int)
+    m = {"tokens": tokens, "token_accuracy": float((predicted == truth).sum()) / max(tokens, 1)}
+    if "nll" in ev.record: m["perplexity"] = math.exp(min(float(ev.record["nll"][counted].sum()) / max(tokens, 1), 700.0))
+    if ev.task == "token_classification":
+        counts = _count_metrics(truth, predicted, _n_classes(ev, truth, predicted))
+        m.update({k: v for k, v in counts.items() if k != "accuracy"})
+    return m
+
+def top_class_metrics(ev:Evaluation) -> dict:
+    "Classification over many classes from the top-5 record: accuracy, macro P/R/F1 (exact: from the top class), top-5."
+    truth, top = ev.targets.astype(int), ev.record["top_classes"].astype(int)
+    return {**_count_metrics(truth, top[:, 0], _n_classes(ev, truth, top)), "samples": len(truth),
+            "top5_accuracy": float((top == truth[:, None]).any(1).mean())}
 
 # %% ../nbs/10c_evaluation.ipynb #8c5b758b
 def metrics_table(evaluations:list[Evaluation]) -> pd.DataFrame:
@@ -94,12 +136,34 @@ def confusion(self:Evaluation) -> np.ndarray:
 
 @patch
 def per_class(self:Evaluation) -> pd.DataFrame:
-    "Classification: precision, recall, F1 and support of each class."
-    cm = self.confusion().astype(float)
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    "Classification: precision, recall, F1 and support of each class (from counts: no C×C matrix for many classes)."
+    truth, predicted = self.targets.astype(int), self.preds.astype(int)
+    k = _n_classes(self, truth, predicted)
+    tp, support, predicted = (np.bincount(v, minlength=k)[:k].astype(float) for v in (truth[predicted == truth], truth, predicted))
     precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+    names = self.classes + [str(i) for i in range(len(self.classes), k)]
     return pd.DataFrame({"precision": precision, "recall": recall, "f1": _ratio(2 * precision * recall, precision + recall),
-                         "support": support.astype(int)}, index=pd.Index(self.classes, name="class")).round(4)
+                         "support": support.astype(int)}, index=pd.Index(names, name="class")).round(4)
+
+@patch
+def class_summary(self:Evaluation, n:int=10) -> pd.DataFrame:
+    "Many classes: the `n` most frequent in the test split and the `n` with the lowest F1 (of those present), not all of them."
+    table = self.per_class()
+    present = table[table["support"] > 0]
+    frequent, weakest = present.nlargest(n, "support"), present.nsmallest(n, "f1")
+    return pd.concat([frequent.assign(shown="most frequent"), weakest.assign(shown="lowest F1")])
+
+@patch
+def token_errors(self:Evaluation, n:int=10) -> pd.DataFrame:
+    "Token tasks: the `n` most frequent (true, predicted) pairs among the counted tokens predicted wrong."
+    counted = self.counted
+    truth, predicted = self.targets[counted].astype(int), self.preds[counted].astype(int)
+    wrong = predicted != truth
+    pairs, counts = np.unique(np.stack([truth[wrong], predicted[wrong]], 1), axis=0, return_counts=True) if wrong.any() else (np.empty((0, 2), int), np.empty(0, int))
+    order = np.argsort(-counts, kind="stable")[:n]
+    name = lambda i: self.classes[i] if i < len(self.classes) else str(i)
+    return pd.DataFrame({"true": [name(p) for p in pairs[order, 0]], "predicted": [name(p) for p in pairs[order, 1]],
+                         "count": counts[order], "share of errors": (counts[order] / max(int(wrong.sum()), 1)).round(4)})
 
 # %% ../nbs/10c_evaluation.ipynb #612be94f
 @patch
@@ -131,12 +195,14 @@ def load_predictions(info:dict, spec:dict) -> Evaluation:
     except Exception as e:
         raise CheckpointError(f"stored test predictions unreadable ({type(e).__name__}: {e})", info["file"],
                               "delete artifacts/predictions and report with --checkpoint and --data-dir") from None
-    if {"outputs", "targets"} - set(t):
+    if "targets" not in t or not {"outputs", "top_classes", "predicted"} & set(t):
         raise CheckpointError("stored test predictions lack 'outputs' or 'targets'", info["file"], "delete artifacts/predictions and report with --checkpoint")
     y = t["targets"]
     y = y.double() if y.is_floating_point() else y.long()
-    return Evaluation(spec.get("task"), t["outputs"].float().numpy(), y.numpy(), _classes(spec), info.get("weights") or info["name"],
-                      f"stored predictions artifacts/predictions/{Path(info['file']).name}")
+    outputs = t["outputs"].float().numpy() if "outputs" in t else None
+    record = {k: v.numpy() for k, v in t.items() if k not in ("outputs", "targets")}  # a compact record (Task.prediction_record)
+    return Evaluation(spec.get("task"), outputs, y.numpy(), _classes(spec), info.get("weights") or info["name"],
+                      f"stored predictions artifacts/predictions/{Path(info['file']).name}", record=record)
 
 # %% ../nbs/10c_evaluation.ipynb #aec90b37
 def read_test_split(spec:dict, data_dir:Path):
@@ -157,8 +223,11 @@ def read_test_split(spec:dict, data_dir:Path):
 def evaluate(weights:str|Path, data_dir:str|Path, spec:dict|None=None, batch_size:int=256, label:str|None=None) -> Evaluation:
     "Exported weights run now on the test split of `data_dir` (`label` says which weights they are)."
     model, spec = load_exported_model(weights, spec)
+    if task_name(spec.get("task")) in ("causal_lm", "token_classification"):
+        raise NotBuiltError(f"evaluating {spec['task']} weights again on prepared data is not built", str(weights),
+                            "report the run itself (tp report --run): it stored its test predictions when it ended")
     x, y, raw = read_test_split(spec, Path(data_dir))
     with torch.no_grad():
-        outputs = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+        outputs = torch.cat([unpack_output(model(x[i:i + batch_size]))[0].float() for i in range(0, len(x), batch_size)])
     return Evaluation(spec.get("task"), outputs.numpy(), np.asarray(y), _classes(spec), label or str(weights),
                       f"evaluated now on {Path(data_dir)/'processed'/'test'}", raw)

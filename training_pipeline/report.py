@@ -19,6 +19,7 @@ import pandas as pd
 
 from .core import CheckpointError, PipelineError, UsageError, atomic_write, is_import_path, redact_argv
 from .evaluation import HEADLINE, Evaluation, evaluate, load_predictions, metrics_table, read_test_split
+from .tasks import PER_CLASS_LIMIT
 from .tracking import read_jsonl
 
 # %% auto #0
@@ -267,13 +268,23 @@ def per_label_figure(ev:Evaluation):
 # %% ../nbs/11_report.ipynb #032135a4
 def _capitalized(s:str) -> str: return s[:1].upper() + s[1:]
 
+def _per_class_or_summary(ev:Evaluation) -> pd.DataFrame:
+    return ev.per_class() if len(ev.per_class()) <= PER_CLASS_LIMIT else ev.class_summary()
+
 def evaluation_parts(ev:Evaluation) -> list[tuple[str, object]]:
     "What the report shows of one evaluation, in order: ('markdown', text), ('table', (DataFrame, caption)), ('figure', fig)."
     w = ev.weights
-    parts = [("markdown", f"### {_capitalized(w)}\n\n{len(ev.targets)} test samples; {ev.source}.")]
+    count = f"{len(ev.targets)} test sequences, {int(ev.counted.sum())} counted tokens" if ev.per_token else f"{len(ev.targets)} test samples"
+    parts = [("markdown", f"### {_capitalized(w)}\n\n{count}; {ev.source}.")]
     if not len(ev.targets): return parts
     parts.append(("table", (metrics_table([ev]), f"Test metrics · {w}")))
-    if ev.task == "classification":
+    if ev.per_token:
+        what = "labels" if ev.task == "token_classification" else "tokens"
+        parts.append(("table", (ev.token_errors(), f"The most frequent errors among the counted {what} (true → predicted) · {w}")))
+        if ev.task == "token_classification": parts.append(("table", (_per_class_or_summary(ev), f"Per label · {w}")))
+    elif ev.task == "classification" and (ev.outputs is None or len(ev.classes) > PER_CLASS_LIMIT):  # a vocabulary: a summary
+        parts.append(("table", (ev.class_summary(), f"The 10 most frequent classes and the 10 with the lowest F1 · {w}")))
+    elif ev.task == "classification":
         parts += [("table", (ev.per_class(), f"Per class · {w}")), ("figure", confusion_figure(ev))]
         if len(ev.classes) == 2 and len(np.unique(ev.targets)) == 2: parts += [("figure", f) for f in roc_pr_figures(ev)]
         if ev.inputs is not None:

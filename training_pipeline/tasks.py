@@ -65,6 +65,9 @@ class Task:
     def update(self, sums:dict, output:torch.Tensor, target:torch.Tensor): raise NotImplementedError
     def compute(self, sums:dict) -> dict: raise NotImplementedError
     def upgrade(self, sums:dict) -> dict: return sums  # sums a checkpoint of an older version saved, in today's form
+    def prediction_record(self, output:torch.Tensor, target:torch.Tensor) -> dict[str, torch.Tensor]:
+        "What a run stores of a batch's predictions (artifacts/predictions): here the raw outputs and the targets."
+        return {"outputs": output.float(), "targets": target}
     def __repr__(self): return f"{type(self).__name__}()"
 
 # %% ../nbs/04a_tasks.ipynb #5068013d
@@ -108,6 +111,11 @@ class Classification(Task):
         m = {**class_count_metrics(*(sums[k].cpu() for k in ("hit", "true", "predicted"))), "samples": int(sums["true"].sum())}
         if len(sums["true"]) > 5: m["top5_accuracy"] = sums["top5"].item() / max(m["samples"], 1)
         return m
+    def prediction_record(self, output, target):
+        "Raw outputs for a few classes; for many (a vocabulary) the 5 best classes and their probabilities: (N, 5), not (N, C)."
+        if output.shape[-1] <= PER_CLASS_LIMIT: return super().prediction_record(output, target)
+        top = torch.softmax(output.float(), -1).topk(5, -1)
+        return {"top_classes": top.indices, "top_scores": top.values, "targets": target}
     def upgrade(self, sums:dict) -> dict:
         "Sums saved mid-epoch by an older version (a confusion matrix), as counts."
         if "cm" not in sums: return sums
@@ -208,6 +216,12 @@ class TokenTask(Classification):
             index, weight = target.clamp(min=0).reshape(-1), counted.long().reshape(-1)
             _count(sums["true"], index, weight); _count(sums["hit"], index, hits.long().reshape(-1))
             _count(sums["predicted"], predicted.reshape(-1), weight)
+    def prediction_record(self, output, target):
+        "Per counted token: the predicted class and its negative log-likelihood (0 where not counted), not (N, T, V) logits."
+        output, target = self.align(output, target)
+        nll = nn.functional.cross_entropy(output.transpose(1, 2).float(), target.long(), ignore_index=IGNORE_INDEX, reduction="none")
+        return {"predicted": output.argmax(-1), "nll": nll, "targets": target}
+
     def compute(self, sums):
         tokens = int(sums["tokens"])
         m = {"token_accuracy": int(sums["correct"]) / max(tokens, 1), "tokens": tokens}

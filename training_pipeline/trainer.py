@@ -18,7 +18,7 @@ from .callback.core import (Callback, CancelBatchException, CancelEpochException
                                              CancelTrainException, CancelValidateException, EVENTS)
 from .core import ConfigError, TrainingError, UsageError, did_you_mean, patch
 from .schema import metric_name
-from .tasks import MODEL_LOSS, Task, make_metric, make_task, metric_inputs, metric_value, unpack_output
+from .tasks import IGNORE_INDEX, MODEL_LOSS, Task, make_metric, make_task, metric_inputs, metric_value, unpack_output
 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'WarmupCosine', 'resolve_precision', 'make_accelerator', 'split_batch',
@@ -340,16 +340,27 @@ def validate(self:Trainer, split:str="val") -> dict:
     self._do_validate(split)
     return {k: v for k, v in self.row.items() if k not in ("step", "epoch", "split", "time")}
 
+def _join(acc, pieces:list, key:str, per_token:bool) -> torch.Tensor:
+    "One key of the batches' prediction records, concatenated and gathered (token records padded to one length first)."
+    fill = IGNORE_INDEX if key == "targets" else 0
+    if per_token and pieces[0].ndim >= 2:
+        longest = max(p.shape[1] for p in pieces)
+        pieces = [nn.functional.pad(p, (0, longest - p.shape[1]), value=fill) if p.ndim == 2 else p for p in pieces]
+        return acc.gather_for_metrics(acc.pad_across_processes(torch.cat(pieces), dim=1, pad_index=fill)).cpu()
+    return acc.gather_for_metrics(torch.cat(pieces)).cpu()
+
 class GatherPreds(Callback):
-    "Collects the raw outputs and targets of a validation pass (gathered across processes)."
+    """Collects a validation pass's predictions as the task records them (`Task.prediction_record`: raw outputs, or
+    compact records for a vocabulary), gathered across processes; `outputs` and `targets` as tensors when recorded."""
     order = 50
-    def before_validate(self): self.outputs, self.targets = [], []
+    def before_validate(self): self.batches = []
     def after_batch(self):
-        if not self.training: self.outputs.append(self.pred.float()); self.targets.append(self.yb)
+        if not self.training: self.batches.append(self.task.prediction_record(self.pred.detach(), self.yb))
     def after_validate(self):
-        acc = self.trainer.accelerator
-        self.outputs = acc.gather_for_metrics(torch.cat(self.outputs)).cpu() if self.outputs else torch.empty(0)
-        self.targets = acc.gather_for_metrics(torch.cat(self.targets)).cpu() if self.targets else torch.empty(0, dtype=torch.long)
+        acc, keys = self.trainer.accelerator, list(self.batches[0]) if self.batches else []
+        self.record = {k: _join(acc, [b[k] for b in self.batches], k, self.task.per_token) for k in keys}
+        self.outputs = self.record.get("outputs", torch.empty(0))
+        self.targets = self.record.get("targets", torch.empty(0, dtype=torch.long))
 
 @patch
 def outputs(self:Trainer, split:str="test") -> tuple[torch.Tensor, torch.Tensor]:
