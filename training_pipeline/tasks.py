@@ -18,8 +18,8 @@ from .core import ConfigError, did_you_mean, import_object, is_import_path
 # %% auto #0
 __all__ = ['PER_CLASS_LIMIT', 'IGNORE_INDEX', 'TASKS', 'LEGACY_TASKS', 'MODEL_LOSS', 'class_count_metrics', 'confusion_metrics',
            'Task', 'BinaryLoss', 'Classification', 'Regression', 'Multilabel', 'MultilabelLoss', 'TokenCrossEntropy',
-           'TokenTask', 'CausalLM', 'TokenClassification', 'make_task', 'ModelLoss', 'loss_compatible', 'make_loss',
-           'AlignedLoss', 'probabilities', 'metric_class', 'make_metric', 'metric_inputs', 'metric_value',
+           'TokenTask', 'CausalLM', 'TokenClassification', 'make_task', 'ModelLoss', 'AutoLoss', 'loss_compatible',
+           'make_loss', 'AlignedLoss', 'probabilities', 'metric_class', 'make_metric', 'metric_inputs', 'metric_value',
            'unpack_output', 'output_width', 'build_components', 'task_and_loss']
 
 # %% ../nbs/04a_tasks.ipynb #15f47931
@@ -257,6 +257,11 @@ class ModelLoss:
     def __repr__(self): return "ModelLoss()"
 MODEL_LOSS = ModelLoss()
 
+class AutoLoss:
+    "`training.loss: auto`: the model's own loss when its output carries one, else the task's default (the preflight decides)."
+    def __init__(self, default:Callable): self.default = default
+    def __repr__(self): return f"AutoLoss(default={self.default!r})"
+
 def loss_compatible(task:str, loss:str) -> bool:
     "Whether a built-in loss suits a task (an import path, and the model's own loss, suit any)."
     return is_import_path(loss) or loss == "model" or loss in TASKS[LEGACY_TASKS.get(task, task)].losses
@@ -265,6 +270,7 @@ def make_loss(loss_cfg, task:Task) -> Callable:
     "The loss for `training.loss` on this task: a built-in name, `model`, or an import path called with `loss.init_args`."
     name = loss_cfg.type or task.default_loss
     if name == "model": return MODEL_LOSS
+    if name == "auto": return AutoLoss(AlignedLoss(task, task.losses[task.default_loss](loss_cfg)))
     if is_import_path(name):
         obj = import_object(name, "training.loss.type")
         if inspect.isclass(obj):
