@@ -24,22 +24,24 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'URL_PATTERN', 'TMP_PREFIX', 'DATA_DIR',
-           'RUNS_DIR', 'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION', 'TEST_FRACTION', 'JOB_MAX_RETRIES',
-           'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START', 'LR_FIND_END', 'LR_FIND_STEPS',
-           'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'OPTIONAL_EXTRAS', 'REDACTED', 'SECRET_WORDS', 'KEY_SECRET_WORDS',
-           'HARMLESS_KEYS', 'TOKEN_COUNTS', 'URL_USERINFO', 'URL_QUERY_VALUE', 'PipelineError', 'UsageError',
-           'ConfigError', 'DataError', 'CheckpointError', 'TrainingError', 'NotBuiltError', 'InterruptedRun',
-           'did_you_mean', 'refuse_url', 'patch', 'progress_disabled', 'fsync_dir', 'atomic_writer', 'atomic_write',
-           'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs', 'sha256_bytes', 'sha256_file',
-           'sha256_dir', 'sha256_json', 'is_safetensors_bytes', 'is_pickle_bytes', 'safetensors_bytes', 'set_seed',
-           'git_info', 'package_version', 'environment_info', 'free_port', 'usable_cpus', 'default_num_workers',
-           'snake_case', 'is_import_path', 'is_hf_architecture', 'import_object', 'key_words', 'is_secret_key',
-           'remember_secret', 'scrub', 'redact', 'redact_argv', 'fault_spec', 'fault_point', 'on_main_thread']
+__all__ = ['EXIT_OK', 'EXIT_FAILED', 'IGNORE_INDEX', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'URL_PATTERN',
+           'TMP_PREFIX', 'DATA_DIR', 'RUNS_DIR', 'MODELS_DIR', 'JOBS_DIR', 'SPLIT_SEED', 'VAL_FRACTION',
+           'TEST_FRACTION', 'JOB_MAX_RETRIES', 'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START',
+           'LR_FIND_END', 'LR_FIND_STEPS', 'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'OPTIONAL_EXTRAS', 'REDACTED',
+           'SECRET_WORDS', 'KEY_SECRET_WORDS', 'HARMLESS_KEYS', 'TOKEN_COUNTS', 'URL_USERINFO', 'URL_QUERY_VALUE',
+           'PipelineError', 'UsageError', 'ConfigError', 'DataError', 'CheckpointError', 'TrainingError',
+           'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'refuse_url', 'patch', 'progress_disabled', 'fsync_dir',
+           'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs',
+           'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'is_safetensors_bytes', 'is_pickle_bytes',
+           'safetensors_bytes', 'set_seed', 'git_info', 'package_version', 'environment_info', 'free_port',
+           'usable_cpus', 'default_num_workers', 'snake_case', 'is_import_path', 'is_hf_architecture', 'import_object',
+           'key_words', 'is_secret_key', 'remember_secret', 'scrub', 'redact', 'redact_argv', 'fault_spec',
+           'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
 EXIT_FAILED = 1       # the job ran and failed: data invalid, training diverged, retries exhausted
+IGNORE_INDEX = -100   # a target (a token, a label) that counts in no loss and no metric: PyTorch's and Hugging Face's
 EXIT_USAGE = 2        # bad input or usage: config, paths, schema, unreadable or unsafe checkpoint
 EXIT_INTERRUPTED = 130  # SIGINT / Ctrl-C, as shells report it
 RUN_ENDED_OK = ("completed", "pruned")  # run.json statuses of a run that ended as planned (pruned: a search stopped the

@@ -13,11 +13,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core import ConfigError, did_you_mean, import_object, is_import_path
+from .core import IGNORE_INDEX, ConfigError, did_you_mean, import_object, is_import_path
 
 # %% auto #0
-__all__ = ['PER_CLASS_LIMIT', 'IGNORE_INDEX', 'TASKS', 'LEGACY_TASKS', 'MODEL_LOSS', 'class_count_metrics', 'confusion_metrics',
-           'Task', 'BinaryLoss', 'Classification', 'Regression', 'Multilabel', 'MultilabelLoss', 'TokenCrossEntropy',
+__all__ = ['PER_CLASS_LIMIT', 'TASKS', 'LEGACY_TASKS', 'MODEL_LOSS', 'class_count_metrics', 'confusion_metrics', 'Task',
+           'BinaryLoss', 'Classification', 'Regression', 'Multilabel', 'MultilabelLoss', 'TokenCrossEntropy',
            'TokenTask', 'CausalLM', 'TokenClassification', 'make_task', 'ModelLoss', 'AutoLoss', 'loss_compatible',
            'make_loss', 'AlignedLoss', 'probabilities', 'metric_class', 'make_metric', 'metric_inputs', 'metric_value',
            'unpack_output', 'output_width', 'build_components', 'task_and_loss']
@@ -179,8 +179,6 @@ class MultilabelLoss(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
 
 # %% ../nbs/04a_tasks.ipynb #7d8188d2
-IGNORE_INDEX = -100  # a target position that counts in no loss and no metric
-
 class TokenCrossEntropy(nn.Module):
     "Cross-entropy over every counted token of (N, T, V) logits and (N, T) targets (`IGNORE_INDEX` left out)."
     def __init__(self, label_smoothing:float=0.0): super().__init__(); self.smoothing = label_smoothing

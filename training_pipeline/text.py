@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .core import EXIT_USAGE, DataError, atomic_write_json
-from .tasks import IGNORE_INDEX
+from .core import EXIT_USAGE, IGNORE_INDEX, DataError, atomic_write_json
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'JSONL_SUFFIXES', 'MAX_DOCUMENT_BYTES', 'TOKENS', 'TOKENS_INFO', 'Document', 'corpus_files',
