@@ -75,3 +75,12 @@ def test_remote_checkpoint_benchmark_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "remote_checkpoint.py"), "1", "--model", "resnet18"],
                          capture_output=True, text=True, check=True).stdout
     assert "remote_blocked_s=" in out.splitlines()[-1], out
+
+
+def test_lm_parity_benchmark_runs_and_is_bitwise_equal():
+    "GPT-2 from a config on byte-level standard-library text: the Trainer's losses and weights equal the plain loop's."
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lm_parity.py"), "--runs", "1", "--files", "3",
+                          "--vocab-steps", "1"], capture_output=True, text=True, check=True).stdout
+    last = dict(kv.split("=") for kv in out.splitlines()[-1].split())
+    assert float(last["max_abs_loss_diff"]) == 0.0 and float(last["max_abs_param_diff"]) == 0.0, last
+    assert {"ratio", "hf_ratio", "trainer_vs_hf", "metrics_cost"} <= set(last), last
