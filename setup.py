@@ -34,7 +34,7 @@ setuptools.setup(
     ],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
-    package_data={cfg["lib_path"]: ["notebooks/*.ipynb"]},
+    package_data={cfg["lib_path"]: ["notebooks/*.ipynb", "ui_assets/*"]},
     install_requires=requirements("requirements"),
     extras_require={"dev": requirements("dev_requirements"), "datasets": requirements("datasets_requirements"),
                     "bench": requirements("bench_requirements"), "shards": requirements("shards_requirements"),
