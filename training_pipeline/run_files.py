@@ -49,7 +49,7 @@ def _scalar(text:str):
     return v
 
 def fast_yaml(text:str) -> dict|None:
-    "The mapping of a block-style YAML as `yaml.safe_dump` writes it; None for anything else (then parse it with PyYAML)."
+    "The mapping of a block-style YAML as `yaml.safe_dump` writes it; None for anything else (for `ConfigLoader`)."
     root, pending, items, items_ind = {}, None, None, 0
     stack = [(0, root)]  # (indent, mapping) of the open mappings
     try:
@@ -129,7 +129,7 @@ def loads(text:str|bytes):
     return json.loads(text, parse_constant=lambda _: None, parse_float=_finite)
 
 def nesting(obj, limit:int=MAX_NESTING) -> int:
-    "How deep lists and mappings nest in `obj` (0 for a scalar, 1 for a flat one), counted level by level up to `limit` + 1."
+    "How deep lists and mappings nest in `obj` (0: a scalar, 1: a flat one), counted level by level up to `limit` + 1."
     depth, level = 0, [obj]
     while depth <= limit:
         inner = [x for x in level if isinstance(x, (dict, list))]
@@ -138,6 +138,7 @@ def nesting(obj, limit:int=MAX_NESTING) -> int:
         level = [v for x in inner for v in (x.values() if isinstance(x, dict) else x)]
     return depth
 
+# %% ../nbs/10d_run_files.ipynb #1c62e331
 class BoundedTail(JsonlTail):
     "`JsonlTail` for a file the UI does not trust: objects only, at most `chunk` bytes a read (`more`: read again)."
     def __init__(self, path, chunk:int=READ_CHUNK):
@@ -178,9 +179,9 @@ class BoundedTail(JsonlTail):
         return rows
 
 # %% ../nbs/10d_run_files.ipynb #498fa4ca
-RUN_STATUSES = ("running", "completed", "failed", "interrupted", "pruned")  # what a writer records (crashed, damaged: the UI's)
-RUN_FIELDS = {**dict.fromkeys(("id", "experiment", "status", "created", "ended", "heartbeat", "host", "git_sha", "data_version",
-                               "config_hash", "parent_run", "error", "backend"), str),
+RUN_STATUSES = ("running", "completed", "failed", "interrupted", "pruned")  # what a writer records
+RUN_FIELDS = {**dict.fromkeys(("id", "experiment", "status", "created", "ended", "heartbeat", "host", "git_sha",
+                               "data_version", "config_hash", "parent_run", "error", "backend"), str),
               **dict.fromkeys(("pid", "world_size", "num_nodes", "planned_epochs", "planned_steps"), int),
               "git_dirty": bool, "command": list, "tags": list, "summary": dict, "env": dict, "trial": dict}
 MAX_COUNT = 2 ** 53  # the largest integer a browser reads exactly; a pid or step count past it is not a real one
@@ -190,13 +191,15 @@ def _type_problem(key:str, v) -> str|None:
     want = RUN_FIELDS.get(key)
     if want is None or v is None: return None
     if want is int: ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT
-    elif want is list: ok = isinstance(v, list) and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v)
+    elif want is list:
+        ok = isinstance(v, list) and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v)
     else: ok = isinstance(v, want)
     if key == "status" and ok and v not in RUN_STATUSES: return f"status {v[:20]!r} is not a run status"
-    return None if ok else f"{key} is {'out of range' if want is int and isinstance(v, int) else type(v).__name__}, not {want.__name__}"
+    if ok: return None
+    return f"{key} is {'out of range' if want is int and isinstance(v, int) else type(v).__name__}, not {want.__name__}"
 
 def read_meta(path) -> tuple[dict, str|None]:
-    "run.json as the UI shows it, and why it is damaged (None if it is not): wrong-typed fields dropped, secrets redacted."
+    "run.json as the UI shows it, and why it is damaged (or None): wrong-typed fields dropped, secrets redacted."
     try:
         meta = loads(read_run_file(path, MAX_RUN_JSON_BYTES))
         if not isinstance(meta, dict): raise RunFileError(f"a JSON {type(meta).__name__}, not an object")
@@ -234,7 +237,7 @@ def read_params(path) -> dict:
 MAX_TAIL_ROWS, MAX_TAIL_EVENTS = 20_000, 2_000  # what a followed run keeps in memory: its latest rows and events
 
 class BoundedRunTail(RunTail):
-    "`RunTail` over `BoundedTail`s and `read_meta`, keeping the latest MAX_TAIL_ROWS metric rows and MAX_TAIL_EVENTS events."
+    "`RunTail` over `BoundedTail`s and `read_meta`, keeping the latest MAX_TAIL_ROWS rows and MAX_TAIL_EVENTS events."
     def __init__(self, run_dir):
         super().__init__(run_dir)
         self._metrics, self._events = BoundedTail(self.dir/"metrics.jsonl"), BoundedTail(self.dir/"events.jsonl")
@@ -248,7 +251,8 @@ class BoundedRunTail(RunTail):
             rows, events = self._metrics.read(), self._events.read()
             if self._metrics.reset: self.metrics = []
             if self._events.reset: self.events = []
-            self.metrics = (self.metrics + rows)[-MAX_TAIL_ROWS:]; self.events = (self.events + events)[-MAX_TAIL_EVENTS:]
+            self.metrics = (self.metrics + rows)[-MAX_TAIL_ROWS:]
+            self.events = (self.events + events)[-MAX_TAIL_EVENTS:]
             changed = changed or bool(rows or events) or self._metrics.reset
             if not (self._metrics.more or self._events.more): break
         self.reset = self._metrics.reset

@@ -16,17 +16,18 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .core import JOBS_DIR, MODELS_DIR, RUNS_DIR, UsageError, atomic_write, atomic_write_json, patch, redact, scrub
+from .core import (JOBS_DIR, MODELS_DIR, RUNS_DIR, UsageError, atomic_write, atomic_write_json, patch,
+                                    redact, scrub)
 from .tracking import effective_status, json_line
 from .run_files import BoundedRunTail, BoundedTail, read_meta, read_params, short_reason
 from .watch import RunTail, run_snapshot
 
 # %% auto #0
 __all__ = ['STATUSES', 'SAFE_NAME', 'STARTING_S', 'FILTER', 'KEY_PARAMS', 'SORTABLE', 'MAX_COLUMNS', 'EVENTS_SHOWN',
-           'ALERTS_SHOWN', 'PALETTE', 'COMPARE_PANELS', 'MAX_COMPARED', 'MAX_POINTS', 'COMPARE_CHUNKS', 'base_config',
-           'synthetic_run', 'safe_name', 'split_metric', 'RunRecord', 'RunIndex', 'parse_filter', 'lookup', 'matches',
-           'key_params', 'query_runs', 'shown', 'run_detail', 'metrics_since', 'config_diff', 'compare_data',
-           'jobs_data', 'models_data']
+           'ALERTS_SHOWN', 'LINEAGE_KEYS', 'PALETTE', 'COMPARE_PANELS', 'MAX_COMPARED', 'MAX_POINTS', 'COMPARE_CHUNKS',
+           'base_config', 'synthetic_run', 'safe_name', 'split_metric', 'RunRecord', 'RunIndex', 'parse_filter',
+           'lookup', 'matches', 'key_params', 'query_runs', 'shown', 'run_detail', 'metrics_since', 'config_diff',
+           'compare_data', 'jobs_data', 'models_data']
 
 # %% ../nbs/16_ui.ipynb #c9c2b892
 _BASE_CONFIG = None
@@ -155,7 +156,7 @@ class RunRecord:
         monitor, mode = self.params.get("checkpointing.monitor_metric"), self.params.get("checkpointing.mode")
         self.monitor = monitor if isinstance(monitor, str) and monitor else "val_loss"
         self.mode = mode if mode in ("min", "max") else "max" if "acc" in self.monitor else "min"
-        self.tail = BoundedTail(self.dir/"metrics.jsonl"); self.best = self.last = None; self.n_rows = 0  # again, for the new monitor
+        self.tail, self.best, self.last, self.n_rows = BoundedTail(self.dir/"metrics.jsonl"), None, None, 0  # anew
         self._read_metrics(_stamp(self.paths["metrics.jsonl"]) is not None)
 
     @property
@@ -232,7 +233,7 @@ class RunIndex:
 
     def _listing(self):
         root = self.runs_dir.resolve()
-        inside = lambda e: not e.is_symlink() or Path(e.path).resolve().is_relative_to(root)  # a symlink out is never listed
+        inside = lambda e: not e.is_symlink() or Path(e.path).resolve().is_relative_to(root)  # never a symlink out
         try: experiments = [e for e in os.scandir(self.runs_dir) if safe_name(e.name) and e.is_dir()]
         except OSError: return
         for e in experiments:
@@ -256,7 +257,8 @@ class RunIndex:
                 if rec is None: continue
                 old = rec.params
                 try: changed = rec.refresh()
-                except Exception as e: rec.problems["index"], rec._row, changed = short_reason(e), None, True  # the index goes on
+                except Exception as e:  # one run's trouble, not the index's: it goes on
+                    rec.problems["index"], rec._row, changed = short_reason(e), None, True
                 if changed:
                     self.generation += 1
                     if rec.params is not old:
@@ -271,7 +273,8 @@ class RunIndex:
 
     def _new_record(self, exp:str, rid:str, path:str) -> RunRecord|None:
         "A record for a new run directory (None while it is still being created: no run.json, younger than STARTING_S)."
-        if not os.path.lexists(os.path.join(path, "run.json")) and time.time() - os.stat(path).st_mtime < STARTING_S: return None
+        starting = time.time() - os.stat(path).st_mtime < STARTING_S
+        if starting and not os.path.lexists(os.path.join(path, "run.json")): return None
         rec = self.records[(exp, rid)] = RunRecord(Path(path), exp, rid)
         return rec
 
@@ -406,7 +409,8 @@ def query_runs(index:RunIndex, experiment:str|None=None, status:str|None=None, t
             if tag and tag not in (row["tags"] if isinstance(row["tags"], list) else []): continue
             if conds and not matches(rec, row, conds): continue
             recs.append(rec); rows.append(row)
-        params = [c for c in (cols.split(",") if isinstance(cols, str) else cols or ()) if c][:MAX_COLUMNS] or key_params(index, recs)
+        asked = [c for c in (cols.split(",") if isinstance(cols, str) else cols or ()) if c][:MAX_COLUMNS]
+        params = asked or key_params(index, recs)
         for rec, row in zip(recs, rows):
             row["params"] = {k: rec.params.get(k) for k in params}
             if not summary: del row["summary"]  # the filters have used it; 10,000 rows are lighter without
@@ -419,6 +423,7 @@ def query_runs(index:RunIndex, experiment:str|None=None, status:str|None=None, t
 
 # %% ../nbs/16_ui.ipynb #7886d1d0
 EVENTS_SHOWN, ALERTS_SHOWN = 200, 20
+LINEAGE_KEYS = ("command", "git_sha", "git_dirty", "data_version", "config_hash")
 
 def shown(obj):
     "`obj` with every string in it scrubbed (`scrub`): free text from run files, as a page may show it."
@@ -443,26 +448,28 @@ def run_detail(index:RunIndex, rec:RunRecord, tail:RunTail|None=None) -> dict:
     return shown({"run": row, "snapshot": snap, "meta": {k: v for k, v in m.items() if k not in ("summary", "env")},
                   "env": m.get("env"), "summary": m.get("summary") or {}, "config": rec.params, "events": events,
                   "lineage": {"parent": row["parent"], "parent_experiment": parent.experiment if parent else None,
-                              "children": children, **{k: m.get(k) for k in ("command", "git_sha", "git_dirty", "data_version",
-                                                                               "config_hash")}},
+                              "children": children, **{k: m.get(k) for k in LINEAGE_KEYS}},
                   "report": (rec.dir/"report.html").is_file(),
                   "tensorboard": str(rec.dir/"tensorboard") if (rec.dir/"tensorboard").is_dir() else None})
 
+# %% ../nbs/16_ui.ipynb #c060eb72
 def _served(row:dict) -> dict:
-    "A metric row as the live charts take it: numbers (finite, or None) and the split; lists and text stay on the report."
+    "A metric row as the live charts take it: numbers (finite or None) and the split (lists and text: the report's)."
     return {k: v for k, v in row.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
             or (k == "split" and isinstance(v, str))}
 
 def metrics_since(run_dir:Path, offset:int=0, inode:int|None=None) -> dict:
-    "{'rows', 'offset', 'inode', 'reset', 'more'}: complete metric rows after byte `offset` of metrics.jsonl, a chunk at most."
+    "{'rows', 'offset', 'inode', 'reset', 'more'}: the complete rows after byte `offset` of metrics.jsonl (a chunk)."
     t = BoundedTail(Path(run_dir)/"metrics.jsonl")
     t.offset, t.inode = max(int(offset), 0), inode
-    rows = t.read()
+    try: rows = t.read()
+    except (OSError, ValueError) as e:  # not a regular file, unreadable: nothing to draw, and the reason
+        return {"rows": [], "offset": offset, "inode": inode, "reset": False, "more": False, "error": short_reason(e)}
     if t.inode is not None and inode is None and offset: t.reset = False
     return {"rows": [_served(r) for r in rows], "offset": t.offset, "inode": t.inode, "reset": t.reset, "more": t.more}
 
 # %% ../nbs/16_ui.ipynb #97e8cb09
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # plotly's
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # plotly's own
 COMPARE_PANELS = (("train", "loss"), ("val", "loss"), ("val", None), ("train", "lr"))  # None: the monitored metric's key
 MAX_COMPARED, MAX_POINTS, COMPARE_CHUNKS = 24, 2_000, 8  # runs on one page; points per curve; chunks of a file read
 
@@ -475,7 +482,8 @@ def _rows_of(rec:RunRecord, x:str) -> list[dict]:
         if not tail.more: break
     m = rec.meta
     per_epoch = (m.get("planned_steps") or 0) / (m.get("planned_epochs") or 1) or None
-    return [dict(r, _x=r["step"] / per_epoch if x == "epoch" and per_epoch else r["step"]) for r in rows if _number(r.get("step"))]
+    return [dict(r, _x=r["step"] / per_epoch if x == "epoch" and per_epoch else r["step"])
+            for r in rows if _number(r.get("step"))]
 
 def _thin(points:list, n:int=MAX_POINTS) -> list:
     "At most n points, evenly spaced, the last one kept."
@@ -489,7 +497,8 @@ def _panels(recs:list[RunRecord], x:str) -> list[dict]:
     for split, key in COMPARE_PANELS:
         key, traces = key or monitor_key, []
         for i, rec in enumerate(recs):
-            pts = _thin([(r["_x"], r[key]) for r in rows_of[rec.run_id] if r.get("split") == split and _number(r.get(key))])
+            pts = _thin([(r["_x"], r[key]) for r in rows_of[rec.run_id]
+                         if r.get("split") == split and _number(r.get(key))])
             color = PALETTE[i % len(PALETTE)]
             if pts: traces.append({"type": "scatter", "mode": "lines+markers" if split == "val" else "lines", "name": rec.run_id,
                                    "legendgroup": rec.run_id, "x": [p[0] for p in pts], "y": [p[1] for p in pts],
@@ -497,6 +506,7 @@ def _panels(recs:list[RunRecord], x:str) -> list[dict]:
         panels.append({"title": f"{split} {key}", "traces": traces, "log": key == "lr"})
     return panels
 
+# %% ../nbs/16_ui.ipynb #371ec770
 def config_diff(recs:list[RunRecord]) -> dict:
     "{'columns': run ids, 'rows': [[key, value per run], ...]}: the config keys whose values differ (secrets redacted)."
     keys = sorted({k for rec in recs for k in rec.params})
@@ -519,13 +529,13 @@ def compare_data(index:RunIndex, recs:list[RunRecord], x:str="step") -> dict:
         if all(_number(v) for v in vals): dims.append({"label": label, "values": vals})
         elif k in params:
             cats = sorted({json.dumps(v) for v in vals})
-            dims.append({"label": label, "values": [cats.index(json.dumps(v)) for v in vals], "tickvals": list(range(len(cats))),
-                         "ticktext": cats})
+            dims.append({"label": label, "values": [cats.index(json.dumps(v)) for v in vals],
+                         "tickvals": list(range(len(cats))), "ticktext": cats})
     color = next((d["values"] for d in dims if d["label"].startswith("best")), None)
     parcoords = {"type": "parcoords", "dimensions": dims,
                  "line": {"color": color, "colorscale": "Viridis", "showscale": True} if color else {}} if dims else None
-    return {"runs": runs, "panels": _panels(recs, x), "parcoords": parcoords, "params": params, "config_diff": config_diff(recs),
-            "x": x}
+    return {"runs": runs, "panels": _panels(recs, x), "parcoords": parcoords, "params": params,
+            "config_diff": config_diff(recs), "x": x}
 
 # %% ../nbs/16_ui.ipynb #285fe7da
 def jobs_data(jobs_dir:str|Path=JOBS_DIR, runs_dir:str|Path=RUNS_DIR) -> dict:

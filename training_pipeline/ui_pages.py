@@ -51,14 +51,15 @@ def asset(name:str) -> bytes:
 NAV = (("/", "runs", "Runs"), ("/compare", "compare", "Compare"), ("/jobs", "jobs", "Jobs"), ("/models", "models", "Models"))
 
 def page(title:str, body:str, nav:str="runs", scripts:tuple=(), data=None, plotly:bool=False) -> str:
-    "A whole page: the navigation, the body, its `data` as JSON (`#page-data`) and its scripts from /static (no inline code)."
+    "A page: the navigation, the body, its `data` as JSON (`#page-data`) and its scripts from /static (no inline code)."
     links = "".join(f"<a href='{h}' class='{'on' if k == nav else ''}'>{t}</a>" for h, k, t in NAV)
     js = "<script src='/static/plotly.min.js'></script>" if plotly else ""
-    tail = (f"<script type='application/json' id='page-data'>{script_json(data)}</script>" if data is not None else "") + \
-           "".join(f"<script src='/static/ui/{esc(s)}'></script>" for s in scripts)
+    data = "" if data is None else f"<script type='application/json' id='page-data'>{script_json(data)}</script>"
+    tail = data + "".join(f"<script src='/static/ui/{esc(s)}'></script>" for s in scripts)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)} · tp ui</title>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='stylesheet' href='/static/ui/ui.css'>"
-            f"{js}</head><body><header><b>tp ui</b>{links}</header><main>{body}</main>{tail}</body></html>")
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<link rel='stylesheet' href='/static/ui/ui.css'>{js}</head>"
+            f"<body><header><b>tp ui</b>{links}</header><main>{body}</main>{tail}</body></html>")
 
 # %% ../nbs/16a_ui_pages.ipynb #201c87ef
 PAGE_ROWS = 1000  # rows the runs table shows before "show all"
@@ -72,7 +73,7 @@ def _run_link(exp:str, rid:str, text:str|None=None) -> str:
     return f"<a href='/runs/{quote(exp)}/{quote(rid)}'>{esc(text or rid)}</a>"
 
 def metric_columns(runs:list[dict]) -> list[str]:
-    "The monitored metrics given their own columns, the most common first ('' stands for the rest, when there are more)."
+    "The monitored metrics given their own columns, the most common first ('' stands for the rest, if there are more)."
     counts = Counter(r["monitor"] for r in runs)
     names = sorted(counts, key=lambda m: (-counts[m], m))
     return names[:MAX_METRIC_COLUMNS] + ([""] if len(names) > MAX_METRIC_COLUMNS else [])
@@ -95,7 +96,8 @@ def _th(args:dict, col:str, label:str, cls:str="", title:str="") -> str:
     sort, order = args.get("sort") or "created", args.get("order") or "desc"
     flip = "asc" if sort == col and order == "desc" else "desc"
     arrow = (" ▼" if order == "desc" else " ▲") if sort == col else ""
-    return f"<th class='{cls}' title='{esc(title)}'><a href='{esc(_qs(args, sort=col, order=flip))}'>{label}</a>{arrow}</th>"
+    link = esc(_qs(args, sort=col, order=flip))
+    return f"<th class='{cls}' title='{esc(title)}'><a href='{link}'>{label}</a>{arrow}</th>"
 
 # %% ../nbs/16a_ui_pages.ipynb #2bf6ff37
 def _metric_cells(r:dict, metrics:list[str]) -> str:
@@ -113,9 +115,10 @@ def _row(r:dict, metrics:list[str], params:list[str]) -> str:
     e, i = r["experiment"], r["run_id"]
     why = "; ".join(f"{k}: {v}" for k, v in (r["problems"] or {}).items())
     cut = lambda v: f"<div title='{esc(v)}'>{esc(v)}</div>"
+    reason = f"<span class='why'>{esc(why[:120])}</span>" if why else ""  # in sight, not only in the badge's tooltip
     cells = [f"<td><input type='checkbox' class='pick' value='{esc(e)}/{esc(i)}'></td>",
              f"<td class='cut'><div title='{esc(i)}'>{_run_link(e, i)}</div></td>", f"<td class='cut'>{cut(e)}</td>",
-             f"<td data-c='status'>{badge(r['status'], why)}" + (f"<span class='why'>{esc(why[:120])}</span>" if why else "") + "</td>",
+             f"<td data-c='status'>{badge(r['status'], why)}{reason}</td>",
              f"<td>{esc((r['created'] or '-')[:16].replace('T', ' '))}</td>",
              f"<td class='n' data-c='duration'>{format_duration(r['duration_s'])}</td>", _metric_cells(r, metrics),
              *[f"<td class='n p'>{cut(fmt(r['params'].get(p)))}</td>" for p in params]]
@@ -123,11 +126,12 @@ def _row(r:dict, metrics:list[str], params:list[str]) -> str:
 
 def _runs_head(args:dict, metrics:list[str], params:list[str]) -> str:
     "The header: run, experiment, status, start, duration, then best/last per monitored metric, then the key params."
-    fixed = [("run_id", "run"), ("experiment", "experiment"), ("status", "status"), ("created", "start"), ("duration_s", "duration")]
+    fixed = [("run_id", "run"), ("experiment", "experiment"), ("status", "status"), ("created", "start"),
+             ("duration_s", "duration")]
     head = "<th></th>" + "".join(_th(args, c, t) for c, t in fixed)
     for m in metrics:
         for which in ("best", "last"):
-            label = f"{which} <span class='mn'>{esc(m)}</span>" if m else f"{which} <span class='mn'>(other metric)</span>"
+            label = f"{which} <span class='mn'>{esc(m) if m else '(other metric)'}</span>"
             head += _th(args, f"{which}:{m}" if m else which, label, "m", f"{which} {m or 'monitored metric'}")
     names = short_names(params)
     return head + "".join(_th(args, p, _breakable(names[p]), "p", p) for p in params)
@@ -142,7 +146,8 @@ def runs_page(res:dict|None, args:dict, error:str|None=None) -> str:
             f"<label>experiment<select name='experiment'><option value=''>all</option>{exp_opts}</select></label>"
             f"<label>status<select name='status'><option value=''>all</option>{st_opts}</select></label>"
             f"<label>tag<input name='tag' value='{esc(args.get('tag') or '')}' size='10'></label>"
-            f"<label>hyperparameters (KEY OP VALUE and ...)<input class='q' name='q' value='{esc(' and '.join(args.get('q') or []))}' "
+            f"<label>hyperparameters (KEY OP VALUE and ...)"
+            f"<input class='q' name='q' value='{esc(' and '.join(args.get('q') or []))}' "
             f"placeholder='training.learning_rate &lt; 0.01 and model.architecture == small_cnn'></label>"
             f"<input type='hidden' name='sort' value='{esc(args.get('sort') or '')}'>"
             f"<input type='hidden' name='order' value='{esc(args.get('order') or '')}'>"
@@ -151,13 +156,14 @@ def runs_page(res:dict|None, args:dict, error:str|None=None) -> str:
     rows = "".join(_row(r, metrics, params) for r in res["runs"])
     more = (f" · showing the first {len(res['runs'])}: <a id='show-all' href='{esc(_qs(args, limit='all'))}'>show all {res['count']}</a>"
             if len(res["runs"]) < res["count"] else "")
-    summary = (f"<p><b id='count'>{res['count']}</b> of <span id='total'>{res['total']}</span> runs{more} <span id='new' class='err'></span>"
-               f" · key params: {esc(', '.join(params) or 'none differ')}"
+    summary = (f"<p><b id='count'>{res['count']}</b> of <span id='total'>{res['total']}</span> runs{more}"
+               f" <span id='new' class='err'></span> · key params: {esc(', '.join(params) or 'none differ')}"
                f" <label class='muted'><input type='checkbox' id='hide-params'> hide them</label>"
-               f" · <a href='{esc('/api/runs' + _qs(args))}'>JSON</a> · <button id='compare' disabled>compare selected</button></p>")
+               f" · <a href='{esc('/api/runs' + _qs(args))}'>JSON</a>"
+               " · <button id='compare' disabled>compare selected</button></p>")
     err = f"<div class='err' id='error'>error: {esc(error)}</div>" if error else ""
-    table = (f"<div class='wrap-x'><table class='t' id='runs'><thead><tr>{_runs_head(args, metrics, params)}</tr></thead>"
-             f"<tbody>{rows}</tbody></table></div>")
+    table = (f"<div class='wrap-x'><table class='t' id='runs'><thead><tr>{_runs_head(args, metrics, params)}</tr>"
+             f"</thead><tbody>{rows}</tbody></table></div>")
     return page("Runs", f"<h1>Runs</h1>{form}{err}{summary}{table}", "runs", ("runs.js",))
 
 # %% ../nbs/16a_ui_pages.ipynb #8310465e
@@ -236,8 +242,8 @@ def compare_page(c:dict|None, refs:list[str], error:str|None=None) -> str:
             f"<h2>Curves (aligned by {esc(c['x'])})</h2><div class='charts'>{charts}</div>"
             f"<h2>Params vs final metrics</h2><div class='chart wide' id='parcoords'></div>"
             f"<h2>Config: the keys that differ</h2>{diff}")
-    return page("Compare", body, "compare", ("compare.js",), {"panels": c["panels"], "parcoords": c["parcoords"], "x": c["x"]},
-                plotly=True)
+    data = {"panels": c["panels"], "parcoords": c["parcoords"], "x": c["x"]}
+    return page("Compare", body, "compare", ("compare.js",), data, plotly=True)
 
 def _form(action:str, xsrf:str, inner:str) -> str: return f"<form method='post' action='{esc(action)}' style='display:inline'>{xsrf}{inner}</form>"
 

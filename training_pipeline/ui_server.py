@@ -24,10 +24,10 @@ from urllib.parse import quote, urlsplit
 from .core import EXIT_OK, JOBS_DIR, MODELS_DIR, RUNS_DIR, UsageError, patch
 from .run_files import BoundedRunTail
 from .tracking import json_line
-from .ui import (MAX_COLUMNS, MAX_COMPARED, RunIndex, compare_data, jobs_data, metrics_since, models_data, query_runs,
-                                  run_detail, safe_name)
-from .ui_pages import (ASSET_TYPES, PAGE_ROWS, asset, compare_page, jobs_page, jobs_table, models_page, page,
-                                        run_details, run_page, runs_page)
+from .ui import (MAX_COLUMNS, MAX_COMPARED, RunIndex, compare_data, jobs_data, metrics_since,
+                                  models_data, query_runs, run_detail, safe_name)
+from .ui_pages import (ASSET_TYPES, PAGE_ROWS, asset, compare_page, jobs_page, jobs_table, models_page,
+                                        page, run_details, run_page, runs_page)
 
 import tornado.escape
 import tornado.web
@@ -54,8 +54,10 @@ def check_token(token:str|None):
     "A `UsageError` for a token too short to be a secret (None: no token, loopback only)."
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         raise UsageError(f"--token is {len(token)} character(s): too short to keep anyone out", "tp ui",
-                         f"give at least {MIN_TOKEN_CHARS} random characters, or leave --token out (loopback only, or one is generated)")
+                         f"give at least {MIN_TOKEN_CHARS} random characters, or leave --token out "
+                         "(loopback only, or one is generated)")
 
+# %% ../nbs/16b_ui_server.ipynb #441f35e4
 class UIState:
     "The directories, the run index, the followed tails, the security settings and the server's own secret."
     def __init__(self, runs_dir=RUNS_DIR, jobs_dir=JOBS_DIR, models_dir=MODELS_DIR, token:str|None=None, allow_actions:bool=False,
@@ -95,8 +97,8 @@ class UIState:
         return self._js
 
 # %% ../nbs/16b_ui_server.ipynb #c368c83e
-CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")  # no inline script: the pages' code comes from /static
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "  # no inline script
+       "img-src 'self' data: blob:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 MAX_ID = 2 ** 63 - 1  # the largest id or offset a request may name (SQLite's integers; a file offset)
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 
@@ -108,12 +110,12 @@ def bounded_int(text:str|None, name:str, low:int=0, high:int=MAX_ID, default:int
     return int(text)
 
 class UIHandler(tornado.web.RequestHandler):
-    "What every page and API of `tp ui` shares: the token, security headers, XSRF and Origin checks, errors, reads in the pool."
+    "What every page and API of `tp ui` shares: the token, security headers, XSRF and Origin checks, errors, the pool."
     def initialize(self, ui:UIState): self.ui = ui
 
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff"); self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "same-origin")  # the token in a URL never leaves in a Referer; a POST carries its Origin
+        self.set_header("Referrer-Policy", "same-origin")  # no Referer (with a token) leaves; a POST carries its Origin
         self.set_header("Content-Security-Policy", CSP)
 
     def prepare(self):
@@ -149,7 +151,7 @@ def _xsrf_token(self:UIHandler) -> bytes:
 UIHandler.xsrf_token = _xsrf_token  # tornado's xsrf_form_html() puts it in every action's form
 
 def _check_xsrf_cookie(self:UIHandler):
-    "Every POST (tornado calls this before `prepare`): actions allowed, from this server's own pages, with a token it signed."
+    "Every POST (tornado calls it before `prepare`): actions allowed, from this server's pages, with a token it signed."
     if not self.ui.allow_actions:
         raise HTTPError(403, reason="read-only: start tp ui with --allow-actions to cancel jobs or promote models")
     origin = self.request.headers.get("Origin") or self.request.headers.get("Referer")
@@ -157,7 +159,8 @@ def _check_xsrf_cookie(self:UIHandler):
     parts = urlsplit(origin)
     if (parts.scheme, parts.netloc.lower()) != (self.request.protocol, self.request.host.lower()):
         raise HTTPError(403, reason=f"cross-origin POST refused (from {origin[:80]})")
-    token = self.get_argument("_xsrf", None) or self.request.headers.get("X-Xsrftoken") or self.request.headers.get("X-Csrftoken")
+    headers = self.request.headers
+    token = self.get_argument("_xsrf", None) or headers.get("X-Xsrftoken") or headers.get("X-Csrftoken")
     if not token: raise HTTPError(403, reason="'_xsrf' argument missing from POST")
     sid = self.get_cookie(XSRF_COOKIE) or ""
     if not (sid and secrets.compare_digest(token.encode(), f"{sid}.{self.ui.sign('xsrf:' + sid)}".encode())):
@@ -176,7 +179,7 @@ async def blocking(self:UIHandler, f, *args):
 def send_json(self:UIHandler, obj):
     "Answer with strict JSON (a non-finite number anywhere becomes null: the answer is always valid JSON)."
     self.set_header("Content-Type", "application/json")
-    try: text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # the fast path: 10,000 rows in a few hundred ms
+    try: text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # fast: 10,000 rows in a few hundred ms
     except ValueError: text = json_line(obj)
     self.finish(text)
 
@@ -197,7 +200,8 @@ class NotFound(UIHandler):
 def _query_args(h:UIHandler) -> dict:
     a = {k: h.get_query_argument(k, None) for k in ("experiment", "status", "tag", "sort", "order", "cols")}
     a["q"] = [q for q in h.get_query_arguments("q") if q.strip()]
-    if len((a["cols"] or "").split(",")) > MAX_COLUMNS: raise HTTPError(400, reason=f"cols: at most {MAX_COLUMNS} columns")
+    if len((a["cols"] or "").split(",")) > MAX_COLUMNS:
+        raise HTTPError(400, reason=f"cols: at most {MAX_COLUMNS} columns")
     return a
 
 # %% ../nbs/16b_ui_server.ipynb #b0f4dcbf
@@ -205,8 +209,8 @@ MAX_QUERY_CHARS, MAX_LIMIT = 2_000, 10_000_000  # a filter's length; rows one an
 
 def _query(h:UIHandler, a:dict, limit:int|None, summary:bool=False) -> dict:
     if sum(map(len, a["q"])) > MAX_QUERY_CHARS: raise HTTPError(400, reason=f"q: at most {MAX_QUERY_CHARS} characters")
-    return query_runs(h.ui.index, a["experiment"], a["status"], a["tag"], a["q"], a["sort"] or "created", a["order"] or "desc",
-                      a["cols"], limit, summary=summary)
+    return query_runs(h.ui.index, a["experiment"], a["status"], a["tag"], a["q"], a["sort"] or "created",
+                      a["order"] or "desc", a["cols"], limit, summary=summary)
 
 class RunsAPI(UIHandler):
     async def get(self):
@@ -235,6 +239,7 @@ class MetricsAPI(UIHandler):
         inode = bounded_int(self.get_query_argument("inode", None), "inode")
         self.send_json(await self.blocking(metrics_since, rec.dir, offset, inode))
 
+# %% ../nbs/16b_ui_server.ipynb #dbfc55f4
 class RunPage(UIHandler):
     async def get(self, experiment, run_id):
         rec = self.run_record(experiment, run_id)
@@ -258,7 +263,8 @@ class ComparePage(UIHandler):
         x = self.get_query_argument("x", "step")
         if x not in ("step", "epoch"): x = "step"
         if not refs: return self.finish(compare_page(None, []))
-        if len(refs) > MAX_COMPARED: raise HTTPError(400, reason=f"runs: at most {MAX_COMPARED} runs on one page, got {len(refs)}")
+        if len(refs) > MAX_COMPARED:
+            raise HTTPError(400, reason=f"runs: at most {MAX_COMPARED} runs on one page, got {len(refs)}")
         recs = [self.ui.index.find(r) for r in refs]
         missing = [r for r, rec in zip(refs, recs) if rec is None]
         if missing:
@@ -283,8 +289,9 @@ class ModelsPage(UIHandler):
 class ModelsAPI(UIHandler):
     async def get(self): self.send_json(await self.blocking(models_data, self.ui.models_dir))
 
+# %% ../nbs/16b_ui_server.ipynb #cacbd919
 class Action(UIHandler):
-    "A POST that changes something: with --allow-actions only, and `check_xsrf_cookie` has checked its origin and token."
+    "A POST that changes something: with --allow-actions only; `check_xsrf_cookie` has checked its origin and token."
     def prepare(self):
         super().prepare()
         if not self.ui.allow_actions: raise HTTPError(403, reason="read-only: start tp ui with --allow-actions")
@@ -303,6 +310,7 @@ class PromoteModel(Action):
         r = await self.blocking(promote, name, version, alias, self.ui.models_dir)
         self.redirect("/models?msg=" + quote(f"{r['name']} v{r['version']} is now {r['alias']}"))
 
+# %% ../nbs/16b_ui_server.ipynb #68be5ad0
 class PlotlyJS(UIHandler):
     async def get(self):
         plain, gz = await self.blocking(self.ui.plotly_js)
@@ -319,7 +327,8 @@ class UIAsset(UIHandler):
     def get(self, name):
         try: data = asset(name)
         except KeyError: raise HTTPError(404, reason="not found") from None
-        self.set_header("Content-Type", ASSET_TYPES[name[name.rindex("."):]]); self.set_header("Cache-Control", "no-cache")
+        self.set_header("Content-Type", ASSET_TYPES[name[name.rindex("."):]])
+        self.set_header("Cache-Control", "no-cache")
         self.finish(data)
 
 # %% ../nbs/16b_ui_server.ipynb #398a5695
@@ -363,12 +372,13 @@ class UIServer:
         except OSError as e:
             raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}", "tp ui", "pick another --port (0: any free port)") from None
         self.host, self.port = host, self.sockets[0].getsockname()[1]
-        threading.Thread(target=self._build_index, name="tp-ui-index", daemon=True).start()  # the cold build, in the background
+        threading.Thread(target=self._build_index, name="tp-ui-index", daemon=True).start()  # the first build
         return self
 
     def _build_index(self):
         try: self.ui.index.refresh()
-        except Exception as e: print(f"tp ui: the run index: {type(e).__name__}: {e}", file=sys.stderr)  # requests build it again
+        except Exception as e:  # requests build it again
+            print(f"tp ui: the run index: {type(e).__name__}: {e}", file=sys.stderr)
 
     @property
     def url(self) -> str:
@@ -377,7 +387,7 @@ class UIServer:
 
     async def _serve(self, stop:asyncio.Event):
         from tornado.httpserver import HTTPServer
-        server = HTTPServer(self.app, xheaders=False, max_body_size=MAX_BODY_BYTES)  # a form POST is a few hundred bytes
+        server = HTTPServer(self.app, xheaders=False, max_body_size=MAX_BODY_BYTES)  # a form POST: a few hundred bytes
         server.add_sockets(self.sockets)
         await stop.wait()
         server.stop(); await server.close_all_connections()

@@ -4,16 +4,19 @@ const RUN = JSON.parse(document.getElementById('page-data').textContent);
 const SKIP = new Set(['step', 'epoch', 'time', 'samples', 'epoch_time_s', 'data_wait_s']);
 const NOT_METRIC = new Set(['loss', 'lr', 'grad_norm', 'samples_per_s', 'data_wait_share']);
 const TIME_KEY = /^time_(.+)_s$/;
-const PHASE = {data: 'waiting for data', h2d: 'copy to device', forward: 'forward', backward: 'backward', optimizer: 'optimizer step'};
+const PHASE = {data: 'waiting for data', h2d: 'copy to device', forward: 'forward', backward: 'backward',
+               optimizer: 'optimizer step'};
 const CHARTS = [
   {id: 'chart-loss', title: 'loss', pick: (s, k) => k === 'loss'},
   {id: 'chart-metrics', title: 'metrics', pick: (s, k) => s !== 'test' && !NOT_METRIC.has(k) && !TIME_KEY.test(k)},
   {id: 'chart-lr', title: 'learning rate', pick: (s, k) => k === 'lr', log: true},
   {id: 'chart-throughput', title: 'throughput (samples/s)', pick: (s, k) => k === 'samples_per_s'},
-  {id: 'chart-time', title: 'seconds per step, by phase', pick: (s, k) => s === 'train' && TIME_KEY.test(k), stack: true,
+  {id: 'chart-time', title: 'seconds per step, by phase', stack: true,
+   pick: (s, k) => s === 'train' && TIME_KEY.test(k),
    name: (s, k) => { const p = k.match(TIME_KEY)[1]; return PHASE[p] || p.replace(/_/g, ' '); }},
 ];
-const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
+const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
+                 '#17becf'];  // plotly's own
 const SPLIT_COLOR = {train: '#1f77b4', val: '#ff7f0e', test: '#2ca02c'};
 const keyColor = {};
 function color(c, s, k) {
@@ -53,17 +56,19 @@ function draw() {
     for (const id of Object.keys(series).sort()) {
       const [s, k] = id.split('|'); if (!c.pick(s, k)) continue;
       const col = color(c, s, k);
-      traces.push({type: 'scatter', mode: s === 'train' ? 'lines' : 'lines+markers', name: c.name ? c.name(s, k) : s + ' ' + k,
-                   x: series[id].x, y: series[id].y, stackgroup: c.stack ? 'one' : undefined, marker: {size: 6, color: col},
+      traces.push({type: 'scatter', mode: s === 'train' ? 'lines' : 'lines+markers',
+                   name: c.name ? c.name(s, k) : s + ' ' + k, x: series[id].x, y: series[id].y,
+                   stackgroup: c.stack ? 'one' : undefined, marker: {size: 6, color: col},
                    line: {color: col, dash: c.id === 'chart-metrics' && s === 'train' ? 'dot' : 'solid'}});
     }
     const ys = traces.flatMap(t => t.y).filter(v => v > 0);
-    const log = c.log && ys.length && Math.max(...ys) / Math.min(...ys) > 10;  // a log axis only when the values span decades
+    const log = c.log && ys.length && Math.max(...ys) / Math.min(...ys) > 10;  // a log axis only over decades
     const layout = {title: {text: c.title, font: {size: 14}}, margin: {l: 55, r: 15, t: 36, b: 36}, datarevision: rev,
                     uirevision: 'keep', yaxis: {type: log ? 'log' : 'linear', exponentformat: 'e'},
                     legend: {orientation: 'h', y: -0.12}, showlegend: true};
-    if (ys.length && Math.max(...ys) === Math.min(...ys)) layout.yaxis.range = [0, 2 * ys[0]];  // a constant (the LR without a schedule)
-    if (!traces.length) layout.annotations = [{text: 'not logged by this run', showarrow: false, xref: 'paper', yref: 'paper', x: 0.5, y: 0.5}];
+    if (ys.length && Math.max(...ys) === Math.min(...ys)) layout.yaxis.range = [0, 2 * ys[0]];  // a constant (an LR)
+    const none = {text: 'not logged by this run', showarrow: false, xref: 'paper', yref: 'paper', x: 0.5, y: 0.5};
+    if (!traces.length) layout.annotations = [none];
     Plotly.react(c.id, traces, layout, {responsive: true, displaylogo: false});
   }
 }
@@ -89,15 +94,17 @@ async function pollStatus() {
   const d = await r.json(), s = d.snapshot || {}, st = d.run.status;
   const b = document.getElementById('status'); b.textContent = st; b.className = 'st st-' + st;
   if (s.progress !== null && s.progress !== undefined) {
-    document.getElementById('progress').value = s.progress; text('progress-text', (100 * s.progress).toFixed(1) + '%'); }
-  text('step', (s.step ?? '-') + ' / ' + (s.planned_steps ?? '?')); text('epoch', (s.epoch ?? '-') + ' / ' + (s.planned_epochs ?? '?'));
+    document.getElementById('progress').value = s.progress; text('progress-text', (100 * s.progress).toFixed(1) + '%');
+  }
+  text('step', (s.step ?? '-') + ' / ' + (s.planned_steps ?? '?'));
+  text('epoch', (s.epoch ?? '-') + ' / ' + (s.planned_epochs ?? '?'));
   text('eta', dur(s.eta_s)); text('throughput', s.samples_per_s ? Math.round(s.samples_per_s) + ' samples/s' : '-');
   text('best', num(d.run.best)); text('last', num(d.run.last));
   text('duration', dur(d.run.duration_s));
   running = st === 'running';
   await refreshDetails();
 }
-async function refreshDetails() {  // alerts, lineage, summary, config, events: the server's HTML, open sections kept open
+async function refreshDetails() {  // alerts, lineage, summary, config, events: the server's HTML, open ones kept open
   const r = await fetch(location.pathname + '?partial=details'); if (!r.ok) return;
   const box = document.getElementById('details');
   const open = new Set([...box.querySelectorAll('details[open]')].map(e => e.dataset.k));

@@ -21,7 +21,10 @@ const dur = s => { if (s === null || s === undefined) return '-'; s = Math.round
 function update(tr, run) {
   const b = tr.querySelector('[data-c=status] .st'); b.textContent = run.status; b.className = 'st st-' + run.status;
   tr.querySelector('[data-c=duration]').textContent = dur(run.duration_s);
-  for (const k of ['best', 'last']) { const c = tr.querySelector('[data-c=' + k + ']'); if (c) c.textContent = num(run[k]); }
+  for (const k of ['best', 'last']) {
+    const cell = tr.querySelector('[data-c=' + k + ']');
+    if (cell) cell.textContent = num(run[k]);
+  }
 }
 const total0 = Number(document.getElementById('total').textContent);
 async function live() {
@@ -31,10 +34,12 @@ async function live() {
     for (const tr of document.querySelectorAll('#runs tbody tr')) {
       const run = running.get(tr.dataset.run), shown = tr.querySelector('[data-c=status] .st').textContent;
       if (run) update(tr, run);
-      else if (shown === 'running') { const d = await fetch('/api/runs/' + tr.dataset.run); if (d.ok) update(tr, (await d.json()).run); }
+      else if (shown === 'running') {  // it ended: its final state
+        const d = await fetch('/api/runs/' + tr.dataset.run); if (d.ok) update(tr, (await d.json()).run);
+      }
     }
     if (j.total !== total0)
-      document.getElementById('new').textContent = '· ' + (j.total - total0) + ' new since this page loaded: reload to see them';
+      document.getElementById('new').textContent = '· ' + (j.total - total0) + ' new since this page loaded: reload';
   } finally { setTimeout(live, 3000); }
 }
 setTimeout(live, 3000);
