@@ -467,6 +467,9 @@ def test_hostile_runs_are_damaged_rows_never_500s(hostile):
             assert status == 200, (path, status, text[:300])
             if path.startswith("api/"): strict_json(text)
     assert hostile["proc"].poll() is None and get(url)[0] == 200  # still serving
+    import psutil
+    rss = psutil.Process(hostile["proc"].pid).memory_info().rss
+    assert rss < 1 << 30, rss  # the alias bomb once took the server to 3.3 GB
 
 
 def test_hostile_long_metrics_are_served_in_chunks(hostile):

