@@ -398,6 +398,7 @@ def build_hostile(runs):
     for i in (1, 2): synthetic_run(runs, "fine", f"ok-{i}", {"training.learning_rate": 0.01 * i}, seed=i, steps=40)
     make = lambda name, **kw: synthetic_run(runs, "hostile", name, steps=40, **kw)
     (make("alias-bomb") / "config.yaml").write_text(ALIAS_BOMB)
+    (make("alias-strings") / "config.yaml").write_text(f"a: &a {'x' * 500_000}\nb: [{', '.join(['*a'] * 19_000)}]\n")
     edit_json(make("wrong-types") / "run.json", created=5, planned_steps="many", pid=10 ** 23, tags={"a": 1})
     with open(make("bad-lines") / "metrics.jsonl", "a") as f:
         f.write('[1, 2]\n"text"\n42\nnull\n{"step": "x", "split": "val", "accuracy": NaN}\n')
@@ -422,7 +423,7 @@ def build_hostile(runs):
                             "message": f"upload to s3://user:{CANARY}@bucket/x failed"}) + "\n")
     cfg = yaml.safe_load((r / "config.yaml").read_text())
     assert cfg["storage"]["options"]["client_kwargs"]["aws_session_token"] == CANARY  # the secret is really on disk
-    return {"alias-bomb": "past 20,000 values", "wrong-types": "created is int", "bad-lines": "unreadable line",
+    return {"alias-bomb": "past 20,000 values", "alias-strings": "expands past", "wrong-types": "created is int", "bad-lines": "unreadable line",
             "deep-json": "nested too deep", "fifo-metrics": "not a regular file", "symlinked-config": "symbolic link",
             "long-line": "unreadable line"}
 

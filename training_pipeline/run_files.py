@@ -23,8 +23,9 @@ from .watch import JsonlTail, RunTail
 
 # %% auto #0
 __all__ = ['MAX_RUN_JSON_BYTES', 'MAX_PARAMS', 'MAX_NESTING', 'READ_CHUNK', 'RUN_STATUSES', 'RUN_FIELDS', 'MAX_COUNT',
-           'MAX_TAIL_ROWS', 'MAX_TAIL_EVENTS', 'fast_yaml', 'RunFileError', 'ConfigLoader', 'open_run_file',
-           'read_run_file', 'short_reason', 'loads', 'nesting', 'BoundedTail', 'redacted', 'read_meta', 'read_params',
+           'MAX_CONFIG_TEXT', 'MAX_TAIL_ROWS', 'MAX_TAIL_EVENTS', 'SNAPSHOT_KEYS', 'MAX_EVENT_KEYS', 'MAX_EVENT_TEXT',
+           'fast_yaml', 'RunFileError', 'ConfigLoader', 'open_run_file', 'read_run_file', 'short_reason', 'loads',
+           'nesting', 'BoundedTail', 'redacted', 'read_meta', 'expanded_size', 'read_params', 'brief_event',
            'BoundedRunTail']
 
 # %% ../nbs/10d_run_files.ipynb #b443b8d3
@@ -184,8 +185,8 @@ class BoundedTail(JsonlTail):
 def _secret(key:str) -> bool: return is_secret_key(key)
 
 def redacted(obj):
-    """`redact` (00_core) with its key rule cached per name (the configs of a runs directory share their keys: 5x faster),
-    and JSON types out: a YAML date or bytes as text, a tuple or set as a list, every key a string."""
+    """`redact` (00_core) with its key rule cached per name (the configs of a runs directory share their keys: 5x
+    faster), and JSON types out: a YAML date or bytes as text, a tuple or set as a list, every key a string."""
     if isinstance(obj, dict):
         return {k: redact({k: v})[k] if _secret(k) else redacted(v) for k, v in ((str(k), v) for k, v in obj.items())}
     if isinstance(obj, (list, tuple, set)): return [redacted(v) for v in obj]
@@ -228,6 +229,20 @@ def read_meta(path) -> tuple[dict, str|None]:
     return meta, "; ".join(problems)[:200] or None
 
 # %% ../nbs/10d_run_files.ipynb #e2008635
+MAX_CONFIG_TEXT = 4 * MAX_CONFIG_BYTES  # characters a config may expand to (aliases repeat a long value 20,000 times)
+
+def expanded_size(obj, limit:int=MAX_CONFIG_TEXT) -> int:
+    "The characters of the keys and strings in `obj`, a shared value each time it appears; counted up to `limit` + 1."
+    size, level = 0, [obj]
+    while level and size <= limit:
+        nxt = []
+        for x in level:
+            if isinstance(x, dict): size += sum(len(str(k)) for k in x); nxt += x.values()
+            elif isinstance(x, (list, tuple, set)): nxt += x
+            else: size += len(x) if isinstance(x, (str, bytes)) else 8
+        level = nxt
+    return size
+
 def read_params(path) -> dict:
     "A run's config.yaml as dotted keys, read within the config loader's bounds; secrets redacted."
     text = read_run_file(path, MAX_CONFIG_BYTES).decode("utf-8")
@@ -235,15 +250,28 @@ def read_params(path) -> dict:
     if cfg is None: cfg = yaml.load(text, Loader=ConfigLoader)
     if not isinstance(cfg, dict): raise RunFileError("not a mapping")
     if nesting(cfg) > MAX_NESTING: raise RunFileError(f"nested more than {MAX_NESTING} levels deep")
+    if expanded_size(cfg) > MAX_CONFIG_TEXT:
+        raise RunFileError(f"expands past {MAX_CONFIG_TEXT:,} characters (aliases?)")
     flat = flatten_dict(redacted(cfg))
     if len(flat) > MAX_PARAMS: raise RunFileError(f"{len(flat):,} keys, more than {MAX_PARAMS:,}")
     return {sys.intern(k): v for k, v in flat.items()}
 
 # %% ../nbs/10d_run_files.ipynb #ecac742b
 MAX_TAIL_ROWS, MAX_TAIL_EVENTS = 20_000, 2_000  # what a followed run keeps in memory: its latest rows and events
+SNAPSHOT_KEYS = ("step", "epoch", "split", "time", "loss", "accuracy", "lr", "samples_per_s")  # `run_snapshot` reads
+MAX_EVENT_KEYS, MAX_EVENT_TEXT = 50, 1_000  # an event kept: its first keys, each value at most this long as JSON
+
+def brief_event(event:dict) -> dict:
+    "An event as a followed run keeps it: its first MAX_EVENT_KEYS keys, a value past MAX_EVENT_TEXT cut as text."
+    out = {}
+    for k, v in list(event.items())[:MAX_EVENT_KEYS]:
+        if isinstance(v, (dict, list)) and len(text := json.dumps(v)) > MAX_EVENT_TEXT: v = text[:MAX_EVENT_TEXT] + "…"
+        elif isinstance(v, str) and len(v) > MAX_EVENT_TEXT: v = v[:MAX_EVENT_TEXT] + "…"
+        out[str(k)[:100]] = v
+    return out
 
 class BoundedRunTail(RunTail):
-    "`RunTail` over `BoundedTail`s and `read_meta`, keeping the latest MAX_TAIL_ROWS rows and MAX_TAIL_EVENTS events."
+    "`RunTail` over `BoundedTail`s and `read_meta`: the latest MAX_TAIL_ROWS rows (SNAPSHOT_KEYS) and brief events."
     def __init__(self, run_dir):
         super().__init__(run_dir)
         self._metrics, self._events = BoundedTail(self.dir/"metrics.jsonl"), BoundedTail(self.dir/"events.jsonl")
@@ -257,8 +285,9 @@ class BoundedRunTail(RunTail):
             rows, events = self._metrics.read(), self._events.read()
             if self._metrics.reset: self.metrics = []
             if self._events.reset: self.events = []
+            rows = [{k: r[k] for k in SNAPSHOT_KEYS if k in r} for r in rows[-MAX_TAIL_ROWS:]]  # memory: ~1 KB a row
             self.metrics = (self.metrics + rows)[-MAX_TAIL_ROWS:]
-            self.events = (self.events + events)[-MAX_TAIL_EVENTS:]
+            self.events = (self.events + [brief_event(e) for e in events[-MAX_TAIL_EVENTS:]])[-MAX_TAIL_EVENTS:]
             changed = changed or bool(rows or events) or self._metrics.reset
             if not (self._metrics.more or self._events.more): break
         self.reset = self._metrics.reset
