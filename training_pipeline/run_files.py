@@ -37,7 +37,8 @@ _SCALARS: dict = {}
 
 def _scalar(text:str):
     if text in _SCALARS: return _SCALARS[text]
-    if text.startswith(("&", "*", "!", "|", ">", "[", "{", '"', "%", "@", "`")) or " #" in text or text.endswith(":"): raise ValueError(text)
+    if text.startswith(("&", "*", "!", "|", ">", "[", "{", '"', "%", "@", "`")) or " #" in text or text.endswith(":"):
+        raise ValueError(text)
     if text.startswith("'"):
         inner = text[1:-1] if len(text) >= 2 and text.endswith("'") else None
         if inner is None or "'" in inner.replace("''", ""): raise ValueError(text)
