@@ -108,20 +108,24 @@ def _metric_cells(r:dict, metrics:list[str]) -> str:
         for which in ("best", "last"):
             text = f"<span data-c='{which}'>{esc(fmt(r[which]))}</span>" if mine else ""
             if mine and m == "": text += f" <small>{esc(r['monitor'])}</small>"
-            cells.append(f"<td class='n m' title='{esc(r['monitor']) if mine else ''}'>{text}</td>")
+            cells.append(f"<td class='n m'>{text}</td>")  # the header names the metric
     return "".join(cells)
+
+def _cut(text:str, html:str|None=None) -> str:
+    "A cell's content, cut at its column's width by the style; the whole text in a tooltip when it may not fit."
+    title = f" title='{esc(text)}'" if len(text) > 8 else ""
+    return f"<div{title}>{html or esc(text)}</div>"
 
 def _row(r:dict, metrics:list[str], params:list[str]) -> str:
     e, i = r["experiment"], r["run_id"]
     why = "; ".join(f"{k}: {v}" for k, v in (r["problems"] or {}).items())
-    cut = lambda v: f"<div title='{esc(v)}'>{esc(v)}</div>"
     reason = f"<span class='why'>{esc(why[:120])}</span>" if why else ""  # in sight, not only in the badge's tooltip
     cells = [f"<td><input type='checkbox' class='pick' value='{esc(e)}/{esc(i)}'></td>",
-             f"<td class='cut'><div title='{esc(i)}'>{_run_link(e, i)}</div></td>", f"<td class='cut'>{cut(e)}</td>",
+             f"<td class='cut'>{_cut(i, _run_link(e, i))}</td>", f"<td class='cut'>{_cut(e)}</td>",
              f"<td data-c='status'>{badge(r['status'], why)}{reason}</td>",
              f"<td>{esc((r['created'] or '-')[:16].replace('T', ' '))}</td>",
              f"<td class='n' data-c='duration'>{format_duration(r['duration_s'])}</td>", _metric_cells(r, metrics),
-             *[f"<td class='n p'>{cut(fmt(r['params'].get(p)))}</td>" for p in params]]
+             *[f"<td class='n p'>{_cut(fmt(r['params'].get(p)))}</td>" for p in params]]
     return f"<tr data-run='{esc(e)}/{esc(i)}'>{''.join(cells)}</tr>"
 
 def _runs_head(args:dict, metrics:list[str], params:list[str]) -> str:
