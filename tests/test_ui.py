@@ -75,17 +75,14 @@ def drawn(split, key):
 def check_seconds_per_step(rows, drawn_y):
     """The timing chart's values are the logged sums divided by the steps they cover: the steps since the previous train
     row, or since the previous epoch's end for an epoch's summary row (the one with epoch_time_s)."""
-    want, last, last_epoch, per_row, per_epoch = [], 0, 0, [], []
+    want, spans, last, last_epoch = [], [], 0, 0
     for r in (r for r in rows if r["split"] == "train"):
         epoch_row = "epoch_time_s" in r
         steps = r["step"] - (last_epoch if epoch_row else last)
         last, last_epoch = r["step"], r["step"] if epoch_row else last_epoch
-        if steps > 0 and "time_forward_s" in r:
-            want.append(r["time_forward_s"] / steps); (per_epoch if epoch_row else per_row).append(want[-1])
+        if steps > 0 and "time_forward_s" in r: want.append(r["time_forward_s"] / steps); spans.append(steps)
     assert drawn_y == pytest.approx(want), (drawn_y[:5], want[:5])
-    median = lambda xs: sorted(xs)[len(xs) // 2]
-    # seconds per step whatever the row covers: an epoch's summary row (~11 steps here) sits with the one-step rows
-    assert per_epoch and per_row and 0.2 < median(per_epoch) / median(per_row) < 5, (per_epoch, per_row)
+    assert max(spans) > 1, spans  # some rows (the epochs' summaries here) cover several steps: they were divided
 
 
 def shot(page, name, full_page=True):
@@ -244,6 +241,10 @@ def test_runs_table_shows_the_metrics_without_scrolling(site, browser):
                   cells: [...document.querySelectorAll('#runs tbody tr')].map(r => right(r.querySelector('.m span'))),
                   kinds: [...document.querySelectorAll('#runs thead th')].map(t => t.className)}; }""")
         shot(pg, "runs-1400x900", full_page=False)  # what the reader sees
+        pg.check("#hide-params")  # the hyperparameters can go, and come back
+        hidden = pg.evaluate("[...document.querySelectorAll('#runs .p')].every(e => e.offsetParent === null)")
+        pg.uncheck("#hide-params")
+        assert hidden and pg.locator("#runs th.p").first.is_visible()
     finally: ctx.close()
     assert geo["box"] <= 0 and geo["page"] <= 0, geo  # no horizontal scrolling, in the table's box or the page
     named = {"best val_accuracy", "last val_accuracy", "best val_loss", "last val_loss"}
@@ -317,6 +318,7 @@ def test_paths_outside_the_directories_are_404(site):
                  "/runs/baseline/%2e%2e/report.html", "/runs/baseline/linked-out", "/runs/baseline/linked-out/report.html",
                  "/api/runs/baseline/linked-out", "/api/runs/%2e%2e/baseline", "/api/runs/baseline/run-0005/metrics/../../../../etc/passwd",
                  "//etc/passwd", "/etc/passwd", "/static/../../training_pipeline/ui.py", "/static/%2e%2e/ui.py",
+                 "/static/ui/ui_pages.py", "/static/ui/..%2Fui.py", "/static/ui/%2e%2e%2fui_assets%2fui.css",
                  "/runs/baseline/run-0005/config.yaml", "/runs/baseline/run-0005/run.json", "/jobs/jobs.db", "/models/registry.db",
                  "/" + str(site["runs"] / "baseline" / "run-0005" / "run.json")):
         assert raw_status(url, path) == 404, path
