@@ -106,7 +106,7 @@ def bounded_int(text:str|None, name:str, low:int=0, high:int=MAX_ID, default:int
     "`text` as an integer in [low, high], `default` when absent; an HTTP 400 naming `name` for anything else."
     if text is None or text == "": return default
     if not _DIGITS.match(text) or not low <= int(text) <= high:
-        raise HTTPError(400, reason=f"{name} must be an integer from {low} to {high}, got {text[:30]!r}")
+        raise HTTPError(400, reason=f"{name} must be an integer from {low} to {high}, got {ascii(text[:30])}")
     return int(text)
 
 class UIHandler(tornado.web.RequestHandler):
@@ -158,7 +158,7 @@ def _check_xsrf_cookie(self:UIHandler):
     if not origin: raise HTTPError(403, reason="a POST needs an Origin or Referer header (a browser sends one)")
     parts = urlsplit(origin)
     if (parts.scheme, parts.netloc.lower()) != (self.request.protocol, self.request.host.lower()):
-        raise HTTPError(403, reason=f"cross-origin POST refused (from {origin[:80]})")
+        raise HTTPError(403, reason="cross-origin POST refused: actions come from this server's own pages")
     headers = self.request.headers
     token = self.get_argument("_xsrf", None) or headers.get("X-Xsrftoken") or headers.get("X-Csrftoken")
     if not token: raise HTTPError(403, reason="'_xsrf' argument missing from POST")
