@@ -45,6 +45,15 @@ def get(url, headers=None, timeout=30):
     except urllib.error.HTTPError as e: return e.code, e.read().decode(), dict(e.headers)
 
 
+def post(url, path, body:bytes, headers:dict):
+    "(status, body) of a form POST, redirects not followed."
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
+    c.request("POST", "/" + path, body, {"Content-Type": "application/x-www-form-urlencoded", **headers})
+    r = c.getresponse(); text = r.read().decode(); c.close()
+    return r.status, text
+
+
 def raw_status(url, path):
     "The status of a GET whose path is sent exactly as written (no client-side normalisation of .. or %2e)."
     host, port = url.split("//")[1].split("/")[0].split(":")
@@ -63,9 +72,22 @@ def drawn(split, key):
     return key in ("loss", "lr") or (split != "test" and key not in NOT_METRIC and not key.startswith("time_"))
 
 
-def shot(page, name):
+def check_seconds_per_step(rows, drawn_y):
+    """The timing chart's values are the logged sums divided by the steps they cover: the steps since the previous train
+    row, or since the previous epoch's end for an epoch's summary row (the one with epoch_time_s)."""
+    want, spans, last, last_epoch = [], [], 0, 0
+    for r in (r for r in rows if r["split"] == "train"):
+        epoch_row = "epoch_time_s" in r
+        steps = r["step"] - (last_epoch if epoch_row else last)
+        last, last_epoch = r["step"], r["step"] if epoch_row else last_epoch
+        if steps > 0 and "time_forward_s" in r: want.append(r["time_forward_s"] / steps); spans.append(steps)
+    assert drawn_y == pytest.approx(want), (drawn_y[:5], want[:5])
+    assert max(spans) > 1, spans  # some rows (the epochs' summaries here) cover several steps: they were divided
+
+
+def shot(page, name, full_page=True):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
     if os.environ.get("TP_ARTIFACTS"):
         out = Path(os.environ["TP_ARTIFACTS"]) / "ui"; out.mkdir(parents=True, exist_ok=True)
         shutil.copy(ARTIFACTS / f"{name}.png", out / f"{name}.png")
@@ -82,8 +104,9 @@ def site(tmp_path_factory):
         exp = ("sweep-lr", "sweep-arch", "baseline")[i % 3]
         p = {"training.learning_rate": LRS[i % 5], "training.batch_size": (32, 64, 128)[i % 3], "model.dropout": round(0.1 * (i % 4), 1)}
         status = "completed" if i % 7 else rng.choice(("failed", "interrupted", "pruned"))
-        synthetic_run(runs, exp, f"run-{i:04d}", p, status=status, seed=i, created=t0 + 60 * i, steps=60, tags=("synthetic", exp),
-                      parent="run-0001" if i == 2 else None)
+        synthetic_run(runs, exp, f"run-{i:04d}", p, status=status, seed=i, created=t0 + 60 * i, steps=60,
+                      tags=("synthetic", exp), parent="run-0001" if i == 2 else None,
+                      monitor="val_loss" if i % 10 == 1 else "val_accuracy")  # two monitored metrics: two column pairs
         params[f"run-{i:04d}"] = p
     synthetic_run(runs, "baseline", "broken-run", status="damaged", created=t0)
     (runs / "baseline" / "run-0005" / "report.html").write_text("<!doctype html><h1>report of run-0005</h1>")
@@ -177,7 +200,9 @@ def test_live_run_page_draws_growing_curves(site, page, context, prepared, tmp_p
     want = sum(drawn(r["split"], k) for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
     assert final == want, (final, want)  # every value of metrics.jsonl drawn once
     traces = page.evaluate("document.getElementById('chart-time').data.map(t => t.name)")
-    assert "train time_forward_s" in traces, traces  # the step-time breakdown the trainer logs
+    assert {"forward", "backward", "optimizer step"} <= set(traces), traces  # the step-time breakdown, phases named
+    forward = page.evaluate("document.getElementById('chart-time').data.find(t => t.name === 'forward').y")
+    check_seconds_per_step(rows, forward)
     assert not page.errors, page.errors
     site["live"] = run["run_id"]
 
@@ -195,8 +220,39 @@ def test_runs_table_lists_every_run_fast(site, page):
     badge = page.locator("tr[data-run='baseline/broken-run'] .st")
     assert badge.inner_text() == "damaged" and "run.json" in badge.get_attribute("title")
     # key params are the columns whose values differ
-    heads = page.eval_on_selector_all("#runs thead th", "ths => ths.map(t => t.innerText)")
-    assert any("training.learning_rate" in h for h in heads) and any("best val_accuracy" in h for h in heads), heads
+    heads = page.eval_on_selector_all("#runs thead th",
+                                      "ths => ths.map(t => [t.textContent.replace(/\\s+/g, ' ').trim(), t.title])")
+    assert any(title == "training.learning_rate" for _, title in heads), heads
+    for metric in ("val_accuracy", "val_loss"): assert any(h.startswith(f"best {metric}") for h, _ in heads), heads
+
+
+def test_runs_table_shows_the_metrics_without_scrolling(site, browser):
+    "Issue 30: at 1400x900 each run's monitored metric, named in the header, is on screen without horizontal scrolling."
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    try:
+        pg.goto(site["url"])
+        pg.wait_for_selector("#runs tbody tr", timeout=10_000)
+        geo = pg.evaluate("""() => {
+          const box = document.querySelector('.wrap-x'), text = t => t.textContent.replace(/\\s+/g, ' ').trim();
+          const right = e => e ? e.getBoundingClientRect().right : null;
+          return {box: box.scrollWidth - box.clientWidth, page: document.documentElement.scrollWidth - innerWidth,
+                  width: innerWidth, heads: [...document.querySelectorAll('#runs th.m')].map(t => [text(t), right(t)]),
+                  cells: [...document.querySelectorAll('#runs tbody tr')].map(r => right(r.querySelector('.m span'))),
+                  kinds: [...document.querySelectorAll('#runs thead th')].map(t => t.className)}; }""")
+        shot(pg, "runs-1400x900", full_page=False)  # what the reader sees
+        pg.check("#hide-params")  # the hyperparameters can go, and come back
+        hidden = pg.evaluate("[...document.querySelectorAll('#runs .p')].every(e => e.offsetParent === null)")
+        pg.uncheck("#hide-params")
+        assert hidden and pg.locator("#runs th.p").first.is_visible()
+    finally: ctx.close()
+    assert geo["box"] <= 0 and geo["page"] <= 0, geo  # no horizontal scrolling, in the table's box or the page
+    named = {"best val_accuracy", "last val_accuracy", "best val_loss", "last val_loss"}
+    assert named <= {h for h, _ in geo["heads"]}, geo["heads"]
+    assert all(r <= geo["width"] for _, r in geo["heads"]), geo["heads"]
+    assert len(geo["cells"]) > N_RUNS and all(r is not None and r <= geo["width"] for r in geo["cells"])  # each row's
+    kinds = geo["kinds"]
+    assert "p" in kinds and max(i for i, k in enumerate(kinds) if k == "m") < kinds.index("p"), kinds  # metrics first
 
 
 def test_filters_live_in_the_url(site, page):
@@ -262,6 +318,7 @@ def test_paths_outside_the_directories_are_404(site):
                  "/runs/baseline/%2e%2e/report.html", "/runs/baseline/linked-out", "/runs/baseline/linked-out/report.html",
                  "/api/runs/baseline/linked-out", "/api/runs/%2e%2e/baseline", "/api/runs/baseline/run-0005/metrics/../../../../etc/passwd",
                  "//etc/passwd", "/etc/passwd", "/static/../../training_pipeline/ui.py", "/static/%2e%2e/ui.py",
+                 "/static/ui/ui_pages.py", "/static/ui/..%2Fui.py", "/static/ui/%2e%2e%2fui_assets%2fui.css",
                  "/runs/baseline/run-0005/config.yaml", "/runs/baseline/run-0005/run.json", "/jobs/jobs.db", "/models/registry.db",
                  "/" + str(site["runs"] / "baseline" / "run-0005" / "run.json")):
         assert raw_status(url, path) == 404, path
@@ -292,10 +349,10 @@ def test_token_required_when_not_on_loopback(site):
 def test_jobs_and_models_pages_and_actions(site, page):
     "The queue and the registry as pages; with --allow-actions (the module's server) cancel and promote are XSRF-checked POSTs."
     root, url = site["root"], site["url"]
-    try:  # a POST without the XSRF token is refused
-        urllib.request.urlopen(urllib.request.Request(url + "jobs/1/cancel", data=b"", method="POST"), timeout=10)
-        raise AssertionError("a POST without an XSRF token was accepted")
-    except urllib.error.HTTPError as e: assert e.code == 403 and "_xsrf" in e.read().decode(), e.code
+    origin = url.rstrip("/")
+    for headers, why in (({}, "Origin"), ({"Origin": origin}, "_xsrf")):  # without an Origin; without the XSRF token
+        status, body = post(url, "jobs/1/cancel", b"", headers)
+        assert status == 403 and why in body, (headers, status, body)
     page.goto(url + "jobs")
     assert page.locator("tr[data-job='1'] .st").inner_text() == "queued"
     shot(page, "jobs")
@@ -316,3 +373,183 @@ def test_jobs_and_models_pages_and_actions(site, page):
     assert "production" in page.locator("tr[data-model='digits:1']").inner_text()
     shot(page, "models")
     assert not page.errors, page.errors
+
+
+# ---- hostile run directories (issue 31): tests/corpus/ui/README.md lists the cases, built here at test time ----------
+
+CANARY = "CANARY-4f1d9e07-never-shown"
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))  # 10^9 values in < 1 KB
+HUGE = "1" + "0" * 23  # 10^23
+
+
+def strict_json(text):
+    "json.loads that refuses NaN and Infinity: what a browser's JSON.parse accepts."
+    def refuse(constant): raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def build_hostile(runs):
+    "runs/hostile/<case> for the cases of tests/corpus/ui/README.md, and runs/fine/ok-1, ok-2; {case: its reason}."
+    import yaml
+    from training_pipeline.ui import synthetic_run
+    for i in (1, 2): synthetic_run(runs, "fine", f"ok-{i}", {"training.learning_rate": 0.01 * i}, seed=i, steps=40)
+    make = lambda name, **kw: synthetic_run(runs, "hostile", name, steps=40, **kw)
+    (make("alias-bomb") / "config.yaml").write_text(ALIAS_BOMB)
+    (make("alias-strings") / "config.yaml").write_text(f"a: &a {'x' * 500_000}\nb: [{', '.join(['*a'] * 19_000)}]\n")
+    edit_json(make("wrong-types") / "run.json", created=5, planned_steps="many", pid=10 ** 23, tags={"a": 1})
+    with open(make("bad-lines") / "metrics.jsonl", "a") as f:
+        f.write('[1, 2]\n"text"\n42\nnull\n{"step": "x", "split": "val", "accuracy": NaN}\n')
+        f.write('{"step": 1e999, "loss": -Infinity}\n')
+    with open(runs / "hostile" / "bad-lines" / "events.jsonl", "a") as f:
+        f.write('{"time": NaN, "event": "alert", "rule": "nan", "message": "NaN", "value": Infinity}\n[]\n')
+        f.write('{"time": 1e400, "event": "x"}\n')
+    (make("deep-json") / "run.json").write_text('{"a":' * 50_000 + "1" + "}" * 50_000)
+    r = make("fifo-metrics"); (r / "metrics.jsonl").unlink(); os.mkfifo(r / "metrics.jsonl")
+    r = make("symlinked-config"); (r / "config.yaml").unlink()
+    (r / "config.yaml").symlink_to(runs.parent / "outside.yaml")
+    (runs.parent / "outside.yaml").write_text(f"password: {CANARY}\n")
+    with open(make("long-line") / "metrics.jsonl", "a") as f:  # one 9 MB line, then 120,000 rows: 16 MB in all
+        f.write('{"note": "' + "x" * (9 << 20) + '"}\n')
+        f.writelines(json.dumps({"step": 100 + i, "split": "train", "loss": 1.0}) + "\n" for i in range(120_000))
+    r = make("old-version", params={"storage.options.client_kwargs.aws_session_token": CANARY})  # before redaction
+    command = ["tp", "train", "--config", "c.yaml", f"storage.options.secret={CANARY}", "--password", CANARY,
+               "--runs-dir", f"s3://AKIA:{CANARY}@bucket/runs"]
+    edit_json(r / "run.json", command=command, env={"AWS_SECRET_ACCESS_KEY": CANARY})
+    with open(r / "events.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), "event": "alert", "rule": "upload", "token": CANARY,
+                            "message": f"upload to s3://user:{CANARY}@bucket/x failed"}) + "\n")
+    cfg = yaml.safe_load((r / "config.yaml").read_text())
+    assert cfg["storage"]["options"]["client_kwargs"]["aws_session_token"] == CANARY  # the secret is really on disk
+    return {"alias-bomb": "past 20,000 values", "alias-strings": "expands past", "wrong-types": "created is int", "bad-lines": "unreadable line",
+            "deep-json": "nested too deep", "fifo-metrics": "not a regular file", "symlinked-config": "symbolic link",
+            "long-line": "unreadable line"}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    "`tp ui --allow-actions` over the hostile corpus, with one queued job (a target for POSTs)."
+    from training_pipeline.jobs import submit_command
+    root = tmp_path_factory.mktemp("hostile")
+    reasons = build_hostile(root / "runs")
+    submit_command([sys.executable, "-c", "pass"], root / "jobs", name="target")
+    proc, url = start_ui(root, "--runs-dir", "runs", "--jobs-dir", "jobs", "--models-dir", "models", "--allow-actions")
+    yield {"root": root, "url": url, "proc": proc, "reasons": reasons}
+    stop(proc)
+
+
+def timed_get(url, limit_s=5.0, max_bytes=4 << 20):
+    "(status, body) of a GET that must answer within `limit_s` with at most `max_bytes`."
+    t = time.monotonic()
+    status, body, _ = get(url, timeout=60)
+    took = time.monotonic() - t
+    assert took < limit_s and len(body.encode()) <= max_bytes, (url[-80:], round(took, 2), len(body))
+    return status, body
+
+
+def test_hostile_runs_are_damaged_rows_never_500s(hostile):
+    url = hostile["url"]
+    timed_get(url + "api/runs", limit_s=30)  # the first request waits for the index's first build
+    status, body = timed_get(url)
+    assert status == 200 and "ok-1" in body and "ok-2" in body, status
+    runs = {r["run_id"]: r for r in strict_json(timed_get(url + "api/runs?summary=1")[1])["runs"]}
+    for case, reason in hostile["reasons"].items():
+        row = runs[case]
+        assert row["status"] == "damaged" and reason in json.dumps(row["problems"]), (case, row["problems"])
+        assert f"data-run='hostile/{case}'" in body and "st-damaged" in body  # a row of the table, with its id
+    assert "created is int" in body  # the reason is on the page, not only in a tooltip
+    assert runs["ok-1"]["status"] == "completed" and runs["bad-lines"]["best"] is not None  # good rows count
+    for case in list(hostile["reasons"]) + ["old-version"]:
+        for path in (f"runs/hostile/{case}", f"runs/hostile/{case}?partial=details", f"api/runs/hostile/{case}",
+                     f"api/runs/hostile/{case}/metrics", f"compare?runs=hostile/{case},fine/ok-1"):
+            status, text = timed_get(url + path)
+            assert status == 200, (path, status, text[:300])
+            if path.startswith("api/"): strict_json(text)
+    assert hostile["proc"].poll() is None and get(url)[0] == 200  # still serving
+    import psutil
+    rss = psutil.Process(hostile["proc"].pid).memory_info().rss
+    assert rss < 1 << 30, rss  # the alias bomb once took the server to 3.3 GB
+
+
+def test_hostile_long_metrics_are_served_in_chunks(hostile):
+    "A 16 MB metrics.jsonl with a 9 MB line: answers bounded, `more` until the end, the rows once, the long line out."
+    url, offset, rows, answers = hostile["url"] + "api/runs/hostile/long-line/metrics", 0, 0, 0
+    while True:
+        j = strict_json(timed_get(f"{url}?offset={offset}")[1])
+        rows += len(j["rows"]); offset = j["offset"]; answers += 1
+        if not j["more"]: break
+    assert rows >= 120_000 and answers > 2, (rows, answers)
+
+
+def test_out_of_range_numbers_are_400(hostile):
+    url = hostile["url"]
+    for path in (f"api/runs/hostile/bad-lines/metrics?offset={HUGE}", "api/runs/hostile/bad-lines/metrics?offset=-1",
+                 f"api/runs/hostile/bad-lines/metrics?inode={HUGE}", "api/runs/hostile/bad-lines/metrics?offset=1e3",
+                 f"api/runs?limit={HUGE}", "api/runs?limit=0", f"?limit={HUGE}",
+                 "compare?runs=" + ",".join(["fine/ok-1"] * 30),
+                 "api/runs?cols=" + ",".join(f"k{i}" for i in range(60))):
+        status, body = timed_get(url + path)
+        assert status == 400, (path, status, body[:200])
+        if path.startswith("api/"): assert strict_json(body)["status"] == 400
+    status, body = get(url + "api/runs/hostile/" + HUGE)[:2]
+    assert status == 404  # an id is a name: one that does not exist
+    cookie, token = xsrf_of(url)
+    headers = {"Cookie": cookie, "Origin": url.rstrip("/")}
+    assert post(url, f"jobs/{HUGE}/cancel", f"_xsrf={token}".encode(), headers)[0] == 400
+    assert get(url)[0] == 200
+
+
+def xsrf_of(url):
+    "(cookie header, form token) from the jobs page, as a browser gets them."
+    with urllib.request.urlopen(url + "jobs", timeout=30) as r:
+        cookie, text = r.headers["Set-Cookie"].split(";")[0], r.read().decode()
+    return cookie, re.search(r'name="_xsrf" value="([^"]+)"', text).group(1)
+
+
+def test_forged_and_cross_origin_actions_are_403(hostile):
+    url, origin = hostile["url"], hostile["url"].rstrip("/")
+    for made_up in ("abc123", "2|00000000|deadbeef|1700000000", "x" * 24 + ".0"):  # the same value as cookie and field
+        status, body = post(url, "jobs/1/cancel", f"_xsrf={made_up}".encode(),
+                            {"Cookie": f"tp-ui-xsrf={made_up}; _xsrf={made_up}", "Origin": origin})
+        assert status == 403 and "XSRF" in body, (made_up, status, body[:200])
+    cookie, token = xsrf_of(url)
+    good = f"_xsrf={token}".encode()
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Referer": "http://evil.example/page"},
+                    {"Origin": origin.replace("127.0.0.1", "localhost")}, {}):
+        status, body = post(url, "jobs/1/cancel", good, {"Cookie": cookie, **headers})
+        assert status == 403, (headers, status)
+    from training_pipeline.jobs_commands import read_jobs
+    assert read_jobs(hostile["root"] / "jobs")[0]["state"] == "queued"  # nothing happened
+    assert post(url, "jobs/1/cancel", good, {"Cookie": cookie, "Referer": url + "jobs"})[0] == 302  # the page: done
+    assert read_jobs(hostile["root"] / "jobs")[0]["state"] == "cancelled"
+
+
+def test_a_short_token_is_refused(tmp_path):
+    res = run_tp("ui", "--port", "0", "--token", "a", cwd=tmp_path, timeout=60)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: --token") and "16" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr and not res.stdout
+
+
+def test_no_secret_in_any_response(hostile):
+    """A run written before secrets were redacted at the source: its canary is in run.json's command and env, in
+    config.yaml and in events.jsonl; no page, API answer or filter shows it."""
+    url, key = hostile["url"], "storage.options.client_kwargs.aws_session_token"
+    pages = ["", "?limit=all", f"?q={urllib.parse.quote(key + ' ~ CANARY')}", "api/runs", "api/runs?summary=1",
+             f"api/runs?cols={key}", f"api/runs?cols={key}&sort={key}", "runs/hostile/old-version",
+             "runs/hostile/old-version?partial=details", "api/runs/hostile/old-version",
+             "api/runs/hostile/old-version/metrics",
+             "compare?runs=hostile/old-version,fine/ok-1", "compare?runs=hostile/old-version,hostile/symlinked-config",
+             "runs/hostile/symlinked-config", "api/runs/hostile/symlinked-config", "jobs", "api/jobs", "models",
+             "api/models"]
+    for path in pages:
+        status, body = timed_get(url + path)
+        assert status == 200 and CANARY not in body and "4f1d9e07" not in body, (path, status)
+    detail = strict_json(get(url + "api/runs/hostile/old-version")[1])
+    assert "<redacted>" in json.dumps(detail["lineage"]["command"]) and detail["config"][key] == "<redacted>"
+    assert strict_json(get(url + f"api/runs?q={urllib.parse.quote(key + ' ~ CANARY')}")[1])["count"] == 0  # no oracle

@@ -16,14 +16,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .core import JOBS_DIR, MODELS_DIR, RUNS_DIR, UsageError, atomic_write, atomic_write_json
-from .tracking import effective_status, flatten_dict, json_line
-from .watch import JsonlTail, RunTail, run_snapshot
+from .core import (JOBS_DIR, MODELS_DIR, RUNS_DIR, UsageError, atomic_write, atomic_write_json, patch,
+                                    redact, scrub)
+from .tracking import effective_status, json_line
+from .run_files import BoundedRunTail, BoundedTail, read_meta, read_params, short_reason
+from .watch import RunTail, run_snapshot
 
 # %% auto #0
-__all__ = ['STATUSES', 'SAFE_NAME', 'STARTING_S', 'FILTER', 'KEY_PARAMS', 'SORTABLE', 'EVENTS_SHOWN', 'PALETTE', 'COMPARE_PANELS',
-           'base_config', 'synthetic_run', 'fast_yaml', 'safe_name', 'split_metric', 'RunRecord', 'RunIndex',
-           'parse_filter', 'lookup', 'matches', 'key_params', 'query_runs', 'run_detail', 'metrics_since',
+__all__ = ['STATUSES', 'SAFE_NAME', 'STARTING_S', 'FILTER', 'KEY_PARAMS', 'SORTABLE', 'MAX_COLUMNS', 'EVENTS_SHOWN',
+           'ALERTS_SHOWN', 'LINEAGE_KEYS', 'PALETTE', 'COMPARE_PANELS', 'MAX_COMPARED', 'MAX_POINTS', 'COMPARE_CHUNKS',
+           'base_config', 'synthetic_run', 'safe_name', 'split_metric', 'RunRecord', 'RunIndex', 'parse_filter',
+           'lookup', 'matches', 'key_params', 'query_runs', 'shown', 'run_detail', 'metrics_since', 'config_diff',
            'compare_data', 'jobs_data', 'models_data']
 
 # %% ../nbs/16_ui.ipynb #c9c2b892
@@ -95,61 +98,6 @@ def synthetic_run(runs_dir, experiment:str, run_id:str, params:dict|None=None, s
     atomic_write_json(run_dir/"run.json", meta)
     return run_dir
 
-# %% ../nbs/16_ui.ipynb #b443b8d3
-_KEY = re.compile(r"^( *)([A-Za-z_][A-Za-z0-9_]*):(?: (.*))?$")
-_ITEM = re.compile(r"^( *)- (.*)$")
-_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_./=-]*$")
-_YAML11 = {w for b in ("null", "true", "false", "yes", "no", "on", "off") for w in (b, b.title(), b.upper())} | {"~"}
-_SCALARS: dict = {}
-
-def _scalar(text:str):
-    if text in _SCALARS: return _SCALARS[text]
-    if text.startswith(("&", "*", "!", "|", ">", "[", "{", '"', "%", "@", "`")) or " #" in text or text.endswith(":"): raise ValueError(text)
-    if text.startswith("'"):
-        inner = text[1:-1] if len(text) >= 2 and text.endswith("'") else None
-        if inner is None or "'" in inner.replace("''", ""): raise ValueError(text)
-        v = inner.replace("''", "'")
-    elif _WORD.match(text) and text not in _YAML11: v = text  # a plain word: YAML reads it as the string itself
-    else:
-        import yaml
-        v = yaml.safe_load(text)
-        if isinstance(v, (dict, list)): raise ValueError(text)
-    if len(_SCALARS) < 50_000: _SCALARS[text] = v
-    return v
-
-def fast_yaml(text:str) -> dict|None:
-    "The mapping of a block-style YAML as `yaml.safe_dump` writes it; None for anything else (then parse it with PyYAML)."
-    root, pending, items, items_ind = {}, None, None, 0
-    stack = [(0, root)]  # (indent, mapping) of the open mappings
-    try:
-        for line in text.splitlines():
-            if not line.strip() or line.startswith("#"): continue
-            if (m := _KEY.match(line)):
-                ind, key, val = len(m[1]), m[2], m[3]
-                items = None
-                if pending:
-                    p_ind, p_map, p_key = pending; pending = None
-                    if ind > p_ind: p_map[p_key] = child = {}; stack.append((ind, child))
-                    else: p_map[p_key] = None
-                while stack[-1][0] > ind: stack.pop()
-                if stack[-1][0] != ind: return None
-                d = stack[-1][1]
-                if key in d: return None
-                if val is None or val == "": pending = (ind, d, key)
-                else: d[key] = {} if val == "{}" else [] if val == "[]" else _scalar(val)
-            elif (m := _ITEM.match(line)):
-                ind, val = len(m[1]), m[2]
-                if pending and ind == pending[0]:
-                    p_ind, p_map, p_key = pending; pending = None
-                    p_map[p_key] = items = []; items_ind = ind
-                elif items is None or ind != items_ind: return None
-                if _KEY.match(val) or val.endswith(":") or ": " in val: return None  # a list of mappings
-                items.append({} if val == "{}" else [] if val == "[]" else _scalar(val))
-            else: return None
-        if pending: pending[1][pending[2]] = None
-    except ValueError: return None
-    return root
-
 # %% ../nbs/16_ui.ipynb #f734cc08
 STATUSES = ("running", "completed", "failed", "interrupted", "pruned", "crashed", "damaged")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}$")  # an experiment or run id: no '/', no leading dot (so no '..')
@@ -162,13 +110,9 @@ def _stamp(path) -> tuple|None:
     except OSError: return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-def _load_yaml(text:str):
-    import yaml
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-
 def _seconds(start, end) -> float|None:
     try: return max((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 0.0)
-    except (TypeError, ValueError): return None
+    except (TypeError, ValueError, OverflowError): return None
 
 def split_metric(name:str) -> tuple[str, str]:
     "'val_accuracy' -> ('val', 'accuracy'): the split and the row key of a monitored metric."
@@ -177,64 +121,43 @@ def split_metric(name:str) -> tuple[str, str]:
 
 def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+# %% ../nbs/16_ui.ipynb #0dc0ba72
 class RunRecord:
     "One run directory as the index keeps it."
     def __init__(self, run_dir:Path, experiment:str, run_id:str):
         self.dir, self.experiment, self.run_id = Path(run_dir), experiment, run_id
         self.stamps, self.meta, self.params, self.problems = {}, {}, {}, {}
-        self.tail, self.monitor, self.mode = JsonlTail(self.dir/"metrics.jsonl"), "val_loss", "min"
+        self.tail, self.monitor, self.mode = BoundedTail(self.dir/"metrics.jsonl"), "val_loss", "min"
         self.best = self.last = self.last_step = None
         self.n_rows, self._row = 0, None
         self.paths = {n: os.path.join(self.dir, n) for n in ("run.json", "config.yaml", "metrics.jsonl")}  # str: stat without pathlib
 
     def refresh(self) -> bool:
-        "Re-read what changed since the last refresh; True if anything did."
+        "Re-read what changed since the last refresh (a long metrics.jsonl a chunk per refresh); True if anything did."
         changed = False
         for name, read in (("run.json", self._read_meta), ("config.yaml", self._read_config), ("metrics.jsonl", self._read_metrics)):
             st = _stamp(self.paths[name])
-            if st != self.stamps.get(name, ()):
+            if st != self.stamps.get(name, ()) or (name == "metrics.jsonl" and self.tail.more):
                 self.stamps[name] = st; read(st is not None); changed = True
-            elif name == "run.json" and self.meta.get("status") != "running": break  # over, and run.json unchanged: nothing else moves
-        if changed: self._row = None
+            elif name == "run.json" and self.meta.get("status") != "running" and not self.tail.more:
+                break  # over, and run.json unchanged: nothing else moves
+        if changed: self._row = None; self.problems.pop("index", None)
         return changed
 
     def _read_meta(self, exists:bool):
-        self.problems.pop("run.json", None)
-        try:
-            meta = json.loads((self.dir/"run.json").read_text())
-            if not isinstance(meta, dict): raise ValueError("not a JSON object")
-            self.meta = meta
-        except (OSError, ValueError) as e:
-            self.meta = {}; self.problems["run.json"] = "missing" if not exists else f"unreadable ({type(e).__name__}: {e})"[:200]
+        self.meta, problem = read_meta(self.paths["run.json"])
+        if problem: self.problems["run.json"] = problem
+        else: self.problems.pop("run.json", None)
 
     def _read_config(self, exists:bool):
-        self.problems.pop("config.yaml", None)
-        try:
-            text = (self.dir/"config.yaml").read_text() if exists else None
-            cfg = (fast_yaml(text) or _load_yaml(text)) if exists else None
-            self.params = {sys.intern(k): v for k, v in flatten_dict(cfg).items()} if isinstance(cfg, dict) else {}
-            if exists and not isinstance(cfg, dict): self.problems["config.yaml"] = "not a mapping"
-        except Exception as e:  # yaml errors, bad bytes: the run is damaged, the index goes on
-            self.params = {}; self.problems["config.yaml"] = f"unreadable ({type(e).__name__})"
-        if not exists: self.problems["config.yaml"] = "missing"
-        self.monitor = str(self.params.get("checkpointing.monitor_metric") or "val_loss")
-        self.mode = str(self.params.get("checkpointing.mode") or ("max" if "acc" in self.monitor else "min"))
-        self.tail = JsonlTail(self.dir/"metrics.jsonl"); self.best = self.last = None; self.n_rows = 0  # re-read for the new monitor
-        self._read_metrics(_stamp(self.dir/"metrics.jsonl") is not None)
-
-    def _read_metrics(self, exists:bool):
-        rows = self.tail.read()
-        if self.tail.reset: self.best = self.last = None; self.n_rows = 0
-        split, key = split_metric(self.monitor)
-        better = max if self.mode == "max" else min
-        for r in rows:
-            self.n_rows += 1
-            self.last_step = r.get("step", self.last_step)
-            v = r.get(key) if r.get("split") == split else None
-            if _number(v): self.last = v; self.best = v if self.best is None else better(self.best, v)
-        if not exists: self.problems["metrics.jsonl"] = "missing"
-        elif self.tail.skipped: self.problems["metrics.jsonl"] = f"{self.tail.skipped} unreadable line(s)"
-        else: self.problems.pop("metrics.jsonl", None)
+        self.problems.pop("config.yaml", None); self.params = {}
+        try: self.params = read_params(self.paths["config.yaml"])
+        except Exception as e: self.problems["config.yaml"] = short_reason(e)  # the run is damaged; the index goes on
+        monitor, mode = self.params.get("checkpointing.monitor_metric"), self.params.get("checkpointing.mode")
+        self.monitor = monitor if isinstance(monitor, str) and monitor else "val_loss"
+        self.mode = mode if mode in ("min", "max") else "max" if "acc" in self.monitor else "min"
+        self.tail, self.best, self.last, self.n_rows = BoundedTail(self.dir/"metrics.jsonl"), None, None, 0  # anew
+        self._read_metrics(_stamp(self.paths["metrics.jsonl"]) is not None)
 
     @property
     def damaged(self) -> dict:
@@ -245,25 +168,50 @@ class RunRecord:
     @property
     def status(self) -> str: return "damaged" if self.damaged else effective_status(self.meta)
 
-    def row(self, params:list[str]=()) -> dict:
-        "The runs table's row (JSON types only); kept until a file changes (a running run's status is checked each time)."
-        if self._row is None: self._row = self._make_row()
-        r = dict(self._row, params={k: self.params.get(k) for k in params})
-        if self.meta.get("status") == "running": r["status"] = self.status
-        return r
+# %% ../nbs/16_ui.ipynb #425bd0c9
+@patch
+def _read_metrics(self:RunRecord, exists:bool):
+    try: rows = self.tail.read()
+    except Exception as e: self.problems["metrics.jsonl"] = short_reason(e); return
+    if self.tail.reset: self.best = self.last = None; self.n_rows = 0
+    split, key = split_metric(self.monitor)
+    better = max if self.mode == "max" else min
+    for r in rows:
+        self.n_rows += 1
+        if _number(r.get("step")): self.last_step = r["step"]
+        v = r.get(key) if r.get("split") == split else None
+        if _number(v): self.last = v; self.best = v if self.best is None else better(self.best, v)
+    if not exists: self.problems["metrics.jsonl"] = "missing"
+    elif self.tail.skipped: self.problems["metrics.jsonl"] = f"{self.tail.skipped} unreadable line(s)"
+    else: self.problems.pop("metrics.jsonl", None)
 
-    def _make_row(self) -> dict:
-        m = self.meta
-        s = m.get("summary") if isinstance(m.get("summary"), dict) else {}
-        end = m.get("ended") or m.get("heartbeat")
-        planned = m.get("planned_steps")
-        status = self.status
-        return {"run_id": self.run_id, "experiment": self.experiment, "status": status, "created": m.get("created"), "ended": m.get("ended"),
-                "duration_s": _seconds(m.get("created"), end), "step": self.last_step, "planned_steps": planned,
-                "progress": 1.0 if status == "completed" else (min((self.last_step or 0) / planned, 1.0) if _number(planned) and planned else None),
-                "monitor": self.monitor, "mode": self.mode, "best": self.best, "last": self.last,
-                "tags": m.get("tags") or self.params.get("experiment.tags") or [], "parent": m.get("parent_run"),
-                "summary": {k: v for k, v in s.items() if _number(v)}, "problems": self.damaged}
+# %% ../nbs/16_ui.ipynb #94b53888
+@patch
+def row(self:RunRecord, params:list[str]=()) -> dict:
+    "The runs table's row (JSON types only); kept until a file changes (a running run's status is checked each time)."
+    if self._row is None:
+        try: self._row = self._make_row(self.meta)
+        except Exception as e:  # whatever a run holds, the table renders: this run as damaged, with the reason
+            self.problems["index"] = short_reason(e); self._row = self._make_row({}, fallback=True)
+    r = dict(self._row, params={k: self.params.get(k) for k in params})
+    if self.meta.get("status") == "running":
+        try: r["status"] = self.status
+        except Exception as e: self.problems["index"] = short_reason(e); r["status"] = "damaged"
+    return r
+
+@patch
+def _make_row(self:RunRecord, m:dict, fallback:bool=False) -> dict:
+    "The row of run.json `m` (`fallback`: the bare row of a run whose data could not make one)."
+    s, planned, status = m.get("summary") or {}, m.get("planned_steps"), self.status
+    step, tags = self.last_step, m.get("tags") or self.params.get("experiment.tags") or []
+    return {"run_id": self.run_id, "experiment": self.experiment, "status": status, "created": m.get("created"),
+            "ended": m.get("ended"), "duration_s": _seconds(m.get("created"), m.get("ended") or m.get("heartbeat")),
+            "step": step, "planned_steps": planned,
+            "progress": 1.0 if status == "completed" else min((step or 0) / planned, 1.0) if planned else None,
+            "monitor": self.monitor, "mode": self.mode, "best": None if fallback else self.best,
+            "last": None if fallback else self.last,
+            "tags": [str(t) for t in tags] if isinstance(tags, list) else [str(tags)], "parent": m.get("parent_run"),
+            "summary": {k: v for k, v in s.items() if _number(v)}, "problems": self.damaged}
 
 # %% ../nbs/16_ui.ipynb #e2be2980
 def _hashable(v): return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
@@ -285,16 +233,16 @@ class RunIndex:
 
     def _listing(self):
         root = self.runs_dir.resolve()
+        inside = lambda e: not e.is_symlink() or Path(e.path).resolve().is_relative_to(root)  # never a symlink out
         try: experiments = [e for e in os.scandir(self.runs_dir) if safe_name(e.name) and e.is_dir()]
         except OSError: return
         for e in experiments:
-            if e.is_symlink() and not Path(e.path).resolve().is_relative_to(root): continue
-            try: runs = list(os.scandir(e.path))
-            except OSError: continue
+            try: runs = list(os.scandir(e.path)) if inside(e) else []
+            except (OSError, RuntimeError): continue  # unreadable, or a symlink loop
             for r in runs:
-                if not safe_name(r.name) or not r.is_dir(): continue
-                if r.is_symlink() and not Path(r.path).resolve().is_relative_to(root): continue
-                yield e.name, r.name, r.path
+                try: ok = safe_name(r.name) and r.is_dir() and inside(r)
+                except (OSError, RuntimeError): ok = False
+                if ok: yield e.name, r.name, r.path
 
     def refresh(self, force:bool=False) -> "RunIndex":
         "Bring the index up to date (at most every max_age_s unless `force`)."
@@ -304,12 +252,14 @@ class RunIndex:
             seen = set()
             for exp, rid, path in self._listing():
                 key = (exp, rid)
-                rec = self.records.get(key)
-                if rec is None:
-                    if not os.path.exists(os.path.join(path, "run.json")) and time.time() - os.stat(path).st_mtime < STARTING_S: continue
-                    rec = self.records[key] = RunRecord(Path(path), exp, rid)
+                try: rec = self.records.get(key) or self._new_record(exp, rid, path)
+                except OSError: continue  # gone while listing
+                if rec is None: continue
                 old = rec.params
-                if rec.refresh():
+                try: changed = rec.refresh()
+                except Exception as e:  # one run's trouble, not the index's: it goes on
+                    rec.problems["index"], rec._row, changed = short_reason(e), None, True
+                if changed:
                     self.generation += 1
                     if rec.params is not old:
                         rec.params, new = old, rec.params; self._count(rec, -1); rec.params = new; self._count(rec, +1)
@@ -320,6 +270,13 @@ class RunIndex:
                 gc.freeze(); self._frozen_at = self.generation
             self.refreshed, self.last_refresh_s = time.monotonic(), time.perf_counter() - t0
             return self
+
+    def _new_record(self, exp:str, rid:str, path:str) -> RunRecord|None:
+        "A record for a new run directory (None while it is still being created: no run.json, younger than STARTING_S)."
+        starting = time.time() - os.stat(path).st_mtime < STARTING_S
+        if starting and not os.path.lexists(os.path.join(path, "run.json")): return None
+        rec = self.records[(exp, rid)] = RunRecord(Path(path), exp, rid)
+        return rec
 
     def get(self, experiment:str, run_id:str) -> RunRecord|None:
         "The record of one run (None for an unknown or unsafe name)."
@@ -405,6 +362,7 @@ KEY_PARAMS = 6
 _NOT_PARAMS = re.compile(r"(^experiment\.|_dir$|_path$|dir$|uri$|^data\.(dataset|train_dir|val_dir|test_dir)$|\.repo$|tracking_uri)")
 _PRIORITY = ("training.", "model.", "data.", "seed", "checkpointing.", "validation.")
 SORTABLE = ("run_id", "experiment", "status", "created", "duration_s", "best", "last", "step")
+MAX_COLUMNS = 50  # key params a query may ask for (`cols`)
 
 def _key_order(k:str) -> tuple: return (next((i for i, p in enumerate(_PRIORITY) if k.startswith(p)), len(_PRIORITY)), k)
 
@@ -428,6 +386,15 @@ def _sort_key(value):
     if value is None: return (2, 0, "")
     return (0, value, "") if _number(value) else (1, 0, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
 
+def _column(index:RunIndex, r:dict, sort:str):
+    "A row's value in column `sort`: a key param, a table column, `best:<metric>` (the best of runs monitoring it), ..."
+    which, _, metric = sort.partition(":")
+    if which in ("best", "last") and metric: return r[which] if r["monitor"] == metric else None
+    if sort in r["params"]: return r["params"][sort]
+    if sort in r: return r[sort]
+    rec = index.records.get((r["experiment"], r["run_id"]))
+    return lookup(rec, r, sort) if rec else _MISSING
+
 def query_runs(index:RunIndex, experiment:str|None=None, status:str|None=None, tag:str|None=None, q=(), sort:str="created",
                order:str="desc", cols=None, limit:int|None=None, summary:bool=False) -> dict:
     "{'runs': rows, 'count', 'total', 'params', 'experiments', 'refresh_s'}: the filtered, sorted runs table (rows without `summary` unless asked)."
@@ -442,73 +409,114 @@ def query_runs(index:RunIndex, experiment:str|None=None, status:str|None=None, t
             if tag and tag not in (row["tags"] if isinstance(row["tags"], list) else []): continue
             if conds and not matches(rec, row, conds): continue
             recs.append(rec); rows.append(row)
-        params = [c for c in (cols.split(",") if isinstance(cols, str) else cols or ()) if c] or key_params(index, recs)
+        asked = [c for c in (cols.split(",") if isinstance(cols, str) else cols or ()) if c][:MAX_COLUMNS]
+        params = asked or key_params(index, recs)
         for rec, row in zip(recs, rows):
             row["params"] = {k: rec.params.get(k) for k in params}
             if not summary: del row["summary"]  # the filters have used it; 10,000 rows are lighter without
         total, exps, refresh_s = len(index.records), index.experiments(), index.last_refresh_s
-    col = lambda r: r["params"].get(sort) if sort in r["params"] else r.get(sort) if sort in r else lookup(index.records[(r["experiment"], r["run_id"])], r, sort)
-    keyed = [(_sort_key(None if (v := col(r)) is _MISSING else v), r["run_id"], r) for r in rows]
+    keyed = [(_sort_key(None if (v := _column(index, r, sort)) is _MISSING else v), r["run_id"], r) for r in rows]
     present = sorted((k for k in keyed if k[0][0] < 2), key=lambda k: (k[0], k[1]), reverse=order == "desc")
     rows = [k[2] for k in present] + [k[2] for k in keyed if k[0][0] == 2]  # missing values last, whatever the order
     return {"runs": rows[:limit] if limit else rows, "count": len(rows), "total": total, "params": params, "experiments": exps,
             "refresh_s": refresh_s}
 
 # %% ../nbs/16_ui.ipynb #7886d1d0
-EVENTS_SHOWN = 200
+EVENTS_SHOWN, ALERTS_SHOWN = 200, 20
+LINEAGE_KEYS = ("command", "git_sha", "git_dirty", "data_version", "config_hash")
+
+def shown(obj):
+    "`obj` with every string in it scrubbed (`scrub`): free text from run files, as a page may show it."
+    if isinstance(obj, str): return scrub(obj)
+    if isinstance(obj, dict): return {k: shown(v) for k, v in obj.items()}
+    if isinstance(obj, list): return [shown(v) for v in obj]
+    return obj
 
 def run_detail(index:RunIndex, rec:RunRecord, tail:RunTail|None=None) -> dict:
-    "Everything the run page shows, as JSON types."
+    "Everything the run page shows, as JSON types, secrets redacted."
     row = rec.row()
     snap = {}
     if tail is not None and not rec.damaged.get("run.json"):
         try: tail.poll(); snap = run_snapshot(tail)
-        except Exception as e: rec.problems["snapshot"] = f"{type(e).__name__}: {e}"[:200]  # never break the page
-    if snap: snap["status"] = row["status"]
-    events = tail.events[-EVENTS_SHOWN:] if tail is not None else []
+        except Exception as e: rec.problems["snapshot"] = short_reason(e)  # never break the page
+    if snap: snap.update(status=row["status"], alerts=[redact(a) for a in snap["alerts"][-ALERTS_SHOWN:]])
+    events = [redact(e) for e in tail.events[-EVENTS_SHOWN:]] if tail is not None else []
     with index.lock:
         children = sorted(r.run_id for r in index.records.values() if r.meta.get("parent_run") == rec.run_id)
-    parent = index.find(str(row["parent"])) if row["parent"] else None
-    meta = {k: v for k, v in rec.meta.items() if k not in ("summary", "env")}
-    return {"run": row, "snapshot": snap, "meta": meta, "env": rec.meta.get("env"), "summary": rec.meta.get("summary") or {},
-            "config": rec.params, "events": events,
-            "lineage": {"parent": row["parent"], "parent_experiment": parent.experiment if parent else None, "children": children,
-                        "command": rec.meta.get("command"), "git_sha": rec.meta.get("git_sha"), "git_dirty": rec.meta.get("git_dirty"),
-                        "data_version": rec.meta.get("data_version"), "config_hash": rec.meta.get("config_hash")},
-            "report": (rec.dir/"report.html").is_file(), "tensorboard": str(rec.dir/"tensorboard") if (rec.dir/"tensorboard").is_dir() else None}
+    parent = index.find(row["parent"]) if row["parent"] else None
+    m = rec.meta
+    return shown({"run": row, "snapshot": snap, "meta": {k: v for k, v in m.items() if k not in ("summary", "env")},
+                  "env": m.get("env"), "summary": m.get("summary") or {}, "config": rec.params, "events": events,
+                  "lineage": {"parent": row["parent"], "parent_experiment": parent.experiment if parent else None,
+                              "children": children, **{k: m.get(k) for k in LINEAGE_KEYS}},
+                  "report": (rec.dir/"report.html").is_file(),
+                  "tensorboard": str(rec.dir/"tensorboard") if (rec.dir/"tensorboard").is_dir() else None})
+
+# %% ../nbs/16_ui.ipynb #c060eb72
+def _served(row:dict) -> dict:
+    "A metric row as the live charts take it: numbers (finite or None) and the split (lists and text: the report's)."
+    return {k: v for k, v in row.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+            or (k == "split" and isinstance(v, str))}
 
 def metrics_since(run_dir:Path, offset:int=0, inode:int|None=None) -> dict:
-    "{'rows', 'offset', 'inode', 'reset'}: the complete metric rows after byte `offset` of metrics.jsonl (all again if it was replaced)."
-    t = JsonlTail(Path(run_dir)/"metrics.jsonl")
+    "{'rows', 'offset', 'inode', 'reset', 'more'}: the complete rows after byte `offset` of metrics.jsonl (a chunk)."
+    t = BoundedTail(Path(run_dir)/"metrics.jsonl")
     t.offset, t.inode = max(int(offset), 0), inode
-    rows = t.read()
+    try: rows = t.read()
+    except (OSError, ValueError) as e:  # not a regular file, unreadable: nothing to draw, and the reason
+        return {"rows": [], "offset": offset, "inode": inode, "reset": False, "more": False, "error": short_reason(e)}
     if t.inode is not None and inode is None and offset: t.reset = False
-    keep = lambda r: {k: v for k, v in r.items() if not isinstance(v, (list, dict))}  # per-class lists stay on the report
-    return {"rows": [keep(r) for r in rows], "offset": t.offset, "inode": t.inode, "reset": t.reset}
+    return {"rows": [_served(r) for r in rows], "offset": t.offset, "inode": t.inode, "reset": t.reset, "more": t.more}
 
 # %% ../nbs/16_ui.ipynb #97e8cb09
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # plotly's own
 COMPARE_PANELS = (("train", "loss"), ("val", "loss"), ("val", None), ("train", "lr"))  # None: the monitored metric's key
+MAX_COMPARED, MAX_POINTS, COMPARE_CHUNKS = 24, 2_000, 8  # runs on one page; points per curve; chunks of a file read
 
-def compare_data(index:RunIndex, recs:list[RunRecord], x:str="step") -> dict:
-    "Curves, parallel coordinates and the config diff of several runs, as plotly traces (plain JSON)."
-    panels, runs = [], [r.row() for r in recs]
+def _rows_of(rec:RunRecord, x:str) -> list[dict]:
+    "A run's metric rows (the first COMPARE_CHUNKS chunks), each with `_x`, its step or epoch."
+    tail, rows = BoundedTail(rec.dir/"metrics.jsonl"), []
+    for _ in range(COMPARE_CHUNKS):
+        try: rows += tail.read()
+        except Exception: break  # a damaged file: what was read
+        if not tail.more: break
+    m = rec.meta
+    per_epoch = (m.get("planned_steps") or 0) / (m.get("planned_epochs") or 1) or None
+    return [dict(r, _x=r["step"] / per_epoch if x == "epoch" and per_epoch else r["step"])
+            for r in rows if _number(r.get("step"))]
+
+def _thin(points:list, n:int=MAX_POINTS) -> list:
+    "At most n points, evenly spaced, the last one kept."
+    if len(points) <= n: return points
+    step = len(points) / n
+    return [points[int(i * step)] for i in range(n - 1)] + [points[-1]]
+
+def _panels(recs:list[RunRecord], x:str) -> list[dict]:
     monitor_key = split_metric(recs[0].monitor)[1] if recs else "accuracy"
-    rows_of = {}
-    for rec in recs:
-        rows = JsonlTail(rec.dir/"metrics.jsonl").read()
-        m = rec.meta
-        per_epoch = (m.get("planned_steps") or 0) / (m.get("planned_epochs") or 1) or None
-        rows_of[rec.run_id] = [dict(r, _x=(r.get("step", 0) / per_epoch if x == "epoch" and per_epoch else r.get("step"))) for r in rows]
+    rows_of, panels = {rec.run_id: _rows_of(rec, x) for rec in recs}, []
     for split, key in COMPARE_PANELS:
-        key = key or monitor_key
-        traces = []
+        key, traces = key or monitor_key, []
         for i, rec in enumerate(recs):
-            pts = [(r["_x"], r[key]) for r in rows_of[rec.run_id] if r.get("split") == split and _number(r.get(key))]
+            pts = _thin([(r["_x"], r[key]) for r in rows_of[rec.run_id]
+                         if r.get("split") == split and _number(r.get(key))])
+            color = PALETTE[i % len(PALETTE)]
             if pts: traces.append({"type": "scatter", "mode": "lines+markers" if split == "val" else "lines", "name": rec.run_id,
                                    "legendgroup": rec.run_id, "x": [p[0] for p in pts], "y": [p[1] for p in pts],
-                                   "line": {"color": PALETTE[i % len(PALETTE)]}, "marker": {"color": PALETTE[i % len(PALETTE)]}})
+                                   "line": {"color": color}, "marker": {"color": color}})
         panels.append({"title": f"{split} {key}", "traces": traces, "log": key == "lr"})
+    return panels
+
+# %% ../nbs/16_ui.ipynb #371ec770
+def config_diff(recs:list[RunRecord]) -> dict:
+    "{'columns': run ids, 'rows': [[key, value per run], ...]}: the config keys whose values differ (secrets redacted)."
+    keys = sorted({k for rec in recs for k in rec.params})
+    rows = [[k, *vals] for k in keys if len(set(vals := [_hashable(rec.params.get(k)) for rec in recs])) > 1]
+    return {"columns": [rec.run_id for rec in recs], "rows": rows}
+
+# %% ../nbs/16_ui.ipynb #b289bea1
+def compare_data(index:RunIndex, recs:list[RunRecord], x:str="step") -> dict:
+    "Curves, parallel coordinates and the config diff of several runs, as plotly traces (plain JSON)."
+    runs = [r.row() for r in recs]
     params = key_params(index, recs, limit=12) if len(recs) > 1 else []
     metrics = {"best": [r["best"] for r in runs], "last": [r["last"] for r in runs]}
     for k in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
@@ -521,17 +529,13 @@ def compare_data(index:RunIndex, recs:list[RunRecord], x:str="step") -> dict:
         if all(_number(v) for v in vals): dims.append({"label": label, "values": vals})
         elif k in params:
             cats = sorted({json.dumps(v) for v in vals})
-            dims.append({"label": label, "values": [cats.index(json.dumps(v)) for v in vals], "tickvals": list(range(len(cats))), "ticktext": cats})
+            dims.append({"label": label, "values": [cats.index(json.dumps(v)) for v in vals],
+                         "tickvals": list(range(len(cats))), "ticktext": cats})
     color = next((d["values"] for d in dims if d["label"].startswith("best")), None)
     parcoords = {"type": "parcoords", "dimensions": dims,
                  "line": {"color": color, "colorscale": "Viridis", "showscale": True} if color else {}} if dims else None
-    try:
-        from training_pipeline.tracking import compare_runs
-        diff = compare_runs([rec.dir for rec in recs], index.runs_dir)["config"]
-        config_diff = {"columns": list(map(str, diff.columns)), "rows": [[k, *[_hashable(v) for v in diff.loc[k]]] for k in diff.index]}
-    except Exception as e:  # a damaged run's config: the rest of the page still shows
-        config_diff = {"columns": [r.run_id for r in recs], "rows": [], "error": f"{type(e).__name__}: {e}"[:300]}
-    return {"runs": runs, "panels": panels, "parcoords": parcoords, "params": params, "config_diff": config_diff, "x": x}
+    return {"runs": runs, "panels": _panels(recs, x), "parcoords": parcoords, "params": params,
+            "config_diff": config_diff(recs), "x": x}
 
 # %% ../nbs/16_ui.ipynb #285fe7da
 def jobs_data(jobs_dir:str|Path=JOBS_DIR, runs_dir:str|Path=RUNS_DIR) -> dict:

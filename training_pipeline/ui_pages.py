@@ -5,8 +5,11 @@
 # %% ../nbs/16a_ui_pages.ipynb #65995e32
 from __future__ import annotations
 
+import functools
 import html
+import importlib.resources
 import time
+from collections import Counter
 from urllib.parse import quote, urlencode
 
 from .tracking import json_line
@@ -14,8 +17,9 @@ from .ui import STATUSES, RunIndex
 from .watch import format_duration
 
 # %% auto #0
-__all__ = ['CSS', 'NAV', 'PAGE_ROWS', 'RUN_JS', 'JOBS_JS', 'SHOWN_MODEL_METRICS', 'esc', 'fmt', 'script_json', 'badge', 'page',
-           'runs_page', 'run_details', 'run_page', 'compare_page', 'jobs_table', 'jobs_page', 'models_page']
+__all__ = ['ASSET_TYPES', 'NAV', 'PAGE_ROWS', 'MAX_METRIC_COLUMNS', 'SHOWN_MODEL_METRICS', 'esc', 'fmt', 'script_json', 'badge',
+           'asset', 'page', 'metric_columns', 'short_names', 'runs_page', 'run_details', 'run_page', 'compare_page',
+           'jobs_table', 'jobs_page', 'models_page']
 
 # %% ../nbs/16a_ui_pages.ipynb #698b4026
 def esc(v) -> str: return html.escape("" if v is None else str(v))
@@ -28,55 +32,38 @@ def fmt(v) -> str:
     if isinstance(v, list): return ", ".join(map(str, v)) or "-"
     return str(v)
 
-def script_json(obj) -> str: return json_line(obj).strip().replace("</", "<\\/")
+def script_json(obj) -> str:
+    "JSON to embed in a page: `<`, `>` and `&` as \\u escapes, so no text in it can end or open an element."
+    return json_line(obj).strip().replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 def badge(status:str, title:str="") -> str:
     return f"<span class='st st-{esc(status)}' title='{esc(title)}'>{esc(status)}</span>"
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-header{background:#1d2330;color:#fff;padding:8px 20px;display:flex;gap:22px;align-items:center}
-header a{color:#cfd6e4;text-decoration:none}header a.on{color:#fff;font-weight:600}header b{margin-right:12px}
-main{padding:14px 20px;max-width:1500px}
-a{color:#1a5fb4}h1{font-size:20px;margin:6px 0 10px}h2{font-size:16px;margin:18px 0 8px}
-table.t{border-collapse:collapse;background:#fff;width:100%}
-table.t th,table.t td{border-bottom:1px solid #e3e6ea;padding:4px 8px;text-align:left;white-space:nowrap;vertical-align:top}
-table.t th{position:sticky;top:0;background:#eef1f5;font-weight:600;z-index:1}
-table.t td.n{text-align:right;font-variant-numeric:tabular-nums}
-table.kv td{white-space:normal;word-break:break-word}table.kv td:first-child{color:#555;width:1%;white-space:nowrap}
-td.wrap{white-space:normal;word-break:break-word;min-width:240px}
-.wrap-x{overflow-x:auto;max-width:100%}
-.st{padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;color:#fff;background:#6c757d}
-.st-running{background:#0d6efd}.st-completed,.st-succeeded{background:#198754}.st-failed,.st-crashed{background:#dc3545}
-.st-interrupted,.st-cancelled{background:#fd7e14}.st-pruned{background:#6f42c1}.st-damaged{background:#343a40;outline:2px dashed #dc3545}
-.st-queued{background:#6c757d}.st-production{background:#198754}.st-staging{background:#0dcaf0;color:#000}
-form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin-bottom:10px}
-form.filters label{display:flex;flex-direction:column;font-size:12px;color:#555}
-input,select,button{font:inherit;padding:3px 6px}input.q{width:420px}
-.err{color:#b02a37;font-weight:600;margin:6px 0}.muted{color:#666}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0}
-.card{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px 12px;min-width:120px}
-.card .k{font-size:12px;color:#666}.card .v{font-size:17px;font-weight:600}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:10px}
-.chart{background:#fff;border:1px solid #e3e6ea;border-radius:6px;height:330px}
-.chart.wide{height:420px}
-progress{width:180px;height:14px;vertical-align:middle}
-details{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:6px 10px;margin:8px 0}
-.scroll{max-height:420px;overflow:auto}
-"""
+ASSET_TYPES = {".js": "application/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+@functools.cache
+def asset(name:str) -> bytes:
+    "A file of training_pipeline/ui_assets (the pages' scripts and style), read once; KeyError for any other name."
+    path = importlib.resources.files("training_pipeline")/"ui_assets"/name
+    if "/" in name or not any(name.endswith(s) for s in ASSET_TYPES) or not path.is_file(): raise KeyError(name)
+    return path.read_bytes()
 
 NAV = (("/", "runs", "Runs"), ("/compare", "compare", "Compare"), ("/jobs", "jobs", "Jobs"), ("/models", "models", "Models"))
 
-def page(title:str, body:str, nav:str="runs", scripts:str="", plotly:bool=False) -> str:
-    "A whole page: header with the navigation, the body, and (if asked) plotly.js from /static."
+def page(title:str, body:str, nav:str="runs", scripts:tuple=(), data=None, plotly:bool=False) -> str:
+    "A page: the navigation, the body, its `data` as JSON (`#page-data`) and its scripts from /static (no inline code)."
     links = "".join(f"<a href='{h}' class='{'on' if k == nav else ''}'>{t}</a>" for h, k, t in NAV)
     js = "<script src='/static/plotly.min.js'></script>" if plotly else ""
+    data = "" if data is None else f"<script type='application/json' id='page-data'>{script_json(data)}</script>"
+    tail = data + "".join(f"<script src='/static/ui/{esc(s)}'></script>" for s in scripts)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)} · tp ui</title>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style>{js}</head>"
-            f"<body><header><b>tp ui</b>{links}</header><main>{body}</main>{scripts}</body></html>")
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<link rel='stylesheet' href='/static/ui/ui.css'>{js}</head>"
+            f"<body><header><b>tp ui</b>{links}</header><main>{body}</main>{tail}</body></html>")
 
 # %% ../nbs/16a_ui_pages.ipynb #201c87ef
 PAGE_ROWS = 1000  # rows the runs table shows before "show all"
+MAX_METRIC_COLUMNS = 3  # monitored metrics with their own best/last columns; runs monitoring others share one more pair
 
 def _qs(args:dict, **change) -> str:
     d = {k: v for k, v in {**args, **change}.items() if v not in (None, "", [])}
@@ -85,168 +72,105 @@ def _qs(args:dict, **change) -> str:
 def _run_link(exp:str, rid:str, text:str|None=None) -> str:
     return f"<a href='/runs/{quote(exp)}/{quote(rid)}'>{esc(text or rid)}</a>"
 
+def metric_columns(runs:list[dict]) -> list[str]:
+    "The monitored metrics given their own columns, the most common first ('' stands for the rest, if there are more)."
+    counts = Counter(r["monitor"] for r in runs)
+    names = sorted(counts, key=lambda m: (-counts[m], m))
+    return names[:MAX_METRIC_COLUMNS] + ([""] if len(names) > MAX_METRIC_COLUMNS else [])
+
+def short_names(keys:list[str]) -> dict:
+    "Each dotted key by its shortest ending no other key shares: {'training.learning_rate': 'learning_rate', ...}."
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            end = ".".join(parts[-n:])
+            if not any(o != k and (o == end or o.endswith("." + end)) for o in keys): break
+        out[k] = end
+    return out
+
+def _breakable(text:str) -> str: return esc(text).replace("_", "_<wbr>").replace(".", ".<wbr>")
+
+def _th(args:dict, col:str, label:str, cls:str="", title:str="") -> str:
+    "A sortable header: a click sorts by `col`, a second click reverses."
+    sort, order = args.get("sort") or "created", args.get("order") or "desc"
+    flip = "asc" if sort == col and order == "desc" else "desc"
+    arrow = (" ▼" if order == "desc" else " ▲") if sort == col else ""
+    link = esc(_qs(args, sort=col, order=flip))
+    return f"<th class='{cls}' title='{esc(title)}'><a href='{link}'>{label}</a>{arrow}</th>"
+
+# %% ../nbs/16a_ui_pages.ipynb #2bf6ff37
+def _metric_cells(r:dict, metrics:list[str]) -> str:
+    "A run's best and last in the columns of its monitored metric ('' : the shared columns, with the metric's name)."
+    cells = []
+    for m in metrics:
+        mine = r["monitor"] == m or (m == "" and r["monitor"] not in metrics)
+        for which in ("best", "last"):
+            text = f"<span data-c='{which}'>{esc(fmt(r[which]))}</span>" if mine else ""
+            if mine and m == "": text += f" <small>{esc(r['monitor'])}</small>"
+            cells.append(f"<td class='n m'>{text}</td>")  # the header names the metric
+    return "".join(cells)
+
+def _cut(text:str, html:str|None=None) -> str:
+    "A cell's content, cut at its column's width by the style; the whole text in a tooltip when it may not fit."
+    title = f" title='{esc(text)}'" if len(text) > 8 else ""
+    return f"<div{title}>{html or esc(text)}</div>"
+
+def _row(r:dict, metrics:list[str], params:list[str]) -> str:
+    e, i = r["experiment"], r["run_id"]
+    why = "; ".join(f"{k}: {v}" for k, v in (r["problems"] or {}).items())
+    reason = f"<span class='why'>{esc(why[:120])}</span>" if why else ""  # in sight, not only in the badge's tooltip
+    cells = [f"<td><input type='checkbox' class='pick' value='{esc(e)}/{esc(i)}'></td>",
+             f"<td class='cut'>{_cut(i, _run_link(e, i))}</td>", f"<td class='cut'>{_cut(e)}</td>",
+             f"<td data-c='status'>{badge(r['status'], why)}{reason}</td>",
+             f"<td>{esc((r['created'] or '-')[:16].replace('T', ' '))}</td>",
+             f"<td class='n' data-c='duration'>{format_duration(r['duration_s'])}</td>", _metric_cells(r, metrics),
+             *[f"<td class='n p'>{_cut(fmt(r['params'].get(p)))}</td>" for p in params]]
+    return f"<tr data-run='{esc(e)}/{esc(i)}'>{''.join(cells)}</tr>"
+
+def _runs_head(args:dict, metrics:list[str], params:list[str]) -> str:
+    "The header: run, experiment, status, start, duration, then best/last per monitored metric, then the key params."
+    fixed = [("run_id", "run"), ("experiment", "experiment"), ("status", "status"), ("created", "start"),
+             ("duration_s", "duration")]
+    head = "<th></th>" + "".join(_th(args, c, t) for c, t in fixed)
+    for m in metrics:
+        for which in ("best", "last"):
+            label = f"{which} <span class='mn'>{esc(m) if m else '(other metric)'}</span>"
+            head += _th(args, f"{which}:{m}" if m else which, label, "m", f"{which} {m or 'monitored metric'}")
+    names = short_names(params)
+    return head + "".join(_th(args, p, _breakable(names[p]), "p", p) for p in params)
+
+# %% ../nbs/16a_ui_pages.ipynb #f573354b
 def runs_page(res:dict|None, args:dict, error:str|None=None) -> str:
     "The `/` page from a `query_runs` result (or None and the error of a bad query)."
     res = res or {"runs": [], "count": 0, "total": 0, "params": [], "experiments": []}
     exp_opts = "".join(f"<option {'selected' if e == args.get('experiment') else ''}>{esc(e)}</option>" for e in res["experiments"])
     st_opts = "".join(f"<option {'selected' if s == args.get('status') else ''}>{s}</option>" for s in STATUSES)
-    q = args.get("q") or []
     form = (f"<form class='filters' method='get' action='/'>"
             f"<label>experiment<select name='experiment'><option value=''>all</option>{exp_opts}</select></label>"
             f"<label>status<select name='status'><option value=''>all</option>{st_opts}</select></label>"
             f"<label>tag<input name='tag' value='{esc(args.get('tag') or '')}' size='10'></label>"
-            f"<label>hyperparameters (KEY OP VALUE and ...)<input class='q' name='q' value='{esc(' and '.join(q))}' "
+            f"<label>hyperparameters (KEY OP VALUE and ...)"
+            f"<input class='q' name='q' value='{esc(' and '.join(args.get('q') or []))}' "
             f"placeholder='training.learning_rate &lt; 0.01 and model.architecture == small_cnn'></label>"
-            f"<input type='hidden' name='sort' value='{esc(args.get('sort') or '')}'><input type='hidden' name='order' value='{esc(args.get('order') or '')}'>"
+            f"<input type='hidden' name='sort' value='{esc(args.get('sort') or '')}'>"
+            f"<input type='hidden' name='order' value='{esc(args.get('order') or '')}'>"
             f"<button>Filter</button> <a href='/'>clear</a></form>")
-    sort, order = args.get("sort") or "created", args.get("order") or "desc"
-    monitors = {r["monitor"] for r in res["runs"]}
-    monitor = monitors.pop() if len(monitors) == 1 else "monitored metric"
-    cols = [("run_id", "run"), ("experiment", "experiment"), ("status", "status"), ("created", "start"), ("duration_s", "duration"),
-            *[(p, p) for p in res["params"]], ("best", f"best {monitor}"), ("last", f"last {monitor}")]
-    head = "<th></th>" + "".join(
-        f"<th><a href='{_qs(args, sort=c, order='asc' if sort == c and order == 'desc' else 'desc')}'>{esc(t)}</a>"
-        f"{(' ▼' if order == 'desc' else ' ▲') if sort == c else ''}</th>" for c, t in cols)
-    body = []
-    for r in res["runs"]:
-        e, i = r["experiment"], r["run_id"]
-        probs = "; ".join(f"{k}: {v}" for k, v in (r["problems"] or {}).items())
-        cells = [f"<td><input type='checkbox' class='pick' value='{esc(e)}/{esc(i)}'></td>", f"<td>{_run_link(e, i)}</td>", f"<td>{esc(e)}</td>",
-                 f"<td data-c='status'>{badge(r['status'], probs)}</td>", f"<td>{esc((r['created'] or '-')[:19].replace('T', ' '))}</td>",
-                 f"<td class='n' data-c='duration'>{format_duration(r['duration_s'])}</td>",
-                 *[f"<td class='n'>{esc(fmt(r['params'].get(p)))}</td>" for p in res["params"]],
-                 f"<td class='n' data-c='best' title='{esc(r['monitor'])}'>{esc(fmt(r['best']))}</td>",
-                 f"<td class='n' data-c='last' title='{esc(r['monitor'])}'>{esc(fmt(r['last']))}</td>"]
-        body.append(f"<tr data-run='{esc(e)}/{esc(i)}'>{''.join(cells)}</tr>")
-    api = "/api/runs" + _qs(args)
+    metrics, params = metric_columns(res["runs"]), res["params"]
+    rows = "".join(_row(r, metrics, params) for r in res["runs"])
     more = (f" · showing the first {len(res['runs'])}: <a id='show-all' href='{esc(_qs(args, limit='all'))}'>show all {res['count']}</a>"
             if len(res["runs"]) < res["count"] else "")
-    summary = (f"<p><b id='count'>{res['count']}</b> of <span id='total'>{res['total']}</span> runs{more} <span id='new' class='err'></span> · key params: {esc(', '.join(res['params']) or 'none differ')}"
-               f" · <a href='{esc(api)}'>JSON</a> · <button id='compare' disabled>compare selected</button></p>")
+    summary = (f"<p><b id='count'>{res['count']}</b> of <span id='total'>{res['total']}</span> runs{more}"
+               f" <span id='new' class='err'></span> · key params: {esc(', '.join(params) or 'none differ')}"
+               f" <label class='muted'><input type='checkbox' id='hide-params'> hide them</label>"
+               f" · <a href='{esc('/api/runs' + _qs(args))}'>JSON</a>"
+               " · <button id='compare' disabled>compare selected</button></p>")
     err = f"<div class='err' id='error'>error: {esc(error)}</div>" if error else ""
-    table = f"<div class='wrap-x'><table class='t' id='runs'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-    script = """<script>
-const btn = document.getElementById('compare');
-document.getElementById('runs').addEventListener('change', () => {
-  btn.disabled = document.querySelectorAll('input.pick:checked').length < 2; });
-btn.onclick = () => { const ids = [...document.querySelectorAll('input.pick:checked')].map(c => c.value);
-  location.href = '/compare?runs=' + ids.map(encodeURIComponent).join(','); };
-// live: the running rows follow their runs (status, duration, best, last); new runs are announced, not inserted
-const num = v => v === null || v === undefined ? '-' : (Number.isInteger(v) ? String(v) : v.toPrecision(4));
-const dur = s => { if (s === null || s === undefined) return '-'; s = Math.round(s); const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60),
-  x = String(s % 60).padStart(2, '0'); return h ? h + ':' + String(m).padStart(2, '0') + ':' + x : m + ':' + x; };
-function update(tr, run) {
-  const b = tr.querySelector('[data-c=status] .st'); b.textContent = run.status; b.className = 'st st-' + run.status;
-  tr.querySelector('[data-c=duration]').textContent = dur(run.duration_s);
-  tr.querySelector('[data-c=best]').textContent = num(run.best); tr.querySelector('[data-c=last]').textContent = num(run.last);
-}
-const total0 = Number(document.getElementById('total').textContent);
-async function live() {
-  try {
-    const r = await fetch('/api/runs?status=running&cols=-'); if (!r.ok) return;
-    const j = await r.json(), running = new Map(j.runs.map(x => [x.experiment + '/' + x.run_id, x]));
-    for (const tr of document.querySelectorAll('#runs tbody tr')) {
-      const run = running.get(tr.dataset.run), shown = tr.querySelector('[data-c=status] .st').textContent;
-      if (run) update(tr, run);
-      else if (shown === 'running') { const d = await fetch('/api/runs/' + tr.dataset.run); if (d.ok) update(tr, (await d.json()).run); }
-    }
-    if (j.total !== total0) document.getElementById('new').textContent = '· ' + (j.total - total0) + ' new since this page loaded: reload to see them';
-  } finally { setTimeout(live, 3000); }
-}
-setTimeout(live, 3000);
-</script>"""
-    return page("Runs", f"<h1>Runs</h1>{form}{err}{summary}{table}", "runs", script)
+    table = (f"<div class='wrap-x'><table class='t' id='runs'><thead><tr>{_runs_head(args, metrics, params)}</tr>"
+             f"</thead><tbody>{rows}</tbody></table></div>")
+    return page("Runs", f"<h1>Runs</h1>{form}{err}{summary}{table}", "runs", ("runs.js",))
 
 # %% ../nbs/16a_ui_pages.ipynb #8310465e
-RUN_JS = r"""<script>
-const SKIP = new Set(['step','epoch','time','samples','epoch_time_s','data_wait_s']);
-const NOT_METRIC = new Set(['loss','lr','grad_norm','samples_per_s','data_wait_share']);
-const CHARTS = [
-  {id:'chart-loss', title:'loss', pick:(s,k)=>k==='loss'},
-  {id:'chart-metrics', title:'metrics', pick:(s,k)=>s !== 'test' && !NOT_METRIC.has(k) && !/^time_/.test(k)},
-  {id:'chart-lr', title:'learning rate', pick:(s,k)=>k==='lr', log:true},
-  {id:'chart-throughput', title:'throughput (samples/s)', pick:(s,k)=>k==='samples_per_s'},
-  {id:'chart-time', title:'step time breakdown (s per step)', pick:(s,k)=>s==='train' && /^time_.*_s$/.test(k), stack:true},
-];
-const PALETTE = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22','#17becf'];
-const SPLIT_COLOR = {train: '#1f77b4', val: '#ff7f0e', test: '#2ca02c'};
-const keyColor = {};
-function color(c, s, k) {
-  if (c.id === 'chart-metrics' || c.stack) { if (!(k in keyColor)) keyColor[k] = PALETTE[Object.keys(keyColor).length % PALETTE.length]; return keyColor[k]; }
-  return SPLIT_COLOR[s] || '#555';
-}
-let offset = 0, inode = null, rev = 0, series = {}, running = true;
-function add(rows) {
-  for (const r of rows) for (const [k, v] of Object.entries(r)) {
-    if (typeof v !== 'number' || SKIP.has(k) || !r.split) continue;
-    const id = r.split + '|' + k; const s = series[id] || (series[id] = {x: [], y: []});
-    s.x.push(r.step); s.y.push(v);
-  }
-}
-function draw() {
-  rev += 1;
-  for (const c of CHARTS) {
-    const traces = [];
-    for (const id of Object.keys(series).sort()) {
-      const [s, k] = id.split('|'); if (!c.pick(s, k)) continue;
-      const col = color(c, s, k);
-      traces.push({type: 'scatter', mode: s === 'train' ? 'lines' : 'lines+markers', name: s + ' ' + k,
-                   x: series[id].x, y: series[id].y, stackgroup: c.stack ? 'one' : undefined, marker: {size: 6, color: col},
-                   line: {color: col, dash: c.id === 'chart-metrics' && s === 'train' ? 'dot' : 'solid'}});
-    }
-    const ys = traces.flatMap(t => t.y).filter(v => v > 0);
-    const log = c.log && ys.length && Math.max(...ys) / Math.min(...ys) > 10;  // a log axis only when the values span decades
-    const layout = {title: {text: c.title, font: {size: 14}}, margin: {l: 55, r: 15, t: 36, b: 36}, datarevision: rev,
-                    uirevision: 'keep', yaxis: {type: log ? 'log' : 'linear', exponentformat: 'e'},
-                    legend: {orientation: 'h', y: -0.12}, showlegend: true};
-    if (ys.length && Math.max(...ys) === Math.min(...ys)) layout.yaxis.range = [0, 2 * ys[0]];  // a constant (the LR without a schedule)
-    if (!traces.length) layout.annotations = [{text: 'not logged by this run', showarrow: false, xref: 'paper', yref: 'paper', x: 0.5, y: 0.5}];
-    Plotly.react(c.id, traces, layout, {responsive: true, displaylogo: false});
-  }
-}
-async function pollMetrics() {
-  const r = await fetch(RUN.api + '/metrics?offset=' + offset + (inode === null ? '' : '&inode=' + inode));
-  if (!r.ok) return;
-  const j = await r.json();
-  if (j.reset) series = {};
-  add(j.rows); offset = j.offset; inode = j.inode;
-  if (j.rows.length || j.reset || rev === 0) draw();
-}
-function text(id, v) { const e = document.getElementById(id); if (e) e.textContent = v; }
-function dur(s) { if (s === null || s === undefined) return '-'; s = Math.round(s);
-  const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60), x = String(s % 60).padStart(2, '0');
-  return h ? h + ':' + String(m).padStart(2, '0') + ':' + x : m + ':' + x; }
-async function pollStatus() {
-  const r = await fetch(RUN.api); if (!r.ok) return;
-  const d = await r.json(), s = d.snapshot || {}, st = d.run.status;
-  const b = document.getElementById('status'); b.textContent = st; b.className = 'st st-' + st;
-  if (s.progress !== null && s.progress !== undefined) { document.getElementById('progress').value = s.progress; text('progress-text', (100 * s.progress).toFixed(1) + '%'); }
-  text('step', (s.step ?? '-') + ' / ' + (s.planned_steps ?? '?')); text('epoch', (s.epoch ?? '-') + ' / ' + (s.planned_epochs ?? '?'));
-  text('eta', dur(s.eta_s)); text('throughput', s.samples_per_s ? Math.round(s.samples_per_s) + ' samples/s' : '-');
-  text('best', d.run.best === null ? '-' : d.run.best.toPrecision(4)); text('last', d.run.last === null ? '-' : d.run.last.toPrecision(4));
-  text('duration', dur(d.run.duration_s));
-  running = st === 'running';
-  await refreshDetails();
-}
-async function refreshDetails() {  // alerts, lineage, summary, config, events: the server's HTML, open sections kept open
-  const r = await fetch(location.pathname + '?partial=details'); if (!r.ok) return;
-  const box = document.getElementById('details');
-  const open = new Set([...box.querySelectorAll('details[open]')].map(e => e.dataset.k));
-  box.innerHTML = await r.text();
-  box.querySelectorAll('details').forEach(e => { e.open = open.has(e.dataset.k); });
-}
-async function loop() {
-  await pollMetrics(); await pollStatus();
-  let n = 0;
-  const tick = async () => {
-    try { await pollMetrics(); if (++n % 2 === 0) await pollStatus(); } catch (e) { console.log(e); }
-    if (running) setTimeout(tick, RUN.interval); else await pollMetrics();
-  };
-  if (running) setTimeout(tick, RUN.interval);
-}
-loop();
-</script>"""
-
 def _card(key:str, label:str, value:str) -> str: return f"<div class='card'><div class='k'>{label}</div><div class='v' id='{key}'>{value}</div></div>"
 
 def _kv(rows) -> str: return "<table class='t kv'>" + "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
@@ -296,8 +220,8 @@ def run_page(d:dict, interval_ms:int=1000) -> str:
     body = (f"<h1>{esc(e)} / {esc(i)}</h1>{probs}<div class='cards'>{cards}</div><p>{' · '.join(links)}</p>"
             f"<p class='muted'>curves by step, redrawn as metrics.jsonl grows</p><div class='charts'>{charts}</div>"
             f"<div id='details'>{run_details(d)}</div>")
-    cfg = script_json({"api": f"/api/runs/{quote(e)}/{quote(i)}", "interval": interval_ms})
-    return page(f"{e}/{i}", body, "runs", f"<script>const RUN = {cfg};</script>{RUN_JS}", plotly=True)
+    data = {"api": f"/api/runs/{quote(e)}/{quote(i)}", "interval": interval_ms}
+    return page(f"{e}/{i}", body, "runs", ("run.js",), data, plotly=True)
 
 # %% ../nbs/16a_ui_pages.ipynb #99e8d728
 def compare_page(c:dict|None, refs:list[str], error:str|None=None) -> str:
@@ -322,15 +246,8 @@ def compare_page(c:dict|None, refs:list[str], error:str|None=None) -> str:
             f"<h2>Curves (aligned by {esc(c['x'])})</h2><div class='charts'>{charts}</div>"
             f"<h2>Params vs final metrics</h2><div class='chart wide' id='parcoords'></div>"
             f"<h2>Config: the keys that differ</h2>{diff}")
-    script = f"""<script>
-const C = {script_json({"panels": c["panels"], "parcoords": c["parcoords"], "x": c["x"]})};
-C.panels.forEach((p, n) => Plotly.newPlot('overlay-' + n, p.traces, {{title: {{text: p.title, font: {{size: 14}}}},
-  margin: {{l: 55, r: 15, t: 36, b: 36}}, xaxis: {{title: {{text: C.x}}}}, yaxis: {{type: p.log ? 'log' : 'linear', exponentformat: 'e'}},
-  legend: {{orientation: 'h', y: -0.25}}, showlegend: true}}, {{responsive: true, displaylogo: false}}));
-if (C.parcoords) Plotly.newPlot('parcoords', [C.parcoords], {{margin: {{l: 80, r: 80, t: 60, b: 30}}}}, {{responsive: true, displaylogo: false}});
-else document.getElementById('parcoords').textContent = 'nothing to plot';
-</script>"""
-    return page("Compare", body, "compare", script, plotly=True)
+    data = {"panels": c["panels"], "parcoords": c["parcoords"], "x": c["x"]}
+    return page("Compare", body, "compare", ("compare.js",), data, plotly=True)
 
 def _form(action:str, xsrf:str, inner:str) -> str: return f"<form method='post' action='{esc(action)}' style='display:inline'>{xsrf}{inner}</form>"
 
@@ -349,14 +266,10 @@ def jobs_table(j:dict, xsrf:str|None=None) -> str:
         rows.append(f"<tr data-job='{job['id']}'>" + "".join(f"<td>{c}</td>" for c in cells) + act + "</tr>")
     return f"<p>{esc(j['counts'])}</p><table class='t' id='jobs-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
-JOBS_JS = """<script>
-setInterval(async () => { const r = await fetch('/jobs?partial=1'); if (r.ok) document.getElementById('jobs').innerHTML = await r.text(); }, 2000);
-</script>"""
-
 def jobs_page(j:dict, jobs_dir, xsrf:str|None=None, message:str|None=None) -> str:
     msg = f"<p class='muted'>{esc(message)}</p>" if message else ""
     return page("Jobs", f"<h1>Jobs</h1><p class='muted'>queue {esc(jobs_dir)} · refreshed every 2 s</p>{msg}<div id='jobs'>{jobs_table(j, xsrf)}</div>",
-                "jobs", JOBS_JS)
+                "jobs", ("jobs.js",))
 
 SHOWN_MODEL_METRICS = ("val_accuracy", "val_loss", "val_f1", "test_accuracy", "test_loss", "test_f1")
 

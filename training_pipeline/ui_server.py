@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
+import hmac
 import ipaddress
 import json
+import re
 import secrets
 import signal
 import sys
@@ -16,48 +19,67 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-from .core import EXIT_OK, JOBS_DIR, MODELS_DIR, RUNS_DIR, UsageError
+from .core import EXIT_OK, JOBS_DIR, MODELS_DIR, RUNS_DIR, UsageError, patch
+from .run_files import BoundedRunTail
 from .tracking import json_line
-from .ui import RunIndex, compare_data, jobs_data, metrics_since, models_data, query_runs, run_detail, safe_name
-from .ui_pages import PAGE_ROWS, compare_page, jobs_page, jobs_table, models_page, page, run_details, run_page, runs_page
-from .watch import RunTail
+from .ui import (MAX_COLUMNS, MAX_COMPARED, RunIndex, compare_data, jobs_data, metrics_since,
+                                  models_data, query_runs, run_detail, safe_name)
+from .ui_pages import (ASSET_TYPES, PAGE_ROWS, asset, compare_page, jobs_page, jobs_table, models_page,
+                                        page, run_details, run_page, runs_page)
 
 import tornado.escape
 import tornado.web
 from tornado.web import HTTPError
 
 # %% auto #0
-__all__ = ['TAILS_KEPT', 'COOKIE', 'plotly_js_path', 'UIState', 'Base', 'NotFound', 'RunsAPI', 'RunsPage', 'RunAPI', 'MetricsAPI',
-           'RunPage', 'ReportFile', 'ComparePage', 'JobsPage', 'JobsAPI', 'ModelsPage', 'ModelsAPI', 'Action',
-           'CancelJob', 'PromoteModel', 'PlotlyJS', 'make_app', 'is_loopback', 'UIServer', 'ui_command']
+__all__ = ['TAILS_KEPT', 'COOKIE', 'XSRF_COOKIE', 'MIN_TOKEN_CHARS', 'CSP', 'MAX_ID', 'MAX_QUERY_CHARS', 'MAX_LIMIT',
+           'MAX_BODY_BYTES', 'plotly_js_path', 'check_token', 'UIState', 'bounded_int', 'UIHandler', 'NotFound',
+           'RunsAPI', 'RunsPage', 'RunAPI', 'MetricsAPI', 'RunPage', 'ReportFile', 'ComparePage', 'JobsPage', 'JobsAPI',
+           'ModelsPage', 'ModelsAPI', 'Action', 'CancelJob', 'PromoteModel', 'PlotlyJS', 'UIAsset', 'make_app',
+           'is_loopback', 'UIServer', 'ui_command']
 
 # %% ../nbs/16b_ui_server.ipynb #618635c5
 TAILS_KEPT = 64
-COOKIE = "tp-ui"
+COOKIE, XSRF_COOKIE = "tp-ui", "tp-ui-xsrf"
+MIN_TOKEN_CHARS = 16  # a token anyone on the network may try: 16 random characters are past guessing
 
 def plotly_js_path() -> Path:
     "plotly.min.js inside the installed plotly package (served at /static/plotly.min.js: no CDN, works offline)."
     import plotly
     return Path(plotly.__file__).parent/"package_data"/"plotly.min.js"
 
+def check_token(token:str|None):
+    "A `UsageError` for a token too short to be a secret (None: no token, loopback only)."
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise UsageError(f"--token is {len(token)} character(s): too short to keep anyone out", "tp ui",
+                         f"give at least {MIN_TOKEN_CHARS} random characters, or leave --token out "
+                         "(loopback only, or one is generated)")
+
+# %% ../nbs/16b_ui_server.ipynb #441f35e4
 class UIState:
-    "The directories, the run index, the followed tails, the security settings."
+    "The directories, the run index, the followed tails, the security settings and the server's own secret."
     def __init__(self, runs_dir=RUNS_DIR, jobs_dir=JOBS_DIR, models_dir=MODELS_DIR, token:str|None=None, allow_actions:bool=False,
                  interval_ms:int=1000):
+        check_token(token)
         self.runs_dir, self.jobs_dir, self.models_dir = Path(runs_dir), Path(jobs_dir), Path(models_dir)
         self.token, self.allow_actions, self.interval_ms = token, allow_actions, interval_ms
+        self.secret = secrets.token_bytes(32)  # signs cookies and XSRF tokens; a restart invalidates them
         self.index = RunIndex(self.runs_dir)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="tp-ui")
         self._tails, self._tails_lock, self._js = OrderedDict(), threading.Lock(), None
 
-    def tail(self, rec) -> RunTail|None:
-        "The kept RunTail of a run (None when its run.json cannot be read)."
+    def sign(self, text:str) -> str:
+        "HMAC-SHA256 of `text` under the server's secret (hex)."
+        return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()
+
+    def tail(self, rec) -> BoundedRunTail|None:
+        "The kept tail of a run (None when its run.json cannot be read)."
         with self._tails_lock:
             t = self._tails.pop(rec.dir, None)
             if t is None:
-                try: t = RunTail(rec.dir)
+                try: t = BoundedRunTail(rec.dir)
                 except Exception: return None
             self._tails[rec.dir] = t
             while len(self._tails) > TAILS_KEPT: self._tails.popitem(last=False)
@@ -75,14 +97,26 @@ class UIState:
         return self._js
 
 # %% ../nbs/16b_ui_server.ipynb #c368c83e
-class Base(tornado.web.RequestHandler):
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "  # no inline script
+       "img-src 'self' data: blob:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+MAX_ID = 2 ** 63 - 1  # the largest id or offset a request may name (SQLite's integers; a file offset)
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+def bounded_int(text:str|None, name:str, low:int=0, high:int=MAX_ID, default:int|None=None) -> int|None:
+    "`text` as an integer in [low, high], `default` when absent; an HTTP 400 naming `name` for anything else."
+    if text is None or text == "": return default
+    if not _DIGITS.match(text) or not low <= int(text) <= high:
+        raise HTTPError(400, reason=f"{name} must be an integer from {low} to {high}, got {ascii(text[:30])}")
+    return int(text)
+
+class UIHandler(tornado.web.RequestHandler):
+    "What every page and API of `tp ui` shares: the token, security headers, XSRF and Origin checks, errors, the pool."
     def initialize(self, ui:UIState): self.ui = ui
 
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff"); self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "no-referrer")  # the token in a URL never leaves in a Referer
-        self.set_header("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
-                        "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; frame-ancestors 'none'")
+        self.set_header("Referrer-Policy", "same-origin")  # no Referer (with a token) leaves; a POST carries its Origin
+        self.set_header("Content-Security-Policy", CSP)
 
     def prepare(self):
         if self.ui.token is None:  # loopback, no token: only requests addressed to a loopback name (no DNS rebinding)
@@ -104,136 +138,180 @@ class Base(tornado.web.RequestHandler):
             self.set_header("Content-Type", "application/json"); self.finish(json_line({"error": why, "status": status_code}))
         else: self.finish(page(f"{status_code}", f"<h1>{status_code}</h1><p class='err'>{tornado.escape.xhtml_escape(why)}</p>"))
 
-    async def blocking(self, f, *args):
-        "Run a blocking read in the pool; a PipelineError becomes a 400 with its message."
-        from training_pipeline.core import PipelineError
-        try: return await asyncio.get_running_loop().run_in_executor(self.ui.pool, f, *args)
-        except PipelineError as e: raise HTTPError(400, reason=str(e).replace("\n", " ")) from None
+# %% ../nbs/16b_ui_server.ipynb #7b537770
+@property
+def _xsrf_token(self:UIHandler) -> bytes:
+    "This browser's form token: a random id (in an HttpOnly cookie) and its signature under the server's secret."
+    if not hasattr(self, "_tp_xsrf"):
+        sid = self.get_cookie(XSRF_COOKIE) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{24}", sid):
+            sid = secrets.token_urlsafe(18); self.set_cookie(XSRF_COOKIE, sid, httponly=True, samesite="Strict")
+        self._tp_xsrf = f"{sid}.{self.ui.sign('xsrf:' + sid)}".encode()
+    return self._tp_xsrf
+UIHandler.xsrf_token = _xsrf_token  # tornado's xsrf_form_html() puts it in every action's form
 
-    def json(self, obj):
-        self.set_header("Content-Type", "application/json")
-        try: text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # the fast path: 10,000 rows in a few hundred ms
-        except ValueError: text = json_line(obj)  # a NaN or inf somewhere (a config value): null, as everywhere in the project
-        self.finish(text)
+def _check_xsrf_cookie(self:UIHandler):
+    "Every POST (tornado calls it before `prepare`): actions allowed, from this server's pages, with a token it signed."
+    if not self.ui.allow_actions:
+        raise HTTPError(403, reason="read-only: start tp ui with --allow-actions to cancel jobs or promote models")
+    origin = self.request.headers.get("Origin") or self.request.headers.get("Referer")
+    if not origin: raise HTTPError(403, reason="a POST needs an Origin or Referer header (a browser sends one)")
+    parts = urlsplit(origin)
+    if (parts.scheme, parts.netloc.lower()) != (self.request.protocol, self.request.host.lower()):
+        raise HTTPError(403, reason="cross-origin POST refused: actions come from this server's own pages")
+    headers = self.request.headers
+    token = self.get_argument("_xsrf", None) or headers.get("X-Xsrftoken") or headers.get("X-Csrftoken")
+    if not token: raise HTTPError(403, reason="'_xsrf' argument missing from POST")
+    sid = self.get_cookie(XSRF_COOKIE) or ""
+    if not (sid and secrets.compare_digest(token.encode(), f"{sid}.{self.ui.sign('xsrf:' + sid)}".encode())):
+        raise HTTPError(403, reason="XSRF token invalid: reload the page and try again")
+UIHandler.check_xsrf_cookie = _check_xsrf_cookie
 
-    def run_record(self, experiment:str, run_id:str):
-        "The index record of a run, or 404 (unsafe names never reach the file system)."
-        rec = self.ui.index.get(experiment, run_id) if safe_name(experiment) and safe_name(run_id) else None
-        if rec is None: raise HTTPError(404, reason=f"no run {experiment}/{run_id}")
-        return rec
+# %% ../nbs/16b_ui_server.ipynb #89354c1a
+@patch
+async def blocking(self:UIHandler, f, *args):
+    "Run a blocking read in the pool; a PipelineError becomes a 400 with its message."
+    from training_pipeline.core import PipelineError
+    try: return await asyncio.get_running_loop().run_in_executor(self.ui.pool, f, *args)
+    except PipelineError as e: raise HTTPError(400, reason=str(e).replace("\n", " ")) from None
 
-    def xsrf_html(self) -> str|None: return self.xsrf_form_html() if self.ui.allow_actions else None
+@patch
+def send_json(self:UIHandler, obj):
+    "Answer with strict JSON (a non-finite number anywhere becomes null: the answer is always valid JSON)."
+    self.set_header("Content-Type", "application/json")
+    try: text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # fast: 10,000 rows in a few hundred ms
+    except ValueError: text = json_line(obj)
+    self.finish(text)
 
-class NotFound(Base):
+@patch
+def run_record(self:UIHandler, experiment:str, run_id:str):
+    "The index record of a run, or 404 (unsafe names never reach the file system)."
+    rec = self.ui.index.get(experiment, run_id) if safe_name(experiment) and safe_name(run_id) else None
+    if rec is None: raise HTTPError(404, reason=f"no run {experiment}/{run_id}")
+    return rec
+
+@patch
+def xsrf_html(self:UIHandler) -> str|None: return self.xsrf_form_html() if self.ui.allow_actions else None
+
+class NotFound(UIHandler):
     def prepare(self):
         super().prepare(); raise HTTPError(404, reason="not found")
 
-def _query_args(h:Base) -> dict:
+def _query_args(h:UIHandler) -> dict:
     a = {k: h.get_query_argument(k, None) for k in ("experiment", "status", "tag", "sort", "order", "cols")}
     a["q"] = [q for q in h.get_query_arguments("q") if q.strip()]
+    if len((a["cols"] or "").split(",")) > MAX_COLUMNS:
+        raise HTTPError(400, reason=f"cols: at most {MAX_COLUMNS} columns")
     return a
 
 # %% ../nbs/16b_ui_server.ipynb #b0f4dcbf
-class RunsAPI(Base):
-    async def get(self):
-        a = _query_args(self)
-        limit = self.get_query_argument("limit", None)
-        res = await self.blocking(lambda: query_runs(self.ui.index, a["experiment"], a["status"], a["tag"], a["q"], a["sort"] or "created",
-                                                     a["order"] or "desc", a["cols"], int(limit) if limit and limit.isdigit() else None,
-                                                     summary=self.get_query_argument("summary", "") not in ("", "0")))
-        self.json(res)
+MAX_QUERY_CHARS, MAX_LIMIT = 2_000, 10_000_000  # a filter's length; rows one answer may ask for
 
-class RunsPage(Base):
+def _query(h:UIHandler, a:dict, limit:int|None, summary:bool=False) -> dict:
+    if sum(map(len, a["q"])) > MAX_QUERY_CHARS: raise HTTPError(400, reason=f"q: at most {MAX_QUERY_CHARS} characters")
+    return query_runs(h.ui.index, a["experiment"], a["status"], a["tag"], a["q"], a["sort"] or "created",
+                      a["order"] or "desc", a["cols"], limit, summary=summary)
+
+class RunsAPI(UIHandler):
     async def get(self):
-        a = _query_args(self)
-        limit = self.get_query_argument("limit", None)
+        a, summary = _query_args(self), self.get_query_argument("summary", "") not in ("", "0")
+        limit = bounded_int(self.get_query_argument("limit", None), "limit", 1, MAX_LIMIT)
+        self.send_json(await self.blocking(_query, self, a, limit, summary))
+
+class RunsPage(UIHandler):
+    async def get(self):
+        a, limit = _query_args(self), self.get_query_argument("limit", None)
         if limit == "all": a["limit"] = "all"
-        n = None if limit == "all" else int(limit) if limit and limit.isdigit() and int(limit) > 0 else PAGE_ROWS
-        try: res, error = await self.blocking(lambda: query_runs(self.ui.index, a["experiment"], a["status"], a["tag"], a["q"],
-                                                                 a["sort"] or "created", a["order"] or "desc", a["cols"], n)), None
+        n = None if limit == "all" else bounded_int(limit, "limit", 1, MAX_LIMIT, PAGE_ROWS)
+        try: res, error = await self.blocking(_query, self, a, n), None
         except HTTPError as e: res, error = None, e.reason; self.set_status(400)
         self.finish(runs_page(res, a, error))
 
-class RunAPI(Base):
+class RunAPI(UIHandler):
     async def get(self, experiment, run_id):
         rec = self.run_record(experiment, run_id)
-        self.json(await self.blocking(self.ui.detail, rec))
+        self.send_json(await self.blocking(self.ui.detail, rec))
 
-class MetricsAPI(Base):
+class MetricsAPI(UIHandler):
     async def get(self, experiment, run_id):
         rec = self.run_record(experiment, run_id)
-        try: offset, inode = int(self.get_query_argument("offset", "0")), self.get_query_argument("inode", None)
-        except ValueError: raise HTTPError(400, reason="offset must be an integer") from None
-        inode = int(inode) if inode and inode.isdigit() else None
-        self.json(await self.blocking(metrics_since, rec.dir, offset, inode))
+        offset = bounded_int(self.get_query_argument("offset", None), "offset", default=0)
+        inode = bounded_int(self.get_query_argument("inode", None), "inode")
+        self.send_json(await self.blocking(metrics_since, rec.dir, offset, inode))
 
-class RunPage(Base):
+# %% ../nbs/16b_ui_server.ipynb #dbfc55f4
+class RunPage(UIHandler):
     async def get(self, experiment, run_id):
         rec = self.run_record(experiment, run_id)
         d = await self.blocking(self.ui.detail, rec)
         self.finish(run_details(d) if self.get_query_argument("partial", None) == "details" else run_page(d, self.ui.interval_ms))
 
-class ReportFile(Base):
+class ReportFile(UIHandler):
     async def get(self, experiment, run_id):
         rec = self.run_record(experiment, run_id)
         path = rec.dir/"report.html"
         try: inside = path.is_file() and path.resolve().is_relative_to(self.ui.runs_dir.resolve())
-        except OSError: inside = False
+        except (OSError, RuntimeError): inside = False
         if not inside: raise HTTPError(404, reason="this run has no report.html (tp report --run ...)")
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Content-Security-Policy", "sandbox allow-scripts")  # its scripts run in an opaque origin
         self.finish(await self.blocking(path.read_bytes))
 
-class ComparePage(Base):
+class ComparePage(UIHandler):
     async def get(self):
         refs = [r for r in self.get_query_argument("runs", "").split(",") if r.strip()]
         x = self.get_query_argument("x", "step")
         if x not in ("step", "epoch"): x = "step"
         if not refs: return self.finish(compare_page(None, []))
+        if len(refs) > MAX_COMPARED:
+            raise HTTPError(400, reason=f"runs: at most {MAX_COMPARED} runs on one page, got {len(refs)}")
         recs = [self.ui.index.find(r) for r in refs]
         missing = [r for r, rec in zip(refs, recs) if rec is None]
         if missing:
             self.set_status(404); return self.finish(compare_page(None, refs, f"no run {', '.join(missing)}"))
         self.finish(compare_page(await self.blocking(compare_data, self.ui.index, recs, x), refs))
 
-class JobsPage(Base):
+# %% ../nbs/16b_ui_server.ipynb #d30be58d
+class JobsPage(UIHandler):
     async def get(self):
         j = await self.blocking(jobs_data, self.ui.jobs_dir, self.ui.runs_dir)
         if self.get_query_argument("partial", None): return self.finish(jobs_table(j, self.xsrf_html()))
         self.finish(jobs_page(j, self.ui.jobs_dir, self.xsrf_html(), self.get_query_argument("msg", None)))
 
-class JobsAPI(Base):
-    async def get(self): self.json(await self.blocking(jobs_data, self.ui.jobs_dir, self.ui.runs_dir))
+class JobsAPI(UIHandler):
+    async def get(self): self.send_json(await self.blocking(jobs_data, self.ui.jobs_dir, self.ui.runs_dir))
 
-class ModelsPage(Base):
+class ModelsPage(UIHandler):
     async def get(self):
         m = await self.blocking(models_data, self.ui.models_dir)
         self.finish(models_page(m, self.ui.index, self.ui.models_dir, self.xsrf_html(), self.get_query_argument("msg", None)))
 
-class ModelsAPI(Base):
-    async def get(self): self.json(await self.blocking(models_data, self.ui.models_dir))
+class ModelsAPI(UIHandler):
+    async def get(self): self.send_json(await self.blocking(models_data, self.ui.models_dir))
 
-class Action(Base):
-    "A POST that changes something: only with --allow-actions (tornado has checked its XSRF token before this runs)."
+# %% ../nbs/16b_ui_server.ipynb #cacbd919
+class Action(UIHandler):
+    "A POST that changes something: with --allow-actions only; `check_xsrf_cookie` has checked its origin and token."
     def prepare(self):
         super().prepare()
-        if not self.ui.allow_actions: raise HTTPError(403, reason="read-only: start tp ui with --allow-actions to cancel jobs or promote models")
+        if not self.ui.allow_actions: raise HTTPError(403, reason="read-only: start tp ui with --allow-actions")
 
 class CancelJob(Action):
     async def post(self, job_id):
         from training_pipeline.jobs_commands import cancel_job
-        msg = await self.blocking(cancel_job, self.ui.jobs_dir, int(job_id))
+        msg = await self.blocking(cancel_job, self.ui.jobs_dir, bounded_int(job_id, "job id", 1))
         self.redirect("/jobs?msg=" + quote(msg))
 
 class PromoteModel(Action):
     async def post(self, name, version):
         from training_pipeline.registry import promote
-        alias = self.get_body_argument("alias", "")
+        alias, version = self.get_body_argument("alias", ""), bounded_int(version, "version", 1)
         if alias not in ("production", "staging"): raise HTTPError(400, reason="alias must be production or staging")
-        r = await self.blocking(promote, name, int(version), alias, self.ui.models_dir)
+        r = await self.blocking(promote, name, version, alias, self.ui.models_dir)
         self.redirect("/models?msg=" + quote(f"{r['name']} v{r['version']} is now {r['alias']}"))
 
-class PlotlyJS(Base):
+# %% ../nbs/16b_ui_server.ipynb #68be5ad0
+class PlotlyJS(UIHandler):
     async def get(self):
         plain, gz = await self.blocking(self.ui.plotly_js)
         self.set_header("Content-Type", "application/javascript; charset=utf-8")
@@ -244,10 +322,21 @@ class PlotlyJS(Base):
 
     def compute_etag(self): return None  # hashing 4.6 MB per request for nothing: Cache-Control does it
 
+class UIAsset(UIHandler):
+    "The pages' scripts and style (training_pipeline/ui_assets), revalidated by ETag so an upgrade shows at once."
+    def get(self, name):
+        try: data = asset(name)
+        except KeyError: raise HTTPError(404, reason="not found") from None
+        self.set_header("Content-Type", ASSET_TYPES[name[name.rindex("."):]])
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(data)
+
 # %% ../nbs/16b_ui_server.ipynb #398a5695
 def _log_request(h):
     "Only server errors are worth a line (a 404 for a probe is the server working)."
     if h.get_status() >= 500: print(f"tp ui: {h.get_status()} {h.request.method} {h.request.uri}", file=sys.stderr)
+
+MAX_BODY_BYTES = 64 << 10
 
 def make_app(ui:UIState) -> tornado.web.Application:
     "The tornado application of `tp ui`."
@@ -256,10 +345,10 @@ def make_app(ui:UIState) -> tornado.web.Application:
               (R + r"/?", RunPage), (R + r"/report\.html", ReportFile), (r"/compare/?", ComparePage),
               (r"/jobs/?", JobsPage), (r"/api/jobs/?", JobsAPI), (r"/jobs/(\d+)/cancel", CancelJob),
               (r"/models/?", ModelsPage), (r"/api/models/?", ModelsAPI), (r"/models/([^/]+)/(\d+)/promote", PromoteModel),
-              (r"/static/plotly\.min\.js", PlotlyJS)]
+              (r"/static/plotly\.min\.js", PlotlyJS), (r"/static/ui/([A-Za-z0-9_.-]+)", UIAsset)]
     return tornado.web.Application([(p, h, {"ui": ui}) for p, h in routes], default_handler_class=NotFound,
-                                   default_handler_args={"ui": ui}, cookie_secret=secrets.token_bytes(32), xsrf_cookies=True,
-                                   xsrf_cookie_kwargs={"samesite": "Strict"}, log_function=_log_request)
+                                   default_handler_args={"ui": ui}, cookie_secret=ui.secret, xsrf_cookies=True,
+                                   log_function=_log_request)
 
 def is_loopback(host:str) -> bool:
     if host == "localhost": return True
@@ -283,8 +372,13 @@ class UIServer:
         except OSError as e:
             raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}", "tp ui", "pick another --port (0: any free port)") from None
         self.host, self.port = host, self.sockets[0].getsockname()[1]
-        threading.Thread(target=self.ui.index.refresh, name="tp-ui-index", daemon=True).start()  # the cold build, in the background
+        threading.Thread(target=self._build_index, name="tp-ui-index", daemon=True).start()  # the first build
         return self
+
+    def _build_index(self):
+        try: self.ui.index.refresh()
+        except Exception as e:  # requests build it again
+            print(f"tp ui: the run index: {type(e).__name__}: {e}", file=sys.stderr)
 
     @property
     def url(self) -> str:
@@ -293,7 +387,7 @@ class UIServer:
 
     async def _serve(self, stop:asyncio.Event):
         from tornado.httpserver import HTTPServer
-        server = HTTPServer(self.app, xheaders=False)
+        server = HTTPServer(self.app, xheaders=False, max_body_size=MAX_BODY_BYTES)  # a form POST: a few hundred bytes
         server.add_sockets(self.sockets)
         await stop.wait()
         server.stop(); await server.close_all_connections()
@@ -327,7 +421,7 @@ class UIServer:
 def ui_command(args) -> int:
     "`tp ui`: serve the web interface until interrupted."
     token, made = args.token, False
-    if not token and not is_loopback(args.host): token, made = secrets.token_urlsafe(24), True
+    if token is None and not is_loopback(args.host): token, made = secrets.token_urlsafe(24), True
     server = UIServer(args.runs_dir, args.jobs_dir, args.models_dir, token, args.allow_actions).bind(args.host, args.port)
     print(f"tp ui: {server.url}", flush=True)
     print(f"  runs {Path(args.runs_dir).resolve()} · jobs {Path(args.jobs_dir).resolve()} · models {Path(args.models_dir).resolve()}"
