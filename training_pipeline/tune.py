@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import JOB_MAX_RETRIES, JOBS_DIR, RUN_ENDED_OK, NotBuiltError, UsageError, atomic_write, free_port
+from .core import JOB_MAX_RETRIES, JOBS_DIR, RUN_ENDED_OK, NotBuiltError, UsageError, atomic_write, free_port, scrub
 # the trial and tracking modules (torch) are imported where used: a bad search is refused in a second, not after torch loads
 
 # %% auto #0
@@ -278,6 +278,7 @@ def _tell(study, trial_number:int, run_dir, metric:str, direction:str, out) -> N
     "Tell the study how the trial's run ended; print one line."
     import optuna
     state, value, reason = trial_outcome(run_dir, metric, direction)
+    reason = scrub(str(reason))  # the study and its report are read by everyone: no secret a failure quoted
     frozen = study.trials[trial_number]
     if state == "running": state, reason = "failed", "the process ended but the run still says running"
     if state not in RUN_ENDED_OK: optuna.trial.Trial(study, frozen._trial_id).set_user_attr("reason", " ".join(str(reason).split())[:300])
