@@ -325,9 +325,10 @@ def cmd_tune(args) -> int:
         b = s.best
         print(f"best trial {b['number']}: {s.metric} {b['value']:.4f}  run {b['run_id']}  {' '.join(override(k, v) for k, v in b['params'].items())}")
         print(f"  run dir: {b['run_dir']}")
-    print(f"report: {s.report}")
+    if s.report: print(f"report: {s.report}")
     if s.interrupted:
-        print("interrupted: the running trials saved a checkpoint; run the same tp tune to continue them", file=sys.stderr)
+        print("interrupted: the running trials were stopped at their last checkpoint; run the same tp tune to continue them "
+              "(tp tune --status rewrites the report)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if s.best is None and not args.status:
         raise TrainingError("no trial completed", str(s.path), "see the trials' logs in " + str(s.path.with_suffix("")))

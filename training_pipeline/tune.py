@@ -5,6 +5,7 @@
 # %% ../nbs/15b_tune.ipynb #0513578a
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,9 +20,9 @@ from .core import JOB_MAX_RETRIES, JOBS_DIR, RUN_ENDED_OK, NotBuiltError, UsageE
 # the trial and tracking modules (torch) are imported where used: a bad search is refused in a second, not after torch loads
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'SAMPLERS', 'Param', 'parse_param', 'override', 'check_search', 'make_sampler', 'open_study',
-           'run_state', 'trial_outcome', 'TrialSpec', 'LocalTrial', 'JobTrial', 'WatchedRun', 'start_trial',
-           'TuneSummary', 'summarize', 'tune', 'tune_report', 'study_status']
+__all__ = ['SPACE_KINDS', 'SAMPLERS', 'STOP_GRACE_S', 'Param', 'parse_param', 'override', 'check_search', 'make_sampler',
+           'open_study', 'run_state', 'trial_outcome', 'TrialSpec', 'LocalTrial', 'JobTrial', 'WatchedRun',
+           'start_trial', 'TuneSummary', 'summarize', 'tune', 'tune_report', 'study_status']
 
 # %% ../nbs/15b_tune.ipynb #ba00c5f6
 SPACE_KINDS = ("uniform", "loguniform", "int", "choice")
@@ -205,7 +206,14 @@ class LocalTrial:
     def done(self) -> bool: return self.proc.poll() is not None
     def stop(self):
         if not self.done(): self.proc.send_signal(signal.SIGTERM)  # it saves a checkpoint; the next tp tune continues it
-    def wait(self): self.proc.wait()
+    def wait(self, timeout:float|None=None):
+        "Wait for the process; past `timeout`, kill it and its children (its run resumes from its last committed checkpoint)."
+        try: self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            import psutil
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.proc.pid).children(recursive=True): child.kill()
+            self.proc.kill(); self.proc.wait()
 
 class JobTrial:
     "A trial queued as a job (local workers or Slurm): the job manager runs it, retries it from its checkpoint, and says when it ended."
@@ -223,14 +231,14 @@ class JobTrial:
             return job["state"] in ENDED
         finally: db.close()
     def stop(self): pass  # the queue keeps it: a worker goes on with it, and the next tp tune waits for it
-    def wait(self): pass
+    def wait(self, timeout:float|None=None): pass
 
 class WatchedRun:
     "A trial whose run another live process trains: waited for, never started twice."
     def __init__(self, number:int, run_dir:Path): self.number, self.run_dir = number, run_dir
     def done(self) -> bool: return run_state(self.run_dir)[0] != "running"  # run.json only, not the metrics
     def stop(self): pass
-    def wait(self): pass
+    def wait(self, timeout:float|None=None): pass
 
 # %% ../nbs/15b_tune.ipynb #1bbf71a6
 def start_trial(spec:TrialSpec, trial, values:dict, run_id:str|None=None):
@@ -291,6 +299,8 @@ def _tell(study, trial_number:int, run_dir, metric:str, direction:str, out) -> N
     out(f"trial {trial_number} {what}  ({params})  run {Path(run_dir).name}")
 
 # %% ../nbs/15b_tune.ipynb #bf0bf748
+STOP_GRACE_S = 3.0  # after SIGINT/SIGTERM, what running trials get to save a checkpoint before they are killed: tp tune ends within 5 s
+
 def _left_running(study, spec:TrialSpec) -> list:
     "Trials a previous tuner left running: their live run waited for, their job followed, or their run continued from its checkpoint."
     import optuna
@@ -333,8 +343,10 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
         import math
         points = math.prod(len(p.values) if p.kind == "choice" else p.values[1] - p.values[0] + 1 for p in spaces)
         if trials > points: out(f"note: the grid has {points} points: the study stops at {points} trials"); trials = points
-    stopping = []
-    def stop(signum, frame): stopping.append(signum)
+    stopping, running = [], None
+    def stop(signum, frame):
+        if running is None: raise KeyboardInterrupt  # still starting: stop at once (`interrupted`, exit 130)
+        stopping.append(signum)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         running = _left_running(the_study, spec)
@@ -351,12 +363,13 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
             if not running: break
             time.sleep(poll_s)
         for r in running: r.stop()
-        for r in running: r.wait()
+        deadline = time.monotonic() + STOP_GRACE_S  # a stop takes seconds, whatever the trials are doing
+        for r in running: r.wait(max(0.0, deadline - time.monotonic()))
     finally:
         for sig, handler in previous.items(): signal.signal(sig, handler)
     summary = summarize(the_study, path)
     summary.interrupted = bool(stopping)
-    summary.report = tune_report(the_study, summary, path.with_suffix(".html"))
+    if not stopping: summary.report = tune_report(the_study, summary, path.with_suffix(".html"))  # interrupted: `--status` writes it
     return summary
 
 # %% ../nbs/15b_tune.ipynb #a33eb796
