@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -42,8 +43,18 @@ def _print_error(message:str, debug:bool):
     if debug: print(scrub(traceback.format_exc()), end="", file=sys.stderr)
     for line in scrub(message).splitlines() or [""]: print(f"error: {line}", file=sys.stderr)
 
+def _interrupt(signum, frame): raise KeyboardInterrupt
+
 def main(argv:list[str]|None=None) -> int:
-    "Run `tp` with `argv` (default: the process's arguments); return the exit code."
+    """Run `tp` with `argv` (default: the process's arguments); return the exit code. Until a command handles SIGTERM itself
+    (training saves a checkpoint first), SIGTERM stops `tp` as Ctrl-C does: one line, exit 130, not a death by signal."""
+    from training_pipeline.core import on_main_thread
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread() else None
+    try: return _main(argv)
+    finally:
+        if previous is not None: signal.signal(signal.SIGTERM, previous)
+
+def _main(argv:list[str]|None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("TP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
