@@ -51,7 +51,7 @@ TABLES = [("wide_header_only.csv", "1,000,000 columns (at most 10,000)"), ("wide
           ("long_line.csv", "line 3 is longer than 16 MiB")]
 PARQUET = [("struct_column.parquet", "column 'struct_column' is struct<"), ("list_column.parquet", "column 'list_column' is list<"),
            ("map_column.parquet", "column 'map_column' is map<"), ("binary_column.parquet", "column 'binary_column' is binary"),
-           ("not_parquet.parquet", "not a Parquet file"), ("huge_footer.parquet", "Parquet footer of 2,147,483,648 bytes")]
+           ("not_parquet.parquet", "not a readable Parquet file"), ("huge_footer.parquet", "Parquet footer of 2,147,483,648 bytes")]
 
 
 @pytest.mark.parametrize("name, says", TABLES, ids=[t[0] for t in TABLES])

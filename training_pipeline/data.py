@@ -146,7 +146,7 @@ def check_parquet_schema(path:Path):
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(max(0, size - 8)); tail = f.read(8)
-    if size < 12 or tail[4:] != b"PAR1": raise _usage("not a Parquet file (no PAR1 footer)", path, "give a .parquet file, or a CSV")
+    if size < 12 or tail[4:] != b"PAR1": raise _usage("not a readable Parquet file (no PAR1 footer)", path, "give a .parquet file, or a CSV")
     if int.from_bytes(tail[:4], "little") > MAX_PARQUET_FOOTER:
         raise _usage(f"Parquet footer of {int.from_bytes(tail[:4], 'little'):,} bytes", path, "a table's schema takes kilobytes: check the file")
     try: schema = pq.read_schema(path)
