@@ -49,15 +49,19 @@ def refused(args, cwd, code=2, says=""):
 
 TABLES = [("wide_header_only.csv", "1,000,000 columns (at most 10,000)"), ("wide_four_rows.csv", "1,000,000 columns"),
           ("long_line.csv", "line 3 is longer than 16 MiB")]
-PARQUET = [("struct_column.parquet", "column 'struct_column' is struct<"), ("list_column.parquet", "column 'list_column' is list<"),
-           ("map_column.parquet", "column 'map_column' is map<"), ("binary_column.parquet", "column 'binary_column' is binary"),
-           ("not_parquet.parquet", "not a readable Parquet file"), ("huge_footer.parquet", "Parquet footer of 2,147,483,648 bytes")]
+PARQUET = [("struct_column.parquet", "column 'struct_column' is struct<"),
+           ("list_column.parquet", "column 'list_column' is list<"),
+           ("map_column.parquet", "column 'map_column' is map<"),
+           ("binary_column.parquet", "column 'binary_column' is binary"),
+           ("not_parquet.parquet", "not a readable Parquet file"),
+           ("huge_footer.parquet", "Parquet footer of 2,147,483,648 bytes")]
 
 
 @pytest.mark.parametrize("name, says", TABLES, ids=[t[0] for t in TABLES])
 def test_a_hostile_csv_is_refused_from_its_header(tmp_path, large, name, says):
     before = stamps(large)
-    line = refused(["prepare", "--source", large / name, "--target", "label", "--data-dir", "data"], tmp_path, says=says)
+    prepare = ["prepare", "--source", large / name, "--target", "label", "--data-dir", "data"]
+    line = refused(prepare, tmp_path, says=says)
     assert name in line  # the line names the file
     refused(["validate", "--source", large / name], tmp_path, says=says)
     assert stamps(large) == before
@@ -91,11 +95,13 @@ def test_lr_find_apply_to_a_directory_or_a_system_path_is_refused_before_any_wor
     (["tune", "--config", TINY, "--param", "training.batch_size=int(1,100000000000000000000)"], "within int64"),
     (["tune", "--config", TINY, "--param", "training.batch_size=int(1,100000000000)", "--sampler", "grid"],
      "the grid has 100,000,000,000 points"),
-    (["tune", "--config", TINY, "--param", "training.batch_size=choice(" + ",".join(map(str, range(1, 301))) + ")"], "choice has 300 values"),
+    (["tune", "--config", TINY, "--param", "training.batch_size=choice(" + ",".join(map(str, range(1, 301))) + ")"],
+     "choice has 300 values"),
     (["jobs", "submit", "--config", TINY, "--priority", str(2**70)], "out of range"),
     (["ui", "--port", "70000"], "70000 is out of range: give 0 to 65,535"),
-], ids=["lr-find-steps", "end-lr-inf", "end-lr-nan", "start-lr-minus-inf", "tune-trials", "choice-python-tag", "choice-custom-tag",
-        "choice-mapping", "uniform-inf", "int-past-int64", "grid-too-large", "too-many-choices", "priority-past-int64", "ui-port"])
+], ids=["lr-find-steps", "end-lr-inf", "end-lr-nan", "start-lr-minus-inf", "tune-trials", "choice-python-tag",
+        "choice-custom-tag", "choice-mapping", "uniform-inf", "int-past-int64", "grid-too-large", "too-many-choices",
+        "priority-past-int64", "ui-port"])
 def test_a_hostile_option_is_one_line_exit_2(tmp_path, args, says):
     refused(args, tmp_path, says=says)
     assert not (tmp_path / "pwned").exists()
@@ -128,10 +134,10 @@ def test_every_float_option_refuses_a_non_finite_value(tmp_path, words, option, 
 
 
 def test_tp_tune_stops_within_5_s_of_sigterm_and_leaves_its_study_readable(tmp_path, prepared):
-    args = ["tune", "--config", TINY, "--param", SEARCH, "--trials", "10000", "--parallel", "2", *data_overrides(prepared("digits")),
-            "training.epochs=100", "logging.tensorboard.enabled=false"]
-    tuner = subprocess.Popen([str(TP), *map(str, args)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    args = ["tune", "--config", TINY, "--param", SEARCH, "--trials", "10000", "--parallel", "2",
+            *data_overrides(prepared("digits")), "training.epochs=100", "logging.tensorboard.enabled=false"]
+    tuner = subprocess.Popen([str(TP), *map(str, args)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
     try:
         started = [tuner.stdout.readline() for _ in range(2)]
         assert all(" started: " in line for line in started), started

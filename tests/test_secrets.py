@@ -30,8 +30,9 @@ def canaries(n):
 
 def write_config(folder, data_dir, token, secret, smtp_port=None):
     (folder / "canary_model.py").write_text(MODEL)
-    alerts = (f"alerts:\n  email: {{smtp_host: 127.0.0.1, smtp_port: {smtp_port}, username: bot, password_env: TP_CANARY_SMTP_PASSWORD,"
-              " to: [ml@example.org]}\n  rules: {loss_stall: {patience: 1, min_delta: 100}}\n") if smtp_port else ""
+    alerts = (f"alerts:\n  email: {{smtp_host: 127.0.0.1, smtp_port: {smtp_port}, username: bot, "
+              "password_env: TP_CANARY_SMTP_PASSWORD, to: [ml@example.org]}\n"
+              "  rules: {loss_stall: {patience: 1, min_delta: 100}}\n") if smtp_port else ""
     (folder / "cfg.yaml").write_text(
         f"seed: 0\nexperiment: {{name: secrets}}\ndata: {{dataset: digits, num_workers: 0, data_dir: {data_dir}}}\n"
         f"model: {{architecture: 'canary_model:make', init_args: {{api_token: {token}}}}}\n"
@@ -40,7 +41,7 @@ def write_config(folder, data_dir, token, secret, smtp_port=None):
 
 
 def leaks(root, secrets, skip=("cfg.yaml", "canary_model.py")) -> dict:
-    "{file: [secrets in it]} for every file under root (bytes: TensorBoard's event files too), but the user's own inputs."
+    "{file: [secrets in it]} for every file under root (as bytes: TensorBoard's event files too) but the user's inputs."
     found = {}
     for p in Path(root).rglob("*"):
         if p.is_file() and p.name not in skip and "__pycache__" not in p.parts:
@@ -63,7 +64,8 @@ def smtp():
     def authenticate(server, session, envelope, mechanism, data):
         logins.append(data.password.decode()); return AuthResult(success=True)
     port = free_port()
-    c = Controller(Inbox(), hostname="127.0.0.1", port=port, authenticator=authenticate, auth_require_tls=False); c.start()
+    c = Controller(Inbox(), hostname="127.0.0.1", port=port, authenticator=authenticate, auth_require_tls=False)
+    c.start()
     yield port, logins, mails
     c.stop()
 
@@ -72,8 +74,8 @@ def test_no_canary_reaches_any_sink_of_a_local_run(tmp_path, prepared, smtp):
     port, logins, mails = smtp
     cli_token, file_token, mapped, smtp_password, file_secret = secrets = canaries(5)
     cfg = write_config(tmp_path, prepared("digits"), file_token, file_secret, port)
-    overrides = [f"storage.options.client_kwargs.aws_session_token={cli_token}", f"model.init_args.extra={{session_key: {mapped}}}",
-                 *data_overrides(prepared("digits"))]
+    overrides = [f"storage.options.client_kwargs.aws_session_token={cli_token}",
+                 f"model.init_args.extra={{session_key: {mapped}}}", *data_overrides(prepared("digits"))]
     env = {"TP_CANARY_SMTP_PASSWORD": smtp_password}
     outputs = []
     def tp(*args, code=0):
@@ -88,7 +90,7 @@ def test_no_canary_reaches_any_sink_of_a_local_run(tmp_path, prepared, smtp):
     tp("report", "--run", run_dir)
     tp("runs", "show", run_dir.name)
     check = tp("config", "check", cfg, *overrides)
-    tp("train", "--config", cfg, *overrides, "model.init_args.fail=true", code=2)  # the error quotes the token it was given
+    tp("train", "--config", cfg, *overrides, "model.init_args.fail=true", code=2)  # the error quotes the token
     tp("train", "--config", cfg, *overrides, "model.init_args.fail=true", "--debug", code=2)  # so does the traceback
     tp("jobs", "submit", "--config", cfg, "--jobs-dir", "jobs", *data_overrides(prepared("digits")))
     refused = tp("jobs", "submit", "--config", cfg, "--jobs-dir", "jobs", *overrides, code=2)
@@ -99,7 +101,8 @@ def test_no_canary_reaches_any_sink_of_a_local_run(tmp_path, prepared, smtp):
     assert [said(r, secrets) for r in outputs] == [[]] * len(outputs)
     # the sinks were there to leak into: each shows the key with its value redacted
     assert (run_dir / "report.html").exists() and list(run_dir.glob("tensorboard/**/hparams.yml"))
-    for f in (run_dir / "config.yaml", next(run_dir.glob("tensorboard/**/hparams.yml")), run_dir / "artifacts" / "model.json"):
+    hparams = next(run_dir.glob("tensorboard/**/hparams.yml"))
+    for f in (run_dir / "config.yaml", hparams, run_dir / "artifacts" / "model.json"):
         assert "<redacted>" in f.read_text(), f
     assert "aws_session_token=<redacted>" in (run_dir / "run.json").read_text()
     assert "api_token: <redacted>" in check.stdout and "password_env: TP_CANARY_SMTP_PASSWORD" in check.stdout
@@ -120,11 +123,11 @@ def s3(tmp_path):
     try:
         wait_for(up, 60, "moto_server")
         import boto3
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing", aws_secret_access_key="testing",
-                              region_name="us-east-1")
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
         client.create_bucket(Bucket="bucket")
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
         yield client, env
     finally: server.terminate(); server.wait(timeout=30)
 
@@ -135,18 +138,22 @@ def test_no_canary_reaches_the_bucket_its_staging_copy_or_the_read_cache(tmp_pat
     work = tmp_path / "work"; work.mkdir()
     cfg = write_config(work, prepared("digits"), file_token, file_secret)
     env = {**env, "TP_CACHE_DIR": str(tmp_path / "cache")}
-    outputs = [run_tp("train", "--config", cfg, "experiment.runs_dir=s3://bucket/runs", "storage.sync_interval_s=0.5", "training.epochs=1",
-                      f"storage.options.client_kwargs.aws_session_token={cli_token}", *data_overrides(prepared("digits")), cwd=work, env=env)]
+    train = ["train", "--config", cfg, "experiment.runs_dir=s3://bucket/runs", "storage.sync_interval_s=0.5",
+             "training.epochs=1", f"storage.options.client_kwargs.aws_session_token={cli_token}",
+             *data_overrides(prepared("digits"))]
+    outputs = [run_tp(*train, cwd=work, env=env)]
     assert outputs[0].returncode == 0, outputs[0].stderr[-2000:]
     url = outputs[0].stdout.split("run completed: ")[1].split()[0]
     assert url.startswith("s3://bucket/runs/secrets/"), outputs[0].stdout
-    outputs.append(run_tp("report", "--run", url, cwd=work, env=env))  # through the read cache, the report pushed to the bucket
+    outputs.append(run_tp("report", "--run", url, cwd=work, env=env))  # through the read cache; pushed to the bucket
     outputs.append(run_tp("runs", "show", url.rsplit("/", 1)[1], "--runs-dir", "s3://bucket/runs", cwd=work, env=env))
     assert [r.returncode for r in outputs] == [0, 0, 0], [r.stderr[-1000:] for r in outputs]
 
-    objects = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="bucket") for o in page.get("Contents", [])]
-    assert any(k.endswith("/config.yaml") for k in objects) and any(k.endswith("/report.html") for k in objects), objects
-    in_bucket = {k: [s for s in secrets if s.encode() in client.get_object(Bucket="bucket", Key=k)["Body"].read()] for k in objects}
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="bucket")
+    objects = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert {"config.yaml", "report.html"} <= {k.rsplit("/", 1)[-1] for k in objects}, objects
+    body = lambda key: client.get_object(Bucket="bucket", Key=key)["Body"].read()
+    in_bucket = {k: [s for s in secrets if s.encode() in body(k)] for k in objects}
     assert {k: v for k, v in in_bucket.items() if v} == {}
     assert {p.name for p in (tmp_path / "cache").iterdir()} >= {"staging", "read"}
     assert leaks(tmp_path / "cache", secrets) == {} and leaks(work, secrets) == {}

@@ -39,15 +39,15 @@ def handler_for(args):
 
 # %% ../nbs/20_cli.ipynb #4eeb203b
 def _print_error(message:str, debug:bool):
-    "The error line(s) on stderr, scrubbed of every secret this process has seen (`--debug` adds the traceback, scrubbed too)."
+    "The error line(s) on stderr, scrubbed of every secret this process has seen (`--debug`: the traceback too)."
     if debug: print(scrub(traceback.format_exc()), end="", file=sys.stderr)
     for line in scrub(message).splitlines() or [""]: print(f"error: {line}", file=sys.stderr)
 
 def _interrupt(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list[str]|None=None) -> int:
-    """Run `tp` with `argv` (default: the process's arguments); return the exit code. Until a command handles SIGTERM itself
-    (training saves a checkpoint first), SIGTERM stops `tp` as Ctrl-C does: one line, exit 130, not a death by signal."""
+    """Run `tp` with `argv` (default: the process's arguments); return the exit code. Until a command handles
+    SIGTERM itself (training saves a checkpoint first), SIGTERM stops `tp` as Ctrl-C does: one line, exit 130."""
     from training_pipeline.core import on_main_thread
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread() else None
     try: return _main(argv)
@@ -255,7 +255,7 @@ def cmd_runs(args) -> int:
     if args.runs_command == "show":
         d = find_run(args.run_id, args.runs_dir)
         meta, s = json.loads((d/"run.json").read_text()), run_summary(d)
-        meta = redact({**meta, "command": redact_argv(meta.get("command") or [])})  # also a run recorded before redaction
+        meta = redact({**meta, "command": redact_argv(meta.get("command") or [])})  # also an older run's
         print(f"run {meta['id']} ({meta.get('experiment')}): {s['status']}\n  dir {d}")
         print("summary:\n" + "\n".join(f"  {k}: {v}" for k, v in meta.get("summary", {}).items()))
         if meta.get("trial"): print("trial:\n" + "\n".join(f"  {k}: {v}" for k, v in meta["trial"].items()))  # a run of `tp tune`
@@ -338,8 +338,8 @@ def cmd_tune(args) -> int:
         print(f"  run dir: {b['run_dir']}")
     if s.report: print(f"report: {s.report}")
     if s.interrupted:
-        print("interrupted: the running trials were stopped at their last checkpoint; run the same tp tune to continue them "
-              "(tp tune --status rewrites the report)", file=sys.stderr)
+        print("interrupted: the running trials were stopped at their last checkpoint; run the same tp tune to "
+              "continue them (tp tune --status rewrites the report)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if s.best is None and not args.status:
         raise TrainingError("no trial completed", str(s.path), "see the trials' logs in " + str(s.path.with_suffix("")))

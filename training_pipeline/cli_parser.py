@@ -44,16 +44,17 @@ def int_in(low:int=INT64[0], high:int=INT64[1]):
     def bounded_int(text:str) -> int:
         try: value = int(text)
         except ValueError: raise argparse.ArgumentTypeError(f"invalid integer: {text[:40]!r}") from None
-        if not low <= value <= high: raise argparse.ArgumentTypeError(f"{value} is out of range: give {low:,} to {high:,}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low:,} to {high:,}")
         return value
     return bounded_int
 
 class Parser(argparse.ArgumentParser):
-    "argparse with the project's one-line errors and defaults in the help; every `type=float` finite, every `type=int` an int64."
+    "argparse with one-line errors and defaults in the help; every `type=float` finite, every `type=int` an int64."
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
-        self.register("type", float, finite_float)  # argparse looks a type up here first: options keep writing type=float
+        self.register("type", float, finite_float)  # argparse looks a type up here: options keep type=float
         self.register("type", int, int_in())
 
     def error(self, message):
@@ -63,16 +64,19 @@ def _add(sub, name:str, help:str, description:str|None=None, epilog:str|None=Non
     return sub.add_parser(name, help=help, description=description or help, epilog=epilog, **kwargs)
 
 # %% ../nbs/19_cli_parser.ipynb #9f6a1997
-SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr", "/var/lib")
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr",
+               "/var/lib")
 
 def output_file(text:str) -> str:
-    """A file option that will be written (`--apply OUT`, `--out FILE`), checked before any work: not a directory, not in a
-    system directory (root may write there, and should not), in a directory this user may write (missing ones are made)."""
+    """A file option that will be written (`--apply OUT`, `--out FILE`), checked before any work: not a directory,
+    not in a system directory (root may write there, and should not), in a directory this user may write."""
     real = Path(os.path.realpath(os.path.expanduser(text)))  # a link into /etc is /etc
     system = next((d for d in SYSTEM_DIRS if real == Path(d) or Path(d) in real.parents), None)
-    if text.endswith("/") or real.is_dir(): raise argparse.ArgumentTypeError(f"{text} is a directory: give the path of a file")
+    if text.endswith("/") or real.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory: give the path of a file")
     if system or real.parent == Path("/"):
-        raise argparse.ArgumentTypeError(f"{text} is in a system directory ({system or '/'}): write it beside your config instead")
+        raise argparse.ArgumentTypeError(f"{text} is in a system directory ({system or '/'}): "
+                                         "write it beside your config instead")
     folder = next(p for p in real.parents if p.exists())
     if not folder.is_dir(): raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a directory")
     if not os.access(folder, os.W_OK | os.X_OK) or (real.exists() and not os.access(real, os.W_OK)):
@@ -163,7 +167,8 @@ def _watch_commands(sub):
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", metavar="DIR", help="a run directory")
     which.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory or best_model.safetensors")
-    p.add_argument("--out", type=output_file, metavar="FILE", help="where to write the HTML (default: report.html in the run)")
+    p.add_argument("--out", type=output_file, metavar="FILE",
+                   help="where to write the HTML (default: report.html in the run)")
     p.add_argument("--data-dir", metavar="DIR", help=f"prepared data to evaluate on (default: the run's data.data_dir, else {DATA_DIR})")
 
 # %% ../nbs/19_cli_parser.ipynb #b2425526
@@ -222,11 +227,14 @@ def _notebook_commands(sub):
              epilog="examples:\n  tp lr-find --config config/digits.yaml --apply config/digits.lr.yaml\n"
                     "  tp lr-find --config config/digits.yaml --distributed --gpus 2 --cpu")
     p.add_argument("--config", required=True, metavar="PATH")
-    p.add_argument("--apply", type=output_file, metavar="OUT", help="write a copy of the config with the suggested training.learning_rate")
+    p.add_argument("--apply", type=output_file, metavar="OUT",
+                   help="write a copy of the config with the suggested training.learning_rate")
     p.add_argument("--start-lr", type=float, default=LR_FIND_START, metavar="LR", help="the first rate tried")
     p.add_argument("--end-lr", type=float, default=LR_FIND_END, metavar="LR", help="the last rate tried")
-    p.add_argument("--steps", type=int_in(1, LR_FIND_MAX_STEPS), default=LR_FIND_STEPS, metavar="N", help="optimizer steps of the test")
-    p.add_argument("--out", type=output_file, metavar="FILE", help="the loss curve as HTML (default: <config>.lr-find.html)")
+    p.add_argument("--steps", type=int_in(1, LR_FIND_MAX_STEPS), default=LR_FIND_STEPS, metavar="N",
+                   help="optimizer steps of the test")
+    p.add_argument("--out", type=output_file, metavar="FILE",
+                   help="the loss curve as HTML (default: <config>.lr-find.html)")
     _distributed_options(p, "run the test")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 

@@ -404,7 +404,7 @@ def is_secret_key(name) -> bool:
     return False
 
 def is_env_key(name) -> bool:
-    "Whether a key names an environment variable that holds a secret (`password_env`): its value is shown, the variable's is not."
+    "Whether a key names an environment variable with a secret (`password_env`): its value is shown, the secret not."
     return key_words(name)[-1:] == ["env"]
 
 # %% ../nbs/00_core.ipynb #dbef485a
@@ -430,8 +430,8 @@ def scrub(text:str) -> str:
     return URL_QUERY_VALUE.sub(lambda m: f"{m['name']}={REDACTED}" if is_secret_key(m["name"][1:]) else m[0], text)
 
 def redact(obj, remember:bool=True):
-    """A copy of `obj` (mappings, lists, strings at any depth) with secret values replaced; they are remembered for `scrub`,
-    and so is the value of each environment variable a `*_env` key names (the name itself is kept)."""
+    """A copy of `obj` (mappings, lists, strings at any depth) with secret values replaced; they are remembered for
+    `scrub`, and so is the value of each environment variable a `*_env` key names (the name itself is kept)."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -477,10 +477,11 @@ def redact_argv(argv:list) -> list[str]:
 
 # %% ../nbs/00_core.ipynb #f4490130
 class ScrubFilter(logging.Filter):
-    "A logging filter that scrubs each record (message, arguments, traceback): on every handler that writes a run's log."
+    "A logging filter that scrubs each record (message, arguments, traceback): on each handler writing a run's log."
     def filter(self, record:logging.LogRecord) -> bool:
         record.msg, record.args = scrub(record.getMessage()), None
-        if record.exc_info and not record.exc_text: record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text: record.exc_text = scrub(record.exc_text)
         return True
 

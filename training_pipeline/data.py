@@ -110,7 +110,7 @@ class ImageData:
 def _usage(what, where, fix): return DataError(what, str(where), fix, exit_code=EXIT_USAGE)
 
 MAX_COLUMNS = 10_000            # a wider table is refused from its header alone, before it is read
-MAX_LINE_BYTES = 16 * 2**20     # a longer CSV line is refused: nothing tabular needs one, and pandas would hold it whole
+MAX_LINE_BYTES = 16 * 2**20     # a longer CSV line is refused: no table needs one, and pandas would hold it whole
 MAX_PARQUET_FOOTER = 64 * 2**20  # the schema and row-group index of a Parquet file; a real one is kilobytes
 
 def _first_long_line(path:Path, limit:int=MAX_LINE_BYTES, block:int=4 * 2**20) -> int|None:
@@ -126,32 +126,39 @@ def _first_long_line(path:Path, limit:int=MAX_LINE_BYTES, block:int=4 * 2**20) -
     return None
 
 def check_csv_shape(path:Path):
-    "`DataError` (exit 2) for a CSV wider than `MAX_COLUMNS` (from its header, read first) or with a line over `MAX_LINE_BYTES`."
+    "`DataError` (exit 2) for a CSV wider than `MAX_COLUMNS` (its header, read first) or a line over `MAX_LINE_BYTES`."
     with open(path, "rb") as f:
         header = b""
         while not header.strip() and (raw := f.readline(MAX_LINE_BYTES + 1)): header = raw
     if len(header) > MAX_LINE_BYTES:
-        raise _usage(f"the header line is longer than {MAX_LINE_BYTES // 2**20} MiB", path, "is this a CSV? a table has a header of column names")
+        raise _usage(f"the header line is longer than {MAX_LINE_BYTES // 2**20} MiB", path,
+                     "is this a CSV? a table has a header of column names")
     columns = len(next(csv.reader([header.decode("utf-8", errors="replace")]), []))
     if columns > MAX_COLUMNS:
-        raise _usage(f"{columns:,} columns (at most {MAX_COLUMNS:,})", path, "select the columns to learn from, or reduce them first (e.g. PCA)")
+        raise _usage(f"{columns:,} columns (at most {MAX_COLUMNS:,})", path,
+                     "select the columns to learn from, or reduce them first (e.g. PCA)")
     if (line := _first_long_line(path)) is not None:
-        raise _usage(f"line {line} is longer than {MAX_LINE_BYTES // 2**20} MiB", path, "split the file's long values, or check that it is a CSV")
+        raise _usage(f"line {line} is longer than {MAX_LINE_BYTES // 2**20} MiB", path,
+                     "split the file's long values, or check that it is a CSV")
 
 # %% ../nbs/02_data.ipynb #9606b88b
 def check_parquet_schema(path:Path):
-    """`DataError` (exit 2) for a Parquet file that is no table of plain columns, from its footer alone: too large a footer,
-    more than `MAX_COLUMNS` columns, or a nested or binary column (struct, list, map, bytes), named."""
+    """`DataError` (exit 2) for a Parquet file that is no table of plain columns, from its footer alone: too large a
+    footer, more than `MAX_COLUMNS` columns, or a nested or binary column (struct, list, map, bytes), named."""
     import pyarrow as pa, pyarrow.parquet as pq
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(max(0, size - 8)); tail = f.read(8)
-    if size < 12 or tail[4:] != b"PAR1": raise _usage("not a readable Parquet file (no PAR1 footer)", path, "give a .parquet file, or a CSV")
+    if size < 12 or tail[4:] != b"PAR1":
+        raise _usage("not a readable Parquet file (no PAR1 footer)", path, "give a .parquet file, or a CSV")
     if int.from_bytes(tail[:4], "little") > MAX_PARQUET_FOOTER:
-        raise _usage(f"Parquet footer of {int.from_bytes(tail[:4], 'little'):,} bytes", path, "a table's schema takes kilobytes: check the file")
+        raise _usage(f"Parquet footer of {int.from_bytes(tail[:4], 'little'):,} bytes", path,
+                     "a table's schema takes kilobytes: check the file")
     try: schema = pq.read_schema(path)
-    except Exception as e: raise _usage(f"not a readable Parquet file: {' '.join(str(e).split())[:120]}", path, "check the file") from None
-    if len(schema) > MAX_COLUMNS: raise _usage(f"{len(schema):,} columns (at most {MAX_COLUMNS:,})", path, "select the columns to learn from")
+    except Exception as e:
+        raise _usage(f"not a readable Parquet file: {' '.join(str(e).split())[:120]}", path, "check the file") from None
+    if len(schema) > MAX_COLUMNS:
+        raise _usage(f"{len(schema):,} columns (at most {MAX_COLUMNS:,})", path, "select the columns to learn from")
     plain = lambda t: not (pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) or
                            pa.types.is_fixed_size_binary(t) or pa.types.is_dictionary(t) and not plain(t.value_type))
     for field in schema:

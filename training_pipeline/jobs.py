@@ -122,16 +122,17 @@ def train_argv(config_path:str, overrides:list, gpus:int=0) -> list[str]:
 
 # %% ../nbs/14_jobs.ipynb #eb028fa8
 def refuse_stored_secrets(args:list):
-    """`UsageError` if a command's arguments hold a secret (a secret key's override, `--token X`, a value already known as a
-    secret): a job record is read by every user of the queue, the UI and Slurm's script, and it cannot hold a secret that
-    still works. The job reads it where it runs: from the config file (redacted in everything the run writes) or the
-    environment (`AWS_SECRET_ACCESS_KEY`, a `*_env` key)."""
+    """`UsageError` if a command's arguments hold a secret (a secret key's override, `--token X`, a value known as
+    a secret): a job record is read by every user of the queue, the UI and Slurm's script, and it cannot hold a
+    secret that still works. The job reads it where it runs: from the config file (redacted in everything the run
+    writes) or the environment (`AWS_SECRET_ACCESS_KEY`, a `*_env` key)."""
     args = [str(a) for a in args]
     shown = redact_argv(args)
     hidden = [s for s, a in zip(shown, args) if s != a]
     if hidden:
-        raise UsageError(f"a secret on the command line would be stored in the job queue: {hidden[0]}", "tp jobs submit",
-                         "put it in the config file, or in the environment the job runs in (a *_env key, AWS_SECRET_ACCESS_KEY ...)")
+        raise UsageError(f"a secret on the command line would be stored in the job queue: {hidden[0]}",
+                         "tp jobs submit", "put it in the config file, or in the environment the job runs in "
+                         "(a *_env key, AWS_SECRET_ACCESS_KEY ...)")
 
 # %% ../nbs/14_jobs.ipynb #25dda646
 def insert_job(db, **job) -> int:

@@ -57,7 +57,8 @@ def deliver_alert(cfg, alert:dict, retries:int=3, log=print) -> list[str]:
         for attempt in range(retries):
             try: send(channel, alert); delivered.append(name); break
             except Exception as e:  # a failing channel never breaks training (nor the watcher)
-                if attempt + 1 == retries: log(scrub(f"warning: alert via {name} failed after {retries} tries: {type(e).__name__}: {e}"))
+                if attempt + 1 == retries:
+                    log(scrub(f"warning: alert via {name} failed after {retries} tries: {type(e).__name__}: {e}"))
                 else: time.sleep(0.5 * 2 ** attempt)
     return delivered
 

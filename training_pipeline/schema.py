@@ -500,8 +500,9 @@ class Config(Section):
     _origin: tuple = PrivateAttr(default=("<config>", {}, ()))  # (file, key lines, overridden keys), set by validate_config
 
     def to_dict(self, redacted:bool=True) -> dict:
-        """The resolved config as plain YAML/JSON types, with the file's key names; secret values (any key at any depth that
-        names one, see `core.redact`) are `<redacted>` unless `redacted=False` (only to build another config from this one)."""
+        """The resolved config as plain YAML/JSON types, with the file's key names; secret values (any key at any
+        depth that names one, see `core.redact`) are `<redacted>` unless `redacted=False` (only to build another
+        config from this one)."""
         d = self.model_dump(mode="json", by_alias=True)
         return redact(d) if redacted else d
 

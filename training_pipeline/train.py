@@ -88,7 +88,7 @@ def model_spec(config:Config, data:DataBundle, task:Task, model:torch.nn.Module)
     "What rebuilds the model later (report, registry, `load_model`, export): architecture or import path with its arguments, task, data."
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     pre = data.preprocessor.state_dict() if data.preprocessor is not None else None
-    return {"architecture": config.model.architecture, "init_args": redact(config.model.init_args), "task": task.name,  # no secret in a file
+    return {"architecture": config.model.architecture, "init_args": redact(config.model.init_args), "task": task.name,
             "num_classes": data.num_classes or config.model.num_classes, "num_outputs": widths[-1] if widths else None,
             "input_shape": list(data.input_shape), "kind": data.kind, "dropout": config.model.dropout,
             "hidden_dims": config.model.hidden_dims, "dataset_version": data.dataset_version, "classes": list(data.classes),

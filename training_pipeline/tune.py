@@ -52,10 +52,12 @@ INT64 = (-2**63, 2**63 - 1)
 
 def _plain(value, text:str, where:str):
     "`value` if a sampler can take it: a finite number within int64, a bool, a string or null."
-    if isinstance(value, float) and not math.isfinite(value) or isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+    if isinstance(value, float) and not math.isfinite(value) or \
+            isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
         raise UsageError(f"{text[:60]!r} is not a finite number within int64", where, "give finite values")
     if value is not None and not isinstance(value, (bool, int, float, str)):
-        raise UsageError(f"{text[:60]!r} is a {type(value).__name__}, not a single value", where, "list plain values: numbers, true/false, words")
+        raise UsageError(f"{text[:60]!r} is a {type(value).__name__}, not a single value", where,
+                         "list plain values: numbers, true/false, words")
     return value
 
 def _scalar(text:str, where:str="--param"):
@@ -69,7 +71,8 @@ def _scalar(text:str, where:str="--param"):
     except yaml.YAMLError as e:
         tag = re.search(r"tag '([^']*)'", str(getattr(e, "problem", "")))
         what = f"the YAML tag {tag[1].replace('tag:yaml.org,2002:', '!!')}" if tag else "not a plain YAML value"
-        raise UsageError(f"choice value {text[:60]!r}: {what}", where, "list plain values (numbers, true/false, words), no YAML tags") from None
+        raise UsageError(f"choice value {text[:60]!r}: {what}", where,
+                         "list plain values (numbers, true/false, words), no YAML tags") from None
 
 def parse_param(spec:str) -> Param:
     "`KEY=SPACE` -> Param; a space that cannot be sampled is a UsageError naming it."
@@ -83,8 +86,10 @@ def parse_param(spec:str) -> Param:
     if kind not in SPACE_KINDS:
         raise UsageError(f"unknown space {kind!r}", where, f"use one of {', '.join(f'{k}(...)' for k in SPACE_KINDS)}")
     if kind == "choice":
-        if not args or any(a == "" for a in args): raise UsageError("choice needs at least one value, none empty", where, "write e.g. choice(32,64)")
-        if len(args) > MAX_CHOICES: raise UsageError(f"choice has {len(args):,} values", where, f"list at most {MAX_CHOICES}, or search a range")
+        if not args or any(a == "" for a in args):
+            raise UsageError("choice needs at least one value, none empty", where, "write e.g. choice(32,64)")
+        if len(args) > MAX_CHOICES:
+            raise UsageError(f"choice has {len(args):,} values", where, f"list at most {MAX_CHOICES} or search a range")
         values = tuple(_scalar(a, where) for a in args)
         if len(set(map(repr, values))) != len(values): raise UsageError("choice has a value twice", where, "list each value once")
         return Param(key, kind, values)
@@ -138,7 +143,8 @@ def make_sampler(kind:str, params:list[Param], seed:int):
                                     "use choice(...) or int(a,b) spaces, or --sampler tpe")
         points = math.prod(len(p.values) if p.kind == "choice" else p.values[1] - p.values[0] + 1 for p in params)
         if points > MAX_GRID:  # the sampler lists every point
-            raise UsageError(f"the grid has {points:,} points", "tp tune --sampler grid", f"search at most {MAX_GRID:,} points, or use --sampler tpe")
+            raise UsageError(f"the grid has {points:,} points", "tp tune --sampler grid",
+                             f"search at most {MAX_GRID:,} points, or use --sampler tpe")
         return optuna.samplers.GridSampler({p.key: list(p.values) if p.kind == "choice" else list(range(p.values[0], p.values[1] + 1))
                                             for p in params}, seed=seed)
     raise UsageError(f"unknown sampler {kind!r}", "tp tune --sampler", f"use one of {', '.join(SAMPLERS)}")
@@ -230,7 +236,7 @@ class LocalTrial:
     def stop(self):
         if not self.done(): self.proc.send_signal(signal.SIGTERM)  # it saves a checkpoint; the next tp tune continues it
     def wait(self, timeout:float|None=None):
-        "Wait for the process; past `timeout`, kill it and its children (its run resumes from its last committed checkpoint)."
+        "Wait for the process; past `timeout`, kill it and its children (its run resumes from its last checkpoint)."
         try: self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             import psutil
@@ -322,7 +328,7 @@ def _tell(study, trial_number:int, run_dir, metric:str, direction:str, out) -> N
     out(f"trial {trial_number} {what}  ({params})  run {Path(run_dir).name}")
 
 # %% ../nbs/15b_tune.ipynb #bf0bf748
-STOP_GRACE_S = 3.0  # after SIGINT/SIGTERM, what running trials get to save a checkpoint before they are killed: tp tune ends within 5 s
+STOP_GRACE_S = 3.0  # after SIGINT/SIGTERM, trials get this long to save a checkpoint before they are killed
 
 def _left_running(study, spec:TrialSpec) -> list:
     "Trials a previous tuner left running: their live run waited for, their job followed, or their run continued from its checkpoint."
@@ -393,7 +399,7 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
         for sig, handler in previous.items(): signal.signal(sig, handler)
     summary = summarize(the_study, path)
     summary.interrupted = bool(stopping)
-    if not stopping: summary.report = tune_report(the_study, summary, path.with_suffix(".html"))  # interrupted: `--status` writes it
+    if not stopping: summary.report = tune_report(the_study, summary, path.with_suffix(".html"))  # else: --status
     return summary
 
 # %% ../nbs/15b_tune.ipynb #a33eb796

@@ -1,5 +1,5 @@
-"""The hostile table inputs of tests/test_hostile_inputs.py (see README.md). The large CSVs are written at test time
-(`generate(out_dir)` returns {name: path}); the small Parquet files are committed, made once by `python generate.py --small`."""
+"""The hostile table inputs of tests/test_hostile_inputs.py (see README.md). The large CSVs are written at test
+time (`generate(out_dir)` returns {name: path}); the small Parquet files are committed (`generate.py --small`)."""
 import sys
 from pathlib import Path
 
@@ -35,10 +35,12 @@ def generate_small(out_dir) -> dict:
                "map_column": pa.array([[("k", 1)]] * 4, type=pa.map_(pa.string(), pa.int64())),
                "binary_column": pa.array([b"\x00\x01", b"\xff", b"", b"x"])}
     for name, column in columns.items():
-        pq.write_table(pa.table({"a": [1.0, 2.0, 3.0, 4.0], name: column, "label": ["x", "y", "x", "y"]}), out / f"{name}.parquet")
+        table = pa.table({"a": [1.0, 2.0, 3.0, 4.0], name: column, "label": ["x", "y", "x", "y"]})
+        pq.write_table(table, out / f"{name}.parquet")
         paths[f"{name}.parquet"] = out / f"{name}.parquet"
     put("not_parquet.parquet", b"a,label\n1,x\n2,y\n")
-    put("huge_footer.parquet", b"PAR1" + b"\x00" * 64 + (2**31).to_bytes(4, "little") + b"PAR1")  # claims a 2 GiB schema
+    # 76 bytes whose footer claims a 2 GiB schema
+    put("huge_footer.parquet", b"PAR1" + b"\x00" * 64 + (2**31).to_bytes(4, "little") + b"PAR1")
     return paths
 
 
