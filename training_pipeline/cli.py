@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 
 from .cli_parser import build_parser
-from .core import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, PipelineError, TrainingError, UsageError, refuse_url
+from .core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, PipelineError, TrainingError, UsageError,
+                                    redact, redact_argv, refuse_url, scrub)
 
 
 # %% auto #0
@@ -37,14 +39,26 @@ def handler_for(args):
 
 # %% ../nbs/20_cli.ipynb #4eeb203b
 def _print_error(message:str, debug:bool):
-    if debug: traceback.print_exc()
-    for line in message.splitlines() or [""]: print(f"error: {line}", file=sys.stderr)
+    "The error line(s) on stderr, scrubbed of every secret this process has seen (`--debug`: the traceback too)."
+    if debug: print(scrub(traceback.format_exc()), end="", file=sys.stderr)
+    for line in scrub(message).splitlines() or [""]: print(f"error: {line}", file=sys.stderr)
+
+def _interrupt(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list[str]|None=None) -> int:
-    "Run `tp` with `argv` (default: the process's arguments); return the exit code."
+    """Run `tp` with `argv` (default: the process's arguments); return the exit code. Until a command handles
+    SIGTERM itself (training saves a checkpoint first), SIGTERM stops `tp` as Ctrl-C does: one line, exit 130."""
+    from training_pipeline.core import on_main_thread
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread() else None
+    try: return _main(argv)
+    finally:
+        if previous is not None: signal.signal(signal.SIGTERM, previous)
+
+def _main(argv:list[str]|None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("TP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    redact_argv(argv)  # remembers the secrets given on the command line, before anything can print them
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -118,7 +132,7 @@ def cmd_config_check(args) -> int:
     source = args.path + (f" + {len(args.overrides)} override(s)" if args.overrides else "")
     print(f"# resolved from {source}\n# config hash: {config.hash}\n{config.to_yaml()}", end="")
     for problem in config.check_paths():
-        print(f"warning: {problem} (`tp train` checks this before it starts)", file=sys.stderr)
+        print(scrub(f"warning: {problem} (`tp train` checks this before it starts)"), file=sys.stderr)
     return EXIT_OK
 
 # %% ../nbs/20_cli.ipynb #eb8b2e4f
@@ -241,6 +255,7 @@ def cmd_runs(args) -> int:
     if args.runs_command == "show":
         d = find_run(args.run_id, args.runs_dir)
         meta, s = json.loads((d/"run.json").read_text()), run_summary(d)
+        meta = redact({**meta, "command": redact_argv(meta.get("command") or [])})  # also an older run's
         print(f"run {meta['id']} ({meta.get('experiment')}): {s['status']}\n  dir {d}")
         print("summary:\n" + "\n".join(f"  {k}: {v}" for k, v in meta.get("summary", {}).items()))
         if meta.get("trial"): print("trial:\n" + "\n".join(f"  {k}: {v}" for k, v in meta["trial"].items()))  # a run of `tp tune`
@@ -321,9 +336,10 @@ def cmd_tune(args) -> int:
         b = s.best
         print(f"best trial {b['number']}: {s.metric} {b['value']:.4f}  run {b['run_id']}  {' '.join(override(k, v) for k, v in b['params'].items())}")
         print(f"  run dir: {b['run_dir']}")
-    print(f"report: {s.report}")
+    if s.report: print(f"report: {s.report}")
     if s.interrupted:
-        print("interrupted: the running trials saved a checkpoint; run the same tp tune to continue them", file=sys.stderr)
+        print("interrupted: the running trials were stopped at their last checkpoint; run the same tp tune to "
+              "continue them (tp tune --status rewrites the report)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if s.best is None and not args.status:
         raise TrainingError("no trial completed", str(s.path), "see the trials' logs in " + str(s.path.with_suffix("")))

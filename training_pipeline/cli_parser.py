@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from pathlib import Path
 
 from .core import (DATA_DIR, JOB_MAX_RETRIES, JOBS_DIR, LR_FIND_END, LR_FIND_START, LR_FIND_STEPS, MODELS_DIR,
                                     RETRY_BACKOFF_S, RUNS_DIR, SPLIT_SEED, TEST_FRACTION, TUNE_BUDGET_S, TUNE_TRIALS, UI_HOST, UI_PORT,
@@ -13,7 +16,8 @@ from .core import (DATA_DIR, JOB_MAX_RETRIES, JOBS_DIR, LR_FIND_END, LR_FIND_STA
 
 
 # %% auto #0
-__all__ = ['DATASETS', 'COMMAND_GROUPS', 'HelpFormatter', 'Parser', 'build_parser']
+__all__ = ['INT64', 'SEEDS', 'PORTS', 'LR_FIND_MAX_STEPS', 'TUNE_MAX_TRIALS', 'MAX_PARALLEL', 'SYSTEM_DIRS', 'DATASETS',
+           'COMMAND_GROUPS', 'HelpFormatter', 'finite_float', 'int_in', 'Parser', 'output_file', 'build_parser']
 
 # %% ../nbs/19_cli_parser.ipynb #fc124d7b
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -23,17 +27,61 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if default is None or default is False or default is argparse.SUPPRESS or "%(default)" in help: return help
         return f"{help} (default: %(default)s)"
 
+INT64 = (-2**63, 2**63 - 1)  # what SQLite, NumPy and torch take: a larger integer is refused here, not deep inside them
+SEEDS, PORTS = (0, 2**32 - 1), (0, 65535)
+LR_FIND_MAX_STEPS = TUNE_MAX_TRIALS = 10_000  # a range test needs a few hundred steps, a search a few hundred trials
+MAX_PARALLEL = 256  # runs at once on one machine
+
+def finite_float(text:str) -> float:
+    "A float option's value: a finite number (`inf`, `nan` are refused like the config refuses them)."
+    try: value = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value): raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+def int_in(low:int=INT64[0], high:int=INT64[1]):
+    "The type of an integer option in [low, high]."
+    def bounded_int(text:str) -> int:
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"invalid integer: {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low:,} to {high:,}")
+        return value
+    return bounded_int
+
 class Parser(argparse.ArgumentParser):
-    "argparse with the project's one-line errors and defaults in the help."
+    "argparse with one-line errors and defaults in the help; every `type=float` finite, every `type=int` an int64."
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self.register("type", float, finite_float)  # argparse looks a type up here: options keep type=float
+        self.register("type", int, int_in())
 
     def error(self, message):
         raise UsageError(message, self.prog, f"see `{self.prog} --help`")
 
 def _add(sub, name:str, help:str, description:str|None=None, epilog:str|None=None, **kwargs):
     return sub.add_parser(name, help=help, description=description or help, epilog=epilog, **kwargs)
+
+# %% ../nbs/19_cli_parser.ipynb #9f6a1997
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr",
+               "/var/lib")
+
+def output_file(text:str) -> str:
+    """A file option that will be written (`--apply OUT`, `--out FILE`), checked before any work: not a directory,
+    not in a system directory (root may write there, and should not), in a directory this user may write."""
+    real = Path(os.path.realpath(os.path.expanduser(text)))  # a link into /etc is /etc
+    system = next((d for d in SYSTEM_DIRS if real == Path(d) or Path(d) in real.parents), None)
+    if text.endswith("/") or real.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory: give the path of a file")
+    if system or real.parent == Path("/"):
+        raise argparse.ArgumentTypeError(f"{text} is in a system directory ({system or '/'}): "
+                                         "write it beside your config instead")
+    folder = next(p for p in real.parents if p.exists())
+    if not folder.is_dir(): raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK) or (real.exists() and not os.access(real, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text} cannot be written (permission denied in {folder})")
+    return text
 
 # %% ../nbs/19_cli_parser.ipynb #c83dcb11
 DATASETS = ("digits", "breast_cancer", "wine", "mnist5k")
@@ -48,7 +96,7 @@ def _data_commands(sub):
     p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
                    help="what the target is for; auto decides from the target and says why")
     p.add_argument("--data-dir", default=DATA_DIR, metavar="DIR", help="where the data layout is written")
-    p.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the stratified split")
+    p.add_argument("--seed", type=int_in(*SEEDS), default=SPLIT_SEED, help="seed of the stratified split")
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, help="share of rows for validation")
     p.add_argument("--test-fraction", type=float, default=TEST_FRACTION, help="share of rows for test")
     p.add_argument("--shards", action="store_true", help="also write the image splits as LitData shards under "
@@ -82,7 +130,7 @@ def _distributed_options(p, verb:str):
     d.add_argument("--nodes", type=int, default=1, metavar="N", help="number of nodes")
     d.add_argument("--node-rank", type=int, default=0, metavar="R", help="rank of this node")
     d.add_argument("--master-addr", default="127.0.0.1", metavar="A", help="address of node 0")
-    d.add_argument("--master-port", type=int, default=29500, metavar="P", help="port on node 0")
+    d.add_argument("--master-port", type=int_in(1, PORTS[1]), default=29500, metavar="P", help="port on node 0")
     d.add_argument("--cpu", action="store_true", help=f"{verb} on CPU processes over gloo, even if GPUs exist")
 
 def _train_command(sub):
@@ -119,7 +167,8 @@ def _watch_commands(sub):
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", metavar="DIR", help="a run directory")
     which.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory or best_model.safetensors")
-    p.add_argument("--out", metavar="FILE", help="where to write the HTML (default: report.html in the run)")
+    p.add_argument("--out", type=output_file, metavar="FILE",
+                   help="where to write the HTML (default: report.html in the run)")
     p.add_argument("--data-dir", metavar="DIR", help=f"prepared data to evaluate on (default: the run's data.data_dir, else {DATA_DIR})")
 
 # %% ../nbs/19_cli_parser.ipynb #b2425526
@@ -132,7 +181,7 @@ def _runs_commands(sub):
     c.add_argument("run_id", metavar="ID", help="a run id or run directory")
     c = _add(rsub, "compare", "config diff, metric table and learning curves of several runs")
     c.add_argument("run_ids", nargs="+", metavar="ID", help="two or more run ids or run directories")
-    c.add_argument("--out", metavar="FILE", help="HTML comparison report (default: compare.html)")
+    c.add_argument("--out", type=output_file, metavar="FILE", help="HTML comparison report (default: compare.html)")
     for c in rsub.choices.values(): _runs_dir_option(c)
 
 def _models_commands(sub):
@@ -165,7 +214,7 @@ def _notebook_commands(sub):
              epilog="example:\n  tp sweep --config config/digits.yaml --param training.learning_rate=0.1,0.01 --param training.batch_size=32,64")
     p.add_argument("--config", required=True, metavar="PATH")
     p.add_argument("--param", action="append", required=True, metavar="KEY=V1,V2,...", help="a swept key and its values")
-    p.add_argument("--parallel", type=int, default=1, metavar="K", help="runs at once")
+    p.add_argument("--parallel", type=int_in(1, MAX_PARALLEL), default=1, metavar="K", help="runs at once")
     p.add_argument("--epochs", type=int, help="override training.epochs for every point")
     p.add_argument("--out", metavar="DIR", help="where the point notebooks and the comparison go (default: sweeps/<experiment>-<time>)")
 
@@ -178,11 +227,14 @@ def _notebook_commands(sub):
              epilog="examples:\n  tp lr-find --config config/digits.yaml --apply config/digits.lr.yaml\n"
                     "  tp lr-find --config config/digits.yaml --distributed --gpus 2 --cpu")
     p.add_argument("--config", required=True, metavar="PATH")
-    p.add_argument("--apply", metavar="OUT", help="write a copy of the config with the suggested training.learning_rate")
+    p.add_argument("--apply", type=output_file, metavar="OUT",
+                   help="write a copy of the config with the suggested training.learning_rate")
     p.add_argument("--start-lr", type=float, default=LR_FIND_START, metavar="LR", help="the first rate tried")
     p.add_argument("--end-lr", type=float, default=LR_FIND_END, metavar="LR", help="the last rate tried")
-    p.add_argument("--steps", type=int, default=LR_FIND_STEPS, metavar="N", help="optimizer steps of the test")
-    p.add_argument("--out", metavar="FILE", help="the loss curve as HTML (default: <config>.lr-find.html)")
+    p.add_argument("--steps", type=int_in(1, LR_FIND_MAX_STEPS), default=LR_FIND_STEPS, metavar="N",
+                   help="optimizer steps of the test")
+    p.add_argument("--out", type=output_file, metavar="FILE",
+                   help="the loss curve as HTML (default: <config>.lr-find.html)")
     _distributed_options(p, "run the test")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
@@ -228,7 +280,7 @@ def _ui_command(sub):
     p.add_argument("--jobs-dir", default=JOBS_DIR, metavar="DIR", help="the job queue")
     p.add_argument("--models-dir", default=MODELS_DIR, metavar="DIR", help="the registry")
     p.add_argument("--host", default=UI_HOST, help="address to listen on (not loopback: a token is required)")
-    p.add_argument("--port", type=int, default=UI_PORT, help="port (0: any free port)")
+    p.add_argument("--port", type=int_in(*PORTS), default=UI_PORT, help="port (0: any free port)")
     p.add_argument("--token", metavar="T", help="required in ?token=T (default on loopback: none; elsewhere: generated)")
     p.add_argument("--allow-actions", action="store_true", help="allow cancelling jobs and promoting models (POST, XSRF-checked)")
 
@@ -242,12 +294,13 @@ def _tune_command(sub):
     p.add_argument("--config", required=True, metavar="PATH", help="a YAML config")
     p.add_argument("--param", action="append", metavar="KEY=SPACE",
                    help="a searched key and its space: uniform(a,b), loguniform(a,b), int(a,b) or choice(v1,v2,...)")
-    p.add_argument("--trials", type=int, default=TUNE_TRIALS, metavar="N", help="trials in the study; again with a larger N adds trials to it")
+    p.add_argument("--trials", type=int_in(1, TUNE_MAX_TRIALS), default=TUNE_TRIALS, metavar="N",
+                   help="trials in the study; again with a larger N adds trials to it")
     p.add_argument("--pruner", default="median", metavar="median|hyperband|none", help="stops trials that do worse than the others at the same epoch")
     p.add_argument("--startup-trials", type=int, default=2, metavar="N", help="trials that complete before any is pruned")
     p.add_argument("--warmup-epochs", type=int, default=1, metavar="N", help="validations of a trial before it can be pruned")
     p.add_argument("--sampler", default="tpe", metavar="tpe|random|grid", help="how the next trial's values are chosen")
-    p.add_argument("--parallel", type=int, default=1, metavar="K", help="trials at once")
+    p.add_argument("--parallel", type=int_in(1, MAX_PARALLEL), default=1, metavar="K", help="trials at once")
     p.add_argument("--study", metavar="NAME", help="the study (default: the experiment's name); stored in runs/<experiment>/studies/NAME.db")
     p.add_argument("--metric", metavar="NAME", help="the objective, a val_* metric (default: checkpointing.monitor_metric)")
     p.add_argument("--direction", default="auto", metavar="auto|max|min", help="auto: the mode of checkpointing.monitor_metric")

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .core import ConfigError, did_you_mean, is_hf_architecture, is_import_path
+from .core import ConfigError, did_you_mean, is_hf_architecture, is_import_path, redact
 from .schema import LOSSES, TASK_LOSSES, TASK_METRICS, Config, locate, lower_choice, metric_name
 
 # %% auto #0
@@ -382,6 +382,7 @@ def validate_config(raw:Any, source:str="<config>", lines:dict|None=None, overri
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of sections, got a {type(raw).__name__}", source,
                           "start the file with section names such as `experiment:` and `model:`")
+    redact(raw)  # remembers each secret value (and the value of each `*_env` variable) for `scrub`, in every process
     lines = lines or {}
     found = []
     raw = with_hf_loss_default(raw)

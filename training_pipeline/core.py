@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import random
@@ -29,14 +30,14 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'IGNORE_INDEX', 'EXIT_USAGE', 'EXIT_INTERRU
            'TEST_FRACTION', 'JOB_MAX_RETRIES', 'RETRY_BACKOFF_S', 'TUNE_BUDGET_S', 'TUNE_TRIALS', 'LR_FIND_START',
            'LR_FIND_END', 'LR_FIND_STEPS', 'UI_HOST', 'UI_PORT', 'IMPORT_PATH', 'OPTIONAL_EXTRAS', 'REDACTED',
            'SECRET_WORDS', 'KEY_SECRET_WORDS', 'HARMLESS_KEYS', 'TOKEN_COUNTS', 'URL_USERINFO', 'URL_QUERY_VALUE',
-           'PipelineError', 'UsageError', 'ConfigError', 'DataError', 'CheckpointError', 'TrainingError',
+           'FLOW_PAIR', 'PipelineError', 'UsageError', 'ConfigError', 'DataError', 'CheckpointError', 'TrainingError',
            'NotBuiltError', 'InterruptedRun', 'did_you_mean', 'refuse_url', 'patch', 'progress_disabled', 'fsync_dir',
            'atomic_writer', 'atomic_write', 'atomic_write_json', 'fsync_tree', 'atomic_dir', 'clean_tmp_dirs',
            'sha256_bytes', 'sha256_file', 'sha256_dir', 'sha256_json', 'is_safetensors_bytes', 'is_pickle_bytes',
            'safetensors_bytes', 'set_seed', 'git_info', 'package_version', 'environment_info', 'free_port',
            'usable_cpus', 'default_num_workers', 'snake_case', 'is_import_path', 'is_hf_architecture', 'import_object',
-           'key_words', 'is_secret_key', 'remember_secret', 'scrub', 'redact', 'redact_argv', 'fault_spec',
-           'fault_point', 'on_main_thread']
+           'key_words', 'is_secret_key', 'is_env_key', 'remember_secret', 'env_secret', 'scrub', 'redact',
+           'redact_argv', 'ScrubFilter', 'fault_spec', 'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -403,7 +404,9 @@ SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", 
 KEY_SECRET_WORDS = {"key", "keys"}  # secret unless the key is a known harmless one (below)
 HARMLESS_KEYS = {"target_key", "sort_key", "group_key", "label_key", "input_key", "key_column", "primary_key",
                  "key_value_proj_dim", "num_key_value_heads", "key_dim", "kv_key", "monitor_key"}
-TOKEN_COUNTS = {"id", "ids", "type", "types", "count", "counts", "length", "len", "dim", "size", "index", "embeddings"}
+# after `token`: ids, counts and the metrics of token tasks (`val_token_accuracy`), not credentials
+TOKEN_COUNTS = {"id", "ids", "type", "types", "count", "counts", "length", "len", "dim", "size", "index", "embeddings",
+                "accuracy", "acc", "level", "classification", "loss"}
 
 def key_words(name) -> list[str]:
     "A key's lower-case words: `awsSessionToken`, `aws_session_token` and `AWS-SESSION-TOKEN` are the same three."
@@ -420,6 +423,9 @@ def is_secret_key(name) -> bool:
         if word in SECRET_WORDS or word in KEY_SECRET_WORDS: return True
     return False
 
+def is_env_key(name) -> bool:
+    "Whether a key names an environment variable with a secret (`password_env`): its value is shown, the secret not."
+    return key_words(name)[-1:] == ["env"]
 
 # %% ../nbs/00_core.ipynb #dbef485a
 _remembered: set[str] = set()
@@ -430,6 +436,12 @@ def remember_secret(value):
     "Hide `value` wherever `scrub` later sees it (values of 4+ characters: shorter ones would hide ordinary text)."
     if isinstance(value, str) and len(value) >= 4: _remembered.add(value)
 
+def env_secret(name:str|None) -> str:
+    "The value of environment variable `name` ('' if unset), remembered as a secret: how a `*_env` key is read."
+    value = os.environ.get(name or "", "")
+    remember_secret(value)
+    return value
+
 def scrub(text:str) -> str:
     "`text` with every remembered secret, URL password and secret query value replaced by `<redacted>`."
     if not isinstance(text, str): return text
@@ -438,7 +450,8 @@ def scrub(text:str) -> str:
     return URL_QUERY_VALUE.sub(lambda m: f"{m['name']}={REDACTED}" if is_secret_key(m["name"][1:]) else m[0], text)
 
 def redact(obj, remember:bool=True):
-    "A copy of `obj` (mappings, lists, strings at any depth) with secret values replaced; they are remembered for `scrub`."
+    """A copy of `obj` (mappings, lists, strings at any depth) with secret values replaced; they are remembered for
+    `scrub`, and so is the value of each environment variable a `*_env` key names (the name itself is kept)."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -446,7 +459,9 @@ def redact(obj, remember:bool=True):
                 for leaf in _leaves(v):
                     if remember: remember_secret(leaf)
                 out[k] = REDACTED
-            else: out[k] = redact(v, remember)
+            else:
+                if remember and is_env_key(k) and isinstance(v, str): env_secret(v)
+                out[k] = redact(v, remember)
         return out
     if isinstance(obj, (list, tuple)): return type(obj)(redact(v, remember) for v in obj)
     return scrub(obj) if isinstance(obj, str) else obj
@@ -456,8 +471,19 @@ def _leaves(v):
     if isinstance(v, (list, tuple)): return [x for item in v for x in _leaves(item)]
     return [str(v)]
 
+# %% ../nbs/00_core.ipynb #0da81a9b
+# `key: value` inside a YAML flow mapping given on the command line: `storage.options={key: AKIA.., secret: ..}`
+FLOW_PAIR = re.compile(r"(?P<key>[\w.-]+)(?P<colon>\s*:\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^,{}\[\]\s]+)")
+
+def _redact_flow(value:str) -> str:
+    def hide(m):
+        if not is_secret_key(m["key"]): return m[0]
+        remember_secret(m["value"].strip("'\"")); return f"{m['key']}{m['colon']}{REDACTED}"
+    return FLOW_PAIR.sub(hide, value)
+
 def redact_argv(argv:list) -> list[str]:
-    "A command line as it may be recorded: `KEY=VALUE` overrides and `--option VALUE` of secret keys redacted."
+    """A command line as it may be recorded: `KEY=VALUE` overrides and `--option VALUE` of secret keys redacted, and
+    secret keys inside a mapping value (`KEY={token: ...}`); the hidden values are remembered for `scrub`."""
     out, hide_next = [], False
     for arg in map(str, argv):
         name, eq, value = arg.partition("=")
@@ -466,9 +492,18 @@ def redact_argv(argv:list) -> list[str]:
             remember_secret(value); out.append(f"{name}={REDACTED}")
         else:
             hide_next = arg.startswith("--") and not eq and is_secret_key(arg[2:])
-            out.append(scrub(arg))
+            out.append(scrub(f"{name}={_redact_flow(value)}" if eq and value.lstrip().startswith("{") else arg))
     return out
 
+# %% ../nbs/00_core.ipynb #f4490130
+class ScrubFilter(logging.Filter):
+    "A logging filter that scrubs each record (message, arguments, traceback): on each handler writing a run's log."
+    def filter(self, record:logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text: record.exc_text = scrub(record.exc_text)
+        return True
 
 # %% ../nbs/00_core.ipynb #800a16d0
 def fault_spec(area:str) -> tuple[str, int|None]|None:

@@ -14,12 +14,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .core import JOBS_DIR, EXIT_FAILED, EXIT_INTERRUPTED, PipelineError, UsageError
+from .core import JOBS_DIR, EXIT_FAILED, EXIT_INTERRUPTED, PipelineError, UsageError, redact_argv
 
 # %% auto #0
 __all__ = ['SCHEMA', 'STATES', 'ENDED', 'QueueLocked', 'db_path', 'busy_timeout_s', 'queue_error', 'connect', 'transaction',
-           'get_job', 'db_path_of', 'gpu_count', 'visible_gpus', 'cpu_count', 'train_argv', 'insert_job',
-           'submit_command', 'log_path', 'format_time', 'run_meta', 'run_status', 'run_error_kind', 'classify_exit']
+           'get_job', 'db_path_of', 'gpu_count', 'visible_gpus', 'cpu_count', 'train_argv', 'refuse_stored_secrets',
+           'insert_job', 'submit_command', 'log_path', 'format_time', 'run_meta', 'run_status', 'run_error_kind',
+           'classify_exit']
 
 # %% ../nbs/14_jobs.ipynb #f3966ab3
 SCHEMA = """
@@ -119,6 +120,20 @@ def train_argv(config_path:str, overrides:list, gpus:int=0) -> list[str]:
     dist = ["--distributed", "--gpus", str(gpus)] if gpus > 1 else []
     return [sys.executable, "-m", "training_pipeline", "train", "--config", config_path, *dist, *overrides]
 
+# %% ../nbs/14_jobs.ipynb #eb028fa8
+def refuse_stored_secrets(args:list):
+    """`UsageError` if a command's arguments hold a secret (a secret key's override, `--token X`, a value known as
+    a secret): a job record is read by every user of the queue, the UI and Slurm's script, and it cannot hold a
+    secret that still works. The job reads it where it runs: from the config file (redacted in everything the run
+    writes) or the environment (`AWS_SECRET_ACCESS_KEY`, a `*_env` key)."""
+    args = [str(a) for a in args]
+    shown = redact_argv(args)
+    hidden = [s for s, a in zip(shown, args) if s != a]
+    if hidden:
+        raise UsageError(f"a secret on the command line would be stored in the job queue: {hidden[0]}",
+                         "tp jobs submit", "put it in the config file, or in the environment the job runs in "
+                         "(a *_env key, AWS_SECRET_ACCESS_KEY ...)")
+
 # %% ../nbs/14_jobs.ipynb #25dda646
 def insert_job(db, **job) -> int:
     cols = ", ".join(job); marks = ", ".join("?" * len(job))
@@ -127,6 +142,7 @@ def insert_job(db, **job) -> int:
 
 def submit_command(argv:list[str], jobs_dir:str|Path=JOBS_DIR, name:str="command", cpus:int=1, priority:int=0, max_retries:int=0) -> int:
     "Queue any command (no run directory, no resume): for tests and odd jobs."
+    refuse_stored_secrets(argv)
     db = connect(jobs_dir, create=True)
     try: return insert_job(db, name=name, state="queued", kind="command", priority=priority, submitted=time.time(), cwd=str(Path.cwd()),
                         argv=json.dumps(list(argv)), cpus=cpus, gpus=0, max_retries=max_retries)

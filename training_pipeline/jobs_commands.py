@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .core import JOBS_DIR, JOB_MAX_RETRIES, EXIT_OK, UsageError
 from .jobs import (ENDED, STATES, connect, cpu_count, db_path, format_time, get_job, gpu_count, insert_job, log_path,
-                                    queue_error, train_argv, transaction)
+                                    queue_error, refuse_stored_secrets, train_argv, transaction)
 from .slurm import slurm_env, submit_to_slurm, sync_slurm
 from .tracking import new_run_id
 from .watch import format_duration
@@ -41,6 +41,7 @@ def submit_job(config:str|Path, # A YAML config, as for `tp train`
     "Validate and queue a training job; return its id."
     from training_pipeline.config import load_config
     cfg = load_config(config, list(overrides))  # a bad config stops here: same lines as `tp config check`, exit 2
+    refuse_stored_secrets([*train_args, *overrides])
     if max_retries < 0: raise UsageError(f"--max-retries must be 0 or more, got {max_retries}", "tp jobs submit", "e.g. --max-retries 3")
     if cpus is not None and cpus < 1: raise UsageError(f"--cpus must be at least 1, got {cpus}", "tp jobs submit", "e.g. --cpus 2")
     if gpus is not None and gpus < 0: raise UsageError(f"--gpus must be 0 or more, got {gpus}", "tp jobs submit", "e.g. --gpus 1")

@@ -18,7 +18,7 @@ from email.message import EmailMessage
 import torch
 
 from .callback.core import Callback, CancelFitException
-from .core import patch
+from .core import env_secret, patch, scrub
 from .distributed import broadcast_from_main
 
 # %% auto #0
@@ -35,16 +35,16 @@ def send_email(cfg, alert:dict):
     msg = EmailMessage()
     msg["Subject"] = f"Training alert: {alert['rule']} in {alert['run_id']}"
     msg["From"], msg["To"] = cfg.from_, ", ".join(cfg.to)
-    msg.set_content(alert_text(alert) + "\n\n" + json.dumps(alert, indent=2, default=str))
+    msg.set_content(scrub(alert_text(alert) + "\n\n" + json.dumps(alert, indent=2, default=str)))
     cls = smtplib.SMTP_SSL if cfg.ssl else smtplib.SMTP
     with cls(cfg.smtp_host, cfg.smtp_port, timeout=10) as s:
         if cfg.starttls: s.starttls()
-        if cfg.username: s.login(cfg.username, os.environ.get(cfg.password_env or "", ""))
+        if cfg.username: s.login(cfg.username, env_secret(cfg.password_env))  # remembered: no later line can show it
         s.send_message(msg)
 
 def send_webhook(cfg, alert:dict):
     "POST the alert as JSON; `text` makes it a Slack message."
-    body = json.dumps({"text": alert_text(alert), "alert": alert}, default=str).encode()
+    body = scrub(json.dumps({"text": alert_text(alert), "alert": alert}, default=str)).encode()
     req = urllib.request.Request(cfg.url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(req, timeout=cfg.timeout_s) as r:
         if r.status >= 300: raise OSError(f"webhook answered {r.status}")
@@ -57,7 +57,8 @@ def deliver_alert(cfg, alert:dict, retries:int=3, log=print) -> list[str]:
         for attempt in range(retries):
             try: send(channel, alert); delivered.append(name); break
             except Exception as e:  # a failing channel never breaks training (nor the watcher)
-                if attempt + 1 == retries: log(f"warning: alert via {name} failed after {retries} tries: {type(e).__name__}: {e}")
+                if attempt + 1 == retries:
+                    log(scrub(f"warning: alert via {name} failed after {retries} tries: {type(e).__name__}: {e}"))
                 else: time.sleep(0.5 * 2 ** attempt)
     return delivered
 

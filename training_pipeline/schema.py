@@ -14,21 +14,21 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Dis
 from pydantic_core import PydanticCustomError
 
 from .core import (DATA_DIR, RUNS_DIR, URL_PATTERN, ConfigError, atomic_write, default_num_workers, did_you_mean,
-                                    import_object, is_import_path, patch, sha256_json, snake_case)
+                                    import_object, is_import_path, patch, redact, sha256_json, snake_case)
 
 # %% auto #0
-__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'LocalPath', 'STORAGE_SCHEMES', 'RunsLocation', 'SECRET_OPTION',
-           'ARCHITECTURES', 'Betas', 'OPTIMIZERS', 'SCHEDULERS', 'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES',
-           'TASK_METRICS', 'LOSSES', 'RESUMABLE_CHANGES', 'Section', 'lower_choice', 'local_path', 'runs_location',
-           'redact_options', 'ExperimentConfig', 'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig',
-           'DriftConfig', 'DataConfig', 'ModelConfig', 'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig',
-           'AdamWConfig', 'NoSchedulerConfig', 'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig',
-           'PlateauConfig', 'tagged', 'metric_name', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig',
-           'DistributedConfig', 'CheckpointingConfig', 'StorageConfig', 'WandbConfig', 'TensorBoardConfig',
-           'MLflowConfig', 'AimConfig', 'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig',
-           'Rule', 'NonFiniteLossRule', 'LossSpikeRule', 'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule',
-           'DataStarvationRule', 'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig',
-           'WebhookConfig', 'AlertsConfig', 'ProfileConfig', 'Config', 'locate']
+__all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'LocalPath', 'STORAGE_SCHEMES', 'RunsLocation', 'ARCHITECTURES',
+           'Betas', 'OPTIMIZERS', 'SCHEDULERS', 'OptimizerConfig', 'SchedulerConfig', 'TASK_LOSSES', 'TASK_METRICS',
+           'LOSSES', 'RESUMABLE_CHANGES', 'Section', 'lower_choice', 'local_path', 'runs_location', 'ExperimentConfig',
+           'PreprocessingConfig', 'AugmentConfig', 'TransformsConfig', 'DriftConfig', 'DataConfig', 'ModelConfig',
+           'torchvision_classifiers', 'Choice', 'SGDConfig', 'AdamConfig', 'AdamWConfig', 'NoSchedulerConfig',
+           'CosineConfig', 'StepLRConfig', 'OneCycleConfig', 'WarmupCosineConfig', 'PlateauConfig', 'tagged',
+           'metric_name', 'LossConfig', 'TrainingConfig', 'FSDPConfig', 'DeepSpeedConfig', 'DistributedConfig',
+           'CheckpointingConfig', 'StorageConfig', 'WandbConfig', 'TensorBoardConfig', 'MLflowConfig', 'AimConfig',
+           'LoggingConfig', 'EarlyStoppingConfig', 'ValidationConfig', 'ResourcesConfig', 'Rule', 'NonFiniteLossRule',
+           'LossSpikeRule', 'LossStallRule', 'GradExplosionRule', 'ThroughputDropRule', 'DataStarvationRule',
+           'GPUMemoryRule', 'GPUUtilizationRule', 'HeartbeatRule', 'RulesConfig', 'EmailConfig', 'WebhookConfig',
+           'AlertsConfig', 'ProfileConfig', 'Config', 'locate']
 
 # %% ../nbs/01_schema.ipynb #5f314dcd
 class Section(BaseModel):
@@ -65,12 +65,6 @@ def runs_location(v):
         return v.rstrip("/")
     return local_path(v)
 RunsLocation = Annotated[str, AfterValidator(runs_location)]
-
-SECRET_OPTION = re.compile(r"(secret|password|token|credential|session|^key$)", re.I)
-
-def redact_options(options:dict|None) -> dict:
-    "Storage options with secret values hidden: for what is printed or saved (config.yaml of a run)."
-    return {k: "<redacted>" if SECRET_OPTION.search(k) else v for k, v in (options or {}).items()}
 
 # %% ../nbs/01_schema.ipynb #6f225a8f
 class ExperimentConfig(Section):
@@ -504,14 +498,16 @@ class Config(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     _origin: tuple = PrivateAttr(default=("<config>", {}, ()))  # (file, key lines, overridden keys), set by validate_config
 
-    def to_dict(self) -> dict:
-        "The resolved config as plain YAML/JSON types, with the file's key names (and storage secrets redacted)."
+    def to_dict(self, redacted:bool=True) -> dict:
+        """The resolved config as plain YAML/JSON types, with the file's key names; secret values (any key at any
+        depth that names one, see `core.redact`) are `<redacted>` unless `redacted=False` (only to build another
+        config from this one)."""
         d = self.model_dump(mode="json", by_alias=True)
-        d["storage"]["options"] = redact_options(d["storage"]["options"])
-        return d
+        return redact(d) if redacted else d
 
     def _hashed(self) -> dict:
-        "What the hashes cover: not how storage is reached (endpoint, credentials), which may change between a run and its resume."
+        """What the hashes cover: the redacted config (a changed secret is the same run), without how storage is reached
+        (endpoint, credentials), which may change between a run and its resume."""
         return {k: v for k, v in self.to_dict().items() if k != "storage"}
 
     def to_yaml(self) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import CKPT_PATTERN, PINS_DIR, list_checkpoints
-from .core import URL_PATTERN, ConfigError, TrainingError, UsageError, atomic_write, patch, sha256_file
+from .core import URL_PATTERN, ConfigError, TrainingError, UsageError, atomic_write, patch, redact, sha256_file
 
 # %% auto #0
 __all__ = ['EXTRAS', 'PULLED', 'is_url', 'local_location', 'Storage', 'check_storage', 'cache_root', 'cache_dir', 'pull_tree',
@@ -232,6 +232,7 @@ class RunMirror:
     def _event(self, event:str, **fields):
         "An event in the run's events.jsonl (uploaded with it)."
         from training_pipeline.tracking import json_line
+        fields = redact(fields)  # an error may quote a credential (00_core)
         with open(self.local/"events.jsonl", "a", encoding="utf-8") as f: f.write(json_line({"time": time.time(), "event": event, **fields}))
         self.log(f"storage: {event} " + " ".join(f"{k}={v}" for k, v in fields.items()))
 

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .callback.core import Callback
-from .core import RUNS_DIR, UsageError, atomic_write, atomic_write_json, environment_info
+from .core import (RUNS_DIR, ScrubFilter, UsageError, atomic_write, atomic_write_json, environment_info,
+                                    redact, redact_argv)
 
 # %% auto #0
 __all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunBusyError', 'RunLock', 'RunStoreCallback',
@@ -86,7 +87,8 @@ class RunStore:
         store.meta = {"id": run_id, "experiment": config.experiment.name, "status": "running",
                       "created": now(), "ended": None, "heartbeat": now(), "pid": os.getpid(), "host": socket.gethostname(),
                       "world_size": world_size, "num_nodes": num_nodes, "backend": backend,
-                      "command": command if command is not None else sys.argv, "git_sha": env["git_sha"], "git_dirty": env["git_dirty"],
+                      "command": redact_argv(command if command is not None else sys.argv),
+                      "git_sha": env["git_sha"], "git_dirty": env["git_dirty"],
                       "data_version": data_version, "config_hash": config.hash,
                       "resume_hash": config.resume_hash, "resumable_settings": config.resumable_settings(), "parent_run": parent,
                       "tags": list(config.experiment.tags), "env": env, "summary": {}}
@@ -94,7 +96,7 @@ class RunStore:
         store.metrics_path.touch(); store.events_path.touch()
         return store
 
-    def _write_meta(self): atomic_write_json(self.run_json, self.meta)
+    def _write_meta(self): atomic_write_json(self.run_json, redact(self.meta))  # secrets never reach a file (00_core)
 
     def update(self, **fields):
         "Change fields of run.json (atomically)."
@@ -111,7 +113,8 @@ class RunStore:
         with open(path, "a", encoding="utf-8") as f: f.write(json_line(obj)); f.flush()
 
     def append_metrics(self, row:dict): self._append(self.metrics_path, row)
-    def append_event(self, event:dict): self._append(self.events_path, {"time": time.time(), **event} if "time" not in event else event)
+    def append_event(self, event:dict):
+        self._append(self.events_path, redact({"time": time.time(), **event} if "time" not in event else event))
     def metrics(self) -> list[dict]: return read_jsonl(self.metrics_path)
     def events(self) -> list[dict]: return read_jsonl(self.events_path)
 
@@ -205,9 +208,11 @@ def setup_run_logging(logs_dir:str|Path, rank:int=0, console:bool=True) -> loggi
     Path(logs_dir).mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(Path(logs_dir)/("train.log" if rank == 0 else f"train.rank{rank}.log"), encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    fh.addFilter(ScrubFilter())  # a line that quotes a secret (an exception, a URL) is scrubbed before it is written
     log.addHandler(fh)
     if console and rank == 0:
-        sh = logging.StreamHandler(sys.stdout); sh.setFormatter(logging.Formatter("%(message)s")); log.addHandler(sh)
+        sh = logging.StreamHandler(sys.stdout); sh.setFormatter(logging.Formatter("%(message)s"))
+        sh.addFilter(ScrubFilter()); log.addHandler(sh)
     return log
 
 # %% ../nbs/09_tracking.ipynb #4319ce8e
@@ -293,7 +298,8 @@ def compare_runs(refs, runs_dir:str|Path=RUNS_DIR) -> dict:
     from training_pipeline.config import read_yaml
     dirs = [find_run(r, runs_dir) for r in refs]
     names = [d.name for d in dirs]
-    configs = {n: flatten_dict(read_yaml(d/"config.yaml", "run config")) for n, d in zip(names, dirs)}
+    # redacted again: a run written before secrets were redacted
+    configs = {n: flatten_dict(redact(read_yaml(d/"config.yaml", "run config"))) for n, d in zip(names, dirs)}
     keys = sorted(set().union(*configs.values()))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1]
     config = pd.DataFrame({n: [configs[n].get(k) for k in differ] for n in names}, index=pd.Index(differ, name="config key"))

@@ -23,7 +23,7 @@ from .schema import Config
 from .checkpoint import (CheckpointCallback, latest_good_checkpoint, load_checkpoint, restore_trainer,
                                          verify_checkpoint)
 from .core import (RUN_ENDED_OK, CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
-                                    atomic_write, atomic_write_json, fault_spec, set_seed)
+                                    atomic_write, atomic_write_json, fault_spec, redact, set_seed)
 from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
 from .monitor import MonitorCallback, deliver_alert
 from .profiling import ProfilerCallback, StepTimer
@@ -61,7 +61,7 @@ def with_epochs(config:Config, epochs:int|None) -> Config:
     "The config with training.epochs replaced (validated like the file)."
     if epochs is None: return config
     from training_pipeline.config import validate_config
-    raw = config.to_dict(); raw["training"]["epochs"] = epochs
+    raw = config.to_dict(redacted=False); raw["training"]["epochs"] = epochs  # the secrets too: this config trains
     try: return validate_config(raw, "--epochs")
     except ConfigError as e: raise ConfigError(f"--epochs {epochs}: {e.problems[0].what}", "command line", "give a positive number of epochs") from None
 
@@ -88,7 +88,7 @@ def model_spec(config:Config, data:DataBundle, task:Task, model:torch.nn.Module)
     "What rebuilds the model later (report, registry, `load_model`, export): architecture or import path with its arguments, task, data."
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     pre = data.preprocessor.state_dict() if data.preprocessor is not None else None
-    return {"architecture": config.model.architecture, "init_args": config.model.init_args, "task": task.name,
+    return {"architecture": config.model.architecture, "init_args": redact(config.model.init_args), "task": task.name,
             "num_classes": data.num_classes or config.model.num_classes, "num_outputs": widths[-1] if widths else None,
             "input_shape": list(data.input_shape), "kind": data.kind, "dropout": config.model.dropout,
             "hidden_dims": config.model.hidden_dims, "dataset_version": data.dataset_version, "classes": list(data.classes),
@@ -529,7 +529,7 @@ def _model_path(model:torch.nn.Module) -> str:
 def fit_config(model:torch.nn.Module, config=None, **overrides) -> Config:
     "The validated config of a `fit` call: the given config (path, mapping or Config) or defaults, with the overrides."
     from training_pipeline.config import parse_yaml, read_text_file, set_dotted, validate_config
-    if isinstance(config, Config): raw = config.to_dict()
+    if isinstance(config, Config): raw = config.to_dict(redacted=False)  # the secrets too: this config trains
     elif isinstance(config, (str, Path)): raw = parse_yaml(read_text_file(config), str(config))[0]
     else: raw = copy.deepcopy(dict(config or {}))
     raw.setdefault("experiment", {}).setdefault("name", "fit")

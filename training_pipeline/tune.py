@@ -5,7 +5,9 @@
 # %% ../nbs/15b_tune.ipynb #0513578a
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -15,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import JOB_MAX_RETRIES, JOBS_DIR, RUN_ENDED_OK, NotBuiltError, UsageError, atomic_write, free_port
+from .core import JOB_MAX_RETRIES, JOBS_DIR, RUN_ENDED_OK, NotBuiltError, UsageError, atomic_write, free_port, scrub
 # the trial and tracking modules (torch) are imported where used: a bad search is refused in a second, not after torch loads
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'SAMPLERS', 'Param', 'parse_param', 'override', 'check_search', 'make_sampler', 'open_study',
-           'run_state', 'trial_outcome', 'TrialSpec', 'LocalTrial', 'JobTrial', 'WatchedRun', 'start_trial',
-           'TuneSummary', 'summarize', 'tune', 'tune_report', 'study_status']
+__all__ = ['SPACE_KINDS', 'SAMPLERS', 'MAX_CHOICES', 'MAX_GRID', 'INT64', 'STOP_GRACE_S', 'Param', 'parse_param', 'override',
+           'check_search', 'make_sampler', 'open_study', 'run_state', 'trial_outcome', 'TrialSpec', 'LocalTrial',
+           'JobTrial', 'WatchedRun', 'start_trial', 'TuneSummary', 'summarize', 'tune', 'tune_report', 'study_status']
 
 # %% ../nbs/15b_tune.ipynb #ba00c5f6
 SPACE_KINDS = ("uniform", "loguniform", "int", "choice")
@@ -44,13 +46,33 @@ class Param:
         "Values to try the config with before any trial: the bounds, or every choice."
         return self.values
 
-def _scalar(text:str):
-    "A choice value: int, else float, else YAML (true, null, adamw)."
+MAX_CHOICES = 256  # each choice is tried with the config before any trial starts
+MAX_GRID = 100_000  # points the grid sampler may list
+INT64 = (-2**63, 2**63 - 1)
+
+def _plain(value, text:str, where:str):
+    "`value` if a sampler can take it: a finite number within int64, a bool, a string or null."
+    if isinstance(value, float) and not math.isfinite(value) or \
+            isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise UsageError(f"{text[:60]!r} is not a finite number within int64", where, "give finite values")
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise UsageError(f"{text[:60]!r} is a {type(value).__name__}, not a single value", where,
+                         "list plain values: numbers, true/false, words")
+    return value
+
+def _scalar(text:str, where:str="--param"):
+    "A choice value: int, else float, else plain YAML (true, null, adamw) read by the config's bounded safe loader."
     import yaml
+    from training_pipeline.config import safe_load
     for cast in (int, float):
-        try: return cast(text)
+        try: return _plain(cast(text), text, where)
         except ValueError: pass
-    return yaml.safe_load(text) if text else text
+    try: return _plain(safe_load(text) if text else text, text, where)
+    except yaml.YAMLError as e:
+        tag = re.search(r"tag '([^']*)'", str(getattr(e, "problem", "")))
+        what = f"the YAML tag {tag[1].replace('tag:yaml.org,2002:', '!!')}" if tag else "not a plain YAML value"
+        raise UsageError(f"choice value {text[:60]!r}: {what}", where,
+                         "list plain values (numbers, true/false, words), no YAML tags") from None
 
 def parse_param(spec:str) -> Param:
     "`KEY=SPACE` -> Param; a space that cannot be sampled is a UsageError naming it."
@@ -64,8 +86,11 @@ def parse_param(spec:str) -> Param:
     if kind not in SPACE_KINDS:
         raise UsageError(f"unknown space {kind!r}", where, f"use one of {', '.join(f'{k}(...)' for k in SPACE_KINDS)}")
     if kind == "choice":
-        values = tuple(_scalar(a) for a in args)
-        if not values or any(a == "" for a in args): raise UsageError("choice needs at least one value, none empty", where, "write e.g. choice(32,64)")
+        if not args or any(a == "" for a in args):
+            raise UsageError("choice needs at least one value, none empty", where, "write e.g. choice(32,64)")
+        if len(args) > MAX_CHOICES:
+            raise UsageError(f"choice has {len(args):,} values", where, f"list at most {MAX_CHOICES} or search a range")
+        values = tuple(_scalar(a, where) for a in args)
         if len(set(map(repr, values))) != len(values): raise UsageError("choice has a value twice", where, "list each value once")
         return Param(key, kind, values)
     if len(args) != 2: raise UsageError(f"{kind} takes two bounds, got {len(args)}", where, f"write e.g. {kind}(1,10)")
@@ -73,6 +98,7 @@ def parse_param(spec:str) -> Param:
     try: low, high = cast(args[0]), cast(args[1])
     except ValueError: raise UsageError(f"{kind} bounds must be {'integers' if cast is int else 'numbers'}, got ({', '.join(args)})", where,
                                         "write e.g. int(1,8)" if cast is int else "write e.g. uniform(0.0,0.5)") from None
+    _plain(low, args[0], where), _plain(high, args[1], where)  # uniform(0,inf) cannot be sampled
     if not low < high if kind != "int" else not low <= high:
         raise UsageError(f"{kind} needs low {'<=' if kind == 'int' else '<'} high, got ({args[0]}, {args[1]})", where, f"write {kind}({args[1]},{args[0]})" if low > high else "widen the range or use choice(...)")
     if kind == "loguniform" and low <= 0: raise UsageError(f"loguniform needs 0 < low, got {args[0]}", where, "use a positive lower bound, e.g. loguniform(1e-5,1e-1)")
@@ -115,6 +141,10 @@ def make_sampler(kind:str, params:list[Param], seed:int):
         ranged = [p.key for p in params if p.kind in ("uniform", "loguniform")]
         if ranged: raise UsageError(f"the grid sampler cannot walk the continuous space of {', '.join(ranged)}", "tp tune --sampler grid",
                                     "use choice(...) or int(a,b) spaces, or --sampler tpe")
+        points = math.prod(len(p.values) if p.kind == "choice" else p.values[1] - p.values[0] + 1 for p in params)
+        if points > MAX_GRID:  # the sampler lists every point
+            raise UsageError(f"the grid has {points:,} points", "tp tune --sampler grid",
+                             f"search at most {MAX_GRID:,} points, or use --sampler tpe")
         return optuna.samplers.GridSampler({p.key: list(p.values) if p.kind == "choice" else list(range(p.values[0], p.values[1] + 1))
                                             for p in params}, seed=seed)
     raise UsageError(f"unknown sampler {kind!r}", "tp tune --sampler", f"use one of {', '.join(SAMPLERS)}")
@@ -205,7 +235,14 @@ class LocalTrial:
     def done(self) -> bool: return self.proc.poll() is not None
     def stop(self):
         if not self.done(): self.proc.send_signal(signal.SIGTERM)  # it saves a checkpoint; the next tp tune continues it
-    def wait(self): self.proc.wait()
+    def wait(self, timeout:float|None=None):
+        "Wait for the process; past `timeout`, kill it and its children (its run resumes from its last checkpoint)."
+        try: self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            import psutil
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.proc.pid).children(recursive=True): child.kill()
+            self.proc.kill(); self.proc.wait()
 
 class JobTrial:
     "A trial queued as a job (local workers or Slurm): the job manager runs it, retries it from its checkpoint, and says when it ended."
@@ -223,14 +260,14 @@ class JobTrial:
             return job["state"] in ENDED
         finally: db.close()
     def stop(self): pass  # the queue keeps it: a worker goes on with it, and the next tp tune waits for it
-    def wait(self): pass
+    def wait(self, timeout:float|None=None): pass
 
 class WatchedRun:
     "A trial whose run another live process trains: waited for, never started twice."
     def __init__(self, number:int, run_dir:Path): self.number, self.run_dir = number, run_dir
     def done(self) -> bool: return run_state(self.run_dir)[0] != "running"  # run.json only, not the metrics
     def stop(self): pass
-    def wait(self): pass
+    def wait(self, timeout:float|None=None): pass
 
 # %% ../nbs/15b_tune.ipynb #1bbf71a6
 def start_trial(spec:TrialSpec, trial, values:dict, run_id:str|None=None):
@@ -278,6 +315,7 @@ def _tell(study, trial_number:int, run_dir, metric:str, direction:str, out) -> N
     "Tell the study how the trial's run ended; print one line."
     import optuna
     state, value, reason = trial_outcome(run_dir, metric, direction)
+    reason = scrub(str(reason))  # the study and its report are read by everyone: no secret a failure quoted
     frozen = study.trials[trial_number]
     if state == "running": state, reason = "failed", "the process ended but the run still says running"
     if state not in RUN_ENDED_OK: optuna.trial.Trial(study, frozen._trial_id).set_user_attr("reason", " ".join(str(reason).split())[:300])
@@ -290,6 +328,8 @@ def _tell(study, trial_number:int, run_dir, metric:str, direction:str, out) -> N
     out(f"trial {trial_number} {what}  ({params})  run {Path(run_dir).name}")
 
 # %% ../nbs/15b_tune.ipynb #bf0bf748
+STOP_GRACE_S = 3.0  # after SIGINT/SIGTERM, trials get this long to save a checkpoint before they are killed
+
 def _left_running(study, spec:TrialSpec) -> list:
     "Trials a previous tuner left running: their live run waited for, their job followed, or their run continued from its checkpoint."
     import optuna
@@ -316,6 +356,7 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
     base, metric, direction = check_search(config, spaces, overrides, metric, direction)
     from training_pipeline.trial import make_pruner, study_path
     make_pruner(pruner, startup_trials, warmup_epochs, base.training.epochs)  # an unknown pruner fails here, before the study exists
+    make_sampler(sampler, spaces, base.seed)  # so do an unknown sampler and a grid too large to list
     name = study or base.experiment.name
     if not re.fullmatch(r"[\w.-]+", name): raise UsageError(f"study name {name!r} has characters a file name cannot take", "tp tune --study", "use letters, digits, . - _")
     from training_pipeline.storage import is_url
@@ -332,8 +373,10 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
         import math
         points = math.prod(len(p.values) if p.kind == "choice" else p.values[1] - p.values[0] + 1 for p in spaces)
         if trials > points: out(f"note: the grid has {points} points: the study stops at {points} trials"); trials = points
-    stopping = []
-    def stop(signum, frame): stopping.append(signum)
+    stopping, running = [], None
+    def stop(signum, frame):
+        if running is None: raise KeyboardInterrupt  # still starting: stop at once (`interrupted`, exit 130)
+        stopping.append(signum)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         running = _left_running(the_study, spec)
@@ -350,12 +393,13 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
             if not running: break
             time.sleep(poll_s)
         for r in running: r.stop()
-        for r in running: r.wait()
+        deadline = time.monotonic() + STOP_GRACE_S  # a stop takes seconds, whatever the trials are doing
+        for r in running: r.wait(max(0.0, deadline - time.monotonic()))
     finally:
         for sig, handler in previous.items(): signal.signal(sig, handler)
     summary = summarize(the_study, path)
     summary.interrupted = bool(stopping)
-    summary.report = tune_report(the_study, summary, path.with_suffix(".html"))
+    if not stopping: summary.report = tune_report(the_study, summary, path.with_suffix(".html"))  # else: --status
     return summary
 
 # %% ../nbs/15b_tune.ipynb #a33eb796
