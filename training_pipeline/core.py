@@ -429,12 +429,14 @@ def is_env_key(name) -> bool:
 
 # %% ../nbs/00_core.ipynb #dbef485a
 _remembered: set[str] = set()
+_remembered_pattern: list = [None]  # the remembered values as one regex (longest first), rebuilt when one is added
 URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<password>[^/@\s]+)@")
 URL_QUERY_VALUE = re.compile(r"(?P<name>[?&][^=&#\s]+)=(?P<value>[^&#\s]+)")
 
 def remember_secret(value):
     "Hide `value` wherever `scrub` later sees it (values of 4+ characters: shorter ones would hide ordinary text)."
-    if isinstance(value, str) and len(value) >= 4: _remembered.add(value)
+    if isinstance(value, str) and len(value) >= 4 and value not in _remembered:
+        _remembered.add(value); _remembered_pattern[0] = None
 
 def env_secret(name:str|None) -> str:
     "The value of environment variable `name` ('' if unset), remembered as a secret: how a `*_env` key is read."
@@ -445,7 +447,9 @@ def env_secret(name:str|None) -> str:
 def scrub(text:str) -> str:
     "`text` with every remembered secret, URL password and secret query value replaced by `<redacted>`."
     if not isinstance(text, str): return text
-    for value in sorted(_remembered, key=len, reverse=True): text = text.replace(value, REDACTED)
+    if _remembered and _remembered_pattern[0] is None:  # one pass over the text, however many secrets a process knows
+        _remembered_pattern[0] = re.compile("|".join(map(re.escape, sorted(_remembered, key=len, reverse=True))))
+    if _remembered: text = _remembered_pattern[0].sub(REDACTED, text)
     text = URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
     return URL_QUERY_VALUE.sub(lambda m: f"{m['name']}={REDACTED}" if is_secret_key(m["name"][1:]) else m[0], text)
 
