@@ -144,8 +144,18 @@ def cmd_prepare(args) -> int:
         from training_pipeline.shards import check_shardable
         check_shardable(args.dataset, args.source)
     s = prepare_data(args.data_dir, args.dataset, args.source, args.target, args.seed, args.val_fraction, args.test_fraction,
-                     task=args.task)
+                     task=args.task, tokenizer=args.tokenizer)
     splits = " · ".join(f"{k} {v}" for k, v in s["splits"].items())
+    if s["kind"] == "text":
+        tok = s["tokenizer"]
+        print("\n".join([f"prepared {s['dataset']} (text, causal_lm): {s['documents']} documents, {s['tokens']} tokens "
+                         f"({tok.get('name', tok['type'])} tokenizer, vocabulary {tok['vocab_size']})",
+                         f"  documents        {splits} (split by document, seed {args.seed})",
+                         "  tokens           " + " · ".join(f"{k} {v}" for k, v in s["split_tokens"].items()),
+                         f"  processed        {s['processed']}", f"  schema           {s['schema']}",
+                         f"  statistics       {s['statistics']}", f"  split file       {s['split_file']}",
+                         f"  dataset version  {s['dataset_version']}"]))
+        return EXIT_OK
     lines = [f"task: {s['task']} ({s['task_reason']})"]
     if s["text_columns"]: lines.append(f"text column(s) left out of the features (free text, not categories): {', '.join(s['text_columns'])}")
     target = f"{s['classes']} classes" if s["task"] == "classification" else f"{s['task']} target {s['target']!r}"

@@ -84,17 +84,20 @@ def output_file(text:str) -> str:
     return text
 
 # %% ../nbs/19_cli_parser.ipynb #c83dcb11
-DATASETS = ("digits", "breast_cancer", "wine", "mnist5k")
+DATASETS = ("digits", "breast_cancer", "wine", "mnist5k", "stdlib")  # stdlib: a text corpus (Python's own modules)
 
 def _data_commands(sub):
     p = _add(sub, "prepare", "raw data -> processed splits, schema.json and statistics.json",
-             epilog="examples:\n  tp prepare --dataset digits\n  tp prepare --source data.csv --target label --data-dir data/mine")
+             epilog="examples:\n  tp prepare --dataset digits\n  tp prepare --source data.csv --target label --data-dir data/mine\n"
+                    "  tp prepare --source corpus/ --task causal_lm [--tokenizer tok/] --data-dir data/text")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", choices=DATASETS, help="a built-in dataset that ships offline (default: digits)")
-    src.add_argument("--source", metavar="PATH", help="a CSV/Parquet file (with --target) or an ImageFolder directory")
+    src.add_argument("--source", metavar="PATH", help="a CSV/Parquet file (with --target), an ImageFolder directory, or a folder "
+                     "of text documents (with --task causal_lm)")
     p.add_argument("--target", metavar="COL", help="the label column of a tabular --source")
-    p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
-                   help="what the target is for; auto decides from the target and says why")
+    p.add_argument("--task", choices=("auto", "classification", "regression", "causal_lm"), default="auto",
+                   help="what the target is for; auto decides from the target and says why; causal_lm: a text corpus")
+    p.add_argument("--tokenizer", metavar="DIR", help="causal_lm: a local tokenizer directory (default: byte-level tokens)")
     p.add_argument("--data-dir", default=DATA_DIR, metavar="DIR", help="where the data layout is written")
     p.add_argument("--seed", type=int_in(*SEEDS), default=SPLIT_SEED, help="seed of the stratified split")
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, help="share of rows for validation")

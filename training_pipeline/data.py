@@ -532,6 +532,10 @@ def load_schema(path:str|Path) -> dict:
         raise _usage(f"schema is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", path, "fix the JSON") from None
     if not isinstance(schema, dict): raise _usage("schema must be a JSON object", path, "see data/README.md for its keys")
     kind = schema.get("type", "tabular")
+    if kind == "text":  # a tokenized corpus (02aa_text)
+        if not isinstance(schema.get("vocab_size"), int) or schema["vocab_size"] < 1 or not isinstance(schema.get("tokenizer"), dict):
+            raise _usage("text schema needs an integer vocab_size and a tokenizer", path, "prepare the corpus again: tp prepare --task causal_lm")
+        return schema
     if kind == "image":
         if not isinstance(schema.get("classes"), list):
             raise _usage("image schema needs a 'classes' list", path, "add the class names")

@@ -5,6 +5,7 @@
 # %% ../nbs/02d_loaders.ipynb #18eb1595
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -164,7 +165,7 @@ def table_chunks(path:Path, schema:dict, rows:int=TABLE_CHUNK_ROWS):
 @dataclass
 class DataBundle:
     "Everything training needs from the data."
-    kind: str                       # image | tabular
+    kind: str                       # image | tabular | text | custom
     classes: list
     datasets: dict                  # split -> ArrayDataset (in memory), StreamedImages or StreamedTable (streamed)
     preprocessor: object            # ImagePreprocessor | TabularPreprocessor (fitted)
@@ -173,6 +174,7 @@ class DataBundle:
     schema: dict = field(default_factory=dict)
     task: str = "classification"   # what the data was prepared for: classification (y: class indices) | regression (y: float32)
     placement: dict = field(default_factory=dict)  # in memory or streamed, and why (`data_placement`); empty for your own datasets
+    vocab_size: int|None = None     # a tokenized corpus's vocabulary (what a language model's embedding needs)
 
     @property
     def num_classes(self) -> int: return len(self.classes)
@@ -182,8 +184,27 @@ class DataBundle:
         "A DataLoader over `split` with a `ResumableSampler` (shuffled for train) and seeded workers."
         settings = {"num_workers": data_cfg.num_workers, "persistent_workers": data_cfg.persistent_workers,
                     "prefetch_factor": data_cfg.prefetch_factor, "pin_memory": data_cfg.pin_memory} if data_cfg else {}
+        if data_cfg and data_cfg.collate == "pad":
+            from training_pipeline.text import pad_collate
+            settings["collate_fn"] = functools.partial(pad_collate, target_key=data_cfg.target_key, pad_value=data_cfg.pad_value)
         return resumable_loader(self.datasets[split], batch_size, split == "train" if shuffle is None else shuffle, seed,
                                 num_replicas, rank, even, **settings)
+
+# %% ../nbs/02d_loaders.ipynb #d7eb284c
+def _text_bundle(schema:dict, version:str, dirs:dict, config) -> DataBundle:
+    "A tokenized corpus: each split as packed blocks of `data.block_size` tokens read from a memory map (02aa_text)."
+    from training_pipeline.text import TokenBlocks
+    block, datasets = config.data.block_size, {}
+    for split, d in dirs.items():
+        blocks = TokenBlocks(d, block)
+        if split in ("train", "val") and not len(blocks):
+            raise ConfigError(f"the {split} split has {blocks.info['tokens']} tokens, fewer than data.block_size + 1 ({block + 1})",
+                              "data.block_size", "lower data.block_size, or prepare a larger corpus")
+        if len(blocks): datasets[split] = blocks
+    placement = {"streamed": True, "splits": list(datasets), "reason": "token streams are read from memory maps",
+                 "line": f"data: {', '.join(f'{s} {len(b)} blocks' for s, b in datasets.items())} of {block} tokens, read from "
+                         f"memory maps (vocabulary {schema['vocab_size']}, {schema['tokenizer'].get('name', schema['tokenizer']['type'])} tokenizer)"}
+    return DataBundle("text", [], datasets, None, version, (block,), schema, "causal_lm", placement, schema["vocab_size"])
 
 # %% ../nbs/02d_loaders.ipynb #eaa11b96
 def _split_dirs(config) -> dict[str, Path]: return config.data.split_dirs()  # resolved in one place: DataConfig
@@ -202,6 +223,7 @@ def build_data(config, cache:bool|None=None) -> DataBundle:
     dirs = _split_dirs(config)
     use_cache = config.data.cache if cache is None else cache
     store = TensorCache(layout.cache)
+    if schema.get("type") == "text": return _text_bundle(schema, version, dirs, config)
     if schema.get("type") == "image": return _image_bundle(schema, version, dirs, config, store if use_cache else None)
     return _tabular_bundle(schema, version, dirs, config, store if use_cache else None)
 

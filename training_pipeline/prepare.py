@@ -25,9 +25,12 @@ from .data import (SPLITS, TASKS, DataLayout, ImageData, TabularData, class_dist
                                     infer_image_schema, infer_tabular_schema, load_builtin, now_iso,
                                     split_positions, tabular_from_file, target_statistics, write_png)
 from .preprocess import TabularPreprocessor
+from .text import document_splits, load_tokenizer, read_corpus, stdlib_corpus, stdlib_files, write_token_streams
+
 
 # %% auto #0
-__all__ = ['JOURNAL', 'STAGING_PREFIX', 'load_source', 'recover_data_dir', 'data_dir_lock', 'swap_in', 'prepare_data']
+__all__ = ['JOURNAL', 'STAGING_PREFIX', 'load_source', 'recover_data_dir', 'data_dir_lock', 'swap_in', 'prepare_data',
+           'prepare_text']
 
 # %% ../nbs/02b_prepare.ipynb #77e725e7
 def load_source(dataset:str|None=None, source:str|Path|None=None, target:str|None=None, task:str="auto") -> TabularData|ImageData:
@@ -165,8 +168,14 @@ def _write_features(frames:dict, schema:dict, data_dir:Path, staged:Path, prepro
 
 # %% ../nbs/02b_prepare.ipynb #b2d98a3c
 def prepare_data(data_dir:str|Path=DATA_DIR, dataset:str|None=None, source:str|Path|None=None, target:str|None=None,
-                 seed:int=SPLIT_SEED, val_fraction:float=VAL_FRACTION, test_fraction:float=TEST_FRACTION, preprocessing=None, task:str="auto") -> dict:
+                 seed:int=SPLIT_SEED, val_fraction:float=VAL_FRACTION, test_fraction:float=TEST_FRACTION, preprocessing=None, task:str="auto",
+                 tokenizer:str|Path|None=None) -> dict:
     "Prepare a source into the data layout under `data_dir`, atomically; return a summary (with the task chosen and why)."
+    if task == "causal_lm" or dataset == "stdlib":  # a text corpus for a language model (below)
+        if target: raise DataError("--target applies to tables, not text corpora", "--target", "drop --target", exit_code=EXIT_USAGE)
+        return prepare_text(data_dir, dataset, source, tokenizer, seed, val_fraction, test_fraction)
+    if tokenizer: raise DataError("--tokenizer applies to text corpora", "--tokenizer", "add --task causal_lm, or drop --tokenizer",
+                                  exit_code=EXIT_USAGE)
     data_dir = Path(data_dir)
     data = load_source(dataset, source, target, task)  # fails before anything is written
     hashes = content_hashes(data)
@@ -235,3 +244,66 @@ def _stage(data, positions, staged, data_dir, seed, val_fraction, test_fraction,
             "dataset_version": version, "data_dir": str(data_dir), "processed": str(final.processed),
             "schema": str(final.schema_path), "statistics": str(final.statistics_path),
             "split_file": str(final.splits/split_file.name), "features": str(final.features/features) if features else None}
+
+# %% ../nbs/02b_prepare.ipynb #c621c329
+def _text_corpus(dataset:str|None, source:str|Path|None) -> tuple[Path, str, list[str]|None]:
+    "(folder, dataset name, the files to read or None for all) of a text source: a folder, or the built-in `stdlib`."
+    if source is not None:
+        if not Path(source).is_dir():
+            raise DataError("a text corpus is a folder of documents", str(source), "give a folder: --source DIR", exit_code=EXIT_USAGE)
+        return Path(source), Path(source).resolve().name, None
+    if dataset != "stdlib":
+        raise DataError(f"{dataset or 'digits'!r} is not a text dataset", "--dataset", "give --source DIR, or --dataset stdlib",
+                        exit_code=EXIT_USAGE)
+    return stdlib_corpus(), "stdlib", stdlib_files()
+
+def _text_metadata(name, source, tok, stats, seed, val_fraction, test_fraction, splits, layout) -> tuple[dict, str]:
+    "The split file, schema.json and statistics.json of a text corpus (in `layout`); returns (statistics, version)."
+    created, stamp = now_iso(), datetime.now(timezone.utc).strftime("%Y%m%d")
+    ids = {s: sorted(v) for s, v in splits.items()}
+    split_doc = {"created": created, "dataset": name, "kind": "text", "seed": seed, "stratify": None,
+                 "fractions": {"train": round(1 - val_fraction - test_fraction, 6), "val": val_fraction, "test": test_fraction},
+                 "data_hash": sha256_bytes(json.dumps(ids, sort_keys=True).encode())[:16], "counts": {s: len(v) for s, v in ids.items()}, "ids": ids}
+    split_file = layout.splits/f"split-{stamp}.json"
+    atomic_write_json(split_file, split_doc)
+    version = dataset_version(layout.processed, split_file)
+    schema = {"type": "text", "task": "causal_lm", "tokenizer": tok.describe(), "vocab_size": tok.vocab_size,
+              "dataset_version": version, "source": source}
+    statistics = {"dataset": name, "kind": "text", "task": "causal_lm", "source": source, "created": created, "dataset_version": version,
+                  "documents": sum(s["documents"] for s in stats.values()), "tokens": sum(s["tokens"] for s in stats.values()), "splits": stats}
+    atomic_write_json(layout.schema_path, schema); atomic_write_json(layout.statistics_path, statistics)
+    return statistics, layout.splits.name + "/" + split_file.name
+
+# %% ../nbs/02b_prepare.ipynb #68515a2a
+def prepare_text(data_dir:str|Path=DATA_DIR, dataset:str|None=None, source:str|Path|None=None, tokenizer:str|Path|None=None,
+                 seed:int=SPLIT_SEED, val_fraction:float=VAL_FRACTION, test_fraction:float=TEST_FRACTION) -> dict:
+    "A text corpus (a folder, or `stdlib`) into the data layout for `causal_lm`, atomically (see 02aa_text); returns a summary."
+    from tqdm.auto import tqdm
+    data_dir = Path(data_dir)
+    corpus, name, only = _text_corpus(dataset, source)
+    tok = load_tokenizer(tokenizer)  # fails before anything is written, as does reading the documents' names
+    names = only if only is not None else [doc.name for doc, _ in read_corpus(corpus)]
+    splits = document_splits(names, val_fraction, test_fraction, seed)
+    size = sum(os.lstat(corpus/n.split(":")[0]).st_size for n in set(n.split(":")[0] for n in names))
+    with data_dir_lock(data_dir):
+        recover_data_dir(data_dir)
+        staged = data_dir/f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
+        staged.mkdir()
+        try:
+            layout = DataLayout(staged)
+            with tqdm(total=size, desc="tokenizing", unit="B", unit_scale=True, disable=progress_disabled(), leave=False) as bar:
+                stats = write_token_streams(corpus, layout.processed, tok, splits, bar.update, only)
+            statistics, split_file = _text_metadata(name, str(source) if source else "builtin:stdlib", tok, stats, seed,
+                                                    val_fraction, test_fraction, splits, layout)
+            fault_point("prepare", "staged")
+            os.sync()
+            swap_in(data_dir, staged, DataLayout.MANAGED)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+    final = DataLayout(data_dir)
+    return {"dataset": name, "kind": "text", "task": "causal_lm", "documents": statistics["documents"], "tokens": statistics["tokens"],
+            "tokenizer": tok.describe(), "splits": {s: st["documents"] for s, st in stats.items()},
+            "split_tokens": {s: st["tokens"] for s, st in stats.items()}, "dataset_version": statistics["dataset_version"],
+            "data_dir": str(data_dir), "processed": str(final.processed), "schema": str(final.schema_path),
+            "statistics": str(final.statistics_path), "split_file": str(final.root/split_file)}

@@ -135,6 +135,9 @@ class DataConfig(Section):
     # a sample that cannot be decoded in a streamed split: fail naming its file, or skip it (replaced by the next good
     # sample, counted in the run's events.jsonl); in-memory splits are decoded up front and always fail
     on_bad_sample: Literal["error", "skip"] = "error"
+    block_size: PositiveInt = 128  # text corpora (tp prepare --task causal_lm): tokens per training sample
+    collate: Literal["default", "pad"] = "default"  # pad: variable-length samples padded per batch (targets with -100)
+    pad_value: int = 0  # what `collate: pad` fills inputs with (the tokenizer's pad id)
     shards: bool = False  # read <data_dir>/shards/<split> (LitData shards, `tp prepare --shards`) instead of processed/<split>
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)

@@ -22,8 +22,8 @@ from .core import EXIT_USAGE, IGNORE_INDEX, DataError, atomic_write_json
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'JSONL_SUFFIXES', 'MAX_DOCUMENT_BYTES', 'TOKENS', 'TOKENS_INFO', 'Document', 'corpus_files',
-           'read_corpus', 'stdlib_corpus', 'ByteTokenizer', 'LocalTokenizer', 'load_tokenizer', 'document_splits',
-           'write_token_streams', 'TokenBlocks', 'pad_collate']
+           'read_corpus', 'stdlib_corpus', 'stdlib_files', 'ByteTokenizer', 'LocalTokenizer', 'load_tokenizer',
+           'document_splits', 'write_token_streams', 'TokenBlocks', 'pad_collate']
 
 # %% ../nbs/02aa_text.ipynb #0fa9417f
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py")  # one document per file
@@ -68,10 +68,10 @@ def _jsonl_texts(path:Path) -> list[tuple[int, str]]:
             texts.append((number, row["text"]))
     return texts
 
-def read_corpus(root:str|Path):
-    "Yield (Document, text bytes) for every document under `root`, in a fixed order."
+def read_corpus(root:str|Path, files:list[str]|None=None):
+    "Yield (Document, text bytes) for every document under `root` (or in `files`, paths relative to it), in a fixed order."
     root = Path(root)
-    for path in corpus_files(root):
+    for path in corpus_files(root) if files is None else [root/f for f in files]:
         rel = path.relative_to(root).as_posix()
         if path.suffix.lower() in JSONL_SUFFIXES:
             for number, text in _jsonl_texts(path): yield Document(rel, number), text.encode("utf-8")
@@ -83,6 +83,11 @@ def read_corpus(root:str|Path):
 def stdlib_corpus() -> Path:
     "A real corpus every Python has: the standard library's own folder (`tp prepare --dataset stdlib` reads its top level)."
     return Path(sysconfig.get_paths()["stdlib"])
+
+def stdlib_files() -> list[str]:
+    "The standard library's top-level modules (about 170 files, 4.7 MB on Python 3.11): the built-in text dataset `stdlib`."
+    root = stdlib_corpus()
+    return sorted(p.name for p in root.glob("*.py") if stat.S_ISREG(os.lstat(p).st_mode))
 
 # %% ../nbs/02aa_text.ipynb #10324de9
 class ByteTokenizer:
@@ -150,7 +155,8 @@ def document_splits(names:list[str], val_fraction:float, test_fraction:float, se
 # %% ../nbs/02aa_text.ipynb #105bb233
 TOKENS, TOKENS_INFO = "tokens.bin", "tokens.json"
 
-def write_token_streams(root:str|Path, processed:Path, tokenizer, splits:dict[str, set[str]], progress=None) -> dict:
+def write_token_streams(root:str|Path, processed:Path, tokenizer, splits:dict[str, set[str]], progress=None,
+                        only:list[str]|None=None) -> dict:
     "Each split's documents tokenized into `processed/<split>/tokens.bin`, one after another, each ended by EOS; returns stats."
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     where = {name: split for split, names in splits.items() for name in names}
@@ -159,7 +165,7 @@ def write_token_streams(root:str|Path, processed:Path, tokenizer, splits:dict[st
     try:
         for s in splits:
             (processed/s).mkdir(parents=True, exist_ok=True); files[s] = open(processed/s/TOKENS, "wb")
-        for doc, text in read_corpus(root):
+        for doc, text in read_corpus(root, only):
             split = where[doc.name]
             ids = tokenizer.encode(text)
             if tokenizer.eos_id is not None: ids = np.append(ids, tokenizer.eos_id)
