@@ -347,13 +347,13 @@ def load_exported_model(weights:str|Path, spec:dict|None=None):
         spec = read_json(spec_path, fix="keep the model.json its run wrote beside the weights")
         if not isinstance(spec, dict): raise CheckpointError("model.json is not an object", str(spec_path), "keep the model.json its run wrote")
         if spec_path.parent != weights.parent: spec = {k: v for k, v in spec.items() if k != "sha256"}  # that hash is another file's
-    if spec.get("sha256") and sha256_nofollow(weights) != spec["sha256"]:
+    if spec.get("sha256") and sha256_nofollow(weights, fix="export or register the model again") != spec["sha256"]:
         raise CheckpointError("weights do not match the sha256 in model.json", str(weights), "the file was changed or truncated: export it again")
     try: model = model_from_spec(spec)  # a built-in, torchvision or the user's own (import path + init_args) model
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"model.json does not describe a model ({type(e).__name__}: {shown(str(e))})", str(weights),
                               "keep the model.json its run wrote beside the weights") from None
-    state = read_safetensors(weights, "model weights", fix="export or register the model again")  # the header checked before loading
+    state = read_safetensors(weights, fix="export or register the model again")  # the header checked before anything loads
     model.load_state_dict(check_state_fits(state, model.state_dict(), str(weights)))  # another model's weights: counts and examples
     return model.eval(), spec
 

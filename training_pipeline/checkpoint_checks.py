@@ -73,10 +73,23 @@ def _param_tensors(entry:dict, want:dict|None, param:torch.Tensor) -> tuple[dict
         if k not in have and shape == () and isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool): have[k] = (shape, dtype)
     return have, want
 
-def check_optimizer_state(saved, optimizer:torch.optim.Optimizer, model:torch.nn.Module, where:str):
-    "A saved optimizer state fits `optimizer`: its groups (count, sizes, kinds of hyperparameters) and each parameter's tensors (names, shapes, dtypes)."
+def _fits_some_parameter(saved:dict, model:torch.nn.Module, where:str):
+    "Without the live optimizer (registering a checkpoint): each state tensor is a scalar, or of a parameter's dtype and no larger than the largest."
+    params = list(model.parameters())
+    dtypes, largest = {p.dtype for p in params}, max((p.numel() for p in params), default=0)
+    for pid, entry in saved["state"].items():
+        if not isinstance(entry, dict): raise _refuse(f"the optimizer's state of parameter {shown(pid)} is not a mapping", where)
+        for k, v in entry.items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and (v.dtype not in dtypes or v.numel() > largest):
+                raise _refuse(f"the optimizer's {shown(k)} of parameter {shown(pid)} is {str(v.dtype).replace('torch.', '')}{list(v.shape)}, "
+                              "which fits no parameter of the model", where)
+
+def check_optimizer_state(saved, optimizer:torch.optim.Optimizer|None, model:torch.nn.Module, where:str):
+    """A saved optimizer state fits `optimizer`: its groups (count, sizes, kinds of hyperparameters) and each parameter's tensors
+    (names, shapes, dtypes). Without one (None), each tensor must fit some parameter of `model`."""
     if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict) and isinstance(saved.get("param_groups"), list)):
         raise _refuse("optimizer.json is not an optimizer's state (state and param_groups)", where)
+    if optimizer is None: return _fits_some_parameter(saved, model, where)
     live, groups = optimizer.state_dict()["param_groups"], saved["param_groups"]
     sizes = lambda gs: [len(g["params"]) if isinstance(g, dict) and isinstance(g.get("params"), list) else None for g in gs]
     if sizes(groups) != sizes(live): raise _refuse(f"the optimizer's parameter groups hold {sizes(groups)} parameters, this model's {sizes(live)}", where)
@@ -143,7 +156,7 @@ def check_resume_state(state:dict, model:torch.nn.Module, optimizer:torch.optim.
     where = str(state.get("path", "checkpoint"))
     check_state_fits(state["model"], model.state_dict(), where, "the checkpoint's weights",
                      "resume with the model the checkpoint was written with, or start fresh with --resume never")
-    if optimizer is not None and state.get("optimizer") is not None: check_optimizer_state(state["optimizer"], optimizer, model, where)
+    if state.get("optimizer") is not None: check_optimizer_state(state["optimizer"], optimizer, model, where)
     if scheduler is not None and state.get("scheduler") is not None:
         if found := form_mismatch(state["scheduler"], scheduler.state_dict(), "scheduler"): raise _refuse(f"the checkpoint's {found}", where)
     if state.get("scaler") is not None:

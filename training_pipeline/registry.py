@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CKPT_PATTERN, PINS_DIR, load_exported_model, spec_candidates, verify_checkpoint
+from .checkpoint import CKPT_PATTERN, PINS_DIR, load_checkpoint, load_exported_model, spec_candidates, verify_checkpoint
+from .checkpoint_checks import check_resume_state
 from .safe_files import plain_name, read_json
 from .core import MODELS_DIR, RUNS_DIR, CheckpointError, UsageError, atomic_write, atomic_write_json, fsync_tree, sha256_file
 from .tracking import find_run
@@ -131,7 +132,8 @@ def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_
     name = name or meta.get("experiment")
     if not name or not NAME_PATTERN.match(name): raise UsageError(f"invalid model name {name!r}", "--name", "use letters, digits, dot, dash, underscore")
     # before anything is written: the weights load into the model the run describes, every tensor checked (header, names, shapes, dtypes)
-    load_exported_model(weights, {**spec, "sha256": written.get("sha256")} if spec_path.parent == weights.parent else spec)
+    model, _ = load_exported_model(weights, {**spec, "sha256": written.get("sha256")} if spec_path.parent == weights.parent else spec)
+    if (weights.parent/"MANIFEST.json").exists(): check_resume_state(load_checkpoint(weights.parent), model)  # its other states, as a resume would
     digest = sha256_file(weights)
     lineage = {"run_id": meta.get("id"), "run_dir": str(run_dir) if run_dir else None, "checkpoint": str(weights),
                "dataset_version": meta.get("data_version") or spec.get("dataset_version"), "config_hash": meta.get("config_hash"),

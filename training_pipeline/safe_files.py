@@ -53,12 +53,19 @@ def open_nofollow(path:str|Path):
     "A binary file object for `path`; `OSError` (ELOOP) when its last part is a symbolic link."
     return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
 
-def sha256_nofollow(path:str|Path) -> str:
-    "sha256 hex digest of a file that is not a symbolic link."
-    h = hashlib.sha256()
-    with open_nofollow(path) as f:
+def sha256_nofollow(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError, fix:str=FIX) -> str:
+    "sha256 hex digest of a file; `error` when it is a symbolic link (a missing one: `FileNotFoundError`)."
+    h, path = hashlib.sha256(), Path(path)
+    with _open_checked(path, what or path.name, where or str(path), error, fix) as f:
         while chunk := f.read(1 << 20): h.update(chunk)
     return h.hexdigest()
+
+def _open_checked(path:Path, what:str, where:str, error, fix):
+    "`open_nofollow`, with a symbolic link as `error`."
+    try: return open_nofollow(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP: raise error(f"{what} is a symbolic link, which is never followed", where, fix) from None
+        raise
 
 def walk_entries(root:str|Path):
     "(name relative to `root`, its `lstat`) of everything below `root`, sorted per directory; never follows a symbolic link."
@@ -173,12 +180,6 @@ def safetensors_header(f, size:int, what:str, where:str, error=CheckpointError, 
     return header
 
 # %% ../nbs/00a_safe_files.ipynb #09e2b458
-def _open_checked(path:Path, what:str, where:str, error, fix):
-    try: return open_nofollow(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP: raise error(f"{what} is a symbolic link, which is never followed", where, fix) from None
-        raise
-
 def safetensors_index(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError, fix:str=FIX) -> dict:
     "The checked header of a safetensors file (see `safetensors_header`), nothing else read."
     path = Path(path)
