@@ -31,7 +31,8 @@ def _form(v) -> str|None:
     return {str: "a string", dict: "a mapping"}.get(type(v), type(v).__name__)
 
 def form_mismatch(saved, live, key:str="") -> str|None:
-    "Where `saved` differs in kind from `live` (the state the live object gives): another kind of value or a list of another length, at keys both have; None if none does."
+    """Where `saved` differs in kind from `live` (the state the live object gives): another kind of value, or a list of
+    another length, at a key both have; None if nowhere."""
     a, b = _form(saved), _form(live)
     if a is None or b is None: return None
     if a != b and {a, b} != {"a number", "a tensor"}: return f"{key or 'the state'} is {a}, not {b}"
@@ -46,7 +47,8 @@ def form_mismatch(saved, live, key:str="") -> str|None:
 
 # %% ../nbs/07a_checkpoint_checks.ipynb #64d9d491
 def expected_optimizer_state(optimizer:torch.optim.Optimizer) -> list[dict]|None:
-    "For each parameter (in group order), {name: (shape, dtype)} of the tensors `optimizer` keeps after a step, from a copy stepped on meta tensors; None where it cannot step there."
+    """For each parameter (in group order), {name: (shape, dtype)} of the tensors `optimizer` keeps after a step, from a
+    copy stepped on meta tensors; None where it cannot step there."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     try:
         ghosts = [torch.empty_like(p, device="meta").requires_grad_() for p in params]
@@ -56,74 +58,89 @@ def expected_optimizer_state(optimizer:torch.optim.Optimizer) -> list[dict]|None
             groups.append({**g, "params": ghosts[i:i + len(g["params"])]}); i += len(g["params"])
         probe = type(optimizer)(groups)
         probe.step()
-    except Exception: return None  # its own constructor arguments, or an optimizer that reads values (.item()) as it steps
-    return [{k: (tuple(v.shape), v.dtype) for k, v in probe.state[g].items() if isinstance(v, torch.Tensor)} for g in ghosts]
+    except Exception: return None  # its own constructor arguments, or one that reads values (.item()) as it steps
+    return [{k: (tuple(v.shape), v.dtype) for k, v in probe.state[g].items() if isinstance(v, torch.Tensor)}
+            for g in ghosts]
 
 # %% ../nbs/07a_checkpoint_checks.ipynb #e23aa17e
 def _refuse(what:str, where:str) -> CheckpointError:
-    return CheckpointError(what, where, "resume with the model, optimizer and config the checkpoint was written with, or start fresh with --resume never")
+    return CheckpointError(what, where, "resume with the model, optimizer and config the checkpoint was written with, "
+                                        "or start fresh with --resume never")
+
+def _dtype_shape(t) -> str: return "absent" if t is None else f"{str(t[1]).replace('torch.', '')}{list(t[0])}"
 
 def _param_tensors(entry:dict, want:dict|None, param:torch.Tensor) -> tuple[dict, dict]:
     "(what a parameter's saved state holds, what it should hold): {name: (shape, dtype)}."
     have = {k: (tuple(v.shape), v.dtype) for k, v in entry.items() if isinstance(v, torch.Tensor)}
-    if want is None:  # no probe: a scalar, or a tensor of the parameter's dtype no larger than it (factored moments are smaller)
+    if want is None:  # no probe: a scalar, or of the parameter's dtype and no larger (factored moments are smaller)
         fits = lambda shape, dtype: shape == () or (dtype == param.dtype and math.prod(shape) <= param.numel())
         return have, {k: (s, d) if fits(s, d) else (tuple(param.shape), param.dtype) for k, (s, d) in have.items()}
     for k, (shape, dtype) in want.items():  # a plain number for a 0-d tensor: the `step` older torch versions kept
-        if k not in have and shape == () and isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool): have[k] = (shape, dtype)
+        number = isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
+        if k not in have and shape == () and number: have[k] = (shape, dtype)
     return have, want
 
 def _fits_some_parameter(saved:dict, model:torch.nn.Module, where:str):
-    "Without the live optimizer (registering a checkpoint): each state tensor is a scalar, or of a parameter's dtype and no larger than the largest."
+    "No live optimizer (registering): each tensor a scalar, or of a parameter's dtype and no larger than the largest"
     params = list(model.parameters())
     dtypes, largest = {p.dtype for p in params}, max((p.numel() for p in params), default=0)
     for pid, entry in saved["state"].items():
-        if not isinstance(entry, dict): raise _refuse(f"the optimizer's state of parameter {shown(pid)} is not a mapping", where)
+        if not isinstance(entry, dict): raise _refuse(f"the optimizer's state of {shown(pid)} is not a mapping", where)
         for k, v in entry.items():
             if isinstance(v, torch.Tensor) and v.dim() > 0 and (v.dtype not in dtypes or v.numel() > largest):
-                raise _refuse(f"the optimizer's {shown(k)} of parameter {shown(pid)} is {str(v.dtype).replace('torch.', '')}{list(v.shape)}, "
+                found = _dtype_shape((v.shape, v.dtype))
+                raise _refuse(f"the optimizer's {shown(k)} of parameter {shown(pid)} is {found}, "
                               "which fits no parameter of the model", where)
 
-def check_optimizer_state(saved, optimizer:torch.optim.Optimizer|None, model:torch.nn.Module, where:str):
-    """A saved optimizer state fits `optimizer`: its groups (count, sizes, kinds of hyperparameters) and each parameter's tensors
-    (names, shapes, dtypes). Without one (None), each tensor must fit some parameter of `model`."""
-    if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict) and isinstance(saved.get("param_groups"), list)):
-        raise _refuse("optimizer.json is not an optimizer's state (state and param_groups)", where)
-    if optimizer is None: return _fits_some_parameter(saved, model, where)
-    live, groups = optimizer.state_dict()["param_groups"], saved["param_groups"]
-    sizes = lambda gs: [len(g["params"]) if isinstance(g, dict) and isinstance(g.get("params"), list) else None for g in gs]
-    if sizes(groups) != sizes(live): raise _refuse(f"the optimizer's parameter groups hold {sizes(groups)} parameters, this model's {sizes(live)}", where)
+# %% ../nbs/07a_checkpoint_checks.ipynb #6df2d81f
+def _check_groups(groups:list, live:list, where:str):
+    "The saved parameter groups are as many and as large as the live ones, their hyperparameters of the same kinds."
+    size = lambda g: len(g["params"]) if isinstance(g, dict) and isinstance(g.get("params"), list) else None
+    saved_sizes, live_sizes = [size(g) for g in groups], [size(g) for g in live]
+    if saved_sizes != live_sizes:
+        raise _refuse(f"the optimizer's groups hold {saved_sizes} parameters, this model's {live_sizes}", where)
     for i, (g, l) in enumerate(zip(groups, live)):
-        if found := form_mismatch({k: v for k, v in g.items() if k != "params"}, {k: v for k, v in l.items() if k != "params"}, f"group {i}"):
-            raise _refuse(f"the optimizer's {found}", where)
+        hyper = lambda group: {k: v for k, v in group.items() if k != "params"}
+        if found := form_mismatch(hyper(g), hyper(l), f"group {i}"): raise _refuse(f"the optimizer's {found}", where)
+
+def check_optimizer_state(saved, optimizer:torch.optim.Optimizer|None, model:torch.nn.Module, where:str):
+    """A saved optimizer state fits `optimizer`: its groups (count, sizes, kinds of hyperparameters) and each
+    parameter's tensors (names, shapes, dtypes). Without one (None), each tensor must fit some parameter of `model`."""
+    parts = isinstance(saved, dict) and isinstance(saved.get("state"), dict)
+    parts = parts and isinstance(saved.get("param_groups"), list)
+    if not parts: raise _refuse("optimizer.json is not an optimizer's state (state and param_groups)", where)
+    if optimizer is None: return _fits_some_parameter(saved, model, where)
+    _check_groups(saved["param_groups"], optimizer.state_dict()["param_groups"], where)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     names = {id(p): n for n, p in model.named_parameters()}
-    ids = [pid for g in groups for pid in g["params"]]
-    if not all(isinstance(pid, (int, str)) and not isinstance(pid, bool) for pid in ids): raise _refuse("the optimizer's groups name parameters by neither index nor name", where)
-    by_name = {names.get(id(p)): i for i, p in enumerate(params)}  # FSDP's full state names parameters instead of numbering them
+    ids = [pid for g in saved["param_groups"] for pid in g["params"]]
+    if not all(isinstance(pid, (int, str)) and not isinstance(pid, bool) for pid in ids):
+        raise _refuse("the optimizer's groups name parameters by neither index nor name", where)
+    by_name = {names.get(id(p)): i for i, p in enumerate(params)}  # FSDP's full state names parameters, not numbers
     position = {pid: by_name.get(pid, i) if isinstance(pid, str) else i for i, pid in enumerate(ids)}
     expected = expected_optimizer_state(optimizer)
     for pid, entry in saved["state"].items():
-        if pid not in position or not isinstance(entry, dict): raise _refuse(f"the optimizer's state names parameter {shown(pid)}, which no group holds", where)
+        if pid not in position or not isinstance(entry, dict):
+            raise _refuse(f"the optimizer's state names parameter {shown(pid)}, which no group holds", where)
         i = position[pid]
         have, want = _param_tensors(entry, expected[i] if expected is not None else None, params[i])
         if have != want:
             k = next(k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
-            show = lambda sd: "absent" if sd is None else f"{str(sd[1]).replace('torch.', '')}{list(sd[0])}"
-            raise _refuse(f"the optimizer's {k} of parameter {i} ({names.get(id(params[i]), '?')}) is {show(have.get(k))}, "
-                          f"not {show(want.get(k))}", where)
+            raise _refuse(f"the optimizer's {k} of parameter {i} ({names.get(id(params[i]), '?')}) is "
+                          f"{_dtype_shape(have.get(k))}, not {_dtype_shape(want.get(k))}", where)
 
-# %% ../nbs/07a_checkpoint_checks.ipynb #2a6af4a0
+# %% ../nbs/07a_checkpoint_checks.ipynb #1705cfdc
 def check_rng_state(rng, where:str):
     "Every generator state of rng.json (and of each rank's) sets a throwaway generator of its kind."
     def one(s, label:str):
         if not isinstance(s, dict) or not all(k in s for k in ("python", "numpy", "torch")):
             raise _refuse(f"{label} is not a generator state (python, numpy, torch)", where)
         try:
-            random.Random().setstate(s["python"]); np.random.RandomState().set_state(s["numpy"]); torch.Generator().set_state(s["torch"])
+            random.Random().setstate(s["python"]); np.random.RandomState().set_state(s["numpy"])
+            torch.Generator().set_state(s["torch"])
             if "loader" in s: torch.Generator().set_state(s["loader"])
-            if "cuda" in s and not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 for t in s["cuda"]):
-                raise TypeError("a CUDA state is not a 1-D uint8 tensor")
+            byte_state = lambda t: isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+            if "cuda" in s and not all(byte_state(t) for t in s["cuda"]): raise TypeError("a CUDA state: not 1-D uint8")
         except (TypeError, ValueError, RuntimeError, IndexError, KeyError, OverflowError) as e:
             raise _refuse(f"{label} is not a generator state ({type(e).__name__}: {shown(str(e))})", where) from None
     one(rng, "rng.json")
@@ -131,36 +148,44 @@ def check_rng_state(rng, where:str):
     if not isinstance(ranks, list): raise _refuse("rng.json's ranks is not a list", where)
     for i, s in enumerate(ranks): one(s, f"rng.json (rank {i})")
 
-RESUME_FIELDS = {"epoch": "count", "batches_done": "count", "global_step": "count", "micro_splits": "count", "sampler": "object",
-                 "metrics": "object", "callbacks": "object"}
-SAMPLER_FIELDS = {"epoch": "count", "seed": "int", "consumed": "count", "length": "count", "batches": "count?", "num_replicas": "count"}
+RESUME_FIELDS = {"epoch": "count", "batches_done": "count", "global_step": "count", "micro_splits": "count",
+                 "sampler": "object", "metrics": "object", "callbacks": "object"}
+SAMPLER_FIELDS = {"epoch": "count", "seed": "int", "consumed": "count", "length": "count", "batches": "count?",
+                  "num_replicas": "count"}
 
 def check_trainer_position(t:dict, sampler, where:str):
-    "trainer.json has what a resume reads — position, metrics, callback states — and its sampler state loads into a copy of `sampler`."
+    """trainer.json has what a resume reads (position, metrics, callback states), and its sampler state loads into a
+    copy of `sampler`."""
     fix = "resume from a checkpoint written by this project, or start fresh with --resume never"
     check_fields(t, RESUME_FIELDS, "trainer.json", where, CheckpointError, fix, optional=("metrics", "callbacks"))
-    check_fields(t["sampler"], SAMPLER_FIELDS, "trainer.json's sampler", where, CheckpointError, fix, optional=("batches", "num_replicas"))
+    check_fields(t["sampler"], SAMPLER_FIELDS, "trainer.json's sampler", where, CheckpointError, fix,
+                 optional=("batches", "num_replicas"))
     if t["micro_splits"] < 1: raise _refuse(f"trainer.json: micro_splits is {t['micro_splits']}, not at least 1", where)
     if bad := next((k for k, v in t.get("metrics", {}).items() if v is not None and _form(v) != "a number"), None):
         raise _refuse(f"trainer.json: metric {shown(bad)} is {json_kind(t['metrics'][bad])}, not a number", where)
     if bad := next((k for k, v in t.get("callbacks", {}).items() if not isinstance(v, dict)), None):
-        raise _refuse(f"trainer.json: the state of callback {shown(bad)} is {json_kind(t['callbacks'][bad])}, not an object", where)
+        raise _refuse(f"trainer.json: callback {shown(bad)}'s state is {json_kind(t['callbacks'][bad])}, not an object",
+                      where)
     if sampler is not None and hasattr(sampler, "load_state_dict"):
-        try: copy.copy(sampler).load_state_dict(t["sampler"])  # refuses data of another size (DataError), as the resume would
+        try: copy.copy(sampler).load_state_dict(t["sampler"])  # data of another size: a DataError, as the resume gives
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-            raise _refuse(f"trainer.json's sampler state does not load ({type(e).__name__}: {shown(str(e))})", where) from None
+            raise _refuse(f"trainer.json's sampler state does not load ({type(e).__name__}: {shown(str(e))})",
+                          where) from None
 
-# %% ../nbs/07a_checkpoint_checks.ipynb #e5668142
-def check_resume_state(state:dict, model:torch.nn.Module, optimizer:torch.optim.Optimizer|None=None, scheduler=None, sampler=None) -> dict:
-    "`state` (`load_checkpoint`'s) when it fits the objects a resume loads it into; the first misfit as one `CheckpointError` otherwise."
+# %% ../nbs/07a_checkpoint_checks.ipynb #e5a06ba9
+def check_resume_state(state:dict, model:torch.nn.Module, optimizer:torch.optim.Optimizer|None=None, scheduler=None,
+                       sampler=None) -> dict:
+    "`state` (`load_checkpoint`'s) if it fits what a resume loads it into; else its first misfit (CheckpointError)."
     where = str(state.get("path", "checkpoint"))
     check_state_fits(state["model"], model.state_dict(), where, "the checkpoint's weights",
                      "resume with the model the checkpoint was written with, or start fresh with --resume never")
     if state.get("optimizer") is not None: check_optimizer_state(state["optimizer"], optimizer, model, where)
     if scheduler is not None and state.get("scheduler") is not None:
-        if found := form_mismatch(state["scheduler"], scheduler.state_dict(), "scheduler"): raise _refuse(f"the checkpoint's {found}", where)
+        if found := form_mismatch(state["scheduler"], scheduler.state_dict(), "scheduler"):
+            raise _refuse(f"the checkpoint's {found}", where)
     if state.get("scaler") is not None:
-        if not isinstance(state["scaler"], dict) or any(_form(v) not in (None, "a number") for v in state["scaler"].values()):
+        scaler = state["scaler"]
+        if not isinstance(scaler, dict) or any(_form(v) not in (None, "a number") for v in scaler.values()):
             raise _refuse("scaler.json is not a grad scaler's state (numbers by name)", where)
     if state.get("rng") is not None: check_rng_state(state["rng"], where)
     check_trainer_position(state["trainer"], sampler, where)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CKPT_PATTERN, PINS_DIR, load_checkpoint, load_exported_model, spec_candidates, verify_checkpoint
+from .checkpoint import (CKPT_PATTERN, PINS_DIR, load_checkpoint, load_exported_model, spec_candidates,
+                                         verify_checkpoint)
 from .checkpoint_checks import check_resume_state
 from .safe_files import plain_name, read_json
 from .core import MODELS_DIR, RUNS_DIR, CheckpointError, UsageError, atomic_write, atomic_write_json, fsync_tree, sha256_file
@@ -67,7 +68,8 @@ def _weights_of(source:str|Path, checkpoint:str, runs_dir) -> tuple[Path, Path|N
             return ck/"best_model.safetensors", run_dir
         index = _json_object(ck/"index.json", "index.json") if (ck/"index.json").exists() else {}
         if not index.get("last"): raise CheckpointError("the run has no checkpoint", str(ck), "train it first")
-        checkpoint = str(ck/plain_name(index["last"], str(ck/"index.json"), "index.json's last checkpoint", fix="use --checkpoint PATH"))
+        last = plain_name(index["last"], str(ck/"index.json"), "index.json's last checkpoint", fix="use --checkpoint PATH")
+        checkpoint = str(ck/last)
     path = Path(checkpoint)
     if path.is_dir(): verify_checkpoint(path); path = path/"model.safetensors"
     if not path.exists(): raise UsageError("checkpoint not found", str(path), "give best, last, a checkpoints/step-N directory or a .safetensors file")
@@ -78,8 +80,9 @@ def _weights_of(source:str|Path, checkpoint:str, runs_dir) -> tuple[Path, Path|N
 
 def _json_object(path:Path, what:str) -> dict:
     "A JSON object the registry reads (run.json, model.json, index.json), with bounds; `CheckpointError` for anything else."
-    found = read_json(path, what, fix=f"restore {what}, or register from another run")
-    if not isinstance(found, dict): raise CheckpointError(f"{what} is not an object", str(path), f"restore {what}, or register from another run")
+    fix = f"restore {what}, or register from another run"
+    found = read_json(path, what, fix=fix)
+    if not isinstance(found, dict): raise CheckpointError(f"{what} is not an object", str(path), fix)
     return found
 
 def model_card(name:str, version:int, spec:dict, lineage:dict) -> str:
@@ -131,9 +134,11 @@ def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_
     spec = {k: v for k, v in written.items() if k not in ("sha256", "weights", "checkpoint")}
     name = name or meta.get("experiment")
     if not name or not NAME_PATTERN.match(name): raise UsageError(f"invalid model name {name!r}", "--name", "use letters, digits, dot, dash, underscore")
-    # before anything is written: the weights load into the model the run describes, every tensor checked (header, names, shapes, dtypes)
-    model, _ = load_exported_model(weights, {**spec, "sha256": written.get("sha256")} if spec_path.parent == weights.parent else spec)
-    if (weights.parent/"MANIFEST.json").exists(): check_resume_state(load_checkpoint(weights.parent), model)  # its other states, as a resume would
+    # before anything is written: the weights load into the model the run describes, every tensor checked (header,
+    # names, shapes, dtypes); from a checkpoint, its other states are checked as a resume would
+    beside = spec_path.parent == weights.parent  # then model.json's sha256 is these weights'
+    model, _ = load_exported_model(weights, {**spec, "sha256": written.get("sha256")} if beside else spec)
+    if (weights.parent/"MANIFEST.json").exists(): check_resume_state(load_checkpoint(weights.parent), model)
     digest = sha256_file(weights)
     lineage = {"run_id": meta.get("id"), "run_dir": str(run_dir) if run_dir else None, "checkpoint": str(weights),
                "dataset_version": meta.get("data_version") or spec.get("dataset_version"), "config_hash": meta.get("config_hash"),
@@ -384,11 +389,11 @@ def standalone_loader(spec:dict|None=None) -> str:
     return header + "\n\n".join(parts) + STANDALONE_PREPROCESSING + STANDALONE_MAIN
 
 def export(ref:str, out:str|Path, models_dir:str|Path=MODELS_DIR) -> Path:
-    "Copy a version (weights, model.json, card) with load_model.py into `out`, once the weights verify again (sha256, header, every tensor)."
+    "Copy a version (weights, model.json, card) with load_model.py into `out`, once its weights verify again (all of it)."
     src, out = resolve_ref(ref, models_dir), Path(out)
     if out.exists() and any(out.iterdir()): raise UsageError("export directory is not empty", str(out), "give a new or empty directory")
     spec = _json_object(src/"model.json", "model.json")
-    load_exported_model(src/"model.safetensors", spec)  # what leaves the registry loads into the model it describes: checked again
+    load_exported_model(src/"model.safetensors", spec)  # what leaves the registry loads into the model it describes
     out.mkdir(parents=True, exist_ok=True)
     for f in ("model.safetensors", "model.json", "MODEL_CARD.md"): shutil.copyfile(src/f, out/f)
     (out/"load_model.py").write_text(standalone_loader(spec))

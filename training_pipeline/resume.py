@@ -37,8 +37,9 @@ class ResumePlan:
 def run_meta(run:Path) -> dict:
     "A run's run.json, read with bounds; `CheckpointError` (exit 2) when it is missing, unreadable or not an object."
     try: meta = read_json(run/"run.json", fix="restore the run's run.json, or resume from another run")
-    except OSError as e: raise CheckpointError(f"run.json cannot be read ({e.strerror or e})", str(run), "resume from another run") from None
-    if not isinstance(meta, dict): raise CheckpointError("run.json is not an object", str(run), "resume from another run")
+    except OSError as e:
+        raise CheckpointError(f"run.json cannot be read ({e.strerror or e})", str(run), "resume from another run") from None
+    if not isinstance(meta, dict): raise CheckpointError("run.json is not an object", str(run), "resume another run")
     return meta
 
 def _runs_newest_first(runs_dir:str|Path, experiment:str):
@@ -48,8 +49,9 @@ def _runs_newest_first(runs_dir:str|Path, experiment:str):
         except CheckpointError: continue
 
 def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
-    """The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure); pruned trials are
-    finished, and so is a run that failed for good (bad input, a bug: `mark_failed`) — the same input would fail the same way."""
+    """The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure); pruned
+    trials are finished, and so is a run that failed for good (bad input, a bug: `mark_failed`): the same input would
+    fail the same way."""
     for run, meta in _runs_newest_first(runs_dir, experiment):
         status = meta.get("status")
         if status in RUN_ENDED_OK or (status == "failed" and meta.get("error_kind") != "transient"): continue
@@ -96,7 +98,8 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
         ck = _checkpoint_of(Path(resume), fallbacks)
         run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else None
         parent = run_meta(run_dir).get("id") if run_dir and (run_dir/"run.json").exists() else None
-        return ResumePlan("fork", checkpoint=ck, parent=parent if isinstance(parent, str) else None, fallbacks=fallbacks)
+        parent = parent if isinstance(parent, str) else None
+        return ResumePlan("fork", checkpoint=ck, parent=parent, fallbacks=fallbacks)
     pinned = Path(runs_dir)/config.experiment.name/os.environ.get("TP_RUN_ID", "\0")
     if (pinned/"run.json").exists():  # a job manager retrying its own run: that run and no other
         meta = run_meta(pinned)
@@ -111,15 +114,16 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
         return ResumePlan("fresh")
     meta = run_meta(run)
     if not resumes_with(meta, config):
-        return ResumePlan("fresh", note=f"the unfinished run {meta.get('id', run.name)} has another config: starting a new run "
+        return ResumePlan("fresh", note=f"the unfinished run {run.name} has another config: starting a new run "
                                         f"(`--resume {run}` continues that one)")
     before, now = meta.get("resumable_settings") or {}, config.resumable_settings()
     changed = {k: [before[k], v] for k, v in now.items() if k in before and before[k] != v}
     fallbacks = []
     ck = latest_good_checkpoint(run/"checkpoints", lambda c, e: fallbacks.append((c, e)))
     if ck is None and fallbacks: _none_passes(run, fallbacks)
+    changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
     note = f"the unfinished run {run.name} has no checkpoint: it restarts from the beginning" if ck is None else \
-           (f"resuming run {run.name} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())) if changed else None
+           f"resuming run {run.name} with {changes}" if changed else None
     return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks, note=note, changed=changed)
 
 def _none_passes(run:Path, fallbacks:list):
@@ -129,9 +133,10 @@ def _none_passes(run:Path, fallbacks:list):
 
 # %% ../nbs/09a_resume.ipynb #3f6b7e55
 def checked_resume(plan:ResumePlan, check, data_version:str|None=None) -> tuple[ResumePlan, dict|None]:
-    """(plan, its checkpoint's state) once `check(state)` passes (it raises `CheckpointError` for a state that does not fit), before
-    anything is written. In place, a checkpoint that fails gives way to the newest older one that passes (added to the plan's
-    fallbacks); none: one `CheckpointError`. A fork fails at once. In place, the data must be the version the run trained on."""
+    """(plan, its checkpoint's state) once `check(state)` passes (it raises `CheckpointError` for a state that does not
+    fit), before anything is written. In place, a checkpoint that fails gives way to the newest older one that passes
+    (added to the plan's fallbacks); none: one `CheckpointError`. A fork fails at once. In place, the data must be the
+    version the run trained on."""
     if plan.checkpoint is None: return plan, None
     fallbacks, ck = list(plan.fallbacks), plan.checkpoint
     while True:
@@ -144,33 +149,35 @@ def checked_resume(plan:ResumePlan, check, data_version:str|None=None) -> tuple[
             if ck is None: _none_passes(plan.run_dir, fallbacks)
     saved = state["trainer"].get("data_version")
     if plan.mode == "inplace" and saved not in (None, data_version):
-        raise CheckpointError(f"the data changed since this run's checkpoint (dataset version {saved}, now {data_version})",
-                              str(ck), "restore that data, or start a new run with --resume never")
+        raise CheckpointError(f"the data changed since this run's checkpoint (dataset version {saved}, now "
+                              f"{data_version})", str(ck), "restore that data, or start a new run with --resume never")
     return dataclasses.replace(plan, checkpoint=ck, fallbacks=fallbacks), state
 
 def restore_run(trainer, plan:ResumePlan, state:dict, log, data_version:str|None=None) -> tuple[int, int]:
-    "Load a checked state (`checked_resume`) into the trainer; record the fallbacks and the resume; return (epoch, batches done) to start from."
+    "Load a checked state (`checked_resume`) into the trainer, record fallbacks and resume; return (epoch, batches done)."
     for ck, err in plan.fallbacks:
         trainer.log_event("checkpoint_fallback", skipped=ck.name, error=str(err))
         log.info(f"warning: checkpoint {ck.name} failed verification ({err.what}); using an older one")
     t = state["trainer"]
-    if t.get("data_version") not in (None, data_version):  # a fork may train on other data (checked_resume refuses it in place)
+    if t.get("data_version") not in (None, data_version):  # a fork may train on other data (in place: refused before)
         trainer.log_event("data_version_changed", checkpoint=t["data_version"], now=data_version)
     try: epoch, done = restore_trainer(trainer, state)
     except PipelineError: raise
     except Exception as e:  # checked before: only a state no check foresaw (a callback's own); the run is marked failed
-        raise CheckpointError(f"the checkpoint's state could not be restored ({type(e).__name__}: {shown(str(e))})", str(plan.checkpoint),
-                              "resume from another checkpoint, or start fresh with --resume never") from e
+        raise CheckpointError(f"the checkpoint's state could not be restored ({type(e).__name__}: {shown(str(e))})",
+                              str(plan.checkpoint), "resume from another checkpoint, or start fresh with --resume never") from e
     trainer.log_event("resumed", checkpoint=str(plan.checkpoint), mode=plan.mode, resume_epoch=epoch, batches_done=done,
                       **({"changed": plan.changed} if plan.changed else {}))
     log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
     return epoch, done
 
 def mark_failed(run_dir:str|Path, error:BaseException):
-    "Record a run that died outside its fit (opening, restoring): failed, with the reason, so that `--resume auto` never adopts it. A run that recorded its own end is left as it is."
+    """Record a run that died outside its fit (opening, restoring): failed, with the reason, so that `--resume auto` never
+    adopts it. A run that recorded its own end is left as it is."""
     store = RunStore(run_dir)
     if store.meta.get("status") == "running":
-        store.finish("failed", error=str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}")
+        reason = str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+        store.finish("failed", error=reason)
 
 # %% ../nbs/09a_resume.ipynb #7be86cf3
 class TransientError(RuntimeError):

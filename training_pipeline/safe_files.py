@@ -26,13 +26,13 @@ PLAIN_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")
 FIX = "use another one"  # the default advice; checkpoints and shards give their own
 
 def shown(name) -> str:
-    "A name as it goes into a one-line message: as is when plain, else quoted with its escapes (a newline stays `\\n`), cut at 80."
+    "A name as it goes into a one-line message: as is when plain, else quoted with its escapes (`\\n`), cut at 80."
     if isinstance(name, str) and all(PLAIN_PART.fullmatch(p) for p in name.split("/")): return name
     text = repr(name)
     return text if len(text) <= 80 else text[:77] + "..."
 
 def plain_name(name, where:str, what:str="manifest entry", error=CheckpointError, fix:str=FIX) -> str:
-    "`name` when it names a file inside the manifest's directory (plain parts joined by `/`); `error` naming it otherwise."
+    "`name` when it names a file inside the manifest's directory (plain parts joined by `/`); `error` naming it if not."
     parts = name.split("/") if isinstance(name, str) and len(name) <= 1024 else []
     if not parts or not all(PLAIN_PART.fullmatch(p) for p in parts):
         raise error(f"{what} {shown(name)} is not a plain file name inside its directory", where, fix)
@@ -40,7 +40,7 @@ def plain_name(name, where:str, what:str="manifest entry", error=CheckpointError
 
 # %% ../nbs/00a_safe_files.ipynb #1c3a1eaa
 def file_inside(root:str|Path, name:str, where:str, error=CheckpointError, fix:str=FIX) -> os.stat_result:
-    "The `lstat` of `root/name`: a regular file, reached through no symbolic link; `error` otherwise (a missing one: `FileNotFoundError`)."
+    "The `lstat` of `root/name`: a regular file, reached through no symbolic link; `error` if not (missing: OSError)."
     path = Path(root)
     for part in plain_name(name, where, error=error, fix=fix).split("/"):
         path = path/part
@@ -53,6 +53,13 @@ def open_nofollow(path:str|Path):
     "A binary file object for `path`; `OSError` (ELOOP) when its last part is a symbolic link."
     return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
 
+def _open_checked(path:Path, what:str, where:str, error, fix):
+    "`open_nofollow`, with a symbolic link as `error`."
+    try: return open_nofollow(path)
+    except OSError as e:
+        if e.errno != errno.ELOOP: raise
+        raise error(f"{what} is a symbolic link, which is never followed", where, fix) from None
+
 def sha256_nofollow(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError, fix:str=FIX) -> str:
     "sha256 hex digest of a file; `error` when it is a symbolic link (a missing one: `FileNotFoundError`)."
     h, path = hashlib.sha256(), Path(path)
@@ -60,15 +67,8 @@ def sha256_nofollow(path:str|Path, what:str|None=None, where:str|None=None, erro
         while chunk := f.read(1 << 20): h.update(chunk)
     return h.hexdigest()
 
-def _open_checked(path:Path, what:str, where:str, error, fix):
-    "`open_nofollow`, with a symbolic link as `error`."
-    try: return open_nofollow(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP: raise error(f"{what} is a symbolic link, which is never followed", where, fix) from None
-        raise
-
 def walk_entries(root:str|Path):
-    "(name relative to `root`, its `lstat`) of everything below `root`, sorted per directory; never follows a symbolic link."
+    "(name relative to `root`, its `lstat`) of everything below `root`, sorted per directory; never through a link."
     root, stack = Path(root), [Path(root)]
     while stack:
         with os.scandir(stack.pop()) as it: entries = sorted(it, key=lambda e: e.name)
@@ -97,21 +97,18 @@ def parse_json(data:bytes|str, what:str, where:str, error=CheckpointError, fix:s
     "JSON from bytes or text nested at most `max_depth` levels; `error` naming `what` otherwise."
     try: text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     except UnicodeDecodeError: raise error(f"{what} is not UTF-8 text", where, fix) from None
-    if json_depth(text, max_depth) > max_depth: raise error(f"{what} nests more than {max_depth} levels deep", where, fix)
+    if json_depth(text, max_depth) > max_depth:
+        raise error(f"{what} nests more than {max_depth} levels deep", where, fix)
     try: return json.loads(text)
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise error(f"{what} is not valid JSON ({str(e).split(':')[0]})", where, fix) from None
 
 def read_json(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError, fix:str=FIX,
               max_bytes:int=MAX_JSON_BYTES, max_depth:int=MAX_JSON_DEPTH):
-    "A JSON file read with bounds (`max_bytes`, `max_depth`), never through a symbolic link; a missing one: `FileNotFoundError`."
+    "A JSON file read with bounds (`max_bytes`, `max_depth`), never through a symbolic link (missing: OSError)."
     path = Path(path)
     what, where = what or path.name, where or str(path)
-    try:
-        with open_nofollow(path) as f: data = f.read(max_bytes + 1)
-    except OSError as e:
-        if e.errno == errno.ELOOP: raise error(f"{what} is a symbolic link, which is never followed", where, fix) from None
-        raise
+    with _open_checked(path, what, where, error, fix) as f: data = f.read(max_bytes + 1)
     if len(data) > max_bytes: raise error(f"{what} is larger than {max_bytes} bytes", where, fix)
     return parse_json(data, what, where, error, fix, max_depth)
 
@@ -131,14 +128,16 @@ def json_kind(v) -> str:
     return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
 
 def check_fields(obj, schema:dict, what:str, where:str, error=CheckpointError, fix:str=FIX, optional=()) -> dict:
-    "`obj` when it is an object with each field of `schema` ({key: kind}) of its kind (those in `optional` may be absent); `error` naming the first that is not."
+    """`obj` when it is an object with each field of `schema` ({key: kind}) of its kind (those in `optional` may be
+    absent); `error` naming the first that is not."""
     if not isinstance(obj, dict): raise error(f"{what} is {json_kind(obj)}, not an object", where, fix)
     for key, kind in schema.items():
         if key not in obj:
             if key in optional: continue
             raise error(f"{what} has no {key!r}", where, fix)
         if not ((kind.endswith("?") and obj[key] is None) or _KINDS[kind.rstrip("?")](obj[key])):
-            raise error(f"{what}: {key!r} is {json_kind(obj[key])}, not {'a ' if kind[0] not in 'aeiou' else 'an '}{kind.rstrip('?')}", where, fix)
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise error(f"{what}: {key!r} is {json_kind(obj[key])}, not {article} {kind.rstrip('?')}", where, fix)
     return obj
 
 # %% ../nbs/00a_safe_files.ipynb #cc627fcd
@@ -147,26 +146,29 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 
 def _check_tensor(name:str, info, data_bytes:int, what:str, where:str, error, fix) -> tuple[int, int]:
-    "The (begin, end) of one tensor of a header, once its dtype is known, its shape is counts and its span fits dtype × shape inside the data."
+    "(begin, end) of a header's tensor once its dtype is known, its shape counts, its span dtype × shape in the data."
     label = f"{what}: tensor {shown(name)}"
     check_fields(info, {"dtype": "str", "shape": "list", "data_offsets": "list"}, label, where, error, fix)
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype not in DTYPE_BYTES: raise error(f"{label} has the unknown dtype {shown(dtype)}", where, fix)
     if not all(_KINDS["count"](n) for n in shape): raise error(f"{label} has the shape {shown(shape)}", where, fix)
     if len(offsets) != 2 or not all(_KINDS["count"](o) for o in offsets) or not offsets[0] <= offsets[1] <= data_bytes:
-        raise error(f"{label} has the offsets {shown(offsets)}, outside the file's {data_bytes} bytes of data", where, fix)
+        raise error(f"{label} has the offsets {shown(offsets)}, outside the file's {data_bytes} bytes of data",
+                    where, fix)
     needed = math.prod(shape) * DTYPE_BYTES[dtype]
     if offsets[1] - offsets[0] != needed:
-        raise error(f"{label} spans {offsets[1] - offsets[0]} bytes, but {dtype} {shown(shape)} needs {needed}", where, fix)
+        raise error(f"{label} spans {offsets[1] - offsets[0]} bytes, but {dtype} {shown(shape)} needs {needed}",
+                    where, fix)
     return offsets[0], offsets[1]
 
 def safetensors_header(f, size:int, what:str, where:str, error=CheckpointError, fix:str=FIX) -> dict:
-    "{name: {dtype, shape, data_offsets}} of an open safetensors file of `size` bytes, after checking it all against the file."
+    "{name: {dtype, shape, data_offsets}} of an open safetensors file of `size` bytes, once it all fits the file."
     head = f.read(8)
     if len(head) < 8: raise error(f"{what} is too short for safetensors ({size} bytes)", where, fix)
     n = int.from_bytes(head, "little")
     if n > size - 8 or n > MAX_HEADER_BYTES:
-        raise error(f"{what} declares a {n}-byte header, but the file has {size - 8} bytes after the length", where, fix)
+        raise error(f"{what} declares a {n}-byte header, but the file has {size - 8} bytes after the length",
+                    where, fix)
     header = parse_json(f.read(n), f"{what}'s header", where, error, fix)
     if not isinstance(header, dict): raise error(f"{what}'s header is {json_kind(header)}, not an object", where, fix)
     meta = header.pop("__metadata__", {})
@@ -174,19 +176,24 @@ def safetensors_header(f, size:int, what:str, where:str, error=CheckpointError, 
         raise error(f"{what}'s __metadata__ is not an object of strings", where, fix)
     data_bytes, end = size - 8 - n, 0
     for begin, stop in sorted(_check_tensor(k, v, data_bytes, what, where, error, fix) for k, v in header.items()):
-        if begin != end: raise error(f"{what}: its tensors {'overlap' if begin < end else 'leave a gap'} at byte {begin} of the data", where, fix)
+        if begin != end:
+            how = "overlap" if begin < end else "leave a gap"
+            raise error(f"{what}: its tensors {how} at byte {begin} of the data", where, fix)
         end = stop
     if end != data_bytes: raise error(f"{what}: its tensors cover {end} of its {data_bytes} bytes of data", where, fix)
     return header
 
-# %% ../nbs/00a_safe_files.ipynb #09e2b458
-def safetensors_index(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError, fix:str=FIX) -> dict:
+# %% ../nbs/00a_safe_files.ipynb #698a2e50
+def safetensors_index(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError,
+                      fix:str=FIX) -> dict:
     "The checked header of a safetensors file (see `safetensors_header`), nothing else read."
     path = Path(path)
     what, where = what or path.name, where or str(path)
-    with _open_checked(path, what, where, error, fix) as f: return safetensors_header(f, os.fstat(f.fileno()).st_size, what, where, error, fix)
+    with _open_checked(path, what, where, error, fix) as f:
+        return safetensors_header(f, os.fstat(f.fileno()).st_size, what, where, error, fix)
 
-def read_safetensors(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError, fix:str=FIX) -> dict:
+def read_safetensors(path:str|Path, what:str|None=None, where:str|None=None, error=CheckpointError,
+                     fix:str=FIX) -> dict:
     "The tensors of a safetensors file, loaded only once its header checks (`safetensors_index`)."
     from safetensors.torch import load_file
     path = Path(path)

@@ -35,8 +35,8 @@ from .sampling import resumable_loader
 from .tasks import Task, build_components
 from .tracking import (LOGGER, RunLock, RunStore, RunStoreCallback, TrackersCallback, flatten_dict,
                                        setup_run_logging)
-from .resume import (ResumePlan, TransientError, checked_resume, is_transient, mark_failed, plan_resume,
-                                      restore_run)
+from .resume import (ResumePlan, TransientError, checked_resume, is_transient, mark_failed,
+                                      plan_resume, restore_run)
 from .trial import TrialPruningCallback, TrialRef
 from .storage import cache_root, close_mirror, is_url, local_location, localize, on_this_machine, open_remote_runs, pull_tree, start_mirror
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
@@ -229,7 +229,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
                 cause = raised_by_callback(e)
                 reason = f"{type(cause).__name__}: {cause}"
                 if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
-                elif run_dir is not None and isinstance(e, Exception): mark_failed(run_dir, cause)  # never adopted by --resume auto
+                elif run_dir is not None and isinstance(e, Exception): mark_failed(run_dir, cause)  # never resumed by auto
                 # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)
                 if not transient or attempt >= config.training.max_retries or run_dir is None or state.num_processes > 1:
                     if transient and attempt:
@@ -336,7 +336,8 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     loaders = _make_loaders(config, parts, world, rank)
     steps_per_epoch = math.ceil(len(loaders["train"]) / config.training.gradient_accumulation_steps)
     optimizer, scheduler, interval = _make_optimization(config, parts, steps_per_epoch)
-    # the checkpoint is read and checked against this model, optimizer, scheduler and data before any run directory is created or touched
+    # the checkpoint is read and checked against this model, optimizer, scheduler and data before any run directory is
+    # created or touched
     fits = lambda s: check_resume_state(s, parts.model, optimizer, scheduler, loaders["train"].sampler)
     plan, resumed = checked_resume(plan, fits, data.dataset_version)
     store = None
