@@ -12,6 +12,7 @@ import random
 import re
 import shutil
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -24,14 +25,17 @@ from .callback.tracker import TrackerCallback
 from .core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json, clean_tmp_dirs,
                                     fault_point, on_main_thread, patch, sha256_file)
 from .models import is_pickle_file, legacy_head_names
+from .safe_files import (check_fields, file_inside, plain_name, read_json, read_safetensors,
+                                          safetensors_index, sha256_nofollow, shown, walk_entries)
 
 # %% auto #0
-__all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'PINS_DIR', 'REPEAT_WINDOW_S', 'flatten_state', 'unflatten_state', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'list_checkpoints',
-           'latest_good_checkpoint', 'checkpoint_summary', 'write_index', 'build_index', 'prune_checkpoints',
-           'pinned_checkpoints', 'export_best_model', 'spec_candidates', 'load_exported_model', 'AsyncCheckpointWriter',
-           'ignoring_repeats', 'CheckpointCallback', 'full_states', 'load_full_states', 'rank_rng_states',
-           'trainer_state', 'restore_trainer']
+__all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'FIX', 'STATE_FILES', 'TRAINER_FIELDS', 'PINS_DIR', 'REPEAT_WINDOW_S',
+           'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_manifest',
+           'verify_checkpoint', 'tensor_refs', 'check_contents', 'load_checkpoint', 'list_checkpoints',
+           'checkpoint_step', 'latest_good_checkpoint', 'checkpoint_summary', 'write_index', 'build_index',
+           'prune_checkpoints', 'pinned_checkpoints', 'export_best_model', 'spec_candidates', 'check_state_fits',
+           'load_exported_model', 'AsyncCheckpointWriter', 'ignoring_repeats', 'CheckpointCallback', 'full_states',
+           'load_full_states', 'rank_rng_states', 'trainer_state', 'restore_trainer']
 
 # %% ../nbs/07_checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -118,40 +122,121 @@ def _json_default(o):
     if isinstance(o, (np.integer, np.floating)): return o.item()
     raise TypeError(f"{type(o).__name__} in trainer state")
 
-# %% ../nbs/07_checkpoint.ipynb #a865c995
-def verify_checkpoint(path:str|Path) -> dict:
-    "The manifest of a checkpoint directory, after checking every file; `CheckpointError` otherwise."
-    path = Path(path)
-    if not path.is_dir(): raise CheckpointError("checkpoint not found", str(path), "give a checkpoints/step-N directory")
-    try: manifest = json.loads((path/"MANIFEST.json").read_text())
-    except FileNotFoundError: raise CheckpointError("not a checkpoint: no MANIFEST.json (an interrupted save?)", str(path), "use another checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError): raise CheckpointError("MANIFEST.json is corrupt", str(path), "use another checkpoint") from None
-    listed = {f["path"] for f in manifest.get("files", [])}
-    for f in path.rglob("*"):
-        if f.is_file() and is_pickle_file(f):
-            raise CheckpointError(f"{f.name} is a pickle, which is never loaded (it can run code)", str(path), "use a checkpoint written by this project")
-        if f.is_file() and f.name != "MANIFEST.json" and f.relative_to(path).as_posix() not in listed:
-            raise CheckpointError(f"{f.name} is not in MANIFEST.json", str(path), "the checkpoint was modified: use another one")
-    for entry in manifest["files"]:
-        f = path/entry["path"]
-        if not f.is_file(): raise CheckpointError(f"{entry['path']} is missing", str(path), "use another checkpoint")
-        if f.stat().st_size != entry["size"] or sha256_file(f) != entry["sha256"]:
-            raise CheckpointError(f"{entry['path']} does not match its checksum (corrupt or truncated)", str(path), "use another checkpoint")
+# %% ../nbs/07_checkpoint.ipynb #c064f800
+FIX = "use another checkpoint"
+STATE_FILES = ("optimizer", "scheduler", "scaler", "rng")  # each: name.json (structure), name.safetensors (its tensors)
+# trainer.json as `trainer_state` writes it; only `step` is required of every checkpoint (a resume needs more: 07a)
+TRAINER_FIELDS = {"step": "count", "epoch": "count", "batches_done": "count", "global_step": "count", "reason": "str",
+                  "micro_splits": "count", "n_epochs": "count", "metrics": "object", "callbacks": "object",
+                  "sampler": "object", "data_version": "str?", "config_hash": "str?", "run_id": "str?"}
+
+def _refuse(what:str, path, fix:str=FIX) -> CheckpointError: return CheckpointError(what, str(path), fix)
+
+def read_manifest(path:Path) -> dict:
+    "A checkpoint's MANIFEST.json: an object with `format`, `step` and `files` (plain names inside it, sha256, size)."
+    try: manifest = read_json(path/"MANIFEST.json", "MANIFEST.json", str(path), fix=FIX)
+    except FileNotFoundError: raise _refuse("not a checkpoint: no MANIFEST.json (an interrupted save?)", path) from None
+    check_fields(manifest, {"format": "count", "step": "count", "files": "list"}, "MANIFEST.json", str(path), fix=FIX)
+    if manifest["format"] > FORMAT_VERSION:
+        raise _refuse(f"MANIFEST.json is of format {manifest['format']}, newer than this version's {FORMAT_VERSION}",
+                      path, "upgrade training_pipeline")
+    seen = set()
+    for i, entry in enumerate(manifest["files"]):
+        name = entry.get("path") if isinstance(entry, dict) else None
+        label = f"MANIFEST.json entry {shown(name) if isinstance(name, str) else i + 1}"
+        check_fields(entry, {"path": "str", "sha256": "sha256", "size": "count"}, label, str(path), fix=FIX)
+        plain_name(name, str(path), "MANIFEST.json entry", fix=FIX)
+        if name in seen or name == "MANIFEST.json": raise _refuse(f"MANIFEST.json lists {name} twice", path)
+        seen.add(name)
     return manifest
 
-def _read_state(path:Path, name:str):
-    from safetensors.torch import load_file
-    if not (path/f"{name}.json").exists(): return None
-    tensors = load_file(path/f"{name}.safetensors") if (path/f"{name}.safetensors").exists() else {}
-    return unflatten_state(json.loads((path/f"{name}.json").read_text()), tensors)
+# %% ../nbs/07_checkpoint.ipynb #bb7dd060
+def verify_checkpoint(path:str|Path) -> dict:
+    "The manifest of a checkpoint directory once it, its files and their contents check (above); else CheckpointError."
+    path = Path(path)
+    if path.is_symlink(): raise _refuse("the checkpoint directory is a symbolic link", path, "give the directory")
+    if not path.is_dir(): raise CheckpointError("checkpoint not found", str(path), "give a checkpoints/step-N directory")
+    manifest = read_manifest(path)
+    listed = {e["path"] for e in manifest["files"]}
+    for name, st in walk_entries(path):  # lstat only: nothing is opened before it is known to be a regular file here
+        if stat.S_ISLNK(st.st_mode):
+            raise _refuse(f"{shown(name)} is a symbolic link, which a checkpoint never holds", path)
+        if stat.S_ISDIR(st.st_mode): continue
+        if not stat.S_ISREG(st.st_mode): raise _refuse(f"{shown(name)} is not a regular file", path)
+        if is_pickle_file(path/name):
+            raise _refuse(f"{shown(name)} is a pickle, which is never loaded (it can run code)", path,
+                          "use a checkpoint written by this project")
+        if name != "MANIFEST.json" and name not in listed:
+            raise _refuse(f"{shown(name)} is not in MANIFEST.json", path, "it was modified: use another checkpoint")
+    for entry in manifest["files"]:
+        try: size = file_inside(path, entry["path"], str(path), fix=FIX).st_size
+        except FileNotFoundError: raise _refuse(f"{entry['path']} is missing", path) from None
+        if size != entry["size"] or sha256_nofollow(path/entry["path"]) != entry["sha256"]:
+            raise _refuse(f"{entry['path']} does not match its checksum (corrupt or truncated)", path)
+    check_contents(path, listed)
+    return manifest
+
+# %% ../nbs/07_checkpoint.ipynb #0aff1954
+_TAGS = ("__tensor__", "__ndarray__", "__float__", "__tuple__", "__items__")
+_NUMPY_DTYPES = {"bool", "float16", "float32", "float64"} | {f"{s}int{n}" for s in ("", "u") for n in (8, 16, 32, 64)}
+
+def _well_formed(tag:str, o:dict) -> bool:
+    v = o[tag]
+    if tag == "__tensor__": return isinstance(v, str)
+    if tag == "__ndarray__": return isinstance(v, str) and o.get("dtype") in _NUMPY_DTYPES
+    if tag == "__float__": return v in ("nan", "inf", "-inf")
+    if tag == "__tuple__": return isinstance(v, list)
+    pair = lambda p: isinstance(p, list) and len(p) == 2 and not isinstance(p[0], (list, dict))  # [hashable key, value]
+    return isinstance(v, list) and all(pair(p) for p in v)
+
+def tensor_refs(skeleton, what:str, path) -> set[str]:
+    "The tensor keys a state's JSON skeleton (`flatten_state`) names once its tags check; `CheckpointError` if not."
+    refs, stack = set(), [skeleton]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, list): stack.extend(o); continue
+        if not isinstance(o, dict): continue
+        tag = next((t for t in _TAGS if t in o), None)
+        if tag is None: stack.extend(o.values()); continue
+        if not _well_formed(tag, o): raise _refuse(f"{what} has a malformed {tag} entry", path)
+        if tag in ("__tensor__", "__ndarray__"): refs.add(o[tag])
+        elif tag != "__float__": stack.extend(o[tag])
+    return refs
+
+def check_contents(path:Path, names:set):
+    "Inside the files: safetensors headers, bounded JSON, each state's tensors named by its JSON, trainer.json fields."
+    for required in ("model.safetensors", "trainer.json"):
+        if required not in names: raise _refuse(f"{required} is not in MANIFEST.json", path)
+    tensors = {n: safetensors_index(path/n, fix=FIX) for n in sorted(names) if n.endswith(".safetensors")}
+    for state in STATE_FILES:
+        if f"{state}.json" not in names:
+            if f"{state}.safetensors" in names: raise _refuse(f"{state}.safetensors has no {state}.json", path)
+            continue
+        refs = tensor_refs(read_json(path/f"{state}.json", fix=FIX), f"{state}.json", path)
+        keys = set(tensors.get(f"{state}.safetensors", {}))
+        if refs != keys:
+            odd = sorted(refs - keys)[:1] + sorted(keys - refs)[:1]
+            raise _refuse(f"{state}.json names {len(refs - keys)} tensor(s) that {state}.safetensors lacks and leaves "
+                          f"{len(keys - refs)} of its tensors unnamed (e.g. {shown(odd[0])})", path)
+    check_fields(read_json(path/"trainer.json", fix=FIX), TRAINER_FIELDS, "trainer.json", str(path), fix=FIX,
+                 optional=set(TRAINER_FIELDS) - {"step"})
+
+# %% ../nbs/07_checkpoint.ipynb #8952ff6a
+def _read_state(path:Path, name:str, names:set):
+    if f"{name}.json" not in names: return None
+    tensors = read_safetensors(path/f"{name}.safetensors", fix=FIX) if f"{name}.safetensors" in names else {}
+    return unflatten_state(read_json(path/f"{name}.json", fix=FIX), tensors)
 
 def load_checkpoint(path:str|Path) -> dict:
     "Verify a checkpoint and read its states: model, optimizer, scheduler, scaler, rng, trainer."
-    from safetensors.torch import load_file
     path = Path(path)
-    verify_checkpoint(path)
-    return {"model": load_file(path/"model.safetensors"), **{n: _read_state(path, n) for n in ("optimizer", "scheduler", "scaler", "rng")},
-            "trainer": json.loads((path/"trainer.json").read_text()), "path": path}
+    names = {e["path"] for e in verify_checkpoint(path)["files"]}
+    try:
+        states = {n: _read_state(path, n, names) for n in STATE_FILES}
+        return {"model": read_safetensors(path/"model.safetensors", fix=FIX), **states,
+                "trainer": read_json(path/"trainer.json", fix=FIX), "path": path}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # verified: a skeleton no writer makes
+        raise _refuse(f"a state cannot be rebuilt from its JSON ({type(e).__name__}: {shown(str(e))})", path) from None
 
 # %% ../nbs/07_checkpoint.ipynb #2bb78459
 def list_checkpoints(root:str|Path) -> list[Path]:
@@ -159,21 +244,31 @@ def list_checkpoints(root:str|Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir(): return []
     found = [p for p in root.iterdir() if p.is_dir() and CKPT_PATTERN.match(p.name) and (p/"MANIFEST.json").exists()]
-    return sorted(found, key=lambda p: int(CKPT_PATTERN.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
-def latest_good_checkpoint(root:str|Path, on_fallback=None) -> Path|None:
-    "The newest checkpoint that verifies; `on_fallback(path, error)` for each newer one that did not."
+def checkpoint_step(ck:Path) -> int: return int(CKPT_PATTERN.match(Path(ck).name).group(1))
+
+def latest_good_checkpoint(root:str|Path, on_fallback=None, older_than:Path|None=None) -> Path|None:
+    "The newest checkpoint that verifies (before `older_than`, if given); `on_fallback(path, error)` for newer ones."
     for ck in reversed(list_checkpoints(root)):
+        if older_than is not None and checkpoint_step(ck) >= checkpoint_step(older_than): continue
         try: verify_checkpoint(ck); return ck
         except CheckpointError as e:
             if on_fallback: on_fallback(ck, e)
     return None
 
+def _object_or_empty(path:Path) -> dict:
+    "A JSON file's object, or {} if unreadable or not one: a damaged checkpoint still gets its line in the index."
+    try: found = read_json(path)
+    except (OSError, CheckpointError): return {}
+    return found if isinstance(found, dict) else {}
+
 def checkpoint_summary(ck:Path) -> dict:
-    "What index.json says of a committed checkpoint: name, step, position, time, metrics."
-    t = json.loads((ck/"trainer.json").read_text())
-    return {"name": ck.name, "step": t["step"], "epoch": t.get("epoch"), "batches_done": t.get("batches_done"),
-            "time": json.loads((ck/"MANIFEST.json").read_text())["created"], "metrics": t.get("metrics", {})}
+    "What index.json says of a committed checkpoint: name, step, position, time, metrics; a damaged one's, what it can."
+    t, manifest = _object_or_empty(ck/"trainer.json"), _object_or_empty(ck/"MANIFEST.json")
+    metrics = t["metrics"] if isinstance(t.get("metrics"), dict) else {}
+    return {"name": ck.name, "step": checkpoint_step(ck), "epoch": t.get("epoch"),
+            "batches_done": t.get("batches_done"), "time": manifest.get("created"), "metrics": metrics}
 
 def write_index(root:str|Path, monitor:str|None=None, mode:str="min", resumed_from:str|None=None) -> dict:
     "Rebuild checkpoints/index.json from the committed checkpoints."
@@ -183,6 +278,7 @@ def write_index(root:str|Path, monitor:str|None=None, mode:str="min", resumed_fr
     atomic_write_json(root/"index.json", index)
     return index
 
+# %% ../nbs/07_checkpoint.ipynb #d6130d7e
 def build_index(entries:list[dict], monitor:str|None, mode:str, best_model:bool, resumed_from:str|None) -> dict:
     "index.json from the summaries of committed checkpoints, oldest first (a local or a remote run's)."
     best = _best(entries, monitor, mode, 1)
@@ -233,19 +329,39 @@ def spec_candidates(weights:Path) -> list[Path]:
     weights = Path(weights)
     return [weights.parent/"model.json", weights.parent.parent/"model.json", weights.parent.parent.parent/"artifacts"/"model.json"]
 
+def check_state_fits(state:dict, own:dict, where:str, what:str="weights",
+                     fix:str="load the weights with the model.json they were saved with") -> dict:
+    "`state` (under today's names) if its tensors are exactly `own`'s: names, shapes, dtypes; `CheckpointError` if not."
+    state = legacy_head_names(state, own)
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    typed = [k for k in own if k in state and k not in shaped and state[k].dtype != own[k].dtype]
+    if missing or unexpected or shaped or typed:
+        show = lambda t: str(t.dtype).replace("torch.", "") + str(list(t.shape))
+        examples = ([f"{k} missing" for k in missing[:2]] + [f"{shown(k)} unexpected" for k in unexpected[:2]] +
+                    [f"{k} is {show(state[k])}, not {show(own[k])}" for k in (shaped + typed)[:2]])
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shaped)} wrongly shaped and {len(typed)}"
+        raise CheckpointError(f"{what} do not fit the model: {counts} wrongly typed tensor(s) (e.g. {'; '.join(examples[:3])})", where, fix)
+    return state
+
 def load_exported_model(weights:str|Path, spec:dict|None=None):
-    "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json."
-    from training_pipeline.models import load_safetensors, load_weights, model_from_spec
-    weights = Path(weights)
+    "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json, tensors checked."
+    from training_pipeline.models import model_from_spec
+    weights, again = Path(weights), "export or register the model again"
     if spec is None:
         spec_path = next((p for p in spec_candidates(weights) if p.exists()), None)
         if spec_path is None: raise CheckpointError("no model.json for these weights", str(weights), "keep model.json next to the exported weights")
-        spec = json.loads(spec_path.read_text())
-        if spec_path.parent != weights.parent: spec = {k: v for k, v in spec.items() if k != "sha256"}  # that hash is another file's
-    if spec.get("sha256") and sha256_file(weights) != spec["sha256"]:
+        spec = read_json(spec_path, fix="keep the model.json its run wrote beside the weights")
+        if not isinstance(spec, dict): raise CheckpointError("model.json is not an object", str(spec_path), again)
+        if spec_path.parent != weights.parent: spec = {k: v for k, v in spec.items() if k != "sha256"}  # another file's
+    if spec.get("sha256") and sha256_nofollow(weights, fix=again) != spec["sha256"]:
         raise CheckpointError("weights do not match the sha256 in model.json", str(weights), "the file was changed or truncated: export it again")
-    model = model_from_spec(spec)  # a built-in, torchvision or the user's own (import path + init_args) model
-    load_weights(model, load_safetensors(weights, "model weights"), str(weights))  # another model's weights: a CheckpointError with counts
+    try: model = model_from_spec(spec)  # a built-in, torchvision or the user's own (import path + init_args) model
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"model.json does not describe a model ({type(e).__name__}: {shown(str(e))})"
+        raise CheckpointError(what, str(weights), again) from None
+    state = read_safetensors(weights, fix=again)  # the header checked before anything loads
+    model.load_state_dict(check_state_fits(state, model.state_dict(), str(weights)))  # another model's: counts
     return model.eval(), spec
 
 # %% ../nbs/07_checkpoint.ipynb #1eefe591

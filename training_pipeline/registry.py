@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CKPT_PATTERN, PINS_DIR, load_exported_model, spec_candidates, verify_checkpoint
+from .checkpoint import (CKPT_PATTERN, PINS_DIR, load_checkpoint, load_exported_model, spec_candidates,
+                                         verify_checkpoint)
+from .checkpoint_checks import check_resume_state
+from .safe_files import plain_name, read_json
 from .core import MODELS_DIR, RUNS_DIR, CheckpointError, UsageError, atomic_write, atomic_write_json, fsync_tree, sha256_file
 from .tracking import find_run
 
@@ -63,9 +66,10 @@ def _weights_of(source:str|Path, checkpoint:str, runs_dir) -> tuple[Path, Path|N
         if checkpoint == "best":
             if not (ck/"best_model.safetensors").exists(): raise CheckpointError("the run has no best model", str(ck), "train with checkpointing, or use --checkpoint last|PATH")
             return ck/"best_model.safetensors", run_dir
-        index = json.loads((ck/"index.json").read_text()) if (ck/"index.json").exists() else {}
+        index = _json_object(ck/"index.json", "index.json") if (ck/"index.json").exists() else {}
         if not index.get("last"): raise CheckpointError("the run has no checkpoint", str(ck), "train it first")
-        checkpoint = str(ck/index["last"])
+        last = plain_name(index["last"], str(ck/"index.json"), "index.json's last checkpoint", fix="use --checkpoint PATH")
+        checkpoint = str(ck/last)
     path = Path(checkpoint)
     if path.is_dir(): verify_checkpoint(path); path = path/"model.safetensors"
     if not path.exists(): raise UsageError("checkpoint not found", str(path), "give best, last, a checkpoints/step-N directory or a .safetensors file")
@@ -73,6 +77,13 @@ def _weights_of(source:str|Path, checkpoint:str, runs_dir) -> tuple[Path, Path|N
         owner = path.parent.parent if path.parent.name == "checkpoints" else path.parent.parent.parent
         run_dir = owner if (owner/"run.json").exists() else None
     return path, run_dir
+
+def _json_object(path:Path, what:str) -> dict:
+    "A JSON object the registry reads (run.json, model.json, index.json), with bounds; `CheckpointError` for anything else."
+    fix = f"restore {what}, or register from another run"
+    found = read_json(path, what, fix=fix)
+    if not isinstance(found, dict): raise CheckpointError(f"{what} is not an object", str(path), fix)
+    return found
 
 def model_card(name:str, version:int, spec:dict, lineage:dict) -> str:
     "A markdown model card: what it is, how good, trained on what, from where, how to use it."
@@ -116,12 +127,18 @@ or, without this package, `python load_model.py` from `tp models export {name}:{
 def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_dir:str|Path=MODELS_DIR, runs_dir:str|Path=RUNS_DIR) -> dict:
     "Register a run's (or a checkpoint's) weights as the next version of `name`; returns the version's record."
     weights, run_dir = _weights_of(source, checkpoint, runs_dir)
-    meta = json.loads((run_dir/"run.json").read_text()) if run_dir else {}
+    meta = _json_object(run_dir/"run.json", "run.json") if run_dir else {}
     spec_path = next((p for p in spec_candidates(weights) if p.exists()), None) or (run_dir/"artifacts"/"model.json" if run_dir else None)
     if spec_path is None or not spec_path.exists(): raise CheckpointError("no model.json for these weights", str(weights), "register from a run directory")
-    spec = {k: v for k, v in json.loads(spec_path.read_text()).items() if k not in ("sha256", "weights", "checkpoint")}
+    written = _json_object(spec_path, "model.json")
+    spec = {k: v for k, v in written.items() if k not in ("sha256", "weights", "checkpoint")}
     name = name or meta.get("experiment")
     if not name or not NAME_PATTERN.match(name): raise UsageError(f"invalid model name {name!r}", "--name", "use letters, digits, dot, dash, underscore")
+    # before anything is written: the weights load into the model the run describes, every tensor checked (header,
+    # names, shapes, dtypes); from a checkpoint, its other states are checked as a resume would
+    beside = spec_path.parent == weights.parent  # then model.json's sha256 is these weights'
+    model, _ = load_exported_model(weights, {**spec, "sha256": written.get("sha256")} if beside else spec)
+    if (weights.parent/"MANIFEST.json").exists(): check_resume_state(load_checkpoint(weights.parent), model)
     digest = sha256_file(weights)
     lineage = {"run_id": meta.get("id"), "run_dir": str(run_dir) if run_dir else None, "checkpoint": str(weights),
                "dataset_version": meta.get("data_version") or spec.get("dataset_version"), "config_hash": meta.get("config_hash"),
@@ -250,7 +267,7 @@ def load_model(ref:str, models_dir:str|Path=MODELS_DIR) -> LoadedModel:
     "A registered model by 'name', 'name:3' or 'name@production' (sha256 verified, safetensors only)."
     from training_pipeline.preprocess import preprocessor_from_state
     path = resolve_ref(ref, models_dir)
-    model, spec = load_exported_model(path/"model.safetensors", json.loads((path/"model.json").read_text()))
+    model, spec = load_exported_model(path/"model.safetensors", _json_object(path/"model.json", "model.json"))
     return LoadedModel(model, spec, preprocessor_from_state(spec["preprocessing"]) if spec.get("preprocessing") else None)
 
 # %% ../nbs/12_registry.ipynb #44de00c7
@@ -372,10 +389,12 @@ def standalone_loader(spec:dict|None=None) -> str:
     return header + "\n\n".join(parts) + STANDALONE_PREPROCESSING + STANDALONE_MAIN
 
 def export(ref:str, out:str|Path, models_dir:str|Path=MODELS_DIR) -> Path:
-    "Copy a version (weights, model.json, card) with load_model.py into `out`."
+    "Copy a version (weights, model.json, card) with load_model.py into `out`, once its weights verify again (all of it)."
     src, out = resolve_ref(ref, models_dir), Path(out)
     if out.exists() and any(out.iterdir()): raise UsageError("export directory is not empty", str(out), "give a new or empty directory")
+    spec = _json_object(src/"model.json", "model.json")
+    load_exported_model(src/"model.safetensors", spec)  # what leaves the registry loads into the model it describes
     out.mkdir(parents=True, exist_ok=True)
     for f in ("model.safetensors", "model.json", "MODEL_CARD.md"): shutil.copyfile(src/f, out/f)
-    (out/"load_model.py").write_text(standalone_loader(json.loads((src/"model.json").read_text())))
+    (out/"load_model.py").write_text(standalone_loader(spec))
     return out

@@ -5,21 +5,22 @@
 # %% ../nbs/09a_resume.ipynb #c0beeca9
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .callback.core import raised_by_callback
-from .checkpoint import latest_good_checkpoint, verify_checkpoint
+from .checkpoint import latest_good_checkpoint, load_checkpoint, restore_trainer, verify_checkpoint
 from .core import RUN_ENDED_OK, CheckpointError, PipelineError, UsageError
 from .models import is_pickle_file
+from .safe_files import read_json, shown
 from .schema import RESUMABLE_CHANGES, Config
-from .tracking import RunBusyError, RunLock, run_dirs, run_is_alive
+from .tracking import RunBusyError, RunLock, RunStore, run_dirs, run_is_alive
 
 # %% auto #0
-__all__ = ['TRANSIENT_PATTERNS', 'ResumePlan', 'find_unfinished_run', 'find_live_run', 'resumes_with', 'plan_resume',
-           'TransientError', 'is_transient']
+__all__ = ['TRANSIENT_PATTERNS', 'ResumePlan', 'run_meta', 'find_unfinished_run', 'find_live_run', 'resumes_with', 'plan_resume',
+           'checked_resume', 'restore_run', 'mark_failed', 'TransientError', 'is_transient']
 
 # %% ../nbs/09a_resume.ipynb #3ca3b13c
 @dataclass
@@ -33,14 +34,24 @@ class ResumePlan:
     changed: dict = field(default_factory=dict)  # inplace: RESUMABLE_CHANGES that differ from the run's ({key: [then, now]})
 
 # %% ../nbs/09a_resume.ipynb #252d9113
+def run_meta(run:Path) -> dict:
+    "A run's run.json, read with bounds; `CheckpointError` (exit 2) when it is missing, unreadable or not an object."
+    try: meta = read_json(run/"run.json", fix="restore the run's run.json, or resume from another run")
+    except OSError as e:
+        raise CheckpointError(f"run.json cannot be read ({e.strerror or e})", str(run), "resume from another run") from None
+    if not isinstance(meta, dict): raise CheckpointError("run.json is not an object", str(run), "resume another run")
+    return meta
+
 def _runs_newest_first(runs_dir:str|Path, experiment:str):
     "(run dir, its run.json) of `experiment`'s runs, newest first; a run whose run.json can't be read is passed over."
     for run in reversed(run_dirs(runs_dir, experiment)):
-        try: yield run, json.loads((run/"run.json").read_text())
-        except (OSError, json.JSONDecodeError): continue
+        try: yield run, run_meta(run)
+        except CheckpointError: continue
 
 def find_unfinished_run(runs_dir:str|Path, experiment:str) -> Path|None:
-    "The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure); pruned trials are finished."
+    """The newest run of `experiment` that ended without completing (crashed, interrupted, transient failure); pruned
+    trials are finished, and so is a run that failed for good (bad input, a bug: `mark_failed`): the same input would
+    fail the same way."""
     for run, meta in _runs_newest_first(runs_dir, experiment):
         status = meta.get("status")
         if status in RUN_ENDED_OK or (status == "failed" and meta.get("error_kind") != "transient"): continue
@@ -86,11 +97,12 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
         fallbacks = []
         ck = _checkpoint_of(Path(resume), fallbacks)
         run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else None
-        parent = json.loads((run_dir/"run.json").read_text())["id"] if run_dir and (run_dir/"run.json").exists() else None
+        parent = run_meta(run_dir).get("id") if run_dir and (run_dir/"run.json").exists() else None
+        parent = parent if isinstance(parent, str) else None
         return ResumePlan("fork", checkpoint=ck, parent=parent, fallbacks=fallbacks)
     pinned = Path(runs_dir)/config.experiment.name/os.environ.get("TP_RUN_ID", "\0")
     if (pinned/"run.json").exists():  # a job manager retrying its own run: that run and no other
-        meta = json.loads((pinned/"run.json").read_text())
+        meta = run_meta(pinned)
         if meta.get("status") in RUN_ENDED_OK:
             raise UsageError(f"run {pinned.name} already {meta['status']}", str(pinned), "unset TP_RUN_ID to start a new run")
         run = pinned
@@ -100,20 +112,72 @@ def plan_resume(config:Config, resume:str, runs_dir:str|Path) -> ResumePlan:
             raise RunBusyError(f"run {busy.name} of this config is being trained by {RunLock.holder(busy)}", str(busy),
                                "wait for it to end, or start a new run with --resume never")
         return ResumePlan("fresh")
-    meta = json.loads((run/"run.json").read_text())
+    meta = run_meta(run)
     if not resumes_with(meta, config):
-        return ResumePlan("fresh", note=f"the unfinished run {meta['id']} has another config: starting a new run "
+        return ResumePlan("fresh", note=f"the unfinished run {run.name} has another config: starting a new run "
                                         f"(`--resume {run}` continues that one)")
     before, now = meta.get("resumable_settings") or {}, config.resumable_settings()
     changed = {k: [before[k], v] for k, v in now.items() if k in before and before[k] != v}
     fallbacks = []
     ck = latest_good_checkpoint(run/"checkpoints", lambda c, e: fallbacks.append((c, e)))
-    if ck is None and fallbacks:
-        raise CheckpointError(f"run {meta['id']} has checkpoints but none passes verification", str(run/"checkpoints"),
-                              "start fresh with --resume never, or restore a checkpoint")
-    note = f"the unfinished run {meta['id']} has no checkpoint: it restarts from the beginning" if ck is None else \
-           (f"resuming run {meta['id']} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())) if changed else None
+    if ck is None and fallbacks: _none_passes(run, fallbacks)
+    changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    note = f"the unfinished run {run.name} has no checkpoint: it restarts from the beginning" if ck is None else \
+           f"resuming run {run.name} with {changes}" if changed else None
     return ResumePlan("inplace", run_dir=run, checkpoint=ck, fallbacks=fallbacks, note=note, changed=changed)
+
+def _none_passes(run:Path, fallbacks:list):
+    newest, error = fallbacks[0]
+    raise CheckpointError(f"run {run.name} has checkpoints but none passes verification ({newest.name}: {error.what})",
+                          str(run/"checkpoints"), "start fresh with --resume never, or restore a checkpoint")
+
+# %% ../nbs/09a_resume.ipynb #3f6b7e55
+def checked_resume(plan:ResumePlan, check, data_version:str|None=None) -> tuple[ResumePlan, dict|None]:
+    """(plan, its checkpoint's state) once `check(state)` passes (it raises `CheckpointError` for a state that does not
+    fit), before anything is written. In place, a checkpoint that fails gives way to the newest older one that passes
+    (added to the plan's fallbacks); none: one `CheckpointError`. A fork fails at once. In place, the data must be the
+    version the run trained on."""
+    if plan.checkpoint is None: return plan, None
+    fallbacks, ck = list(plan.fallbacks), plan.checkpoint
+    while True:
+        try:
+            state = load_checkpoint(ck); check(state); break
+        except CheckpointError as e:
+            if plan.mode != "inplace": raise
+            fallbacks.append((ck, e))
+            ck = latest_good_checkpoint(ck.parent, lambda c, err: fallbacks.append((c, err)), older_than=ck)
+            if ck is None: _none_passes(plan.run_dir, fallbacks)
+    saved = state["trainer"].get("data_version")
+    if plan.mode == "inplace" and saved not in (None, data_version):
+        raise CheckpointError(f"the data changed since this run's checkpoint (dataset version {saved}, now "
+                              f"{data_version})", str(ck), "restore that data, or start a new run with --resume never")
+    return dataclasses.replace(plan, checkpoint=ck, fallbacks=fallbacks), state
+
+def restore_run(trainer, plan:ResumePlan, state:dict, log, data_version:str|None=None) -> tuple[int, int]:
+    "Load a checked state (`checked_resume`) into the trainer, record fallbacks and resume; return (epoch, batches done)."
+    for ck, err in plan.fallbacks:
+        trainer.log_event("checkpoint_fallback", skipped=ck.name, error=str(err))
+        log.info(f"warning: checkpoint {ck.name} failed verification ({err.what}); using an older one")
+    t = state["trainer"]
+    if t.get("data_version") not in (None, data_version):  # a fork may train on other data (in place: refused before)
+        trainer.log_event("data_version_changed", checkpoint=t["data_version"], now=data_version)
+    try: epoch, done = restore_trainer(trainer, state)
+    except PipelineError: raise
+    except Exception as e:  # checked before: only a state no check foresaw (a callback's own); the run is marked failed
+        raise CheckpointError(f"the checkpoint's state could not be restored ({type(e).__name__}: {shown(str(e))})",
+                              str(plan.checkpoint), "resume from another checkpoint, or start fresh with --resume never") from e
+    trainer.log_event("resumed", checkpoint=str(plan.checkpoint), mode=plan.mode, resume_epoch=epoch, batches_done=done,
+                      **({"changed": plan.changed} if plan.changed else {}))
+    log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
+    return epoch, done
+
+def mark_failed(run_dir:str|Path, error:BaseException):
+    """Record a run that died outside its fit (opening, restoring): failed, with the reason, so that `--resume auto` never
+    adopts it. A run that recorded its own end is left as it is."""
+    store = RunStore(run_dir)
+    if store.meta.get("status") == "running":
+        reason = str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+        store.finish("failed", error=reason)
 
 # %% ../nbs/09a_resume.ipynb #7be86cf3
 class TransientError(RuntimeError):

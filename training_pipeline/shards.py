@@ -17,12 +17,13 @@ from torch.utils.data import Dataset
 
 from .core import EXIT_USAGE, DataError, NotBuiltError, UsageError, atomic_dir, atomic_write_json, progress_disabled, sha256_file
 from .data import IMAGE_EXTENSIONS, SPLITS, DataLayout, load_schema, read_image
+from .safe_files import check_fields, file_inside, plain_name, read_json, sha256_nofollow, shown
 
 # %% auto #0
 __all__ = ['SHARD_LIBRARY', 'INSTALL_HINT', 'MANIFEST', 'MANIFEST_VERSION', 'SAMPLE_FORMAT', 'IMAGE_BUILTINS', 'REWRITE',
-           'require_litdata', 'image_files', 'recorded_version', 'shards_dir', 'sample_crc', 'write_shards',
-           'check_shardable', 'ShardError', 'check_shards', 'verify_shards', 'ShardDataset', 'open_shards',
-           'shard_datasets']
+           'MANIFEST_FIELDS', 'FILE_FIELDS', 'require_litdata', 'image_files', 'recorded_version', 'shards_dir',
+           'sample_crc', 'write_shards', 'check_shardable', 'ShardError', 'read_shard_manifest', 'check_shards',
+           'verify_shards', 'ShardDataset', 'open_shards', 'shard_datasets']
 
 # %% ../nbs/02ca_shards.ipynb #94dfacb2
 SHARD_LIBRARY = "litdata"
@@ -122,6 +123,9 @@ def check_shardable(dataset:str|None=None, source:str|Path|None=None):
 
 # %% ../nbs/02ca_shards.ipynb #9e821707
 REWRITE = "write them again: tp prepare --shards (same --dataset/--source and --data-dir)"
+MANIFEST_FIELDS = {"manifest_version": "count", "dataset_version": "str", "split": "str", "samples": "count",
+                   "classes": "list", "data_format": "list", "files": "list"}
+FILE_FIELDS = {"name": "str", "size": "count", "sha256": "sha256", "samples": "count"}  # samples: chunks only
 
 class ShardError(DataError):
     "A missing, damaged or stale shard (exit 2); like any `PipelineError` it keeps its one line through a DataLoader worker."
@@ -129,28 +133,61 @@ class ShardError(DataError):
 
 def _shard_error(what:str, where, fix:str=REWRITE) -> ShardError: return ShardError(what, str(where), fix)
 
-def _check_file(path:Path, entry:dict, full:bool):
-    "A shard file is there with the size (and, when `full`, the sha256) its manifest entry records."
-    if not path.is_file(): raise _shard_error("shard file missing", path)
-    size = path.stat().st_size
+def _check_file(folder:Path, entry:dict, full:bool):
+    "A shard file is in `folder` (no symbolic link) with the size (and, when `full`, the sha256) its entry records."
+    path = folder/entry["name"]
+    try: size = file_inside(folder, entry["name"], str(path), ShardError, REWRITE).st_size
+    except FileNotFoundError: raise _shard_error("shard file missing", path) from None
     if size != entry["size"]: raise _shard_error(f"shard file damaged: {size} bytes, the manifest says {entry['size']}", path)
-    if full and sha256_file(path) != entry["sha256"]: raise _shard_error("shard file damaged: its sha256 is not the manifest's", path)
+    if full and sha256_nofollow(path, error=ShardError, fix=REWRITE) != entry["sha256"]:
+        raise _shard_error("shard file damaged: its sha256 is not the manifest's", path)
+
+def read_shard_manifest(folder:Path) -> dict:
+    "A split's MANIFEST.json read with bounds and checked: its fields, each file a plain name with size and sha256."
+    path = folder/MANIFEST
+    try: manifest = read_json(path, "shard manifest", str(path), ShardError, REWRITE)
+    except FileNotFoundError: raise _shard_error("shard manifest missing", path) from None
+    ours = isinstance(manifest, dict) and manifest.get("manifest_version") == MANIFEST_VERSION
+    if not ours or manifest.get("data_format") != SAMPLE_FORMAT:
+        raise _shard_error("not a shard manifest this version reads", path)
+    check_fields(manifest, MANIFEST_FIELDS, "shard manifest", str(path), ShardError, REWRITE)
+    for i, entry in enumerate(manifest["files"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = f"shard manifest entry {shown(name) if isinstance(name, str) else i + 1}"
+        check_fields(entry, FILE_FIELDS, label, str(path), ShardError, REWRITE, optional=("samples",))
+        plain_name(name, str(path), "shard manifest entry", ShardError, REWRITE)
+    return manifest
+
+# %% ../nbs/02ca_shards.ipynb #e2c8a891
+def _check_index(folder:Path, manifest:dict):
+    "LitData opens the chunks index.json lists: they must be the manifest's (names, sample counts), summing to its count."
+    chunks = [(f["name"], f["samples"]) for f in manifest["files"] if "samples" in f]
+    if (held := sum(n for _, n in chunks)) != manifest["samples"]:
+        raise _shard_error(f"the shard manifest's chunks hold {held} samples, not the {manifest['samples']} it says",
+                           folder/MANIFEST)
+    index = read_json(folder/"index.json", "shard index.json", str(folder/"index.json"), ShardError, REWRITE)
+    listed = index.get("chunks") if isinstance(index, dict) else None
+    entry = lambda c: (c.get("filename"), c.get("chunk_size")) if isinstance(c, dict) else None
+    if not isinstance(listed, list) or [entry(c) for c in listed] != chunks:
+        raise _shard_error("index.json lists other chunks than the shard manifest", folder/"index.json")
 
 def check_shards(layout:DataLayout, split:str, full:bool=False) -> dict:
-    "A split's verified manifest: present, of the data's dataset version, every file present with its size; `full` checks every sha256."
+    """A split's verified manifest: present, of `split` and of the data's dataset version, every file a plain name in
+    the folder and present with its size, index.json's sha256 and chunks the manifest's; `full` checks every sha256."""
     folder = shards_dir(layout, split)
-    if not folder.is_dir(): raise _shard_error(f"no shards for split {split!r}", folder, "write them: tp prepare --shards (or set data.shards: false)")
-    path = folder/MANIFEST
-    if not path.is_file(): raise _shard_error("shard manifest missing", path)
-    try: manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError): raise _shard_error("shard manifest is not valid JSON", path) from None
-    if manifest.get("manifest_version") != MANIFEST_VERSION or manifest.get("data_format") != SAMPLE_FORMAT:
-        raise _shard_error("not a shard manifest this version reads", path)
+    if not folder.is_dir():
+        raise _shard_error(f"no shards for split {split!r}", folder, "write them: tp prepare --shards (or set data.shards: false)")
+    manifest = read_shard_manifest(folder)
+    if manifest["split"] != split:  # a copy of another split's folder: fitted and validated on the same samples
+        raise _shard_error(f"the shards in {split}/ are split {shown(manifest['split'])}'s (their manifest says so)", folder)
     version = recorded_version(layout)
-    if manifest.get("dataset_version") != version:
-        raise _shard_error(f"shards are of dataset version {manifest.get('dataset_version')}, the data is {version}", folder)
+    if manifest["dataset_version"] != version:
+        raise _shard_error(f"shards are of dataset version {manifest['dataset_version']}, the data is {version}", folder)
+    if "index.json" not in {f["name"] for f in manifest["files"]}:
+        raise _shard_error("the shard manifest does not list index.json", folder/MANIFEST)
     for entry in manifest["files"]:
-        _check_file(folder/entry["name"], entry, full=full or entry["name"] == "index.json")
+        _check_file(folder, entry, full=full or entry["name"] == "index.json")
+    _check_index(folder, manifest)
     return manifest
 
 # %% ../nbs/02ca_shards.ipynb #a23b3d6a

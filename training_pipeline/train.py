@@ -20,8 +20,8 @@ from .callback.core import Callback, raised_by_callback
 from .callback.progress import ProgressCallback
 from .callback.tracker import EarlyStoppingCallback, NonFiniteLossCallback
 from .schema import Config
-from .checkpoint import (CheckpointCallback, latest_good_checkpoint, load_checkpoint, restore_trainer,
-                                         verify_checkpoint)
+from .checkpoint import CheckpointCallback, latest_good_checkpoint, verify_checkpoint
+from .checkpoint_checks import check_resume_state
 from .core import (RUN_ENDED_OK, CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, fault_spec, redact, set_seed)
 from .distributed import broadcast_from_main, check_strategy, init_process_group, strategy_plugins, verify_strategy
@@ -35,7 +35,8 @@ from .sampling import resumable_loader
 from .tasks import Task, build_components
 from .tracking import (LOGGER, RunLock, RunStore, RunStoreCallback, TrackersCallback, flatten_dict,
                                        setup_run_logging)
-from .resume import ResumePlan, TransientError, is_transient, plan_resume
+from .resume import (ResumePlan, TransientError, checked_resume, is_transient, mark_failed,
+                                      plan_resume, restore_run)
 from .trial import TrialPruningCallback, TrialRef
 from .storage import cache_root, close_mirror, is_url, local_location, localize, on_this_machine, open_remote_runs, pull_tree, start_mirror
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
@@ -228,6 +229,7 @@ def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|N
                 cause = raised_by_callback(e)
                 reason = f"{type(cause).__name__}: {cause}"
                 if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
+                elif run_dir is not None and isinstance(e, Exception): mark_failed(run_dir, cause)  # never resumed by auto
                 # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)
                 if not transient or attempt >= config.training.max_retries or run_dir is None or state.num_processes > 1:
                     if transient and attempt:
@@ -331,6 +333,13 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     from accelerate import PartialState
     state = PartialState(cpu=cpu)  # rank and world size, before the run directory the Accelerator logs into
     world, rank = state.num_processes, state.process_index
+    loaders = _make_loaders(config, parts, world, rank)
+    steps_per_epoch = math.ceil(len(loaders["train"]) / config.training.gradient_accumulation_steps)
+    optimizer, scheduler, interval = _make_optimization(config, parts, steps_per_epoch)
+    # the checkpoint is read and checked against this model, optimizer, scheduler and data before any run directory is
+    # created or touched
+    fits = lambda s: check_resume_state(s, parts.model, optimizer, scheduler, loaders["train"].sampler)
+    plan, resumed = checked_resume(plan, fits, data.dataset_version)
     store = None
     if state.is_main_process:
         store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, data)
@@ -351,9 +360,6 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     verify_strategy(accelerator, config)
     if tb:
         accelerator.init_trackers(config.experiment.name, config=scalar_hparams(config))
-    loaders = _make_loaders(config, parts, world, rank)
-    steps_per_epoch = math.ceil(len(loaders["train"]) / config.training.gradient_accumulation_steps)
-    optimizer, scheduler, interval = _make_optimization(config, parts, steps_per_epoch)
     # every process takes part in checkpoints (RNG states, FSDP shards); rank 0 writes them
     same_dir = plan.mode == "inplace" and plan.checkpoint is not None
     ckpt_cb = CheckpointCallback(run_dir/config.checkpointing.save_dir, config.checkpointing, spec=spec,
@@ -366,7 +372,7 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
                       val_every=config.validation.frequency, plateau_monitor=getattr(t.lr_scheduler, "monitor", "val_loss"),
                       metrics=t.metrics, target_key=config.data.target_key, logger=log.info)
     current["trainer"] = trainer  # a storage alert says where training is
-    start = _restore(trainer, plan, data, store, log) if plan.checkpoint else (0, 0)
+    start = restore_run(trainer, plan, resumed, log, data.dataset_version) if resumed is not None else (0, 0)
     if store: log.info(f"run {store.id}: {store.dir}")
     return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
 
@@ -389,25 +395,6 @@ class DataEventsCallback(Callback):
             self.trainer.log_event("bad_samples_skipped", split=split, count=len(files), new=len(files) - self.reported.get(split, 0),
                                    files=files[:20])
             self.reported[split] = len(files)
-
-# %% ../nbs/15_train.ipynb #f0b2a64d
-def _restore(trainer:Trainer, plan:ResumePlan, data:DataBundle, store:RunStore|None, log) -> tuple[int, int]:
-    "Load the plan's checkpoint into the trainer; record what happened; return where to start."
-    for ck, err in plan.fallbacks:
-        trainer.log_event("checkpoint_fallback", skipped=ck.name, error=str(err))
-        log.info(f"warning: checkpoint {ck.name} failed verification ({err.what}); using an older one")
-    state = load_checkpoint(plan.checkpoint)
-    t = state["trainer"]
-    if t.get("data_version") not in (None, data.dataset_version):
-        if plan.mode == "inplace":
-            raise CheckpointError(f"the data changed since this run's checkpoint (dataset version {t['data_version']}, now {data.dataset_version})",
-                                  str(plan.checkpoint), "restore that data, or start a new run with --resume never")
-        trainer.log_event("data_version_changed", checkpoint=t["data_version"], now=data.dataset_version)
-    epoch, done = restore_trainer(trainer, state)
-    trainer.log_event("resumed", checkpoint=str(plan.checkpoint), mode=plan.mode, resume_epoch=epoch, batches_done=done,
-                      **({"changed": plan.changed} if plan.changed else {}))
-    log.info(f"resumed from {plan.checkpoint} (step {t['step']}, epoch {epoch + 1}, batch {done})")
-    return epoch, done
 
 # %% ../nbs/15_train.ipynb #1829f319
 def save_predictions(store:RunStore, name:str, outputs:torch.Tensor, targets:torch.Tensor, **info):
