@@ -344,8 +344,8 @@ def check_state_fits(state:dict, own:dict, where:str, what:str="weights",
         raise CheckpointError(f"{what} do not fit the model: {counts} wrongly typed tensor(s) (e.g. {'; '.join(examples[:3])})", where, fix)
     return state
 
-def load_exported_model(weights:str|Path, spec:dict|None=None):
-    "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json, tensors checked."
+def load_exported_model(weights:str|Path, spec:dict|None=None, model=None):
+    "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json, tensors checked; `model`: the caller's."
     from training_pipeline.models import model_from_spec
     weights, again = Path(weights), "export or register the model again"
     if spec is None:
@@ -356,7 +356,7 @@ def load_exported_model(weights:str|Path, spec:dict|None=None):
         if spec_path.parent != weights.parent: spec = {k: v for k, v in spec.items() if k != "sha256"}  # another file's
     if spec.get("sha256") and sha256_nofollow(weights, fix=again) != spec["sha256"]:
         raise CheckpointError("weights do not match the sha256 in model.json", str(weights), "the file was changed or truncated: export it again")
-    try: model = model_from_spec(spec)  # a built-in, torchvision or the user's own (import path + init_args) model
+    try: model = model_from_spec(spec, model)  # a built-in, torchvision, Hugging Face or the user's own model
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         what = f"model.json does not describe a model ({type(e).__name__}: {shown(str(e))})"
         raise CheckpointError(what, str(weights), again) from None

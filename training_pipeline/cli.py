@@ -293,6 +293,7 @@ def cmd_models(args) -> int:
     if c == "register":
         r = registry.register(args.source, args.name, args.checkpoint, args.models_dir)
         print(f"registered {r['name']} v{r['version']}: {r['path']}\n  from run {r['run_id']}, checkpoint {r['checkpoint']}, sha256 {r['sha256'][:16]}")
+        if r.get("note"): print(r["note"])
         if r["pin"] and args.remote.get("source"):  # the run in the bucket keeps this checkpoint from now on
             from training_pipeline.checkpoint import PINS_DIR
             from training_pipeline.storage import push_file

@@ -5,7 +5,11 @@
 # %% ../nbs/03_models.ipynb #5b59a8ef
 from __future__ import annotations
 
+import inspect
+import random
 from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -16,7 +20,8 @@ from .core import CheckpointError, ConfigError, did_you_mean
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'conv_block', 'SmallCNN', 'MLP', 'adapt_input_channels', 'head_name', 'DropoutLinear',
            'replace_head', 'is_pickle_file', 'load_safetensors', 'load_pretrained', 'legacy_head_names', 'load_weights',
-           'create_model', 'user_model', 'model_from_config', 'model_from_spec', 'hf_model', 'hf_spec']
+           'create_model', 'user_model', 'model_from_config', 'model_from_spec', 'hf_model', 'hf_spec',
+           'rebuild_recipe']
 
 # %% ../nbs/03_models.ipynb #9fb4dc88
 def conv_block(c_in:int, c_out:int) -> nn.Sequential:
@@ -225,9 +230,14 @@ def model_from_config(model_cfg, input_shape:tuple, num_classes:int|None, num_ou
     return create_model(model_cfg.architecture, num_classes, input_shape, model_cfg.dropout, model_cfg.pretrained,
                         model_cfg.pretrained_weights, model_cfg.hidden_dims, num_outputs, model_cfg.init_args)
 
-def model_from_spec(spec:dict) -> nn.Module:
-    "Rebuild a trained model's architecture (untrained weights) from the `model.json` a run or registered model keeps."
+def model_from_spec(spec:dict, model:nn.Module|None=None) -> nn.Module:
+    """Rebuild a trained model's architecture (untrained weights) from the `model.json` a run or registered model keeps;
+    `model`: the caller's own instance of it, for a model its record cannot rebuild (`rebuild_recipe`)."""
     from training_pipeline.core import is_hf_architecture, is_import_path
+    if model is not None: return model
+    if spec.get("rebuildable") is False:
+        raise CheckpointError(f"this model cannot be rebuilt from its record: {spec.get('rebuild_why', 'unknown arguments')}",
+                              "model.json", "pass the architecture: load_model(ref, model=YourModel(...)) with the arguments it was trained with")
     arch = spec["architecture"]
     if is_hf_architecture(arch): return hf_model(arch, spec.get("init_args") or {})[0]
     if is_import_path(arch): return user_model(arch, spec.get("init_args") or {})
@@ -297,3 +307,50 @@ def hf_model(architecture:str, init_args:dict|None=None, pretrained_weights:str|
 def hf_spec(model:nn.Module) -> tuple[str, dict]:
     "(architecture, init_args) that rebuild a Hugging Face model: its concrete class and every value of its config."
     return f"transformers:{type(model).__name__}", model.config.to_dict()
+
+# %% ../nbs/03_models.ipynb #de711ac7
+def _same_model(a:nn.Module, b:nn.Module) -> bool:
+    "The same modules and settings, and the same tensors (names, shapes, dtypes)."
+    if repr(a) != repr(b): return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype for k in sa)
+
+def _candidates(model:nn.Module, cls) -> list[dict]:
+    "Constructor arguments to try: what the model keeps (hparams, init_args), then its attributes named like parameters."
+    found = [dict(a) for a in (getattr(model, "hparams", None), getattr(model, "init_args", None)) if isinstance(a, dict)]
+    try: params = [p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]
+    except (TypeError, ValueError): return found
+    attrs = {p.name: getattr(model, p.name) for p in params if p.name in vars(model) and not isinstance(getattr(model, p.name), nn.Module)}
+    if all(p.name in attrs or p.default is not p.empty for p in params): found.append(attrs)
+    return found
+
+def _build_quietly(cls, args:dict):
+    "cls(**args) with every random generator put back (building a model draws its initial weights)."
+    state = (random.getstate(), np.random.get_state())
+    try:
+        with torch.random.fork_rng(devices=[]): return cls(**args)
+    except Exception: return None
+    finally: random.setstate(state[0]); np.random.set_state(state[1])
+
+# %% ../nbs/03_models.ipynb #d005dba1
+def rebuild_recipe(model:nn.Module) -> dict:
+    "How to rebuild a model given as an object: {architecture, init_args, rebuildable, why} (see above)."
+    from training_pipeline.core import import_object
+    cls = type(model)
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    if cls.__module__.split(".")[0] == "transformers" and hasattr(model, "config"):
+        arch, args = hf_spec(model)
+        return {"architecture": arch, "init_args": args, "rebuildable": True, "why": "its Hugging Face config"}
+    if cls.__module__ == "__main__":
+        return {"architecture": path, "init_args": {}, "rebuildable": False,
+                "why": f"its class {cls.__qualname__} is defined in __main__ (a notebook or a script): it cannot be imported later"}
+    try: importable = import_object(path) is cls
+    except ConfigError: importable = False
+    if not importable:
+        return {"architecture": path, "init_args": {}, "rebuildable": False, "why": f"{path} cannot be imported (a local class?)"}
+    for args in _candidates(model, cls):
+        built = _build_quietly(cls, args)
+        if built is not None and _same_model(built, model):
+            return {"architecture": path, "init_args": args, "rebuildable": True, "why": "its constructor arguments, checked"}
+    return {"architecture": path, "init_args": {}, "rebuildable": False,
+            "why": f"the arguments {cls.__qualname__} was built with could not be recovered (keep them in `self.hparams`)"}

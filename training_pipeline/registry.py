@@ -21,13 +21,14 @@ import torch
 from .checkpoint import (CKPT_PATTERN, PINS_DIR, load_checkpoint, load_exported_model, spec_candidates,
                                          verify_checkpoint)
 from .checkpoint_checks import check_resume_state
-from .safe_files import plain_name, read_json
+from .safe_files import plain_name, read_json, read_safetensors
 from .core import MODELS_DIR, RUNS_DIR, CheckpointError, UsageError, atomic_write, atomic_write_json, fsync_tree, sha256_file
 from .tracking import find_run
 
 # %% auto #0
-__all__ = ['SCHEMA', 'NAME_PATTERN', 'STANDALONE_PREPROCESSING', 'STANDALONE_MAIN', 'connect', 'model_card', 'register',
-           'list_versions', 'promote', 'resolve_ref', 'LoadedModel', 'load_model', 'standalone_loader', 'export']
+__all__ = ['SCHEMA', 'NAME_PATTERN', 'STANDALONE_PREPROCESSING', 'STANDALONE_MAIN', 'connect', 'model_card', 'unrebuildable_note',
+           'register', 'list_versions', 'promote', 'resolve_ref', 'LoadedModel', 'load_model', 'standalone_loader',
+           'export']
 
 # %% ../nbs/12_registry.ipynb #28cd53dc
 SCHEMA = """
@@ -124,6 +125,17 @@ or, without this package, `python load_model.py` from `tp models export {name}:{
 """
 
 # %% ../nbs/12_registry.ipynb #ab770880
+def unrebuildable_note(spec:dict, weights:Path) -> str|None:
+    """None for a model its record rebuilds; for one it cannot (a `fit` model whose arguments were not found), the line
+    that says so, after checking the weights file alone. A class defined in `__main__` is refused: nothing could load it."""
+    if spec.get("rebuildable") is not False: return None
+    why = spec.get("rebuild_why") or "its constructor arguments are unknown"
+    if "__main__" in why:
+        raise UsageError(f"cannot register this model: {why}", str(weights),
+                         "move the class into a module (a .py file on the path) and train it again")
+    read_safetensors(weights, fix="register the run again")  # the header and offsets checked; no model to load them into
+    return f"note: this model cannot be rebuilt from its record ({why}): load it with load_model(ref, model=<the same architecture>)"
+
 def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_dir:str|Path=MODELS_DIR, runs_dir:str|Path=RUNS_DIR) -> dict:
     "Register a run's (or a checkpoint's) weights as the next version of `name`; returns the version's record."
     weights, run_dir = _weights_of(source, checkpoint, runs_dir)
@@ -137,8 +149,10 @@ def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_
     # before anything is written: the weights load into the model the run describes, every tensor checked (header,
     # names, shapes, dtypes); from a checkpoint, its other states are checked as a resume would
     beside = spec_path.parent == weights.parent  # then model.json's sha256 is these weights'
-    model, _ = load_exported_model(weights, {**spec, "sha256": written.get("sha256")} if beside else spec)
-    if (weights.parent/"MANIFEST.json").exists(): check_resume_state(load_checkpoint(weights.parent), model)
+    note = unrebuildable_note(spec, weights)
+    if note is None:
+        model, _ = load_exported_model(weights, {**spec, "sha256": written.get("sha256")} if beside else spec)
+        if (weights.parent/"MANIFEST.json").exists(): check_resume_state(load_checkpoint(weights.parent), model)
     digest = sha256_file(weights)
     lineage = {"run_id": meta.get("id"), "run_dir": str(run_dir) if run_dir else None, "checkpoint": str(weights),
                "dataset_version": meta.get("data_version") or spec.get("dataset_version"), "config_hash": meta.get("config_hash"),
@@ -175,7 +189,7 @@ def register(source:str|Path, name:str|None=None, checkpoint:str="best", models_
     if run_dir is not None and CKPT_PATTERN.match(weights.parent.name):  # retention keeps the checkpoint a version came from
         pin = run_dir/PINS_DIR/f"{name}-v{version}.json"
         atomic_write_json(pin, {"checkpoint": weights.parent.name, "model": name, "version": version})
-    return {**record, "path": str(target), "pin": str(pin) if pin else None}
+    return {**record, "path": str(target), "pin": str(pin) if pin else None, "note": note}
 
 # %% ../nbs/12_registry.ipynb #c8c958f0
 def list_versions(name:str|None=None, models_dir:str|Path=MODELS_DIR) -> list[dict]:
@@ -247,7 +261,8 @@ class LoadedModel:
 
     def outputs(self, inputs) -> torch.Tensor:
         from training_pipeline.trainer import call_model
-        with torch.no_grad(): return call_model(self.model, self.to_tensor(inputs)).float()
+        from training_pipeline.tasks import unpack_output
+        with torch.no_grad(): return unpack_output(call_model(self.model, self.to_tensor(inputs)))[0].float()
 
     def predict_proba(self, inputs) -> np.ndarray:
         "Class (or label) probabilities; for regression, the predicted values."
@@ -261,13 +276,15 @@ class LoadedModel:
         if self.task == "regression": return decoded.tolist()
         name = lambda i: self.classes[i] if i < len(self.classes) else i
         if self.task == "multilabel": return [[name(j) for j in row.nonzero().flatten().tolist()] for row in decoded]
+        if decoded.ndim == 2: return [[name(i) for i in row] for row in decoded.tolist()]  # a class per token
         return [name(i) for i in decoded.tolist()]
 
-def load_model(ref:str, models_dir:str|Path=MODELS_DIR) -> LoadedModel:
-    "A registered model by 'name', 'name:3' or 'name@production' (sha256 verified, safetensors only)."
+def load_model(ref:str, models_dir:str|Path=MODELS_DIR, model:torch.nn.Module|None=None) -> LoadedModel:
+    """A registered model by 'name', 'name:3' or 'name@production' (sha256 verified, safetensors only); `model`: the
+    architecture from the caller, for a model its record cannot rebuild (a `fit` model whose arguments were not found)."""
     from training_pipeline.preprocess import preprocessor_from_state
     path = resolve_ref(ref, models_dir)
-    model, spec = load_exported_model(path/"model.safetensors", _json_object(path/"model.json", "model.json"))
+    model, spec = load_exported_model(path/"model.safetensors", _json_object(path/"model.json", "model.json"), model)
     return LoadedModel(model, spec, preprocessor_from_state(spec["preprocessing"]) if spec.get("preprocessing") else None)
 
 # %% ../nbs/12_registry.ipynb #44de00c7
