@@ -155,11 +155,13 @@ def symlinked_chunk(data, canary):
     outside_copy(folder, chunk, canary)
 
 
+# name: (craft(data dir, canary), the text every refusal holds, whether a streamed training runs too (the same check as
+# `tp validate --shards`, through the loaders))
 SHARD_CASES = {
-    "shards_parent_entry": (lambda d, c: shard_manifest_entry(d, "../../../canary.txt", c), OUT),
-    "shards_absolute_entry": (lambda d, c: shard_manifest_entry(d, str(c), c), OUT),
-    "shards_symlinked_chunk": (symlinked_chunk, "is a symbolic link, which is never followed"),
-    "shards_train_is_val": (train_is_val, "the shards in train/ are split val's"),
+    "shards_parent_entry": (lambda d, c: shard_manifest_entry(d, "../../../canary.txt", c), OUT, False),
+    "shards_absolute_entry": (lambda d, c: shard_manifest_entry(d, str(c), c), OUT, False),
+    "shards_symlinked_chunk": (symlinked_chunk, "is a symbolic link, which is never followed", True),
+    "shards_train_is_val": (train_is_val, "the shards in train/ are split val's", True),
 }
 
 
@@ -211,17 +213,35 @@ def checkpoint_case(root, data, made, name):
     return case, canary, commands
 
 
+# refused by the model's check, after verification passed (a checkpoint that fails verification is skipped the same
+# way by `plan_resume`: tests/test_resume.py, a truncated newest checkpoint)
+FALLBACK_CASES = ("int8_weights",)
+
+
+def fallback_case(root, data, made, name):
+    "A copy of the made run, interrupted, its newest checkpoint crafted and the older one (step-20) left good."
+    case = root / f"fallback-{name}"
+    shutil.copytree(made, case, symlinks=True)
+    canary = case / "canary.txt"; canary.write_text("nothing outside the checkpoint is read\n")
+    run = next((case / "runs" / "test").iterdir())
+    CHECKPOINT_CASES[name][0](run / "checkpoints" / "step-00000040", canary)
+    interrupted(run)
+    return case, canary, {"train (auto)": [*TRAIN, *data_overrides(data), *SETTINGS]}
+
+
 def shard_case(root, data, name):
-    craft, _ = SHARD_CASES[name]
+    craft, _, trains = SHARD_CASES[name]
     case = root / name
     case.mkdir()
     for part in ("metadata", "shards"):  # what reading shards needs (statistics.json: the dataset version), no images
         shutil.copytree(data / part, case / "data" / part, symlinks=True)
     canary = case / "canary.txt"; canary.write_text("nothing outside the shards is read\n")
     craft(case / "data", canary)
-    return case, canary, {"validate --shards": ["validate", "--data-dir", case / "data", "--shards"],
-                          "train data.shards=true": [*TRAIN, f"data.data_dir={case / 'data'}", "data.shards=true",
-                                                     "data.in_memory=false"]}
+    commands = {"validate --shards": ["validate", "--data-dir", case / "data", "--shards"]}
+    if trains:
+        streamed = [f"data.data_dir={case / 'data'}", "data.shards=true", "data.in_memory=false"]
+        commands["train data.shards=true"] = [*TRAIN, *streamed]
+    return case, canary, commands
 
 
 def timed(argv, cwd):
@@ -243,7 +263,8 @@ def timed(argv, cwd):
 def outcomes(base):
     "case -> each command's (result, CPU seconds), the tree before and after, what the canary's access time showed."
     root, data, made = base
-    cases = {n: checkpoint_case(root, data, made, n) for n in CHECKPOINT_CASES}
+    cases = {f"fallback-{n}": fallback_case(root, data, made, n) for n in FALLBACK_CASES}  # the longest: first
+    cases |= {n: checkpoint_case(root, data, made, n) for n in CHECKPOINT_CASES}
     cases |= {n: shard_case(root, data, n) for n in SHARD_CASES}
     before = {n: tree_snapshot(case) for n, (case, _, _) in cases.items()}  # reads every file: before the times are set
     for case, canary, _ in cases.values(): os.utime(canary, (PAST, canary.stat().st_mtime))
@@ -294,26 +315,19 @@ def test_crafted_shards_are_refused_by_validate_and_training(outcomes, name):
     assert_harmless(found)
 
 
-@pytest.mark.parametrize("name", ["symlinked_weights", "int8_weights"])
-def test_auto_resume_falls_back_past_a_crafted_newest_checkpoint(base, tmp_path, name):
+@pytest.mark.parametrize("name", FALLBACK_CASES)
+def test_auto_resume_falls_back_past_a_crafted_newest_checkpoint(outcomes, base, name):
     "With an older good checkpoint, --resume auto continues from it (a warning event), reading nothing outside."
-    root, data, made = base
-    case = tmp_path / "case"
-    shutil.copytree(made, case, symlinks=True)
-    canary = case / "canary.txt"; canary.write_text("x")
-    run = next((case / "runs" / "test").iterdir())
-    CHECKPOINT_CASES[name][0](run / "checkpoints" / "step-00000040", canary)
-    interrupted(run)
-    os.utime(canary, (PAST, canary.stat().st_mtime))
-    r = run_tp(*TRAIN, *data_overrides(data), *SETTINGS, cwd=case)
+    found = outcomes[f"fallback-{name}"]
+    r, _ = found["results"]["train (auto)"]
     assert r.returncode == 0, r.stderr[-2000:]
-    assert canary.stat().st_atime == PAST, "a file outside the checkpoint was read"
-    assert [p.name for p in (case / "runs" / "test").iterdir()] == [run.name]  # continued in place
+    assert found["canary_can_tell"] and found["canary_untouched"], "a file outside the checkpoint was read"
+    runs = [p for p in found["after"] if p.count("/") == 2 and p.startswith("runs/test/")]
+    assert runs == [p for p in found["before"] if p.count("/") == 2 and p.startswith("runs/test/")]  # the same run
+    run = base[0] / f"fallback-{name}" / runs[0]
     events = [json.loads(l) for l in (run / "events.jsonl").read_text().splitlines()]
     fallback = [e for e in events if e["event"] == "checkpoint_fallback"]
     assert [e["skipped"] for e in fallback] == ["step-00000040"], fallback
     assert CHECKPOINT_CASES[name][1] in fallback[0]["error"], fallback
     assert [e for e in events if e["event"] == "resumed"][-1]["checkpoint"].endswith("step-00000020")
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
-
-
