@@ -32,10 +32,10 @@ from .safe_files import (check_fields, file_inside, plain_name, read_json, read_
 __all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'FIX', 'STATE_FILES', 'TRAINER_FIELDS', 'PINS_DIR', 'REPEAT_WINDOW_S',
            'flatten_state', 'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_manifest',
            'verify_checkpoint', 'tensor_refs', 'check_contents', 'load_checkpoint', 'list_checkpoints',
-           'checkpoint_step', 'latest_good_checkpoint', 'checkpoint_summary', 'write_index', 'build_index',
-           'prune_checkpoints', 'pinned_checkpoints', 'export_best_model', 'spec_candidates', 'check_state_fits',
-           'load_exported_model', 'AsyncCheckpointWriter', 'ignoring_repeats', 'CheckpointCallback', 'full_states',
-           'load_full_states', 'rank_rng_states', 'trainer_state', 'restore_trainer']
+           'checkpoint_step', 'latest_good_checkpoint', 'checkpoint_summary', 'read_index', 'write_index',
+           'build_index', 'prune_checkpoints', 'pinned_checkpoints', 'export_best_model', 'spec_candidates',
+           'check_state_fits', 'load_exported_model', 'AsyncCheckpointWriter', 'ignoring_repeats', 'CheckpointCallback',
+           'full_states', 'load_full_states', 'rank_rng_states', 'trainer_state', 'restore_trainer']
 
 # %% ../nbs/07_checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -269,6 +269,10 @@ def checkpoint_summary(ck:Path) -> dict:
     metrics = t["metrics"] if isinstance(t.get("metrics"), dict) else {}
     return {"name": ck.name, "step": checkpoint_step(ck), "epoch": t.get("epoch"),
             "batches_done": t.get("batches_done"), "time": manifest.get("created"), "metrics": metrics}
+
+def read_index(root:str|Path) -> dict:
+    "A run's checkpoints/index.json, read with bounds ({} when there is none yet, or it is not an object)."
+    return _object_or_empty(Path(root)/"index.json")
 
 def write_index(root:str|Path, monitor:str|None=None, mode:str="min", resumed_from:str|None=None) -> dict:
     "Rebuild checkpoints/index.json from the committed checkpoints."

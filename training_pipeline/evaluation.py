@@ -5,6 +5,7 @@
 # %% ../nbs/10c_evaluation.ipynb #4b43e884
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
-from .checkpoint import load_exported_model
-from .core import CheckpointError, NotBuiltError, UsageError, patch
+from .checkpoint import load_exported_model, read_index
+from .core import (CheckpointError, NotBuiltError, UsageError, atomic_write, atomic_write_json, patch,
+                                    safetensors_bytes)
 from .tasks import IGNORE_INDEX, LEGACY_TASKS, class_count_metrics, make_task, unpack_output
 
 # %% auto #0
 __all__ = ['HEADLINE', 'task_name', 'Evaluation', 'token_metrics', 'top_class_metrics', 'metrics_table', 'load_predictions',
-           'read_test_split', 'evaluate']
+           'save_predictions', 'records_on_main', 'test_predictions', 'read_test_split', 'evaluate']
 
 # %% ../nbs/10c_evaluation.ipynb #a7350b66
 def task_name(task:str|None) -> str:
@@ -48,6 +51,7 @@ class Evaluation:
     source: str = ""          # where the outputs come from: a stored predictions file, or the data evaluated now
     inputs: np.ndarray|None = None  # test images (N, C, H, W) uint8, for the worst-case grid
     record: dict = field(default_factory=dict)  # compact predictions: top_classes/top_scores, or predicted/nll per token
+    loss: float|None = None   # the mean loss the run measured with these weights (stored with their predictions)
 
     def __post_init__(self):
         self.task = task_name(self.task)
@@ -202,7 +206,55 @@ def load_predictions(info:dict, spec:dict) -> Evaluation:
     outputs = t["outputs"].float().numpy() if "outputs" in t else None
     record = {k: v.numpy() for k, v in t.items() if k not in ("outputs", "targets")}  # a compact record (Task.prediction_record)
     return Evaluation(spec.get("task"), outputs, y.numpy(), _classes(spec), info.get("weights") or info["name"],
-                      f"stored predictions artifacts/predictions/{Path(info['file']).name}", record=record)
+                      f"stored predictions artifacts/predictions/{Path(info['file']).name}", record=record, loss=info.get("loss"))
+
+# %% ../nbs/10c_evaluation.ipynb #353692a1
+def save_predictions(store, name:str, record:dict, **info):
+    "A split's prediction record (`Task.prediction_record`) as safetensors, with a JSON note of which weights made it."
+    d = store.artifacts_dir/"predictions"
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write(d/f"{name}.safetensors", safetensors_bytes({k: v.contiguous() for k, v in record.items()}))
+    atomic_write_json(d/f"{name}.json", {"samples": len(record["targets"]), **info})
+
+def records_on_main(model, loader, trainer) -> tuple[dict, float]:
+    "(prediction record, mean loss as the run weighs it) of a model over a loader's dataset, in this process alone."
+    from accelerate.utils import send_to_device
+    from training_pipeline.trainer import call_model, join_records, split_batch, with_labels
+    plain = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+    task, batches, total, weight = trainer.task, [], 0.0, 0.0
+    with torch.no_grad(), trainer.accelerator.autocast():
+        for batch in plain:
+            x, y = split_batch(send_to_device(batch, trainer.device), trainer.target_key)
+            logits, own = unpack_output(call_model(model, with_labels(x, y, trainer.target_key) if trainer.model_loss_used else x))
+            loss, w = own if trainer.model_loss_used else trainer.loss_func(logits, y), float(task.weight(y))
+            total, weight = total + float(loss) * w, weight + w
+            batches.append({k: v.cpu() for k, v in task.prediction_record(logits.float(), y).items()})
+    return join_records(batches, task.per_token), total / max(weight, 1)
+
+# %% ../nbs/10c_evaluation.ipynb #9962fe31
+def test_predictions(trainer, store):
+    "Evaluate the final model on test (a logged row) and store its predictions, and the best checkpoint's when it differs."
+    from training_pipeline.checkpoint import _is_fsdp, verify_checkpoint
+    from training_pipeline.models import load_safetensors
+    from training_pipeline.trainer import GatherPreds
+    gather = GatherPreds()
+    trainer.add_cbs([gather])
+    try: trainer.validate("test")
+    finally: trainer.remove_cb(gather)
+    if store is None: return
+    row = {k: v for k, v in trainer.row.items() if k not in ("split", "time")}
+    save_predictions(store, "test_final", gather.record, weights=f"final model (step {trainer.global_step})",
+                     step=trainer.global_step, metrics=row, loss=row.get("loss"))
+    best = read_index(store.checkpoints_dir).get("best") or {}
+    ck = store.checkpoints_dir/best["name"] if best.get("name") else None
+    step = int(ck.name.split("-")[1]) if ck else None
+    if ck is None or step == trainer.global_step or _is_fsdp(trainer.accelerator): return
+    verify_checkpoint(ck)
+    model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).eval()
+    model.load_state_dict(load_safetensors(ck/"model.safetensors", "checkpoint weights"))
+    record, loss = records_on_main(model, trainer.loaders["test"], trainer)
+    save_predictions(store, "test_best", record, weights=f"best checkpoint {ck.name} ({best['monitor']} {best['value']:.4g})",
+                     step=step, checkpoint=ck.name, loss=loss)
 
 # %% ../nbs/10c_evaluation.ipynb #aec90b37
 def read_test_split(spec:dict, data_dir:Path):

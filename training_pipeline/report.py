@@ -120,7 +120,8 @@ def summary_table(run:RunData, evaluations:list|tuple=()) -> pd.DataFrame:
     if _compact(_prefixed(s, "test_")): rows.append((f"test, {final_weights(run)}", _compact(_prefixed(s, "test_"))))
     for ev in evaluations:  # the final model's row above is the logged one; these are the other weights the report evaluates
         if "test_final" in ev.source: continue
-        rows.append((f"test, {ev.weights}", _compact({k: ev.metrics[k] for k in HEADLINE[ev.task] if k in ev.metrics})))
+        shown = ({"loss": ev.loss} if ev.loss is not None else {}) | {k: ev.metrics[k] for k in HEADLINE[ev.task] if k in ev.metrics}
+        rows.append((f"test, {ev.weights}", _compact(shown)))
     if "samples_per_s" in train: rows.append(("throughput (median)", f"{train['samples_per_s'].median():.0f} samples/s"))
     if "data_wait_share" in train: rows.append(("time waiting for data (median)", f"{100 * train['data_wait_share'].median():.1f}%"))
     rows.append(("early stop", early_stop_text(run)))

@@ -20,7 +20,7 @@ from .callback.core import Callback, raised_by_callback
 from .callback.progress import ProgressCallback
 from .callback.tracker import EarlyStoppingCallback, NonFiniteLossCallback
 from .schema import Config
-from .checkpoint import CheckpointCallback, latest_good_checkpoint, verify_checkpoint
+from .checkpoint import CheckpointCallback, latest_good_checkpoint, read_index, verify_checkpoint
 from .checkpoint_checks import check_resume_state
 from .core import (RUN_ENDED_OK, CheckpointError, ConfigError, InterruptedRun, PipelineError, TrainingError, UsageError,
                                     atomic_write, atomic_write_json, fault_spec, redact, set_seed)
@@ -32,7 +32,12 @@ from .loaders import DataBundle, build_data
 from typing import Callable
 from torch.utils.data import DataLoader
 from .sampling import resumable_loader
-from .tasks import Task, build_components
+from .tasks import MODEL_LOSS, Task, build_components
+from .schema import TASK_LOSSES
+from .evaluation import test_predictions
+from .models import hf_spec, rebuild_recipe
+from .preflight import preflight
+import inspect
 from .tracking import (LOGGER, RunLock, RunStore, RunStoreCallback, TrackersCallback, flatten_dict,
                                        setup_run_logging)
 from .resume import (ResumePlan, TransientError, checked_resume, is_transient, mark_failed,
@@ -42,10 +47,10 @@ from .storage import cache_root, close_mirror, is_url, local_location, localize,
 from .trainer import Trainer, make_accelerator, make_optimizer, make_scheduler
 
 # %% auto #0
-__all__ = ['FIT_SHORTCUTS', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec', 'write_artifacts', 'check_trackers',
-           'make_trackers', 'FaultInjection', 'held_logs', 'train', 'on_cpu', 'Components', 'components_from_config',
-           'loader_like', 'DataEventsCallback', 'save_predictions', 'test_predictions', 'scalar_hparams', 'fit_config',
-           'fit', 'notebook_train']
+__all__ = ['FIT_SHORTCUTS', 'OPTIMIZER_TYPES', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec', 'write_artifacts',
+           'check_trackers', 'make_trackers', 'FaultInjection', 'held_logs', 'train', 'on_cpu', 'Components',
+           'components_from_config', 'loader_like', 'DataEventsCallback', 'scalar_hparams', 'fit_config',
+           'given_objects', 'fit', 'notebook_train']
 
 # %% ../nbs/15_train.ipynb #1292dd90
 @dataclass
@@ -85,11 +90,19 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     return cbs
 
 # %% ../nbs/15_train.ipynb #eb4dc192
-def model_spec(config:Config, data:DataBundle, task:Task, model:torch.nn.Module) -> dict:
-    "What rebuilds the model later (report, registry, `load_model`, export): architecture or import path with its arguments, task, data."
+def model_spec(config:Config, data:DataBundle, task:Task, model:torch.nn.Module, given:bool=False) -> dict:
+    """What rebuilds the model later (report, registry, `load_model`, export): architecture or import path with its
+    arguments, task, data. A Hugging Face model records its whole config; a model given to `fit` what `rebuild_recipe`
+    found (or that it cannot be rebuilt, and why)."""
+    from training_pipeline.core import is_hf_architecture
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     pre = data.preprocessor.state_dict() if data.preprocessor is not None else None
-    return {"architecture": config.model.architecture, "init_args": redact(config.model.init_args), "task": task.name,
+    if given: recipe = rebuild_recipe(model)
+    elif is_hf_architecture(config.model.architecture): recipe = dict(zip(("architecture", "init_args"), hf_spec(model)), rebuildable=True)
+    else: recipe = {"architecture": config.model.architecture, "init_args": config.model.init_args, "rebuildable": True}
+    return {"architecture": recipe["architecture"], "init_args": redact(recipe["init_args"]), "rebuildable": recipe["rebuildable"],
+            **({"rebuild_why": recipe["why"]} if not recipe["rebuildable"] else {}), "task": task.name,
+            "vocab_size": getattr(data, "vocab_size", None),
             "num_classes": data.num_classes or config.model.num_classes, "num_outputs": widths[-1] if widths else None,
             "input_shape": list(data.input_shape), "kind": data.kind, "dropout": config.model.dropout,
             "hidden_dims": config.model.hidden_dims, "dataset_version": data.dataset_version, "classes": list(data.classes),
@@ -291,6 +304,7 @@ class Components:
     scheduler: object = None    # optimizer -> LR scheduler (stepped per optimizer step); None: training.lr_scheduler
     callbacks: list = field(default_factory=list)
     loaders: dict = field(default_factory=dict)  # split -> the user's DataLoader, rebuilt around the resumable sampler
+    given: dict|None = None     # fit: what was given as Python objects (`given_objects`): the model, and what config.yaml cannot say
 
 def components_from_config(config:Config) -> Components:
     "Data, task, loss and model as `tp train` builds them."
@@ -329,11 +343,16 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
     precision = "fp16" if config.resources.fp16 and config.training.mixed_precision == "auto" and not cpu else config.training.mixed_precision
     set_seed(config.seed, config.training.deterministic)
     with held_logs() as early: parts = build(config)  # the user's code runs here, before any run directory: its errors leave nothing behind
-    data, spec = parts.data, model_spec(config, parts.data, parts.task, parts.model)
+    data, spec = parts.data, model_spec(config, parts.data, parts.task, parts.model, given=parts.given is not None)
     from accelerate import PartialState
     state = PartialState(cpu=cpu)  # rank and world size, before the run directory the Accelerator logs into
     world, rank = state.num_processes, state.process_index
     loaders = _make_loaders(config, parts, world, rank)
+    # one small batch through forward, loss, metrics and backward before any run directory exists (05b_preflight)
+    probe, said = resumable_loader(loaders["train"].dataset, 2, False, config.seed, collate_fn=loaders["train"].collate_fn), []
+    resolved = {"training.loss.type": config.training.loss.type} if config.training.loss.type == "auto" else {}
+    parts.loss = preflight(parts.model, probe, parts.task, parts.loss, config.data.target_key, config.training.metrics, state.device, said.append)
+    if resolved: resolved["training.loss.type"] = "model" if parts.loss is MODEL_LOSS else TASK_LOSSES[config.training.task][0]
     steps_per_epoch = math.ceil(len(loaders["train"]) / config.training.gradient_accumulation_steps)
     optimizer, scheduler, interval = _make_optimization(config, parts, steps_per_epoch)
     # the checkpoint is read and checked against this model, optimizer, scheduler and data before any run directory is
@@ -346,10 +365,12 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
         current["run_dir"] = store.dir
         write_artifacts(store, data, config, spec)
         if trial is not None: store.update(trial=trial.record())
+        if resolved or parts.given: store.update(**({"resolved": resolved} if resolved else {}), **({"given": parts.given} if parts.given else {}))
     # the run directory exists before any process logs into it; its path comes from rank 0 (plain torchrun sets no TP_RUN_ID)
     run_dir = on_this_machine(Path(broadcast_from_main(str(store.dir) if store else None)), current.get("main_cache"))
     log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
     for record in early: log.handle(record)  # what building the model said (fine-tuning: which tensors were re-initialised)
+    for line in said: log.info(line)  # what the preflight settled (the loss of `auto`, labels that are the inputs)
     if store is not None and current.get("remote") is not None: start_mirror(config, current["remote"], store, plan, current, log, deliver_alert)
     resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
     # in place, TensorBoard forgets the steps after the checkpoint; with no checkpoint yet (killed before the first), all of them
@@ -395,53 +416,6 @@ class DataEventsCallback(Callback):
             self.trainer.log_event("bad_samples_skipped", split=split, count=len(files), new=len(files) - self.reported.get(split, 0),
                                    files=files[:20])
             self.reported[split] = len(files)
-
-# %% ../nbs/15_train.ipynb #1829f319
-def save_predictions(store:RunStore, name:str, outputs:torch.Tensor, targets:torch.Tensor, **info):
-    "Outputs and targets of an evaluation as safetensors, with a JSON note saying which weights made them."
-    from training_pipeline.core import safetensors_bytes
-    d = store.artifacts_dir/"predictions"
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write(d/f"{name}.safetensors", safetensors_bytes({"outputs": outputs.float().contiguous(), "targets": targets.contiguous()}))
-    atomic_write_json(d/f"{name}.json", {"samples": len(targets), **info})
-
-# %% ../nbs/15_train.ipynb #65c116ce
-def _outputs_on_main(model, loader, trainer:Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    "A model's outputs over a loader's whole dataset, in this process alone (no collective)."
-    from accelerate.utils import send_to_device
-    from training_pipeline.trainer import call_model, split_batch
-    plain = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
-    outs, targets = [], []
-    with torch.no_grad(), trainer.accelerator.autocast():
-        for batch in plain:
-            x, y = split_batch(send_to_device(batch, trainer.device), trainer.target_key)
-            outs.append(call_model(model, x).float().cpu()); targets.append(y.cpu())
-    return torch.cat(outs), torch.cat(targets)
-
-def test_predictions(trainer:Trainer, store:RunStore|None):
-    "Evaluate the final model on test (a logged row) and store its predictions, and the best checkpoint's when it differs."
-    from training_pipeline.checkpoint import _is_fsdp
-    from training_pipeline.models import load_safetensors
-    from training_pipeline.trainer import GatherPreds
-    gather = GatherPreds()
-    trainer.add_cbs([gather])
-    try: trainer.validate("test")
-    finally: trainer.remove_cb(gather)
-    if store is None: return
-    row = {k: v for k, v in trainer.row.items() if k not in ("split", "time")}
-    save_predictions(store, "test_final", gather.outputs, gather.targets, weights=f"final model (step {trainer.global_step})",
-                     step=trainer.global_step, metrics=row)
-    index = store.checkpoints_dir/"index.json"
-    best = (json.loads(index.read_text()).get("best") or {}) if index.exists() else {}
-    ck = store.checkpoints_dir/best["name"] if best.get("name") else None
-    step = int(ck.name.split("-")[1]) if ck else None
-    if ck is None or step == trainer.global_step or _is_fsdp(trainer.accelerator): return
-    verify_checkpoint(ck)
-    model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).eval()
-    model.load_state_dict(load_safetensors(ck/"model.safetensors", "checkpoint weights"))
-    outputs, targets = _outputs_on_main(model, trainer.loaders["test"], trainer)
-    save_predictions(store, "test_best", outputs, targets, weights=f"best checkpoint {ck.name} ({best['monitor']} {best['value']:.4g})",
-                     step=step, checkpoint=ck.name)
 
 # %% ../nbs/15_train.ipynb #5ddd987d
 def scalar_hparams(config:Config) -> dict:
@@ -490,7 +464,7 @@ def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, acceler
         if store:
             summary = {k: v for k, v in trainer.metrics.items() if k.startswith(("val_", "test_"))}
             summary.update(epochs_completed=trainer.epoch + (status in RUN_ENDED_OK), global_step=trainer.global_step)
-            best = json.loads((store.checkpoints_dir/"index.json").read_text()).get("best") if (store.checkpoints_dir/"index.json").exists() else None
+            best = read_index(store.checkpoints_dir).get("best")
             if best: summary["best"] = best
             store.finish(status, summary=summary)
         accelerator.end_training()
@@ -524,8 +498,47 @@ def fit_config(model:torch.nn.Module, config=None, **overrides) -> Config:
     for key, value in overrides.items(): set_dotted(raw, FIT_SHORTCUTS.get(key, key.replace("__", ".")), value, "fit()")
     return validate_config(raw, "fit()")
 
+# %% ../nbs/15_train.ipynb #da1e1ea9
+OPTIMIZER_TYPES = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
+
+def _import_path(obj) -> str|None:
+    "`module:Name` of a class or function that can be imported again (not one defined in __main__ or a function)."
+    from training_pipeline.core import import_object
+    target = obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
+    path = f"{target.__module__}:{target.__qualname__}"
+    try: return path if target.__module__ != "__main__" and import_object(path) is target else None
+    except ConfigError: return None
+
+def _plain_args(obj) -> dict:
+    "The constructor arguments an object keeps as attributes of the same name, when they are plain values."
+    try: names = [n for n in inspect.signature(type(obj).__init__).parameters if n != "self"]
+    except (TypeError, ValueError): return {}
+    plain = lambda v: isinstance(v, (bool, int, float, str)) or v is None
+    return {n: getattr(obj, n) for n in names if n in vars(obj) and plain(getattr(obj, n)) and getattr(obj, n) is not None}
+
+# %% ../nbs/15_train.ipynb #263bfa2c
+def given_objects(model, loss=None, optimizer=None) -> tuple[dict, dict]:
+    """What `fit` records of the Python objects it was given: (config overrides, run.json notes). A loss that can be
+    imported again becomes `training.loss` (its path and the arguments it keeps); an SGD/Adam/AdamW optimizer (or a
+    function making one, called once here on the model's parameters) becomes `training.optimizer` and its learning
+    rate; anything else is named in run.json's `given`, so nothing says what did not run."""
+    overrides, given = {}, {}
+    if loss is not None:
+        path = _import_path(loss)
+        if path: overrides.update(training__loss__type=path, training__loss__init_args=_plain_args(loss) if not inspect.isfunction(loss) else {})
+        else: given["loss"] = f"{type(loss).__qualname__} (defined where it cannot be imported again)"
+    if optimizer is not None:
+        opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(model.parameters())
+        d, kind = opt.defaults, OPTIMIZER_TYPES.get(type(opt))
+        overrides["learning_rate"] = float(d["lr"])
+        if kind == "sgd": overrides["training__optimizer"] = {"type": "sgd", "momentum": d["momentum"], "weight_decay": d["weight_decay"],
+                                                              "nesterov": d["nesterov"]}
+        elif kind: overrides["training__optimizer"] = {"type": kind, "betas": list(d["betas"]), "eps": d["eps"], "weight_decay": d["weight_decay"]}
+        else: given["optimizer"] = f"{type(opt).__module__}.{type(opt).__qualname__}({', '.join(f'{k}={v}' for k, v in d.items() if isinstance(v, (int, float)))})"
+    return overrides, given
+
 # %% ../nbs/15_train.ipynb #3f10cf97
-def _fit_components(config:Config, model, data:dict, loss, optimizer, scheduler, callbacks) -> Components:
+def _fit_components(config:Config, model, data:dict, loss, optimizer, scheduler, callbacks, given:dict|None=None) -> Components:
     "Components of a `fit` call: the user's datasets (or their loaders' datasets), model, loss and extras."
     from training_pipeline.loaders import user_bundle
     from training_pipeline.tasks import task_and_loss
@@ -533,7 +546,7 @@ def _fit_components(config:Config, model, data:dict, loss, optimizer, scheduler,
     datasets = {s: (d.dataset if isinstance(d, DataLoader) else d) for s, d in data.items()}
     bundle = user_bundle(datasets, "fit(data=...)", target_key=config.data.target_key, key="data")
     task, loss, _ = task_and_loss(config, bundle, loss)
-    return Components(bundle, task, loss, model, optimizer, scheduler, list(callbacks or []), loaders)
+    return Components(bundle, task, loss, model, optimizer, scheduler, list(callbacks or []), loaders, given=given or {})
 
 def fit(model:torch.nn.Module, data:dict, *, loss:Callable|None=None, optimizer=None, scheduler=None, metrics:list|None=None,
         callbacks:list|None=None, config=None, resume:str="auto", **overrides) -> TrainResult:
@@ -544,8 +557,9 @@ def fit(model:torch.nn.Module, data:dict, *, loss:Callable|None=None, optimizer=
     train_dl = data["train"]
     if isinstance(train_dl, DataLoader) and "batch_size" not in overrides and train_dl.batch_size: overrides["batch_size"] = train_dl.batch_size
     if metrics is not None: overrides["training__metrics"] = list(metrics)
-    cfg = fit_config(model, config, **overrides)
-    build = lambda c: _fit_components(c, model, data, loss, optimizer, scheduler, callbacks)
+    recorded, given = given_objects(model, loss, optimizer)  # config.yaml says what ran: the loss and optimizer given
+    cfg = fit_config(model, config, **{**overrides, **recorded})
+    build = lambda c: _fit_components(c, model, data, loss, optimizer, scheduler, callbacks, given)
     return train(cfg, resume=resume, command=["fit()"], build=build)
 
 # %% ../nbs/15_train.ipynb #6a4c5b04

@@ -22,8 +22,8 @@ from .tasks import IGNORE_INDEX, MODEL_LOSS, Task, make_metric, make_task, metri
 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'WarmupCosine', 'resolve_precision', 'make_accelerator', 'split_batch',
-           'with_labels', 'call_model', 'chunk_batch', 'Trainer', 'GatherPreds', 'Running', 'MetricsCallback',
-           'SchedulerCallback', 'GradNormCallback']
+           'with_labels', 'call_model', 'chunk_batch', 'Trainer', 'join_records', 'GatherPreds', 'Running',
+           'MetricsCallback', 'SchedulerCallback', 'GradNormCallback']
 
 # %% ../nbs/05_trainer.ipynb #a3ae8ee4
 def make_optimizer(opt_cfg, params, lr:float) -> torch.optim.Optimizer:
@@ -340,14 +340,16 @@ def validate(self:Trainer, split:str="val") -> dict:
     self._do_validate(split)
     return {k: v for k, v in self.row.items() if k not in ("step", "epoch", "split", "time")}
 
-def _join(acc, pieces:list, key:str, per_token:bool) -> torch.Tensor:
-    "One key of the batches' prediction records, concatenated and gathered (token records padded to one length first)."
-    fill = IGNORE_INDEX if key == "targets" else 0
-    if per_token and pieces[0].ndim >= 2:
-        longest = max(p.shape[1] for p in pieces)
-        pieces = [nn.functional.pad(p, (0, longest - p.shape[1]), value=fill) if p.ndim == 2 else p for p in pieces]
-        return acc.gather_for_metrics(acc.pad_across_processes(torch.cat(pieces), dim=1, pad_index=fill)).cpu()
-    return acc.gather_for_metrics(torch.cat(pieces)).cpu()
+def join_records(batches:list[dict], per_token:bool=False) -> dict:
+    "Batches' prediction records as one per key; token records (N, T) padded to the longest T (targets with -100)."
+    out = {}
+    for key in (batches[0] if batches else {}):
+        pieces, fill = [b[key] for b in batches], IGNORE_INDEX if key == "targets" else 0
+        if per_token and pieces[0].ndim == 2:
+            longest = max(p.shape[1] for p in pieces)
+            pieces = [nn.functional.pad(p, (0, longest - p.shape[1]), value=fill) for p in pieces]
+        out[key] = torch.cat(pieces)
+    return out
 
 class GatherPreds(Callback):
     """Collects a validation pass's predictions as the task records them (`Task.prediction_record`: raw outputs, or
@@ -357,8 +359,11 @@ class GatherPreds(Callback):
     def after_batch(self):
         if not self.training: self.batches.append(self.task.prediction_record(self.pred.detach(), self.yb))
     def after_validate(self):
-        acc, keys = self.trainer.accelerator, list(self.batches[0]) if self.batches else []
-        self.record = {k: _join(acc, [b[k] for b in self.batches], k, self.task.per_token) for k in keys}
+        acc, per_token = self.trainer.accelerator, self.task.per_token
+        def gathered(key, t):
+            if per_token and t.ndim == 2: t = acc.pad_across_processes(t, dim=1, pad_index=IGNORE_INDEX if key == "targets" else 0)
+            return acc.gather_for_metrics(t).cpu()
+        self.record = {k: gathered(k, t) for k, t in join_records(self.batches, per_token).items()}
         self.outputs = self.record.get("outputs", torch.empty(0))
         self.targets = self.record.get("targets", torch.empty(0, dtype=torch.long))
 
