@@ -92,7 +92,10 @@ def preflight(model:nn.Module, loader, task:Task, loss:Callable, target_key:str=
     if loss is MODEL_LOSS and not _takes(model, key):
         raise ConfigError(f"training.loss is the model's own, but its forward takes no {key!r} argument for the labels",
                           "training.loss.type (preflight batch)", "set training.loss.type to the task's loss (e.g. cross_entropy)")
-    labels_in = (loss is MODEL_LOSS or isinstance(loss, AutoLoss)) and _takes(model, key)
+    # `auto` hands the model its labels only from a mapping batch, and for causal_lm only labels that are the inputs:
+    # a Hugging Face causal LM shifts its labels itself, so targets already shifted would be shifted twice
+    auto_labels = isinstance(x, dict) and (task.name != "causal_lm" or task.shift)
+    labels_in = (loss is MODEL_LOSS or isinstance(loss, AutoLoss) and auto_labels) and _takes(model, key)
     model.to(device)
     with untouched(model):
         model.train()
@@ -101,7 +104,7 @@ def preflight(model:nn.Module, loader, task:Task, loss:Callable, target_key:str=
         logits, own = unpack_output(out)
         if isinstance(loss, AutoLoss):
             loss = MODEL_LOSS if own is not None else loss.default
-            log(f"training.loss auto: {'the model' + chr(39) + 's own loss' if loss is MODEL_LOSS else repr(loss.default.loss)}")
+            log("training.loss auto: " + ("the model's own loss" if loss is MODEL_LOSS else f"the task's ({task.default_loss})"))
         if loss is MODEL_LOSS and own is None: raise _no_model_loss(out)
         try: value = own if loss is MODEL_LOSS else loss(logits, y)
         except Exception as e: raise _fail("the loss", e, task, logits, y) from None
