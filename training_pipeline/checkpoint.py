@@ -548,7 +548,7 @@ def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None
     state = trainer_state(t, position, reason, self.context)
     if state is None or not self.is_writer:
         self.last_saved = t.global_step; return
-    epoch, done = state["trainer_state"]["epoch"], state["trainer_state"]["batches_done"]
+    epoch, done = t.epoch_number, state["trainer_state"]["batches_done"]  # the epoch it was saved in, as events count
     step, started = t.global_step, time.perf_counter()
     if self.writer is not None: state = _clone_cpu(state)
     def write():

@@ -22,7 +22,7 @@ from .core import JOBS_DIR, JOB_MAX_RETRIES, EXIT_OK, UsageError
 from .jobs import (ENDED, STATES, connect, cpu_count, db_path, format_time, get_job, gpu_count, insert_job, log_path,
                                     queue_error, refuse_stored_secrets, train_argv, transaction)
 from .slurm import slurm_env, submit_to_slurm, sync_slurm
-from .tracking import new_run_id
+from .tracking import epoch_offset, new_run_id
 from .watch import format_duration
 from .worker import Worker, process_alive, resources_text
 
@@ -107,7 +107,7 @@ def run_progress(run_dir) -> dict:
     if meta.get("status") == "pruned": out["pruned"] = True  # its search stopped it early: the job succeeded, its progress stays where it stopped
     if rows:
         last = rows[-1]
-        out.update(step=last.get("step"), epoch=last.get("epoch"))
+        out.update(step=last.get("step"), epoch=None if last.get("epoch") is None else last["epoch"] + epoch_offset(meta))
         if meta.get("planned_steps") and "fraction" not in out: out["fraction"] = min(1.0, (last.get("step") or 0) / meta["planned_steps"])
         val = [r for r in rows if r.get("split") == "val"]
         src = val[-1] if val else last
@@ -156,7 +156,7 @@ def list_rows(jobs:list[dict]) -> list[tuple]:
     for j in jobs:
         p = j["progress"]
         prog = f"{p['fraction'] * 100:.0f}%" if p.get("fraction") is not None else "-"
-        if p.get("epochs") and p.get("epoch") is not None and j["state"] == "running": prog += f" ep {min(p['epoch'] + 1, p['epochs'])}/{p['epochs']}"
+        if p.get("epochs") and p.get("epoch") is not None and j["state"] == "running": prog += f" ep {min(p['epoch'], p['epochs'])}/{p['epochs']}"
         if p.get("pruned"): prog += " pruned"
         retries = f"{j['retries']}/{j['max_retries']}" + (f" +{j['requeues']}rq" if j["requeues"] else "")
         rows.append((j["id"], j["name"], j["state"], retries, f"{j['cpus']}/{j['gpus']}" + (f" [{j['devices']}]" if j["devices"] else ""),
@@ -181,7 +181,7 @@ def show_text(job:dict, attempts:list[dict], jobs_dir) -> str:
              ("submitted", format_time(job["submitted"])), ("started", format_time(job["started"])), ("ended", format_time(job["ended"])),
              ("duration", format_duration(job["duration_s"]))]
     if job["run_id"]: lines += [("run id", job["run_id"]), ("run dir", job["run_dir"])]
-    if p: lines.append(("progress", f"{p.get('fraction', 0) * 100:.0f}% (epoch {(p.get('epoch') or 0) + 1}/{p.get('epochs')}, step {p.get('step')})"
+    if p: lines.append(("progress", f"{p.get('fraction', 0) * 100:.0f}% (epoch {p.get('epoch') or 1}/{p.get('epochs')}, step {p.get('step')})"
                                      + (" · pruned by its search" if p.get("pruned") else "")
                                      + (f" · {' '.join(f'{k} {v:.4f}' for k, v in p['metrics'].items())}" if p.get("metrics") else "")))
     if r: lines.append(("usage", resources_text(r) + f" · mean cpu {r['mean_cpu_percent']:.0f}% over {r['samples']} samples"))

@@ -28,7 +28,7 @@ __all__ = ['alert_text', 'send_email', 'send_webhook', 'deliver_alert', 'Monitor
 def alert_text(alert:dict) -> str:
     "One readable line for an alert."
     return (f"[{alert['run_id']}] {alert['rule']}: {alert['message']} (value {alert['value']}, threshold {alert['threshold']}, "
-            f"epoch {alert['epoch'] + 1}, step {alert['step']}) — {alert['run_dir']}")
+            f"epoch {alert['epoch']}, step {alert['step']}) — {alert['run_dir']}")
 
 def send_email(cfg, alert:dict):
     "Send an alert with smtplib: SSL or STARTTLS, login with the password from the environment variable named in config."
@@ -145,7 +145,7 @@ def alert(self:MonitorCallback, rule:str, value, threshold, message:str, stoppab
     if now - self.last_sent.get(rule, -math.inf) < self.cfg.cooldown_s: return
     self.last_sent[rule] = now
     t = self.trainer
-    alert = {"run_id": self.run_id, "rule": rule, "step": t.global_step, "epoch": t.epoch, "value": value,
+    alert = {"run_id": self.run_id, "rule": rule, "step": t.global_step, "epoch": t.epoch_number, "value": value,
              "threshold": threshold, "message": message, "run_dir": self.run_dir, "action": getattr(self.cfg.rules, rule).action}
     t.logger(f"ALERT {alert_text(alert)}")
     delivered = deliver_alert(self.cfg, alert, self.retries, t.logger)

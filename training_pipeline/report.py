@@ -20,7 +20,7 @@ import pandas as pd
 from .core import CheckpointError, PipelineError, UsageError, atomic_write, is_import_path, redact_argv
 from .evaluation import HEADLINE, Evaluation, evaluate, load_predictions, metrics_table, read_test_split
 from .tasks import PER_CLASS_LIMIT
-from .tracking import read_jsonl
+from .tracking import epoch_offset, read_jsonl
 
 # %% auto #0
 __all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'EPOCH_FIELDS', 'TEMPLATES', 'PAGE', 'RunData', 'load_run',
@@ -100,7 +100,7 @@ def early_stop_text(run:RunData) -> str:
     stop = next((e for e in reversed(run.events) if e.get("event") == "early_stop"), None)
     done, planned = run.meta.get("summary", {}).get("epochs_completed"), run.meta.get("planned_epochs")
     if stop is None or (done is not None and planned is not None and done >= planned): return "no"
-    best = f" ({stop['monitor']} best at epoch {stop['best_epoch'] + 1})" if stop.get("best_epoch") is not None else ""
+    best = f" ({stop['monitor']} best at epoch {stop['best_epoch'] + epoch_offset(run.meta)})" if stop.get("best_epoch") is not None else ""
     return f"yes: after epoch {done} of {planned}{best}" if done is not None and planned else f"yes{best}"
 
 def summary_table(run:RunData, evaluations:list|tuple=()) -> pd.DataFrame:
@@ -168,13 +168,13 @@ def learning_curves(metrics:pd.DataFrame):
     return fig
 
 # %% ../nbs/11_report.ipynb #76804de5
-def step_time_figure(metrics:pd.DataFrame):
+def step_time_figure(metrics:pd.DataFrame, offset:int=0):
     "Stacked seconds per epoch: data wait, transfer, forward, backward, optimizer; None when not recorded."
     import plotly.graph_objects as go
     cols = [c for c in ("time_data_s", "time_h2d_s", "time_forward_s", "time_backward_s", "time_optimizer_s") if c in metrics]
     if not cols or "epoch_time_s" not in metrics: return None
     epochs = metrics[(metrics["split"] == "train") & metrics["epoch_time_s"].notna()]
-    fig = go.Figure([go.Bar(x=epochs["epoch"] + 1, y=epochs[c], name=c.removeprefix("time_").removesuffix("_s")) for c in cols])
+    fig = go.Figure([go.Bar(x=epochs["epoch"] + offset, y=epochs[c], name=c.removeprefix("time_").removesuffix("_s")) for c in cols])
     fig.update_layout(barmode="stack", xaxis_title="epoch", yaxis_title="seconds", height=320, margin=dict(t=30))
     return fig
 
@@ -316,22 +316,22 @@ def target_table(statistics:dict) -> pd.DataFrame|None:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split") if rows else None
 
 # %% ../nbs/11_report.ipynb #0eca7243
-EPOCH_FIELDS = ("epoch", "best_epoch")  # epoch indices in the files, shown as people count epochs (from 1)
+EPOCH_FIELDS = ("epoch", "best_epoch")  # shown as people count epochs, from 1 (`epoch_offset`: older runs counted from 0)
 
-def _detail(key:str, value) -> str:
-    if key in EPOCH_FIELDS and isinstance(value, int): value += 1
+def _detail(key:str, value, offset:int=0) -> str:
+    if key in EPOCH_FIELDS and isinstance(value, int): value += offset
     return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
 
 def events_table(run:RunData) -> pd.DataFrame:
     "Events in time order: time, event, step, epoch (counted from 1, as the console counts), and the details."
-    columns = ["time", "event", "step", "epoch", "details"]
+    columns, offset = ["time", "event", "step", "epoch", "details"], epoch_offset(run.meta)
     rows = []
     for e in run.events:
         details = {k: v for k, v in e.items() if k not in ("time", "event", "step", "epoch")}
         epoch = e.get("epoch")
         rows.append({"time": pd.to_datetime(e.get("time"), unit="s").strftime("%H:%M:%S") if e.get("time") else "",
-                     "event": e["event"], "step": e.get("step", ""), "epoch": epoch + 1 if isinstance(epoch, int) else "",
-                     "details": ", ".join(_detail(k, v) for k, v in details.items())[:160]})
+                     "event": e["event"], "step": e.get("step", ""), "epoch": epoch + offset if isinstance(epoch, int) else "",
+                     "details": ", ".join(_detail(k, v, offset) for k, v in details.items())[:160]})
     return pd.DataFrame(rows, columns=columns)
 
 def _position(checkpoint:dict) -> str:

@@ -490,7 +490,7 @@ def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePl
     def alert(message, waited):  # through the run's alert channels, like a rule's
         if deliver is None: return
         t = current.get("trainer")
-        deliver(config.alerts, {"run_id": store.id, "rule": "storage", "step": getattr(t, "global_step", 0), "epoch": getattr(t, "epoch", 0),
+        deliver(config.alerts, {"run_id": store.id, "rule": "storage", "step": getattr(t, "global_step", 0), "epoch": getattr(t, "epoch_number", 0),
                                       "value": waited, "threshold": config.checkpointing.remote_timeout_s, "message": message,
                                       "run_dir": mirror.url, "action": "warn"}, log=log.warning)
     c = config.checkpointing

@@ -21,9 +21,10 @@ from .core import (RUNS_DIR, ScrubFilter, UsageError, atomic_write, atomic_write
                                     redact, redact_argv)
 
 # %% auto #0
-__all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'RunStore', 'RunBusyError', 'RunLock', 'RunStoreCallback',
-           'TrackersCallback', 'setup_run_logging', 'heartbeat_age', 'pid_alive', 'run_is_alive', 'effective_status',
-           'run_dirs', 'find_run', 'run_summary', 'runs_df', 'flatten_dict', 'compare_runs', 'comparison_html']
+__all__ = ['LOGGER', 'json_line', 'read_jsonl', 'new_run_id', 'now', 'epoch_offset', 'RunStore', 'RunBusyError', 'RunLock',
+           'RunStoreCallback', 'TrackersCallback', 'setup_run_logging', 'heartbeat_age', 'pid_alive', 'run_is_alive',
+           'effective_status', 'run_dirs', 'find_run', 'run_summary', 'runs_df', 'flatten_dict', 'compare_runs',
+           'comparison_html']
 
 # %% ../nbs/09_tracking.ipynb #46cf3c1c
 def _clean(v):
@@ -51,6 +52,11 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 def now() -> str: return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+def epoch_offset(meta:dict) -> int:
+    """What to add to an epoch of a run's metrics.jsonl or events.jsonl to count it as people do, from 1: 0 for runs
+    that record `epochs_from: 1`, 1 for runs of older versions (which counted from 0)."""
+    return 0 if meta.get("epochs_from") == 1 else 1
 
 class RunStore:
     "Writes (main process) and reads one run directory: runs/<experiment>/<run_id>/."
@@ -91,7 +97,8 @@ class RunStore:
                       "git_sha": env["git_sha"], "git_dirty": env["git_dirty"],
                       "data_version": data_version, "config_hash": config.hash,
                       "resume_hash": config.resume_hash, "resumable_settings": config.resumable_settings(), "parent_run": parent,
-                      "tags": list(config.experiment.tags), "env": env, "summary": {}}
+                      "tags": list(config.experiment.tags), "env": env, "summary": {},
+                      "epochs_from": 1}  # metrics.jsonl and events.jsonl count epochs from 1 (older runs: from 0, `epoch_offset`)
         store._write_meta()
         store.metrics_path.touch(); store.events_path.touch()
         return store

@@ -387,11 +387,13 @@ def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict,
                                  resumed_from=plan.checkpoint.name if same_dir else None, writer=store is not None,
                                  context={"data_version": data.dataset_version, "config_hash": config.hash, "run_id": run_dir.name})
     t = config.training
+    epochs_from = broadcast_from_main(store.meta.get("epochs_from", 0) if store else None)  # an older run resumed keeps its count
     trainer = Trainer(parts.model, loaders, parts.loss, optimizer, scheduler, interval,
                       build_callbacks(config, store, tb, ckpt_cb, trial) + list(parts.callbacks), accelerator=accelerator, task=parts.task,
                       grad_accum=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, log_every=config.logging.log_frequency,
                       val_every=config.validation.frequency, plateau_monitor=getattr(t.lr_scheduler, "monitor", "val_loss"),
                       metrics=t.metrics, target_key=config.data.target_key, logger=log.info)
+    trainer.epoch_base = epochs_from
     current["trainer"] = trainer  # a storage alert says where training is
     start = restore_run(trainer, plan, resumed, log, data.dataset_version) if resumed is not None else (0, 0)
     if store: log.info(f"run {store.id}: {store.dir}")

@@ -145,6 +145,7 @@ class Trainer:
         self.log_every, self.val_every, self.logger = log_every, val_every, logger
         self.model_loss_used = loss_func is MODEL_LOSS  # the labels go into the model, its output's loss is the loss
         self.epoch, self.n_epochs, self.iter, self.global_step, self.micro_splits = 0, 0, 0, 0, 1
+        self.epoch_base = 1  # rows and events number epochs from 1, as people do (0: a run recorded by an older version)
         self.training, self.split, self.start_iter, self.stop = False, None, 0, None
         self.metrics, self.history, self.events = {}, [], []
         self.cbs = []
@@ -155,6 +156,8 @@ class Trainer:
     def device(self): return self.accelerator.device
     @property
     def is_main(self) -> bool: return self.accelerator.is_main_process
+    @property
+    def epoch_number(self) -> int: return self.epoch + self.epoch_base  # the epoch as rows, events and the console count it
     @property
     def lr(self) -> float: return self.opt.param_groups[0]["lr"]
 
@@ -189,7 +192,7 @@ class Trainer:
 @patch
 def log_row(self:Trainer, split:str, **metrics):
     "Record metrics for `split` at the current step and tell the callbacks."
-    self.row = {"step": self.global_step, "epoch": self.epoch, "split": split, "time": round(time.time(), 3), **metrics}
+    self.row = {"step": self.global_step, "epoch": self.epoch_number, "split": split, "time": round(time.time(), 3), **metrics}
     self.history.append(self.row)
     self.metrics.update({f"{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     self("after_log")
@@ -197,7 +200,7 @@ def log_row(self:Trainer, split:str, **metrics):
 @patch
 def log_event(self:Trainer, kind:str, **details):
     "Record an event (checkpoint, backoff, early stop ...): kept in `events` and passed to callbacks."
-    self.event = {"time": round(time.time(), 3), "event": kind, "step": self.global_step, "epoch": self.epoch, **details}
+    self.event = {"time": round(time.time(), 3), "event": kind, "step": self.global_step, "epoch": self.epoch_number, **details}
     self.events.append(self.event)
     for cb in self.cbs:
         if hasattr(type(cb), "on_event") and cb.runs_here: cb.on_event(self.event)

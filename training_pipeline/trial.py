@@ -99,7 +99,7 @@ class TrialPruningCallback(Callback):
 
     def after_epoch(self):
         fresh = getattr(self.trainer, "row", None) or {}
-        validated = fresh.get("split") == self.monitor.split("_", 1)[0] and fresh.get("epoch") == self.epoch
+        validated = fresh.get("split") == self.monitor.split("_", 1)[0] and fresh.get("epoch") == self.trainer.epoch_number
         if not validated: return  # every process sees the same rows, so all return here together
         prune, value = False, self.trainer.metrics.get(self.monitor)
         if self.trainer.is_main and value is not None:

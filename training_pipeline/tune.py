@@ -405,14 +405,16 @@ def tune(config:str|Path, params:list[str], trials:int, overrides=(), *, pruner:
 # %% ../nbs/15b_tune.ipynb #a33eb796
 def _learning_curves(summary:TuneSummary, top:int=5):
     "The objective per epoch of the best `top` completed trials, one line each."
-    from training_pipeline.tracking import read_jsonl
+    from training_pipeline.jobs import run_meta
+    from training_pipeline.tracking import epoch_offset, read_jsonl
     import plotly.graph_objects as go
     split, name = summary.metric.split("_", 1)
     done = sorted((r for r in summary.trials if r["state"] == "complete"), key=lambda r: r["value"], reverse=summary.direction == "maximize")
     fig = go.Figure()
     for r in done[:top]:
         rows = [x for x in read_jsonl(Path(r["run_dir"])/"metrics.jsonl") if x.get("split") == split and name in x] if r["run_dir"] else []
-        fig.add_scatter(x=[x["epoch"] + 1 for x in rows], y=[x[name] for x in rows], mode="lines+markers", name=f"trial {r['number']}")
+        offset = epoch_offset(run_meta(r["run_dir"])) if r["run_dir"] else 1
+        fig.add_scatter(x=[x["epoch"] + offset for x in rows], y=[x[name] for x in rows], mode="lines+markers", name=f"trial {r['number']}")
     fig.update_layout(title=f"{summary.metric} of the top {min(top, len(done))} trials", xaxis_title="epoch", yaxis_title=summary.metric, height=380)
     return fig
 

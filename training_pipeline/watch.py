@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .core import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RUN_ENDED_OK, UsageError
-from .tracking import RunStore, effective_status, find_run, heartbeat_age, run_is_alive
+from .tracking import RunStore, effective_status, epoch_offset, find_run, heartbeat_age, run_is_alive
 
 # %% auto #0
 __all__ = ['JsonlTail', 'RunTail', 'run_snapshot', 'format_duration', 'render_snapshot', 'HeartbeatWatcher', 'follow',
@@ -88,7 +88,7 @@ def run_snapshot(tail:RunTail, stale_s:float=120.0) -> dict:
     metrics = lambda r: {k: r[k] for k in ("loss", "accuracy", "lr") if r.get(k) is not None}
     return {"run_id": meta.get("id", tail.dir.name), "experiment": meta.get("experiment"), "run_dir": str(tail.dir),
             "status": status, "step": step, "planned_steps": planned, "progress": progress,
-            "epoch": (train or val).get("epoch", -1) + 1, "planned_epochs": meta.get("planned_epochs"),
+            "epoch": (train or val).get("epoch", -epoch_offset(meta)) + epoch_offset(meta), "planned_epochs": meta.get("planned_epochs"),
             "eta_s": eta, "samples_per_s": train.get("samples_per_s"), "heartbeat_age_s": heartbeat_age(meta),
             "train": metrics(train), "val": metrics(val), "world_size": meta.get("world_size", 1),
             "alerts": [e for e in tail.events if e.get("event") == "alert"], "error": meta.get("error")}
@@ -134,7 +134,7 @@ class HeartbeatWatcher:
         gone = not run_is_alive(meta, math.inf)  # same host and its pid is gone
         why = f"the training process {meta.get('pid')} is " + ("gone" if gone else "not responding")
         message = why + (f"; last heartbeat {age:.0f} s ago" if age is not None else "; no heartbeat recorded")
-        alert = {"run_id": snap["run_id"], "rule": "heartbeat", "step": snap["step"], "epoch": max(snap["epoch"] - 1, 0),
+        alert = {"run_id": snap["run_id"], "rule": "heartbeat", "step": snap["step"], "epoch": snap["epoch"],
                  "value": round(age, 1) if age is not None else None, "threshold": self.rule.stale_s, "message": message,
                  "run_dir": str(self.dir), "action": "warn"}
         self.last_sent = time.monotonic()

@@ -33,7 +33,7 @@ class TrackerCallback(Callback):
         self.new_best = self.validated = False
         split = self.monitor.split("_", 1)[0]
         fresh = self.trainer.row if getattr(self.trainer, "row", None) else {}
-        if fresh.get("split") != split or fresh.get("epoch") != self.epoch: return  # no validation this epoch
+        if fresh.get("split") != split or fresh.get("epoch") != self.trainer.epoch_number: return  # no validation this epoch
         self.validated = True
         if self.monitor not in self.trainer.metrics:
             available = ", ".join(sorted(k for k in self.trainer.metrics if k.startswith(split)))
@@ -57,9 +57,11 @@ class EarlyStoppingCallback(TrackerCallback):
         if not self.validated: return  # no validation this epoch: not counted
         self.wait = 0 if self.new_best else self.wait + 1
         if self.wait >= self.patience:
-            self.trainer.log_event("early_stop", monitor=self.monitor, best=self.best, best_epoch=self.best_epoch, patience=self.patience)
-            self.trainer.logger(f"early stop: {self.monitor} has not improved for {self.patience} epoch(s); best {self.best:.4f} at epoch {self.best_epoch + 1}")
-            raise CancelFitException("early_stop", monitor=self.monitor, best=self.best, best_epoch=self.best_epoch)
+            best_epoch = self.best_epoch + self.trainer.epoch_base  # counted as the rows and the console count epochs
+            self.trainer.log_event("early_stop", monitor=self.monitor, best=self.best, best_epoch=best_epoch, patience=self.patience)
+            self.trainer.logger(f"early stop: {self.monitor} has not improved for {self.patience} epoch(s); "
+                                f"best {self.best:.4f} at epoch {self.best_epoch + 1}")
+            raise CancelFitException("early_stop", monitor=self.monitor, best=self.best, best_epoch=best_epoch)
 
     def state_dict(self): return {**super().state_dict(), "wait": self.wait}
     def load_state_dict(self, state): super().load_state_dict(state); self.wait = state["wait"]
