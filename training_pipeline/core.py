@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'IGNORE_INDEX', 'EXIT_USAGE', 'EXIT_INTERRUPTED', 'RUN_ENDED_OK', 'URL_PATTERN',
@@ -37,7 +37,7 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'IGNORE_INDEX', 'EXIT_USAGE', 'EXIT_INTERRU
            'safetensors_bytes', 'set_seed', 'git_info', 'package_version', 'environment_info', 'free_port',
            'usable_cpus', 'default_num_workers', 'snake_case', 'is_import_path', 'is_hf_architecture', 'import_object',
            'key_words', 'is_secret_key', 'is_env_key', 'remember_secret', 'env_secret', 'scrub', 'redact',
-           'redact_argv', 'ScrubFilter', 'fault_spec', 'fault_point', 'on_main_thread']
+           'redact_argv', 'ScrubFilter', 'lazy_attributes', 'fault_spec', 'fault_point', 'on_main_thread']
 
 # %% ../nbs/00_core.ipynb #c7cc6c91
 EXIT_OK = 0           # success
@@ -508,6 +508,21 @@ class ScrubFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text: record.exc_text = scrub(record.exc_text)
         return True
+
+# %% ../nbs/00_core.ipynb #dab6e568
+def lazy_attributes(package:str, modules:tuple) -> Callable:
+    """A package's `__getattr__`: `from training_pipeline.config import load_config` finds the name in the package's
+    modules, in order, importing them only when asked (so `tp --help` imports no torch)."""
+    import importlib
+    def __getattr__(name:str):
+        if name.startswith("__"): raise AttributeError(name)
+        if name in modules: return importlib.import_module(f"{package}.{name}")
+        for m in modules:
+            module = importlib.import_module(f"{package}.{m}")
+            if name in vars(module): return vars(module)[name]
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__
+
 
 # %% ../nbs/00_core.ipynb #800a16d0
 def fault_spec(area:str) -> tuple[str, int|None]|None:
