@@ -11,7 +11,8 @@ import time
 import torch
 import torchvision
 
-from training_pipeline.checkpoint import AsyncCheckpointWriter, _clone_cpu, rng_state, save_checkpoint
+from training_pipeline.loop.checkpoint import AsyncCheckpointWriter, rng_state, save_checkpoint
+from training_pipeline.callback.checkpoint import _clone_cpu
 
 
 def full_state(model, opt, sched):

@@ -25,15 +25,17 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+from training_pipeline.callback.metrics import MetricsCallback  # noqa: E402
 from training_pipeline.callback.progress import ProgressCallback  # noqa: E402
+from training_pipeline.callback.schedule import GradNormCallback  # noqa: E402
 from training_pipeline.callback.tracker import NonFiniteLossCallback  # noqa: E402
-from training_pipeline.profiling import StepTimer  # noqa: E402
-from training_pipeline.config import validate_config  # noqa: E402
+from training_pipeline.callback.profiling import StepTimer  # noqa: E402
+from training_pipeline.config.load import validate_config  # noqa: E402
 from training_pipeline.core import set_seed  # noqa: E402
-from training_pipeline.loaders import build_data  # noqa: E402
-from training_pipeline.models import model_from_config  # noqa: E402
-from training_pipeline.prepare import prepare_data  # noqa: E402
-from training_pipeline.trainer import Trainer, make_accelerator  # noqa: E402
+from training_pipeline.data.loaders import build_data  # noqa: E402
+from training_pipeline.models.factory import model_from_config  # noqa: E402
+from training_pipeline.data.prepare import prepare_data  # noqa: E402
+from training_pipeline.loop.trainer import Trainer, make_accelerator  # noqa: E402
 
 BATCH, LR, SEED = 256, 1e-3, 0
 
@@ -81,8 +83,8 @@ def trainer_loop(cfg, data, epochs, precision, guards=False):
     loaders = {"train": data.loader("train", BATCH, cfg.data, seed=SEED, even=True)}
     # guards: the callbacks `tp train` adds — the non-finite loss guard (a host sync per step) and the step timer
     extra = [NonFiniteLossCallback("stop"), StepTimer()] if guards else []
-    t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, num_classes=data.num_classes, log_every=50, logger=lambda *_: None,
-                cbs=[ProgressCallback(), *extra], accelerator=make_accelerator(precision, cpu=False))
+    t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, logger=lambda *_: None, accelerator=make_accelerator(precision, cpu=False),
+                cbs=[MetricsCallback(log_every=50), GradNormCallback(log_every=50), ProgressCallback(), *extra])
     torch.cuda.synchronize(); t0 = time.perf_counter()
     t.fit(epochs)
     torch.cuda.synchronize()
@@ -125,7 +127,7 @@ def part2(data_dir):
     events = [json.loads(l) for l in (run / "events.jsonl").read_text().splitlines()]
     report(part="tp train bf16", rc=r.returncode, seconds=round(secs, 1), summary=r.stdout.strip().splitlines()[-1:],
            gpu_memory_alerts=[e.get("message") for e in events if e.get("rule") == "gpu_memory"][:1], stderr=r.stderr[-600:] if r.returncode else "")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "training_pipeline.train"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "training_pipeline.run.recipe"]
     fsdp = [*over, "experiment.name=fsdp", "distributed.strategy=fsdp",
             "distributed.fsdp.min_num_params=2000", "training.mixed_precision=bf16", "checkpointing.save_every_n_steps=20"]
     r1, s1 = tp("--config", REPO / "config/digits.yaml", *fsdp, launcher=torchrun, env={"TP_FAULT": "train:kill@50"})
@@ -141,7 +143,7 @@ def part2(data_dir):
     events = [json.loads(l) for l in (run / "events.jsonl").read_text().splitlines()]
     report(part="fsdp files", checkpoints=sorted(p.name for p in (run / "checkpoints").iterdir()),
            events=[e["event"] for e in events][-12:], status=meta.get("status"), error=meta.get("error"))
-    from training_pipeline.checkpoint import load_exported_model
+    from training_pipeline.loop.checkpoint import load_exported_model
     try: loaded, spec = load_exported_model(run / "checkpoints" / "best_model.safetensors")
     except Exception as e: loaded, spec = e, {}
     report(part="fsdp kill+resume", killed_rc=r1.returncode, resumed_rc=r2.returncode, seconds=(round(s1, 1), round(s2, 1)),

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from training_pipeline.data import read_image
+from training_pipeline.data.layout import read_image
 
 
 def per_image_s(decode, paths, passes=3):

@@ -25,15 +25,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training_pipeline.callback.metrics import MetricsCallback
 from training_pipeline.callback.progress import ProgressCallback
+from training_pipeline.callback.schedule import GradNormCallback
 from training_pipeline.callback.tracker import NonFiniteLossCallback
-from training_pipeline.config import validate_config
+from training_pipeline.config.load import validate_config
 from training_pipeline.core import set_seed
-from training_pipeline.sampling import resumable_loader
-from training_pipeline.tasks import CausalLM, make_loss
-from training_pipeline.text import ByteTokenizer, TokenBlocks, stdlib_corpus, write_token_streams
-from training_pipeline.tracking import RunStore, RunStoreCallback
-from training_pipeline.trainer import Trainer, make_accelerator
+from training_pipeline.data.sampling import resumable_loader
+from training_pipeline.models.tasks import CausalLM, make_loss
+from training_pipeline.data.text import ByteTokenizer, TokenBlocks, stdlib_corpus, write_token_streams
+from training_pipeline.track.store import RunStore
+from training_pipeline.callback.run_store import RunStoreCallback
+from training_pipeline.loop.trainer import Trainer, make_accelerator
 
 SEED, BATCH, LR, BLOCK = 0, 16, 1e-3, 64
 
@@ -89,8 +92,9 @@ def trainer_loop(blocks, epochs, runs_dir, vocab=257, batch=BATCH, task=None, st
     store = RunStore.create(runs_dir, cfg)
     loader = resumable_loader(data, batch, True, SEED)
     loss = make_loss(cfg.training.loss.model_copy(update={"type": "cross_entropy"}), task)
-    t = Trainer(model, {"train": loader}, loss, opt, task=task, log_every=50, logger=lambda *_: None,
-                cbs=[NonFiniteLossCallback("stop"), ProgressCallback(), RunStoreCallback(store)], accelerator=make_accelerator(cpu=True))
+    t = Trainer(model, {"train": loader}, loss, opt, task=task, logger=lambda *_: None, accelerator=make_accelerator(cpu=True),
+                cbs=[MetricsCallback(log_every=50), GradNormCallback(log_every=50), NonFiniteLossCallback("stop"),
+                     ProgressCallback(), RunStoreCallback(store)])
     t.fit(epochs)
     losses = [r["loss"] for r in t.history if r["split"] == "train" and "epoch_time_s" in r]
     return losses, t.model, t.global_step

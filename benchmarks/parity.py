@@ -21,15 +21,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training_pipeline.callback.metrics import MetricsCallback
 from training_pipeline.callback.progress import ProgressCallback
+from training_pipeline.callback.schedule import GradNormCallback
 from training_pipeline.callback.tracker import NonFiniteLossCallback
-from training_pipeline.config import validate_config
+from training_pipeline.config.load import validate_config
 from training_pipeline.core import set_seed
-from training_pipeline.loaders import build_data
-from training_pipeline.models import SmallCNN
-from training_pipeline.prepare import prepare_data
-from training_pipeline.tracking import RunStore, RunStoreCallback
-from training_pipeline.trainer import Trainer, make_accelerator
+from training_pipeline.data.loaders import build_data
+from training_pipeline.models.factory import SmallCNN
+from training_pipeline.data.prepare import prepare_data
+from training_pipeline.track.store import RunStore
+from training_pipeline.callback.run_store import RunStoreCallback
+from training_pipeline.loop.trainer import Trainer, make_accelerator
 
 try:
     import pytorch_lightning as pl
@@ -82,8 +85,9 @@ def trainer_loop(data, epochs, cfg, runs_dir):
     model, opt = new_model()
     store = RunStore.create(runs_dir, cfg)
     loaders = {s: data.loader(s, BATCH, cfg.data, seed=SEED, even=(s == "train")) for s in ("train", "val")}
-    t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, num_classes=10, log_every=50, logger=lambda *_: None,
-                cbs=[NonFiniteLossCallback("stop"), ProgressCallback(), RunStoreCallback(store)],
+    t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, logger=lambda *_: None,
+                cbs=[MetricsCallback(log_every=50), GradNormCallback(log_every=50), NonFiniteLossCallback("stop"),
+                     ProgressCallback(), RunStoreCallback(store)],
                 accelerator=make_accelerator(cpu=True))
     t.fit(epochs)
     losses = [r["loss"] for r in t.history if r["split"] == "train" and "epoch_time_s" in r]

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-from training_pipeline.checkpoint import AsyncCheckpointWriter, _clone_cpu, rng_state, save_checkpoint
+from training_pipeline.loop.checkpoint import AsyncCheckpointWriter, rng_state, save_checkpoint
+from training_pipeline.callback.checkpoint import _clone_cpu
 from training_pipeline.core import free_port
 
 MOTO = Path(sys.executable).with_name("moto_server")
@@ -88,7 +89,7 @@ def main(n=5, min_steps=3, threads=None, model_name="resnet50"):
                                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
             import boto3
             boto3.client("s3").create_bucket(Bucket="bench")
-            from training_pipeline.storage import RunMirror, Storage
+            from training_pipeline.track.storage import RunMirror, Storage
             storage = Storage("s3://bench/runs")
             local_run = Path(d) / "staging" / RUN
             (local_run / "checkpoints").mkdir(parents=True)

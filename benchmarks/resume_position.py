@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from training_pipeline.callback.core import Callback, CancelFitException
-from training_pipeline.sampling import ArrayDataset, ResumableSampler, collate_batches
-from training_pipeline.trainer import Trainer, make_accelerator
+from training_pipeline.loop.events import Callback, CancelFitException
+from training_pipeline.data.sampling import ArrayDataset, ResumableSampler, collate_batches
+from training_pipeline.loop.trainer import Trainer, make_accelerator
 
 N, BATCH = 60_000, 64
 
@@ -26,7 +26,7 @@ def time_to_first_step(fraction, x, y):
     dl = DataLoader(ArrayDataset(x, y), batch_size=BATCH, sampler=ResumableSampler(N, seed=0), collate_fn=collate_batches)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     t = Trainer(model, {"train": dl}, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1), cbs=[StopAtFirstStep()],
-                num_classes=10, logger=lambda *a: None, accelerator=make_accelerator(cpu=True))
+                logger=lambda *a: None, accelerator=make_accelerator(cpu=True))
     start_iter = int(len(dl) * fraction)
     t0 = time.perf_counter()
     t.fit(1, start_epoch=0, start_iter=start_iter)

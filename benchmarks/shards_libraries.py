@@ -1,4 +1,4 @@
-"""How nbs/02ca_shards chose its library: LitData vs WebDataset vs Mosaic Streaming on the same N 32x32 PNGs, one
+"""How nbs/02f_data.shards chose its library: LitData vs WebDataset vs Mosaic Streaming on the same N 32x32 PNGs, one
 process, median of 3: write time, random-order fetch by index (with and without the PNG decode), sequential read.
 Not a project dependency: `pip install litdata webdataset mosaicml-streaming` first (mosaicml-streaming 0.13 asks for
 numpy<2.2 and transformers<5: install it in a scratch venv, not the project's). A library that is not installed is skipped.
@@ -68,7 +68,7 @@ if "litdata" in which:
     res["litdata"]["seq_s"] = timed(lambda: [decode(ds[i]["image"]) for i in range(N)])
     res["litdata"]["random_fetch_only_s"] = timed(lambda: [ds[i]["image"] for i in order])
     print("litdata", res["litdata"], flush=True)
-    # the encoding 02ca_shards uses: PNG bytes as a 1-D uint8 array (no Arrow row footer), read item by item
+    # the encoding 02f_data.shards uses: PNG bytes as a 1-D uint8 array (no Arrow row footer), read item by item
     out = os.path.join(root, "litdata_u8")
     t = time.perf_counter()
     w = BinaryWriter(out, chunk_bytes="16MB")

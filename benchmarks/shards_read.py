@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from training_pipeline.data import DataLayout, load_schema, read_image, write_png
-from training_pipeline.prepare import prepare_data
-from training_pipeline.shards import image_files, open_shards, write_shards
+from training_pipeline.data.layout import DataLayout, load_schema, read_image, write_png
+from training_pipeline.data.prepare import prepare_data
+from training_pipeline.data.shards import image_files, open_shards, write_shards
 
 
 class FolderDataset(Dataset):

@@ -45,13 +45,13 @@ def overrides(data_dir: Path, threads=None, **data) -> list:
 
 
 def config(data_dir: Path, **data):
-    from training_pipeline.config import load_config
+    from training_pipeline.config.load import load_config
     return load_config(REPO / "config" / "test.yaml", [*overrides(data_dir, **data), "data.cache=false"])
 
 
 def loader_rate(data_dir: Path, batches: int, **setting) -> float:
     "Samples/s of the streamed train loader with `setting`, after its first batch (worker start-up)."
-    from training_pipeline.loaders import build_data
+    from training_pipeline.data.loaders import build_data
     cfg = config(data_dir, **setting)
     dl = build_data(cfg).loader("train", cfg.training.batch_size, cfg.data, seed=0)
     it = iter(dl); next(it)
@@ -92,7 +92,7 @@ def main():
     t0 = time.perf_counter()
     data_dir = prepared_data(args)
     print(f"data: {data_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    from training_pipeline.profiling import tune_config
+    from training_pipeline.run.loader_tuner import tune_config
     t0 = time.perf_counter()
     tuned = tune_config(config(data_dir, num_workers=0), budget_s=args.budget_s)
     rec, threads = tuned.recommendation, tuned.threads

@@ -36,9 +36,9 @@ def start(runs: Path):
 
 
 def main():
-    from training_pipeline.ui import synthetic_run
+    from training_pipeline.ui.index import synthetic_run
     from training_pipeline.core import atomic_write_json
-    from training_pipeline.tracking import json_line
+    from training_pipeline.track.store import json_line
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--repeat", type=int, default=5)

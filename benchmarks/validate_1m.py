@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from training_pipeline.schema import DriftConfig
-from training_pipeline.data import infer_tabular_schema
-from training_pipeline.validation import DataValidator, check_tables
+from training_pipeline.config.schema import DriftConfig
+from training_pipeline.data.layout import infer_tabular_schema
+from training_pipeline.data.validation import DataValidator, check_tables
 
 
 def make_frame(rows, seed=0):

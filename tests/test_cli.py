@@ -34,7 +34,7 @@ def test_documented_options_in_help(tp, command):
 
 
 def test_help_does_not_import_heavy_modules():
-    probe = ("import sys, io, contextlib\nfrom training_pipeline.cli import main\n"
+    probe = ("import sys, io, contextlib\nfrom training_pipeline.cli.commands import main\n"
              "for argv in (['--help'], ['train', '--help'], ['jobs', 'submit', '--help']):\n"
              "    with contextlib.redirect_stdout(io.StringIO()): assert main(argv) == 0\n"
              "print(','.join(m for m in ('torch', 'accelerate', 'pandas', 'pydantic', 'numpy') if m in sys.modules))")

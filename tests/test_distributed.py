@@ -32,7 +32,7 @@ def test_two_cpu_processes(tmp_path, prepared):
     assert [r["samples"] for r in epochs] == [1257, 1257]  # every training sample exactly once per epoch
     assert [r["samples"] for r in rows(run_dir) if r["split"] in ("val", "test")] == [270, 270, 270]
     # the gathered test metrics equal a single-process evaluation of the final weights
-    code = ("import json\nfrom training_pipeline.evaluation import evaluate\n"
+    code = ("import json\nfrom training_pipeline.track.evaluation import evaluate\n"
             f"ev = evaluate({str(run_dir)!r} + '/checkpoints/' + json.load(open({str(run_dir)!r} + '/checkpoints/index.json'))['last'] + '/model.safetensors', {str(d)!r})\n"
             "print(ev.accuracy)")
     single = float(subprocess.run([str(Path(TP).with_name("python")), "-c", code], capture_output=True, text=True, check=True).stdout)
@@ -78,7 +78,7 @@ def test_a_killed_rank_fails_the_job_fast(tmp_path, prepared):
 
 def torchrun(tmp_path, data_dir, max_restarts, fault):
     cmd = [str(Path(TP).with_name("python")), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts",
-           str(max_restarts), "--monitor-interval", "1", "--master-port", str(free_port()), "-m", "training_pipeline.train",
+           str(max_restarts), "--monitor-interval", "1", "--master-port", str(free_port()), "-m", "training_pipeline.run.recipe",
            "--config", str(REPO / "config" / "test.yaml"), *data_overrides(data_dir), *EXTRA,
            "checkpointing.save_every_n_steps=10", "distributed.timeout_s=60"]
     env = {**{k: v for k, v in os.environ.items() if k != "TP_DEBUG"}, "TP_FAULT": fault}
@@ -120,7 +120,7 @@ def test_notebook_train_runs_two_processes_from_a_jupyter_kernel(tmp_path, prepa
                                             "language_info": {"name": "python"}})
     nb.cells = [nbformat.v4.new_code_cell("overrides = []", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(
-                    "import json\nfrom training_pipeline.train import notebook_train\n"
+                    "import json\nfrom training_pipeline.run.recipe import notebook_train\n"
                     f"run_dir = notebook_train({str(REPO / 'config' / 'test.yaml')!r}, overrides, num_processes=2)\n"
                     "meta = json.loads((run_dir / 'run.json').read_text())\n"
                     "print('RESULT', meta['status'], meta['world_size'], meta['backend'], run_dir)")]

@@ -109,7 +109,7 @@ def test_a_hostile_option_is_one_line_exit_2(tmp_path, args, says):
 
 def float_options():
     "(subcommand words, option) of every float option of every subcommand, found from the parser itself."
-    from training_pipeline.cli_parser import build_parser
+    from training_pipeline.cli.parser import build_parser
     found = []
     def walk(parser, words):
         for action in parser._actions:

@@ -35,7 +35,7 @@ def test_promote_export_load_round_trip(run, prepared, tmp_path):
     r = run_tp("models", "export", "digits@production", "--out", out, cwd=cwd)
     assert r.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "load_model.py", "model.json", "model.safetensors"]
     files = sorted(str(p) for p in (prepared("digits") / "processed" / "test").rglob("*.png"))
-    code = ("import json, sys\nfrom training_pipeline.registry import load_model\nfrom training_pipeline.evaluation import evaluate\n"
+    code = ("import json, sys\nfrom training_pipeline.track.registry import load_model\nfrom training_pipeline.track.evaluation import evaluate\n"
             f"m = load_model('digits@production', {str(cwd / 'models')!r})\n"
             f"ev = evaluate({str(run_dir / 'checkpoints' / 'best_model.safetensors')!r}, {str(prepared('digits'))!r})\n"
             f"files = {files!r}\n"

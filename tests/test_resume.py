@@ -39,7 +39,7 @@ def completed_run(cwd):
 
 
 def final_state(run_dir):
-    from training_pipeline.checkpoint import load_checkpoint
+    from training_pipeline.loop.checkpoint import load_checkpoint
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
     state = load_checkpoint(run_dir / "checkpoints" / index["last"])
     return index["last"], state

@@ -92,7 +92,7 @@ def test_shards_of_a_table_are_refused_before_anything_is_written(tmp_path):
 def test_without_litdata_prepare_shards_is_one_line_naming_the_extra(tmp_path):
     "LitData is an optional extra: without it (made unimportable here), --shards says how to install it, before any work."
     code = ("import sys; sys.modules['litdata'] = None\n"  # `import litdata` now raises ImportError, as when it is not installed
-            "from training_pipeline.cli import main\n"
+            "from training_pipeline.cli.commands import main\n"
             f"sys.exit(main(['prepare', '--dataset', 'digits', '--data-dir', {str(tmp_path / 'data')!r}, '--shards']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     line = one_error_line(r)

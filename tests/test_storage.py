@@ -110,7 +110,7 @@ def bucket_run(s3, prefix):
 
 def pulled(url, tmp_path):
     "A fresh local copy of a run in the bucket, with its checkpoints."
-    from training_pipeline.storage import localize
+    from training_pipeline.track.storage import localize
     os.environ["TP_CACHE_DIR"] = str(tmp_path / f"reader-{uuid.uuid4().hex[:6]}")
     try: return localize(url, with_checkpoints=True)
     finally: del os.environ["TP_CACHE_DIR"]

@@ -149,7 +149,7 @@ def test_bert_from_yaml_trains_with_its_own_loss_reports_registers_and_predicts(
         import json, torch
         from safetensors.torch import load_file
         from transformers import BertConfig, BertForSequenceClassification
-        from training_pipeline.registry import load_model
+        from training_pipeline.track.registry import load_model
         from hfpkg.data import sentences
         test = sentences()["test"]
         batch = {k: torch.stack([test[i][k] for i in range(len(test))]) for k in ("input_ids", "attention_mask")}
@@ -188,7 +188,7 @@ def test_a_language_model_trains_from_a_text_folder_and_reports(project, config)
 
 
 def test_kill9_mid_epoch_then_resume_is_bitwise_equal_for_a_language_model(project, tmp_path):
-    from training_pipeline.checkpoint import load_checkpoint
+    from training_pipeline.loop.checkpoint import load_checkpoint
     reference = only_run(project, "wordlm") if (project / "runs" / "wordlm").exists() else None
     if reference is None:  # run alone (-k): make the uninterrupted run here
         assert run_tp("train", "--config", "wordlm.yaml", cwd=project).returncode == 0
@@ -215,7 +215,7 @@ FIT_LM = """
     import json, sys, torch
     from torch.utils.data import DataLoader, TensorDataset
     from training_pipeline import fit
-    from training_pipeline.text import TokenBlocks
+    from training_pipeline.data.text import TokenBlocks
     from lmpkg.models import Forgetful, WordLM
     def pairs(split):
         blocks = TokenBlocks(f"data/processed/{split}", 32)
@@ -232,8 +232,8 @@ FIT_LM = """
 
 LOAD_BACK = """
     import json, sys, torch
-    from training_pipeline.registry import load_model
-    from training_pipeline.text import TokenBlocks
+    from training_pipeline.track.registry import load_model
+    from training_pipeline.data.text import TokenBlocks
     from lmpkg.models import Forgetful
     blocks = TokenBlocks("data/processed/val", 32)
     x = torch.stack([blocks[i][0] for i in range(4)])

@@ -96,8 +96,8 @@ def shot(page, name, full_page=True):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     "A working directory with runs/ (300 finished runs, a damaged one, a fork, a symlink out), jobs/ (one queued job); `tp ui` serving it."
-    from training_pipeline.jobs import submit_command
-    from training_pipeline.ui import synthetic_run
+    from training_pipeline.jobs.queue import submit_command
+    from training_pipeline.ui.index import synthetic_run
     root = tmp_path_factory.mktemp("ui")
     runs, rng, t0, params = root / "runs", random.Random(0), time.time() - 86400, {}
     for i in range(N_RUNS):
@@ -359,7 +359,7 @@ def test_jobs_and_models_pages_and_actions(site, page):
     page.locator("tr[data-job='1'] button").click()
     page.wait_for_url(re.compile(r".*/jobs\?msg=.*"))
     assert page.locator("tr[data-job='1'] .st").inner_text() == "cancelled"
-    from training_pipeline.jobs_commands import read_jobs
+    from training_pipeline.jobs.commands import read_jobs
     assert read_jobs(root / "jobs")[0]["state"] == "cancelled"
     live = site.get("live") or next(p.name for p in (site["runs"] / "digits").iterdir())
     reg = run_tp("models", "register", f"runs/digits/{live}", "--models-dir", "models", cwd=root)
@@ -396,7 +396,7 @@ def edit_json(path, **changes):
 def build_hostile(runs):
     "runs/hostile/<case> for the cases of tests/corpus/ui/README.md, and runs/fine/ok-1, ok-2; {case: its reason}."
     import yaml
-    from training_pipeline.ui import synthetic_run
+    from training_pipeline.ui.index import synthetic_run
     for i in (1, 2): synthetic_run(runs, "fine", f"ok-{i}", {"training.learning_rate": 0.01 * i}, seed=i, steps=40)
     make = lambda name, **kw: synthetic_run(runs, "hostile", name, steps=40, **kw)
     (make("alias-bomb") / "config.yaml").write_text(ALIAS_BOMB)
@@ -433,7 +433,7 @@ def build_hostile(runs):
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     "`tp ui --allow-actions` over the hostile corpus, with one queued job (a target for POSTs)."
-    from training_pipeline.jobs import submit_command
+    from training_pipeline.jobs.queue import submit_command
     root = tmp_path_factory.mktemp("hostile")
     reasons = build_hostile(root / "runs")
     submit_command([sys.executable, "-c", "pass"], root / "jobs", name="target")
@@ -522,7 +522,7 @@ def test_forged_and_cross_origin_actions_are_403(hostile):
                     {"Origin": origin.replace("127.0.0.1", "localhost")}, {}):
         status, body = post(url, "jobs/1/cancel", good, {"Cookie": cookie, **headers})
         assert status == 403, (headers, status)
-    from training_pipeline.jobs_commands import read_jobs
+    from training_pipeline.jobs.commands import read_jobs
     assert read_jobs(hostile["root"] / "jobs")[0]["state"] == "queued"  # nothing happened
     assert post(url, "jobs/1/cancel", good, {"Cookie": cookie, "Referer": url + "jobs"})[0] == 302  # the page: done
     assert read_jobs(hostile["root"] / "jobs")[0]["state"] == "cancelled"

@@ -124,7 +124,7 @@ def the_run(cwd, experiment):
 
 
 def last_checkpoint(run_dir):
-    from training_pipeline.checkpoint import load_checkpoint
+    from training_pipeline.loop.checkpoint import load_checkpoint
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
     return index["last"], load_checkpoint(run_dir / "checkpoints" / index["last"])
 
@@ -180,7 +180,7 @@ def test_regression_from_config_trains_resumes_bitwise_and_reports(user_project,
     assert r.returncode == 0, r.stderr
     code = textwrap.dedent("""
         import torch
-        from training_pipeline.registry import load_model
+        from training_pipeline.track.registry import load_model
         m = load_model("waves")
         x = torch.randn(4, 10, 3)
         out = m.predict(x)

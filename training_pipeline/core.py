@@ -511,7 +511,7 @@ class ScrubFilter(logging.Filter):
 
 # %% ../nbs/00_core.ipynb #dab6e568
 def lazy_attributes(package:str, modules:tuple) -> Callable:
-    """A package's `__getattr__`: `from training_pipeline.config import load_config` finds the name in the package's
+    """A package's `__getattr__`: `from training_pipeline.config.load import load_config` finds the name in the package's
     modules, in order, importing them only when asked (so `tp --help` imports no torch)."""
     import importlib
     def __getattr__(name:str):
