@@ -55,11 +55,14 @@ from ..callback.data_events import DataEventsCallback
 from ..callback.fault import FaultInjection
 from ..callback.metrics import MetricsCallback
 from ..callback.schedule import GradNormCallback, SchedulerCallback
+import time
 
 # %% auto #0
 __all__ = ['FIT_SHORTCUTS', 'OPTIMIZER_TYPES', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec', 'write_artifacts',
-           'check_trackers', 'make_trackers', 'held_logs', 'train', 'on_cpu', 'Components', 'components_from_config',
-           'loader_like', 'scalar_hparams', 'fit_config', 'given_objects', 'fit', 'notebook_train']
+           'check_trackers', 'make_trackers', 'held_logs', 'RunState', 'check_before_training', 'start_processes',
+           'locate_run', 'retry_plan', 'finish_run', 'train', 'on_cpu', 'Components', 'components_from_config',
+           'loader_like', 'set_up_process', 'preflight_run', 'open_run', 'run_accelerator', 'run_once',
+           'scalar_hparams', 'fit_config', 'given_objects', 'fit', 'notebook_train']
 
 # %% ../../nbs/07c_run.recipe.ipynb #1292dd90
 @dataclass
@@ -172,86 +175,111 @@ def held_logs(name:str=LOGGER):
         if sys.exc_info()[0] is not None:  # building failed: what it said still reaches the console once
             for record in held: print(record.getMessage(), file=sys.stderr)
 
-# %% ../../nbs/07c_run.recipe.ipynb #da18ffcc
+# %% ../../nbs/07c_run.recipe.ipynb #9593e00e
+@dataclass
+class RunState:
+    "What one run carries across its attempts (a retry in place keeps it): where it lives, its mirror, its trainer."
+    remote: object = None                  # the bucket (`open_remote_runs`) when experiment.runs_dir is a URL
+    main_cache: Path|None = None           # the main process's cache, where the plan's paths are (each machine has its own)
+    run_dir: Path|None = None              # set once the run directory exists
+    mirror: object = None                  # the run's `RunMirror` to the bucket
+    trainer: Trainer|None = None           # where training is, for a storage alert
+
+def check_before_training(config:Config, own_data:bool=False):
+    "Every problem a config has that would stop the run later: paths, import paths, trackers, the strategy; all at once."
+    # fit() brings its own model and data: only a config's paths and import paths are checked here
+    problems = config.check_paths() + config.check_imports() if not own_data else \
+               [p for p in config.check_paths() if not p.where.startswith("data.")]
+    if len(problems) == 1: raise problems[0]
+    if problems: raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
+    check_trackers(config)
+    check_strategy(config, on_cpu(config))
+
+def start_processes(config:Config):
+    "The process group (with a timeout: a rank that dies makes the others fail within distributed.timeout_s) and its state."
+    from datetime import timedelta
+    from accelerate import PartialState
+    cpu = on_cpu(config)
+    init_process_group(cpu, config.distributed.timeout_s)
+    return PartialState(cpu=cpu, timeout=timedelta(seconds=config.distributed.timeout_s))
+
+# %% ../../nbs/07c_run.recipe.ipynb #87270cb0
+def locate_run(config:Config, resume:str, runs_dir:str, state) -> tuple[RunState, ResumePlan, Path]:
+    """(run state, resume plan, local runs dir): a bucket's runs pulled into the staging directory; the plan made by the
+    main process and sent to the others; its paths mapped to each machine's cache."""
+    run, local_main = RunState(), state.local_process_index == 0  # one process per machine fetches what that machine needs
+    if is_url(resume) and local_main: resume = str(localize(resume, config.storage.options, with_checkpoints=True))
+    if is_url(runs_dir):
+        run.remote = open_remote_runs(config, runs_dir, resume, state.is_main_process)
+        runs_dir = run.remote.staging
+    plan = broadcast_from_main(plan_resume(config, resume, runs_dir) if state.is_main_process else None)
+    if run.remote is not None or is_url(resume):
+        run.main_cache = Path(broadcast_from_main(str(cache_root())))
+        here = lambda p: on_this_machine(p, run.main_cache)
+        plan = dataclasses.replace(plan, run_dir=here(plan.run_dir), checkpoint=here(plan.checkpoint))
+        if run.remote is not None and local_main and plan.checkpoint is not None and not plan.checkpoint.exists():
+            pull_tree(run.remote.storage, f"{config.experiment.name}/{plan.run_dir.name}", plan.run_dir, checkpoints=True)
+        state.wait_for_everyone()
+    if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
+    return run, plan, Path(runs_dir)
+
+# %% ../../nbs/07c_run.recipe.ipynb #7e3b5a3c
+def retry_plan(error:BaseException, config:Config, run:RunState, attempt:int, state) -> ResumePlan:
+    """The retry policy: a transient failure (a loader worker died, a collective timed out, an I/O error) of a single
+    process restarts from the last good checkpoint after a backoff, up to `training.max_retries`; anything else, or
+    the last retry's failure, is raised (a failed run is marked so: `--resume auto` never adopts it)."""
+    transient, cause = is_transient(error), raised_by_callback(error)
+    reason = f"{type(cause).__name__}: {cause}"
+    if run.run_dir is not None and transient: RunStore(run.run_dir).update(error_kind="transient")
+    elif run.run_dir is not None and isinstance(error, Exception): mark_failed(run.run_dir, cause)
+    # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)
+    if not transient or attempt > config.training.max_retries or run.run_dir is None or state.num_processes > 1:
+        if transient and attempt > 1:
+            raise TrainingError(f"training failed after {attempt - 1} retr{'y' if attempt == 2 else 'ies'}: {reason}",
+                                str(run.run_dir), "see logs/train.log of the run") from error
+        if transient and state.num_processes > 1:
+            raise TrainingError(f"process {state.process_index} of {state.num_processes} failed: {' '.join(reason.split())[:300]}",
+                                str(run.run_dir or "distributed run"), "another process probably died first (see its log); "
+                                "under torchrun --max-restarts K the group restarts and continues from the last checkpoint") from error
+        raise error
+    delay = config.training.retry_backoff_s * 2 ** (attempt - 1)
+    RunStore(run.run_dir).append_event({"event": "retry", "attempt": attempt, "of": config.training.max_retries,
+                                        "error": reason, "delay_s": delay})
+    print(f"warning: transient failure ({reason}); retry {attempt}/{config.training.max_retries} "
+          f"in {delay:g} s from the last checkpoint", file=sys.stderr)
+    time.sleep(delay)
+    fallbacks = []
+    ck = latest_good_checkpoint(run.run_dir/"checkpoints", lambda c, err: fallbacks.append((c, err)))
+    return ResumePlan("inplace", run_dir=run.run_dir, checkpoint=ck, fallbacks=fallbacks)
+
+def finish_run(run:RunState, failing:bool):
+    "What is left goes to the bucket, then the run's lock goes: this process is done with the run, however it ended."
+    try: close_mirror(run, failing)
+    finally:
+        if (lock := RunLock.held(run.run_dir)) is not None: lock.release()
+
+# %% ../../nbs/07c_run.recipe.ipynb #5b17b120
 def train(config:Config, epochs:int|None=None, resume:str="auto", command:list|None=None, runs_dir:str|None=None,
           build:Callable[[Config], Components]|None=None, trial:str|None=None) -> TrainResult:
     """Train one run from a validated config, resuming and retrying as configured; return where it went and its metrics.
     `build` makes the data, task, loss and model (default: from the config); `fit` passes the user's own.
     `trial` (`STUDY_DB#N`, from `tp tune`) makes the run that trial of the study: recorded in run.json, pruned by its pruner."""
-    import time
-    config = with_epochs(config, epochs)
-    trial = TrialRef.parse(trial) if trial else None
-    # fit() brings its own model and data: only a config's paths and import paths are checked here
-    problems = config.check_paths() + config.check_imports() if build is None else [p for p in config.check_paths() if not p.where.startswith("data.")]
-    if problems:
-        if len(problems) == 1: raise problems[0]
-        raise ConfigError(f"{len(problems)} problems before training", "config", "see below", problems=problems)
-    check_trackers(config)
-    cpu = on_cpu(config)
-    check_strategy(config, cpu)
-    runs_dir = local_location(runs_dir or config.experiment.runs_dir)
-    from accelerate import PartialState
-    from datetime import timedelta
-    # a timeout on the process group: a rank that dies makes the others fail within distributed.timeout_s, never hang
-    init_process_group(cpu, config.distributed.timeout_s)
-    state = PartialState(cpu=cpu, timeout=timedelta(seconds=config.distributed.timeout_s))
-    local_main = state.local_process_index == 0  # one process per machine fetches what that machine needs
-    if is_url(resume) and local_main: resume = str(localize(resume, config.storage.options, with_checkpoints=True))
-    remote = None
-    if is_url(runs_dir):
-        remote = open_remote_runs(config, runs_dir, resume, state.is_main_process)
-        runs_dir = remote.staging
-    # one process decides how to resume and tells the others (they would race with its writes otherwise)
-    plan = plan_resume(config, resume, runs_dir) if state.is_main_process else None
-    plan = broadcast_from_main(plan)
-    main_cache = None
-    if remote is not None or is_url(resume):  # the plan's paths are in the main process's cache: each machine has its own
-        main_cache = Path(broadcast_from_main(str(cache_root())))
-        plan = dataclasses.replace(plan, run_dir=on_this_machine(plan.run_dir, main_cache), checkpoint=on_this_machine(plan.checkpoint, main_cache))
-        if remote is not None and local_main and plan.checkpoint is not None and not plan.checkpoint.exists():  # another machine
-            pull_tree(remote.storage, f"{config.experiment.name}/{plan.run_dir.name}", plan.run_dir, checkpoints=True)
-        state.wait_for_everyone()
-    if plan.note and state.is_main_process: print(f"note: {plan.note}", file=sys.stderr)
-    attempt, current, failing = 0, {"remote": remote, "main_cache": main_cache}, True
+    config, trial = with_epochs(config, epochs), TrialRef.parse(trial) if trial else None
+    check_before_training(config, own_data=build is not None)
+    state = start_processes(config)
+    run, plan, runs_dir = locate_run(config, resume, local_location(runs_dir or config.experiment.runs_dir), state)
+    attempt, failing = 0, True
     try:
         while True:
             try:
-                result = _train_once(config, plan, command, runs_dir, current, build or components_from_config, trial)
+                result = run_once(config, plan, command, runs_dir, run, build or components_from_config, trial)
                 failing = False
-                if (mirror := current.get("mirror")) is not None: result.remote = mirror.url
+                if run.mirror is not None: result.remote = run.mirror.url
                 return result
             except BaseException as e:
-                run_dir = current.get("run_dir")
-                transient = is_transient(e)
-                cause = raised_by_callback(e)
-                reason = f"{type(cause).__name__}: {cause}"
-                if run_dir is not None and transient: RunStore(run_dir).update(error_kind="transient")
-                elif run_dir is not None and isinstance(e, Exception): mark_failed(run_dir, cause)  # never resumed by auto
-                # several processes: the group is broken, restarting it is the launcher's job (torchrun --max-restarts)
-                if not transient or attempt >= config.training.max_retries or run_dir is None or state.num_processes > 1:
-                    if transient and attempt:
-                        raise TrainingError(f"training failed after {attempt} retr{'y' if attempt == 1 else 'ies'}: {reason}",
-                                            str(run_dir), "see logs/train.log of the run") from e
-                    if transient and state.num_processes > 1:
-                        raise TrainingError(f"process {state.process_index} of {state.num_processes} failed: {' '.join(reason.split())[:300]}",
-                                            str(run_dir or "distributed run"), "another process probably died first (see its log); "
-                                            "under torchrun --max-restarts K the group restarts and continues from the last checkpoint") from e
-                    raise
                 attempt += 1
-                delay = config.training.retry_backoff_s * 2 ** (attempt - 1)
-                store = RunStore(run_dir)
-                store.append_event({"event": "retry", "attempt": attempt, "of": config.training.max_retries,
-                                    "error": reason, "delay_s": delay})
-                print(f"warning: transient failure ({reason}); retry {attempt}/{config.training.max_retries} "
-                      f"in {delay:g} s from the last checkpoint", file=sys.stderr)
-                time.sleep(delay)
-                fallbacks = []
-                ck = latest_good_checkpoint(Path(run_dir)/"checkpoints", lambda c, err: fallbacks.append((c, err)))
-                plan = ResumePlan("inplace", run_dir=Path(run_dir), checkpoint=ck, fallbacks=fallbacks)
-    finally:  # what is left goes to the bucket, then the run's lock goes: this process is done with it, however it ended
-        try: close_mirror(current, failing)
-        finally:
-            if (lock := RunLock.held(current.get("run_dir"))) is not None: lock.release()
+                plan = retry_plan(e, config, run, attempt, state)
+    finally: finish_run(run, failing)
 
 # %% ../../nbs/07c_run.recipe.ipynb #34b6e3a7
 def _open_store(config:Config, plan:ResumePlan, runs_dir, command, world:int, backend, data:DataBundle) -> RunStore:
@@ -319,68 +347,84 @@ def _make_optimization(config:Config, parts:Components, steps_per_epoch:int):
     if parts.scheduler is not None: return opt, parts.scheduler(opt), "step"
     return (opt, *make_scheduler(t.lr_scheduler, opt, t.epochs, steps_per_epoch, t.learning_rate))
 
-# %% ../../nbs/07c_run.recipe.ipynb #e1ab66ef
-def _train_once(config:Config, plan:ResumePlan, command, runs_dir, current:dict, build=components_from_config, trial:TrialRef|None=None) -> TrainResult:
+# %% ../../nbs/07c_run.recipe.ipynb #97f956e3
+def set_up_process(config:Config) -> str:
+    "Threads, TF32 and the seed, before anything is built; returns the mixed precision, decided here once."
     cpu = on_cpu(config)
     if config.resources.num_threads: torch.set_num_threads(config.resources.num_threads)
     if not cpu and config.resources.allow_tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    precision = "fp16" if config.resources.fp16 and config.training.mixed_precision == "auto" and not cpu else config.training.mixed_precision
     set_seed(config.seed, config.training.deterministic)
-    with held_logs() as early: parts = build(config)  # the user's code runs here, before any run directory: its errors leave nothing behind
-    data, spec = parts.data, model_spec(config, parts.data, parts.task, parts.model, given=parts.given is not None)
-    from accelerate import PartialState
-    state = PartialState(cpu=cpu)  # rank and world size, before the run directory the Accelerator logs into
-    world, rank = state.num_processes, state.process_index
-    loaders = _make_loaders(config, parts, world, rank)
-    # one small batch through forward, loss, metrics and backward before any run directory exists (04d_loop.preflight)
-    probe, said = resumable_loader(loaders["train"].dataset, 2, False, config.seed, collate_fn=loaders["train"].collate_fn), []
-    resolved = {"training.loss.type": config.training.loss.type} if config.training.loss.type == "auto" else {}
-    parts.loss = preflight(parts.model, probe, parts.task, parts.loss, config.data.target_key, config.training.metrics, state.device, said.append)
-    if resolved: resolved["training.loss.type"] = "model" if parts.loss is MODEL_LOSS else TASK_LOSSES[config.training.task][0]
-    steps_per_epoch = math.ceil(len(loaders["train"]) / config.training.gradient_accumulation_steps)
-    optimizer, scheduler, interval = _make_optimization(config, parts, steps_per_epoch)
-    # the checkpoint is read and checked against this model, optimizer, scheduler and data before any run directory is
-    # created or touched
-    fits = lambda s: check_resume_state(s, parts.model, optimizer, scheduler, loaders["train"].sampler)
-    plan, resumed = checked_resume(plan, fits, data.dataset_version)
+    return "fp16" if config.resources.fp16 and config.training.mixed_precision == "auto" and not cpu else config.training.mixed_precision
+
+def preflight_run(config:Config, parts:Components, train_loader, device) -> tuple[dict, list[str]]:
+    """One small batch through forward, loss, metrics and backward before any run directory exists (04d_loop.preflight);
+    the loss it settles replaces `parts.loss`. Returns (what it resolved, for run.json; its lines, for the log)."""
+    probe, said = resumable_loader(train_loader.dataset, 2, False, config.seed, collate_fn=train_loader.collate_fn), []
+    auto = config.training.loss.type == "auto"
+    parts.loss = preflight(parts.model, probe, parts.task, parts.loss, config.data.target_key, config.training.metrics, device, said.append)
+    if not auto: return {}, said
+    return {"training.loss.type": "model" if parts.loss is MODEL_LOSS else TASK_LOSSES[config.training.task][0]}, said
+
+# %% ../../nbs/07c_run.recipe.ipynb #b2fc10b8
+def open_run(config:Config, plan:ResumePlan, runs_dir, command, state, parts:Components, spec:dict, run:RunState,
+             trial:TrialRef|None, notes:dict) -> tuple[RunStore|None, Path]:
+    "The run directory, on the main process (new, or the unfinished one in place), with its artifacts and records."
     store = None
     if state.is_main_process:
-        store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, data)
-        current["run_dir"] = store.dir
-        write_artifacts(store, data, config, spec)
-        if trial is not None: store.update(trial=trial.record())
-        if resolved or parts.given: store.update(**({"resolved": resolved} if resolved else {}), **({"given": parts.given} if parts.given else {}))
+        world = state.num_processes
+        store = _open_store(config, plan, runs_dir, command, world, state.backend if world > 1 else None, parts.data)
+        run.run_dir = store.dir
+        write_artifacts(store, parts.data, config, spec)
+        store.update(**({"trial": trial.record()} if trial else {}), **notes)
     # the run directory exists before any process logs into it; its path comes from rank 0 (plain torchrun sets no TP_RUN_ID)
-    run_dir = on_this_machine(Path(broadcast_from_main(str(store.dir) if store else None)), current.get("main_cache"))
-    log = setup_run_logging(store.logs_dir if store else run_dir/"logs", rank)
-    for record in early: log.handle(record)  # what building the model said (fine-tuning: which tensors were re-initialised)
-    for line in said: log.info(line)  # what the preflight settled (the loss of `auto`, labels that are the inputs)
-    if store is not None and current.get("remote") is not None: start_mirror(config, current["remote"], store, plan, current, log, deliver_alert)
-    resume_step = json.loads((plan.checkpoint/"trainer.json").read_text())["step"] if plan.checkpoint else None
-    # in place, TensorBoard forgets the steps after the checkpoint; with no checkpoint yet (killed before the first), all of them
-    purge = (0 if resume_step is None else resume_step + 1) if plan.mode == "inplace" else None
+    return store, on_this_machine(Path(broadcast_from_main(str(store.dir) if store else None)), run.main_cache)
+
+def run_accelerator(config:Config, store:RunStore|None, plan:ResumePlan, resumed:dict|None, precision:str):
+    "The Accelerator with the run's trackers (in place, TensorBoard forgets the steps after the checkpoint resumed from)."
+    step = resumed["trainer"]["step"] if resumed else None
+    purge = (0 if step is None else step + 1) if plan.mode == "inplace" else None  # no checkpoint yet: all of them
     trackers = make_trackers(config, store, purge) if store is not None else []
-    tb = bool(trackers)
-    accelerator = make_accelerator(precision, cpu=cpu, log_with=trackers or None, **strategy_plugins(config))
+    accelerator = make_accelerator(precision, cpu=on_cpu(config), log_with=trackers or None, **strategy_plugins(config))
     verify_strategy(accelerator, config)
-    if tb:
-        accelerator.init_trackers(config.experiment.name, config=scalar_hparams(config))
+    if trackers: accelerator.init_trackers(config.experiment.name, config=scalar_hparams(config))
+    return accelerator, bool(trackers)
+
+# %% ../../nbs/07c_run.recipe.ipynb #bbdbc8be
+def run_once(config:Config, plan:ResumePlan, command, runs_dir, run:RunState, build=components_from_config,
+             trial:TrialRef|None=None) -> TrainResult:
+    "One attempt, top to bottom: process, data and model, loaders, preflight, optimizer, checked resume, run directory, fit."
+    precision = set_up_process(config)
+    with held_logs() as early: parts = build(config)  # the user's code runs here, before any run directory exists
+    from accelerate import PartialState
+    state = PartialState(cpu=on_cpu(config))  # rank and world size, before the run directory the Accelerator logs into
+    loaders = _make_loaders(config, parts, state.num_processes, state.process_index)
+    resolved, said = preflight_run(config, parts, loaders["train"], state.device)
+    steps_per_epoch = math.ceil(len(loaders["train"]) / config.training.gradient_accumulation_steps)
+    optimizer, scheduler, interval = _make_optimization(config, parts, steps_per_epoch)
+    # the checkpoint is read and checked against this model, optimizer, scheduler and data before anything is written
+    fits = lambda s: check_resume_state(s, parts.model, optimizer, scheduler, loaders["train"].sampler)
+    plan, resumed = checked_resume(plan, fits, parts.data.dataset_version)
+    spec = model_spec(config, parts.data, parts.task, parts.model, given=parts.given is not None)
+    notes = {**({"resolved": resolved} if resolved else {}), **({"given": parts.given} if parts.given else {})}
+    store, run_dir = open_run(config, plan, runs_dir, command, state, parts, spec, run, trial, notes)
+    log = setup_run_logging(store.logs_dir if store else run_dir/"logs", state.process_index)
+    for record in early: log.handle(record)  # what building the model said (fine-tuning: which tensors were re-initialised)
+    for line in said: log.info(line)  # what the preflight settled
+    if store is not None and run.remote is not None: start_mirror(config, run.remote, store, plan, run, log, deliver_alert)
+    accelerator, trackers = run_accelerator(config, store, plan, resumed, precision)
     # every process takes part in checkpoints (RNG states, FSDP shards); rank 0 writes them
-    same_dir = plan.mode == "inplace" and plan.checkpoint is not None
     ckpt_cb = CheckpointCallback(run_dir/config.checkpointing.save_dir, config.checkpointing, spec=spec,
-                                 resumed_from=plan.checkpoint.name if same_dir else None, writer=store is not None,
-                                 context={"data_version": data.dataset_version, "config_hash": config.hash, "run_id": run_dir.name})
-    t = config.training
-    epochs_from = broadcast_from_main(store.meta.get("epochs_from", 0) if store else None)  # an older run resumed keeps its count
-    cbs = build_callbacks(config, store, tb, ckpt_cb, trial, scheduler, interval) + list(parts.callbacks)
-    trainer = Trainer(parts.model, loaders, parts.loss, optimizer, cbs, accelerator, parts.task, log.info,
-                      t.gradient_accumulation_steps, config.data.target_key)
+                                 resumed_from=plan.checkpoint.name if plan.mode == "inplace" and plan.checkpoint else None,
+                                 writer=store is not None, context={"data_version": parts.data.dataset_version,
+                                                                     "config_hash": config.hash, "run_id": run_dir.name})
+    cbs = build_callbacks(config, store, trackers, ckpt_cb, trial, scheduler, interval) + list(parts.callbacks)
+    run.trainer = trainer = Trainer(parts.model, loaders, parts.loss, optimizer, cbs, accelerator, parts.task, log.info,
+                                    config.training.gradient_accumulation_steps, config.data.target_key)
     trainer.val_every = config.validation.frequency
-    trainer.epoch_base = epochs_from
-    current["trainer"] = trainer  # a storage alert says where training is
-    start = restore_run(trainer, plan, resumed, log, data.dataset_version) if resumed is not None else (0, 0)
+    trainer.epoch_base = broadcast_from_main(store.meta.get("epochs_from", 0) if store else None)  # an older run keeps its count
+    start = restore_run(trainer, plan, resumed, log, parts.data.dataset_version) if resumed is not None else (0, 0)
     if store: log.info(f"run {store.id}: {store.dir}")
-    return _fit_and_finish(trainer, config, store, accelerator, log, start, ckpt_cb)
+    return _fit_and_finish(trainer, config, store, accelerator, log, start)
 
 # %% ../../nbs/07c_run.recipe.ipynb #5ddd987d
 def scalar_hparams(config:Config) -> dict:
@@ -395,7 +439,7 @@ def _hparams_with_final_metrics(accelerator, config:Config, metrics:dict):
     for t in accelerator.trackers:
         if isinstance(t, TensorBoardTracker): t.writer.add_hparams(scalar_hparams(config), finals, run_name="hparams")
 
-def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, accelerator, log, start=(0, 0), ckpt_cb=None) -> TrainResult:
+def _fit_and_finish(trainer:Trainer, config:Config, store:RunStore|None, accelerator, log, start=(0, 0)) -> TrainResult:
     "Fit, evaluate on test, and record how the run ended (whatever happened)."
     status = "failed"
     try:

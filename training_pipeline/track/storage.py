@@ -482,14 +482,14 @@ def open_remote_runs(config:Config, runs_dir:str, resume:str, is_main:bool) -> R
     return remote
 
 # %% ../../nbs/05c_track.storage.ipynb #800965b5
-def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePlan, current:dict, log, deliver=None) -> RunMirror:
+def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePlan, run, log, deliver=None) -> RunMirror:
     """The run's mirror to the bucket (one per run: a retry in place keeps it), its URL recorded in run.json; `deliver(alerts, alert, log=)`
     sends a storage alert through the run's alert channels (`monitor.deliver_alert`, in `train`)."""
-    mirror = current.get("mirror")
+    mirror = run.mirror  # `run`: the recipe's RunState, kept across a run's attempts
     if mirror is not None and mirror.local == store.dir: return mirror
     def alert(message, waited):  # through the run's alert channels, like a rule's
         if deliver is None: return
-        t = current.get("trainer")
+        t = run.trainer
         deliver(config.alerts, {"run_id": store.id, "rule": "storage", "step": getattr(t, "global_step", 0), "epoch": getattr(t, "epoch_number", 0),
                                       "value": waited, "threshold": config.checkpointing.remote_timeout_s, "message": message,
                                       "run_dir": mirror.url, "action": "warn"}, log=log.warning)
@@ -498,13 +498,13 @@ def start_mirror(config:Config, remote:RemoteRuns, store:RunStore, plan:ResumePl
                        c.monitor_metric if c.save_best else None, c.mode, protect=[plan.checkpoint.name] if plan.checkpoint else [],
                        on_alert=alert, log=log.info)
     store.update(remote=mirror.url)
-    current["mirror"] = mirror.start()
+    run.mirror = mirror.start()
     log.info(f"run {store.id} is mirrored to {mirror.url} every {config.storage.sync_interval_s:g} s")
     return mirror
 
-def close_mirror(current:dict, failing:bool):
+def close_mirror(run, failing:bool):
     "Upload what is left of the run. Training that already failed only warns when the upload fails too (its own error wins)."
-    if (mirror := current.get("mirror")) is None: return
+    if (mirror := run.mirror) is None: return
     try: mirror.close(min(mirror.remote_timeout_s, 60) if failing else None)
     except TrainingError as e:
         if not failing: raise
