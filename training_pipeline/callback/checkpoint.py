@@ -19,25 +19,17 @@ from ..core import (clean_tmp_dirs,
                                     on_main_thread, patch)
 from ..loop.checkpoint import (AsyncCheckpointWriter, export_best_model, pinned_checkpoints, prune_checkpoints,
                                                save_checkpoint, trainer_state, write_index)
+from .preemption import stop_for_preemption
+from ..loop.checkpoint import commit_checkpoint
 
 # %% auto #0
-__all__ = ['REPEAT_WINDOW_S', 'ignoring_repeats', 'CheckpointCallback']
+__all__ = ['CheckpointCallback']
 
-# %% ../../nbs/06f_callback.checkpoint.ipynb #d505aedd
-REPEAT_WINDOW_S = 5.0  # a second SIGTERM this soon after the first is the same signal delivered twice
-
-def ignoring_repeats(previous, since:float):
-    "A SIGTERM handler that drops repeats until `REPEAT_WINDOW_S` after `since`, then acts as `previous` (a handler, SIG_DFL or SIG_IGN)."
-    def handler(signum, frame):
-        if time.monotonic() - since <= REPEAT_WINDOW_S or previous == signal.SIG_IGN: return
-        if callable(previous): return previous(signum, frame)
-        signal.signal(signum, previous); os.kill(os.getpid(), signum)  # SIG_DFL: the default action, as if never caught
-    return handler
-
-# %% ../../nbs/06f_callback.checkpoint.ipynb #b9a50e13
+# %% ../../nbs/06f_callback.checkpoint.ipynb #7a155046
 class CheckpointCallback(TrackerCallback):
-    "Owns the checkpoint policy; the trainer's state is collected here and written by `save_checkpoint`."
-    order = 28  # before EarlyStopping (30), whose CancelFitException ends after_epoch
+    """The checkpoint policy: when to save (every `save_frequency` epochs, every `save_every_n_steps` steps, on a new
+    best, at the end of a fit, when a preemption was agreed) and what to keep; `commit_checkpoint` writes."""
+    order = 28  # after the preemption's agreement (27), before early stopping (30), whose CancelFitException ends after_epoch
 
     def __init__(self, root:str|Path, cfg, spec:dict|None=None, resumed_from:str|None=None, context:dict|None=None,
                  writer:bool=True):  # False on the other processes of a distributed run: they take part, rank 0 writes
@@ -45,40 +37,17 @@ class CheckpointCallback(TrackerCallback):
         self.root, self.cfg, self.spec, self.resumed_from, self.is_writer = Path(root), cfg, spec or {}, resumed_from, writer
         self.context = context or {}  # dataset version, config hash: recorded in trainer.json
         self.writer = AsyncCheckpointWriter() if cfg.async_save and writer else None
-        self.last_saved, self.preempt, self.saved = None, None, []
+        self.last_saved = None
         self._events, self._deferred = [], False  # events of (background) saves not yet logged; a step save moved to the epoch end
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
             clean_tmp_dirs(self.root)  # leftovers of an interrupted save
 
-    # ---- signals (preemption) ----
-    def before_fit(self):
-        self.previous = {}
-        if on_main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self.previous[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        if self.preempt is None:
-            self.preempt, self._signalled_at = signal.Signals(signum).name, time.monotonic()
-        # a second signal means "stop now" — unless it is the same SIGTERM delivered twice (under Slurm both slurmstepd
-        # and the torchrun/accelerate agent forward it to every process), which must not cost the checkpoint
-        elif signum == signal.SIGINT or time.monotonic() - self._signalled_at > REPEAT_WINDOW_S: raise KeyboardInterrupt
-
-    def _restore_signals(self):
-        "Give the signals back to their earlier handlers; the repeats of a SIGTERM already acted on stay harmless (see `ignoring_repeats`)."
-        for sig, handler in getattr(self, "previous", {}).items():
-            stopping = sig == signal.SIGTERM and self.preempt == "SIGTERM"
-            signal.signal(sig, ignoring_repeats(handler, getattr(self, "_signalled_at", time.monotonic())) if stopping else handler)
-
     def after_fit(self):
-        try:
-            if self.last_saved != self.global_step: self.save(reason="final")
-            if self.writer: self.writer.wait()
-        finally:
-            self._restore_signals()
+        if self.last_saved != self.global_step: self.save(reason="final")
+        if self.writer: self.writer.wait()
 
-# %% ../../nbs/06f_callback.checkpoint.ipynb #a9355795
+# %% ../../nbs/06f_callback.checkpoint.ipynb #cf30f154
 def _clone_cpu(obj):
     "A copy of a nested state with every tensor on the CPU (so training can go on while it is written)."
     if isinstance(obj, torch.Tensor): return obj.detach().to("cpu", copy=True)
@@ -91,44 +60,30 @@ def after_batch(self:CheckpointCallback):
     # after the batch (not in after_step), so the batch is in the metrics' running sums that the checkpoint records
     if not self.training or not self.stepped: return
     self._flush_events()
-    last_of_epoch = self.iter + 1 == self.n_iter
     due = bool(self.cfg.save_every_n_steps) and self.global_step % self.cfg.save_every_n_steps == 0
-    if last_of_epoch:  # the epoch's rows (train summary, validation) come first: save in after_epoch
+    if self.iter + 1 == self.n_iter:  # the epoch's rows (train summary, validation) come first: save in after_epoch
         self._deferred = self._deferred or due
         return
-    stop = self._agree_on_preemption()
+    stop = getattr(self.trainer, "preempted", None) is not None  # agreed by every process (PreemptionCallback)
     if due or stop: self.save("preempted" if stop else "step", (self.epoch, self.iter + 1))
-    if stop: self._stop_for_preemption()
-
-@patch
-def _agree_on_preemption(self:CheckpointCallback) -> bool:
-    """Whether to save and stop at this step. Processes may get the signal a step apart, or in the middle of a save:
-    the answer is agreed here (any one signalled) and taken once, so that all save and stop at the same step."""
-    stop = self.trainer.any_process(self.preempt is not None)
-    if stop and not self.preempt: self.preempt = "SIGTERM"
-    return stop
+    if stop: stop_for_preemption(self.trainer)
 
 @patch
 def after_epoch(self:CheckpointCallback):
     TrackerCallback.after_epoch(self)
     self._flush_events()
-    stop = self._agree_on_preemption()
+    stop = getattr(self.trainer, "preempted", None) is not None
     due = bool(self.cfg.save_frequency) and (self.epoch + 1) % self.cfg.save_frequency == 0
     best = self.cfg.save_best and self.new_best
     if due or best or self._deferred or stop:
         self.save("best" if best and not due else ("preempted" if stop else "epoch"), (self.epoch + 1, 0), is_best=best)
     self._deferred = False
-    if stop: self._stop_for_preemption()
+    if stop: stop_for_preemption(self.trainer)
 
-@patch
-def _stop_for_preemption(self:CheckpointCallback):
-    self.trainer.log_event("preempted", signal=self.preempt)
-    self.trainer.logger(f"{self.preempt}: saved a checkpoint at step {self.global_step}; stopping")
-    raise CancelFitException("preempted", signal=self.preempt)
-
-# %% ../../nbs/06f_callback.checkpoint.ipynb #c3be11e1
+# %% ../../nbs/06f_callback.checkpoint.ipynb #d7dd1bf8
 @patch
 def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
+    "Collect the trainer's state (every process takes part) and commit it (the writing process; in the background if asked)."
     t = self.trainer
     state = trainer_state(t, position, reason, self.context)
     if state is None or not self.is_writer:
@@ -137,11 +92,8 @@ def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None
     step, started = t.global_step, time.perf_counter()
     if self.writer is not None: state = _clone_cpu(state)
     def write():
-        path = save_checkpoint(self.root, step, **state)
-        if is_best or not (self.root/"best_model.safetensors").exists(): export_best_model(path, self.root, self.spec)
-        protect = [path.name] + ([self.resumed_from] if self.resumed_from else []) + pinned_checkpoints(self.root.parent)
-        removed = prune_checkpoints(self.root, self.cfg.keep_last_n, self.cfg.keep_best_n, self.monitor, self.mode, protect)
-        write_index(self.root, self.monitor, self.mode, self.resumed_from)
+        path, removed = commit_checkpoint(self.root, step, state, self.spec, self.cfg.keep_last_n, self.cfg.keep_best_n,
+                                          self.monitor, self.mode, self.resumed_from, export_best=is_best)
         self._events.append({"event": "checkpoint_saved", "name": path.name, "reason": reason, "epoch": epoch,
                              "batches_done": done, "removed": removed, "seconds": round(time.perf_counter() - started, 3)})
     if self.writer is not None: self.writer.submit(write)
@@ -156,9 +108,6 @@ def _flush_events(self:CheckpointCallback):
 
 @patch
 def cleanup_fit(self:CheckpointCallback):
-    "Always runs at the end of a fit, even a failed one: finish the background write, restore signal handlers."
-    try:
-        if self.writer: self.writer.wait()
-        self._flush_events()
-    finally:
-        self._restore_signals()
+    "Always runs at the end of a fit, even a failed one: the background write finishes, its events are logged."
+    if self.writer: self.writer.wait()
+    self._flush_events()

@@ -31,9 +31,9 @@ __all__ = ['CKPT_PATTERN', 'FORMAT_VERSION', 'FIX', 'STATE_FILES', 'TRAINER_FIEL
            'unflatten_state', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_manifest', 'verify_checkpoint',
            'tensor_refs', 'check_contents', 'load_checkpoint', 'list_checkpoints', 'checkpoint_step',
            'latest_good_checkpoint', 'checkpoint_summary', 'read_index', 'write_index', 'build_index',
-           'prune_checkpoints', 'pinned_checkpoints', 'export_best_model', 'spec_candidates', 'check_state_fits',
-           'load_exported_model', 'AsyncCheckpointWriter', 'full_states', 'load_full_states', 'rank_rng_states',
-           'trainer_state', 'restore_trainer']
+           'prune_checkpoints', 'pinned_checkpoints', 'export_best_model', 'commit_checkpoint', 'spec_candidates',
+           'check_state_fits', 'load_exported_model', 'AsyncCheckpointWriter', 'full_states', 'load_full_states',
+           'rank_rng_states', 'trainer_state', 'restore_trainer']
 
 # %% ../../nbs/04e_loop.checkpoint.ipynb #79a7684c
 def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
@@ -324,6 +324,20 @@ def export_best_model(ckpt:str|Path, root:str|Path, spec:dict) -> Path:
     atomic_write_json(root/"model.json", {**spec, "weights": "best_model.safetensors", "checkpoint": ckpt.name,
                                           "sha256": hashlib.sha256(data).hexdigest()})
     return root/"best_model.safetensors"
+
+# %% ../../nbs/04e_loop.checkpoint.ipynb #8061f817
+def commit_checkpoint(root:str|Path, step:int, state:dict, spec:dict, keep_last:int, keep_best:int=0, monitor:str|None=None,
+                      mode:str="min", resumed_from:str|None=None, export_best:bool=False) -> tuple[Path, list[str]]:
+    """One checkpoint, all the way: saved (atomic, manifest last), exported as the best model when it is the best (or
+    none was yet), the old ones pruned — only after the new one is committed, never it, the one resumed from or one the
+    registry pinned — and index.json rewritten. Returns (its path, the names removed)."""
+    root = Path(root)
+    path = save_checkpoint(root, step, **state)
+    if export_best or not (root/"best_model.safetensors").exists(): export_best_model(path, root, spec)
+    protect = [path.name] + ([resumed_from] if resumed_from else []) + pinned_checkpoints(root.parent)
+    removed = prune_checkpoints(root, keep_last, keep_best, monitor, mode, protect)
+    write_index(root, monitor, mode, resumed_from)
+    return path, removed
 
 # %% ../../nbs/04e_loop.checkpoint.ipynb #8ff44cb5
 def spec_candidates(weights:Path) -> list[Path]:

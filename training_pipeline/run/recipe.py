@@ -56,6 +56,7 @@ from ..callback.fault import FaultInjection
 from ..callback.metrics import MetricsCallback
 from ..callback.schedule import GradNormCallback, SchedulerCallback
 import time
+from ..callback.preemption import PreemptionCallback
 
 # %% auto #0
 __all__ = ['FIT_SHORTCUTS', 'OPTIMIZER_TYPES', 'TrainResult', 'with_epochs', 'build_callbacks', 'model_spec', 'write_artifacts',
@@ -94,6 +95,7 @@ def build_callbacks(config:Config, store:RunStore|None, trackers:bool, checkpoin
     if scheduler is not None: cbs.append(SchedulerCallback(scheduler, interval, getattr(t.lr_scheduler, "monitor", "val_loss")))
     if store is not None: cbs.append(RunStoreCallback(store))
     if trackers: cbs.append(TrackersCallback())
+    cbs.append(PreemptionCallback())  # SIGTERM/SIGINT: a checkpoint, then a clean stop, on every process at the same step
     if checkpoint is not None: cbs.append(checkpoint)
     cbs.append(StepTimer())
     cbs.append(MonitorCallback(config.alerts, store.id if store else "", store.dir if store else ""))  # on every process: a stop is shared
