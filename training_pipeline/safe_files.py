@@ -14,12 +14,12 @@ import re
 import stat
 from pathlib import Path
 
-from .core import CheckpointError
+from .core import CheckpointError, PipelineError
 
 # %% auto #0
 __all__ = ['PLAIN_PART', 'FIX', 'MAX_JSON_BYTES', 'MAX_JSON_DEPTH', 'MAX_HEADER_BYTES', 'DTYPE_BYTES', 'shown', 'plain_name',
            'file_inside', 'open_nofollow', 'sha256_nofollow', 'walk_entries', 'json_depth', 'parse_json', 'read_json',
-           'json_kind', 'check_fields', 'safetensors_header', 'safetensors_index', 'read_safetensors']
+           'json_kind', 'check_fields', 'read_json_or', 'safetensors_header', 'safetensors_index', 'read_safetensors']
 
 # %% ../nbs/00a_safe_files.ipynb #d1f0b962
 PLAIN_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")
@@ -139,6 +139,14 @@ def check_fields(obj, schema:dict, what:str, where:str, error=CheckpointError, f
             article = "an" if kind[0] in "aeiou" else "a"
             raise error(f"{what}: {key!r} is {json_kind(obj[key])}, not {article} {kind.rstrip('?')}", where, fix)
     return obj
+
+# %% ../nbs/00a_safe_files.ipynb #1abd8591
+def read_json_or(path:str|Path, default=None, **bounds):
+    """`read_json`, or `default` when the file is missing, unreadable, a link, too large or not JSON: for files a
+    reader can do without (a run's run.json while it is being written, a cache, a marker)."""
+    try: return read_json(path, **bounds)
+    except (OSError, PipelineError): return default
+
 
 # %% ../nbs/00a_safe_files.ipynb #cc627fcd
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own cap on its header
