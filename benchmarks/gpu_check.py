@@ -127,7 +127,7 @@ def part2(data_dir):
     events = [json.loads(l) for l in (run / "events.jsonl").read_text().splitlines()]
     report(part="tp train bf16", rc=r.returncode, seconds=round(secs, 1), summary=r.stdout.strip().splitlines()[-1:],
            gpu_memory_alerts=[e.get("message") for e in events if e.get("rule") == "gpu_memory"][:1], stderr=r.stderr[-600:] if r.returncode else "")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "training_pipeline.run.recipe"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "training_pipeline", "train"]
     fsdp = [*over, "experiment.name=fsdp", "distributed.strategy=fsdp",
             "distributed.fsdp.min_num_params=2000", "training.mixed_precision=bf16", "checkpointing.save_every_n_steps=20"]
     r1, s1 = tp("--config", REPO / "config/digits.yaml", *fsdp, launcher=torchrun, env={"TP_FAULT": "train:kill@50"})

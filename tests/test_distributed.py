@@ -78,7 +78,7 @@ def test_a_killed_rank_fails_the_job_fast(tmp_path, prepared):
 
 def torchrun(tmp_path, data_dir, max_restarts, fault):
     cmd = [str(Path(TP).with_name("python")), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts",
-           str(max_restarts), "--monitor-interval", "1", "--master-port", str(free_port()), "-m", "training_pipeline.run.recipe",
+           str(max_restarts), "--monitor-interval", "1", "--master-port", str(free_port()), "-m", "training_pipeline", "train",
            "--config", str(REPO / "config" / "test.yaml"), *data_overrides(data_dir), *EXTRA,
            "checkpointing.save_every_n_steps=10", "distributed.timeout_s=60"]
     env = {**{k: v for k, v in os.environ.items() if k != "TP_DEBUG"}, "TP_FAULT": fault}
@@ -120,7 +120,7 @@ def test_notebook_train_runs_two_processes_from_a_jupyter_kernel(tmp_path, prepa
                                             "language_info": {"name": "python"}})
     nb.cells = [nbformat.v4.new_code_cell("overrides = []", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(
-                    "import json\nfrom training_pipeline.run.recipe import notebook_train\n"
+                    "import json\nfrom training_pipeline.run.fit import notebook_train\n"
                     f"run_dir = notebook_train({str(REPO / 'config' / 'test.yaml')!r}, overrides, num_processes=2)\n"
                     "meta = json.loads((run_dir / 'run.json').read_text())\n"
                     "print('RESULT', meta['status'], meta['world_size'], meta['backend'], run_dir)")]

@@ -1,6 +1,6 @@
-"""The package's structure (issues 20 and 33): no import cycle among its modules, counting the imports inside functions. Every
-submodule implies the package itself, so edges to the package root are left out, as is code that runs only when a module
-is the program (`if __name__ == "__main__":`, where the module is `__main__`, not itself)."""
+"""The package's structure (issues 20 and 33): no import cycle among its modules, counting the imports inside functions and
+in `if __name__ == "__main__":` blocks. Every submodule implies the package itself, so edges to the package root are
+left out."""
 import ast
 from pathlib import Path
 
@@ -14,17 +14,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def is_main_block(node) -> bool:
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
-            and node.test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators))
-
-
 def imported_modules(path: Path, modules: set) -> set:
-    "The package's modules that `path` imports anywhere (module level or inside functions), outside a __main__ block."
+    "The package's modules that `path` imports anywhere: module level, inside functions, in a __main__ block."
     name, found = module_name(path), set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     def visit(node):
-        if is_main_block(node): return
         targets = []
         if isinstance(node, ast.Import): targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

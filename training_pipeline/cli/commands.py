@@ -198,7 +198,7 @@ def cmd_train(args) -> int:
     if args.distributed:
         from training_pipeline.loop.distributed import launch_distributed
         from training_pipeline.track.store import new_run_id
-        return launch_distributed(args, ["-m", "training_pipeline.run.recipe", "--config", args.config, "--resume", args.resume,
+        return launch_distributed(args, ["-m", "training_pipeline", "train", "--config", args.config, "--resume", args.resume,
                                          *(["--epochs", str(args.epochs)] if args.epochs else []), *(["--profile"] if args.profile else []),
                                          *(["--trial", args.trial] if args.trial else [])],
                                   {"TP_RUN_ID": os.environ.get("TP_RUN_ID") or new_run_id()})

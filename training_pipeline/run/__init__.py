@@ -8,4 +8,4 @@ __all__ = []
 # %% ../../nbs/07_run.ipynb #98076fae
 from ..core import lazy_attributes
 
-__getattr__ = lazy_attributes(__name__, ('predictions', 'loader_tuner', 'recipe', 'lr_find'))  # `from training_pipeline.run import X`
+__getattr__ = lazy_attributes(__name__, ('predictions', 'loader_tuner', 'recipe', 'lr_find', 'fit'))  # `from training_pipeline.run import X`
