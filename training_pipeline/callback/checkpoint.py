@@ -5,22 +5,15 @@
 # %% ../../nbs/06f_callback.checkpoint.ipynb #eafd7e40
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import torch
 
-from ..loop.events import CancelFitException
-from .tracker import TrackerCallback
-from ..core import (clean_tmp_dirs,
-                                    on_main_thread, patch)
-from ..loop.checkpoint import (AsyncCheckpointWriter, export_best_model, pinned_checkpoints, prune_checkpoints,
-                                               save_checkpoint, trainer_state, write_index)
 from .preemption import stop_for_preemption
-from ..loop.checkpoint import commit_checkpoint
+from .tracker import TrackerCallback
+from ..core import clean_tmp_dirs, patch
+from ..loop.checkpoint import AsyncCheckpointWriter, commit_checkpoint, trainer_state
 
 # %% auto #0
 __all__ = ['CheckpointCallback']
@@ -29,16 +22,19 @@ __all__ = ['CheckpointCallback']
 class CheckpointCallback(TrackerCallback):
     """The checkpoint policy: when to save (every `save_frequency` epochs, every `save_every_n_steps` steps, on a new
     best, at the end of a fit, when a preemption was agreed) and what to keep; `commit_checkpoint` writes."""
-    order = 28  # after the preemption's agreement (27), before early stopping (30), whose CancelFitException ends after_epoch
+    # after the preemption's agreement (27), before early stopping (30), whose CancelFitException ends after_epoch
+    order = 28
 
     def __init__(self, root:str|Path, cfg, spec:dict|None=None, resumed_from:str|None=None, context:dict|None=None,
                  writer:bool=True):  # False on the other processes of a distributed run: they take part, rank 0 writes
         super().__init__(cfg.monitor_metric, cfg.mode)
-        self.root, self.cfg, self.spec, self.resumed_from, self.is_writer = Path(root), cfg, spec or {}, resumed_from, writer
+        self.root, self.cfg, self.spec = Path(root), cfg, spec or {}
+        self.resumed_from, self.is_writer = resumed_from, writer
         self.context = context or {}  # dataset version, config hash: recorded in trainer.json
         self.writer = AsyncCheckpointWriter() if cfg.async_save and writer else None
         self.last_saved = None
-        self._events, self._deferred = [], False  # events of (background) saves not yet logged; a step save moved to the epoch end
+        # events of (background) saves not yet logged; a step save moved to the epoch end
+        self._events, self._deferred = [], False
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
             clean_tmp_dirs(self.root)  # leftovers of an interrupted save
@@ -83,7 +79,8 @@ def after_epoch(self:CheckpointCallback):
 # %% ../../nbs/06f_callback.checkpoint.ipynb #d7dd1bf8
 @patch
 def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None, is_best:bool=False):
-    "Collect the trainer's state (every process takes part) and commit it (the writing process; in the background if asked)."
+    """Collect the trainer's state (every process takes part) and commit it (the writing process; in the background if
+    asked)."""
     t = self.trainer
     state = trainer_state(t, position, reason, self.context)
     if state is None or not self.is_writer:
@@ -95,7 +92,8 @@ def save(self:CheckpointCallback, reason:str, position:tuple[int, int]|None=None
         path, removed = commit_checkpoint(self.root, step, state, self.spec, self.cfg.keep_last_n, self.cfg.keep_best_n,
                                           self.monitor, self.mode, self.resumed_from, export_best=is_best)
         self._events.append({"event": "checkpoint_saved", "name": path.name, "reason": reason, "epoch": epoch,
-                             "batches_done": done, "removed": removed, "seconds": round(time.perf_counter() - started, 3)})
+                             "batches_done": done, "removed": removed,
+                             "seconds": round(time.perf_counter() - started, 3)})
     if self.writer is not None: self.writer.submit(write)
     else: write(); self._flush_events()
     self.last_saved = step

@@ -20,10 +20,12 @@ __all__ = ['Running', 'MetricsCallback']
 
 # %% ../../nbs/06c_callback.metrics.ipynb #d14cd527
 def _sums_state(sums:dict|None) -> dict|None:
-    return None if sums is None else {k: {"dtype": str(v.dtype).removeprefix("torch."), "values": v.tolist()} for k, v in sums.items()}
+    return None if sums is None else {k: {"dtype": str(v.dtype).removeprefix("torch."), "values": v.tolist()} for k,
+                                      v in sums.items()}
 
 def _sums_from_state(state:dict|None, device) -> dict|None:
-    return None if state is None else {k: torch.tensor(s["values"], dtype=getattr(torch, s["dtype"]), device=device) for k, s in state.items()}
+    return None if state is None else {k: torch.tensor(s["values"], dtype=getattr(torch, s["dtype"]), device=device)
+                                       for k, s in state.items()}
 
 @dataclass
 class Running:
@@ -59,7 +61,9 @@ class MetricsCallback(Callback):
         resumed, self._resumed = getattr(self, "_resumed", None), None
         if resumed and self.start_iter:  # continuing an epoch from a checkpoint: its sums so far come back
             dev, task = self.trainer.device, self.task
-            self.epoch_sums, self.interval = Running.from_state(resumed, "e", dev, task), Running.from_state(resumed, "i", dev, task)
+            self.epoch_sums, self.interval = Running.from_state(resumed, "e", dev, task), Running.from_state(resumed,
+                                                                                                             "i", dev,
+                                                                                                             task)
 
     def state_dict(self) -> dict:
         "Running sums of the epoch and of the logging interval (read at checkpoints only)."
@@ -69,7 +73,8 @@ class MetricsCallback(Callback):
     def load_state_dict(self, state:dict): self._resumed = state or None
 
     def _new_sums(self, output):
-        if self.template is None: self.template = output[:0].detach()  # the output's shape: for a process that sees no batch
+        # the output's shape: for a process that sees no batch
+        if self.template is None: self.template = output[:0].detach()
         return self.task.new_sums(output)
 
     def before_validate(self):
@@ -95,7 +100,8 @@ class MetricsCallback(Callback):
         for run in (self.epoch_sums, self.interval):
             if run.sums is None: run.sums = self._new_sums(self.pred)
             task.update(run.sums, self.pred, self.yb)
-            run.loss, run.weight, run.samples, run.wait = run.loss + loss, run.weight + weight, run.samples + len(self.yb), run.wait + self.data_wait
+            run.loss, run.weight = run.loss + loss, run.weight + weight
+            run.samples, run.wait = run.samples + len(self.yb), run.wait + self.data_wait
         # a row every log_every optimizer steps, covering the batches since the last; the epoch row covers the last step
         if self.stepped and self.global_step % self.log_every == 0 and self.iter + 1 < self.n_iter:
             self._log_train(self.interval)
@@ -130,5 +136,6 @@ class MetricsCallback(Callback):
         row.setdefault("samples", int(n))
         if self.extra_names:
             if self.extra is None: self.extra = self._new_metrics(self.template)
-            row.update({k: metric_value(m.compute()) for k, m in self.extra.items()})  # torchmetrics syncs the processes
+            # torchmetrics syncs the processes
+            row.update({k: metric_value(m.compute()) for k, m in self.extra.items()})
         self.trainer.log_row(self.split, **row)

@@ -41,11 +41,13 @@ class ProgressCallback(Callback):
     def after_batch(self):
         if self.bar is not None: self.bar.update(1)
     def after_log(self):
-        if self.bar is not None and self.row["split"] == "train": self.bar.set_postfix(loss=f"{self.row['loss']:.4f}", refresh=False)
+        if self.bar is not None and self.row["split"] == "train":
+            self.bar.set_postfix(loss=f"{self.row['loss']:.4f}", refresh=False)
     def _close(self):
         if self.bar is not None: self.bar.close()
         self.bar = None
     after_train = after_validate = after_cancel_train = after_cancel_validate = _close
 
     def after_epoch(self):
-        self.trainer.logger(epoch_summary(self.epoch, self.n_epochs, self.trainer.metrics, time.perf_counter() - self.t_epoch))
+        self.trainer.logger(epoch_summary(self.epoch, self.n_epochs, self.trainer.metrics,
+                                          time.perf_counter() - self.t_epoch))

@@ -20,9 +20,11 @@ class TrackerCallback(Callback):
     "Tracks the best value of `monitor` (e.g. 'val_accuracy') after each validation."
     order = 30
     def __init__(self, monitor:str="val_loss", mode:str="min", min_delta:float=0.0):
-        if mode not in ("min", "max"): raise ConfigError(f"mode must be min or max, got {mode!r}", "monitor mode", "use min or max")
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode must be min or max, got {mode!r}", "monitor mode", "use min or max")
         self.monitor, self.mode, self.min_delta = monitor, mode, abs(min_delta)
-        self.best, self.best_epoch, self.new_best, self.validated = None, None, False, False  # validated: in the epoch just ended
+        # validated: in the epoch just ended
+        self.best, self.best_epoch, self.new_best, self.validated = None, None, False, False
 
     def improved(self, value:float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)): return False
@@ -33,7 +35,8 @@ class TrackerCallback(Callback):
         self.new_best = self.validated = False
         split = self.monitor.split("_", 1)[0]
         fresh = self.trainer.row if getattr(self.trainer, "row", None) else {}
-        if fresh.get("split") != split or fresh.get("epoch") != self.trainer.epoch_number: return  # no validation this epoch
+        # no validation this epoch
+        if fresh.get("split") != split or fresh.get("epoch") != self.trainer.epoch_number: return
         self.validated = True
         if self.monitor not in self.trainer.metrics:
             available = ", ".join(sorted(k for k in self.trainer.metrics if k.startswith(split)))
@@ -58,7 +61,8 @@ class EarlyStoppingCallback(TrackerCallback):
         self.wait = 0 if self.new_best else self.wait + 1
         if self.wait >= self.patience:
             best_epoch = self.best_epoch + self.trainer.epoch_base  # counted as the rows and the console count epochs
-            self.trainer.log_event("early_stop", monitor=self.monitor, best=self.best, best_epoch=best_epoch, patience=self.patience)
+            self.trainer.log_event("early_stop", monitor=self.monitor, best=self.best, best_epoch=best_epoch,
+                                   patience=self.patience)
             self.trainer.logger(f"early stop: {self.monitor} has not improved for {self.patience} epoch(s); "
                                 f"best {self.best:.4f} at epoch {self.best_epoch + 1}")
             raise CancelFitException("early_stop", monitor=self.monitor, best=self.best, best_epoch=best_epoch)
@@ -91,8 +95,11 @@ class NonFiniteLossCallback(Callback):
             self.trainer.log_event("nonfinite_loss_skipped", loss=str(value), batch=self.iter)
             raise CancelBatchException()
         self.trainer.log_event("diverged", loss=str(value))
-        raise TrainingError(f"training diverged: the loss is {value} at step {self.global_step} (epoch {self.epoch + 1}, batch {self.iter})",
-                            "training", "lower training.learning_rate, set training.max_grad_norm, or check the data for bad values")
+        raise TrainingError(f"training diverged: the loss is {value} at step {self.global_step} (epoch "
+                            f"{self.epoch + 1}, batch {self.iter})",
+                            "training",
+                            "lower training.learning_rate, set training.max_grad_norm, or check the data for bad "
+                            "values")
 
     def after_cancel_batch(self): self.bad = None  # a batch skipped for another reason leaves no flag behind
 

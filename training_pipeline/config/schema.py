@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from ..core import (DATA_DIR, RUNS_DIR, URL_PATTERN, ConfigError, atomic_write, default_num_workers, did_you_mean,
+from ..core import (DATA_DIR, RUNS_DIR, URL_PATTERN, ConfigError, atomic_write, default_num_workers,
+                                    did_you_mean,
                                     import_object, is_import_path, patch, redact, sha256_json, snake_case)
 
 # %% auto #0
@@ -46,13 +48,17 @@ PositiveInt = Annotated[int, Field(ge=1)]
 def local_path(v):
     "A path on this machine: an object-storage URL is refused (it would become a local folder named `s3:`)."
     if isinstance(v, str) and URL_PATTERN.match(v) and not v.startswith("file://"):
-        raise PydanticCustomError("url_path", "object storage ({scheme}://) is not supported here: a URL would silently become a local "
-                                  "folder named {scheme}:. Use a local or mounted path (runs go to a bucket with experiment.runs_dir)",
+        raise PydanticCustomError("url_path",
+                                  "object storage ({scheme}://) is not supported here: a URL would silently become a "
+                                  "local "
+                                  "folder named {scheme}:. Use a local or mounted path (runs go to a bucket with "
+                                  "experiment.runs_dir)",
                                   {"scheme": v.split("://", 1)[0]})
     return v[len("file://"):] if isinstance(v, str) and v.startswith("file://") else v
 LocalPath = Annotated[str, AfterValidator(local_path)]
 
-STORAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory")  # fsspec filesystems a runs dir may be on (file:// is a path)
+# fsspec filesystems a runs dir may be on (file:// is a path)
+STORAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory")
 
 def runs_location(v):
     "A local path, or an object-storage URL of a known scheme (see `05c_track.storage`)."
@@ -72,7 +78,8 @@ class ExperimentConfig(Section):
     version: str = "v1.0"
     description: str = ""
     tags: list[str] = []
-    runs_dir: RunsLocation = RUNS_DIR  # root of run directories: <runs_dir>/<name>/<run_id>/; a local path or a bucket URL
+    # root of run directories: <runs_dir>/<name>/<run_id>/; a local path or a bucket URL
+    runs_dir: RunsLocation = RUNS_DIR
 
     @field_validator("version", mode="before")
     @classmethod
@@ -81,7 +88,8 @@ class ExperimentConfig(Section):
 # %% ../../nbs/01a_config.schema.ipynb #aeeca712
 class PreprocessingConfig(Section):
     "Tabular preprocessing, fitted on train only."
-    impute: Literal["median", "mean", "most_frequent", "none"] = "median"  # numeric columns; categoricals: most frequent
+    # numeric columns; categoricals: most frequent
+    impute: Literal["median", "mean", "most_frequent", "none"] = "median"
     scale: Literal["standard", "minmax", "none"] = "standard"
     encode: Literal["onehot", "ordinal"] = "onehot"  # categorical columns
 
@@ -110,27 +118,33 @@ class DriftConfig(Section):
 
 # %% ../../nbs/01a_config.schema.ipynb #3fd4f064
 class DataConfig(Section):
-    # a built-in dataset `tp prepare` makes (digits, breast_cancer, wine, mnist5k: the prepared splits are read), or your own:
+    # a built-in dataset `tp prepare` makes (digits, breast_cancer, wine, mnist5k: the prepared splits are read), or
+    # your own:
     # an import path package.module:name called with init_args, returning {"train": Dataset, "val": ..., "test": ...}
     dataset: str|None = None
     init_args: dict[str, Any] = {}
-    target_key: str = "target"  # the target's key in mapping batches (the other entries are forward's keyword arguments)
+    # the target's key in mapping batches (the other entries are forward's keyword arguments)
+    target_key: str = "target"
     data_dir: LocalPath = DATA_DIR
     # None: processed/<split> under data_dir (see `split_dirs`); a test split there is optional, a test_dir given is not
     train_dir: LocalPath|None = None
     val_dir: LocalPath|None = None
     test_dir: LocalPath|None = None
     num_workers: Annotated[int, BeforeValidator(lambda v: default_num_workers() if v == "auto" else v)] = Field(
-        "auto", ge=0, validate_default=True)  # auto: `default_num_workers()`, resolved on reading: the config says what ran
+        "auto", ge=0,
+        validate_default=True)  # auto: `default_num_workers()`, resolved on reading: the config says what ran
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: PositiveInt = 2
     cache: bool = True  # cache decoded/preprocessed tensors under <data_dir>/cache
-    # auto: keep the splits in memory when, decoded, they fit memory_budget_mb, else stream them (images decoded per sample
+    # auto: keep the splits in memory when, decoded, they fit memory_budget_mb, else stream them (images decoded per
+    # sample
     # in the loader workers, tables read by rows from a preprocessed file); true / false force one or the other
     in_memory: Literal["auto", True, False] = "auto"
-    # 1024 MiB: about what the CUDA build of torch alone costs a training process (~1 GiB RSS, ENVIRONMENT.md), so by default
-    # in-memory data at most doubles a run's footprint; beyond that streaming's flat memory is worth its per-sample decoding
+    # 1024 MiB: about what the CUDA build of torch alone costs a training process (~1 GiB RSS, ENVIRONMENT.md), so by
+    # default
+    # in-memory data at most doubles a run's footprint; beyond that streaming's flat memory is worth its per-sample
+    # decoding
     memory_budget_mb: float = Field(1024, gt=0)
     # a sample that cannot be decoded in a streamed split: fail naming its file, or skip it (replaced by the next good
     # sample, counted in the run's events.jsonl); in-memory splits are decoded up front and always fail
@@ -138,7 +152,8 @@ class DataConfig(Section):
     block_size: PositiveInt = 128  # text corpora (tp prepare --task causal_lm): tokens per training sample
     collate: Literal["default", "pad"] = "default"  # pad: variable-length samples padded per batch (targets with -100)
     pad_value: int = 0  # what `collate: pad` fills inputs with (the tokenizer's pad id)
-    shards: bool = False  # read <data_dir>/shards/<split> (LitData shards, `tp prepare --shards`) instead of processed/<split>
+    # read <data_dir>/shards/<split> (LitData shards, `tp prepare --shards`) instead of processed/<split>
+    shards: bool = False
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
@@ -173,12 +188,14 @@ class ModelConfig(Section):
     @field_validator("architecture", mode="before")
     @classmethod
     def _known_architecture(cls, v):
-        "A built-in name, an import path (kept as written), or a lower-case name for torchvision (checked by `check_imports`)."
+        """A built-in name, an import path (kept as written), or a lower-case name for torchvision (checked by
+        `check_imports`)."""
         if not isinstance(v, str) or is_import_path(v): return v
         v = v.lower()
         if v not in ARCHITECTURES and not re.match(r"^[a-z][a-z0-9_]*$", v):
             raise PydanticCustomError("invalid_choice", "unknown architecture",
-                                      {"choices": ", ".join(ARCHITECTURES) + ", a torchvision classification model, or package.module:Name"})
+                                      {"choices": ", ".join(ARCHITECTURES)
+                                       + ", a torchvision classification model, or package.module:Name"})
         return v
 
 def torchvision_classifiers() -> list[str]:
@@ -261,22 +278,28 @@ OptimizerConfig = tagged(*OPTIMIZERS, default="adamw")
 SchedulerConfig = tagged(*SCHEDULERS, default="none")
 
 # %% ../../nbs/01a_config.schema.ipynb #d8ea5eba
-# The losses of each task (the first is its default) and the metrics it logs (03b_models.tasks tests these names against its
+# The losses of each task (the first is its default) and the metrics it logs (03b_models.tasks tests these names against
+# its
 # own); besides: an import path `package.module:Name`, `model` (the model's own), `auto` (its own when it returns one)
-TASK_LOSSES = {"classification": ("cross_entropy", "bce"), "regression": ("mse", "mae", "huber"), "multilabel": ("bce",),
+TASK_LOSSES = {"classification": ("cross_entropy", "bce"), "regression": ("mse", "mae", "huber"),
+               "multilabel": ("bce",),
                "causal_lm": ("cross_entropy",), "token_classification": ("cross_entropy",)}
 TASK_METRICS = {"classification": ("loss", "accuracy", "precision", "recall", "f1", "top5_accuracy"),
-                "regression": ("loss", "rmse", "mae", "r2"), "multilabel": ("loss", "f1", "precision", "recall", "accuracy"),
-                "causal_lm": ("loss", "perplexity", "token_accuracy"), "token_classification": ("loss", "token_accuracy", "f1")}
+                "regression": ("loss", "rmse", "mae", "r2"),
+                "multilabel": ("loss", "f1", "precision", "recall", "accuracy"),
+                "causal_lm": ("loss", "perplexity", "token_accuracy"),
+                "token_classification": ("loss", "token_accuracy", "f1")}
 LOSSES = (*dict.fromkeys(l for ls in TASK_LOSSES.values() for l in ls), "model", "auto")
 
 def metric_name(name:str) -> str:
-    "The logged name of a `training.metrics` entry: its class name in snake case (`MeanAbsolutePercentageError` -> mean_absolute_percentage_error)."
+    """The logged name of a `training.metrics` entry: its class name in snake case (`MeanAbsolutePercentageError` ->
+    mean_absolute_percentage_error)."""
     return snake_case(name.rpartition(":")[2].rpartition(".")[2])
 
 # %% ../../nbs/01a_config.schema.ipynb #1bfdf955
 class LossConfig(Section):
-    type: str|None = None  # None: the task's default (`auto` for a Hugging Face model: 01b_config.load); model; an import path
+    # None: the task's default (`auto` for a Hugging Face model: 01b_config.load); model; an import path
+    type: str|None = None
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     delta: float = Field(1.0, gt=0)  # huber
     init_args: dict[str, Any] = {}  # for an import-path loss class
@@ -285,7 +308,8 @@ class LossConfig(Section):
     def _known_loss(cls, v):
         if not isinstance(v, str) or is_import_path(v): return v
         if v.lower() not in LOSSES:
-            raise PydanticCustomError("invalid_choice", "unknown loss", {"choices": ", ".join(LOSSES) + ", or package.module:Name"})
+            raise PydanticCustomError("invalid_choice", "unknown loss",
+                                      {"choices": ", ".join(LOSSES) + ", or package.module:Name"})
         return v.lower()
 
 # %% ../../nbs/01a_config.schema.ipynb #d7198396
@@ -322,7 +346,8 @@ class FSDPConfig(Section):
     sharding_strategy: Literal["full_shard", "shard_grad_op", "no_shard", "hybrid_shard"] = "full_shard"
     auto_wrap_policy: Literal["size", "transformer", "none"] = "size"
     min_num_params: PositiveInt = 1_000_000
-    state_dict_type: Literal["sharded", "full"] = "full"  # checkpoints gather full tensors (safetensors); sharded is not built
+    # checkpoints gather full tensors (safetensors); sharded is not built
+    state_dict_type: Literal["sharded", "full"] = "full"
 
 class DeepSpeedConfig(Section):
     zero_stage: int = Field(2, ge=0, le=3)
@@ -355,8 +380,10 @@ class CheckpointingConfig(Section):
     remote_timeout_s: PositiveInt = 600  # runs in a bucket: alert when no checkpoint could be committed for this long
 
 class StorageConfig(Section):
-    "How to reach object storage when experiment.runs_dir is a URL; endpoint and credentials also come from the environment."
-    options: dict[str, Any] = {}  # fsspec options, e.g. {endpoint_url: ..., key: ..., secret: ...}; secrets never printed or saved
+    """How to reach object storage when experiment.runs_dir is a URL; endpoint and credentials also come from the
+    environment."""
+    # fsspec options, e.g. {endpoint_url: ..., key: ..., secret: ...}; secrets never printed or saved
+    options: dict[str, Any] = {}
     sync_interval_s: float = Field(5.0, gt=0)  # how often logs and checkpoints are uploaded
 
 # %% ../../nbs/01a_config.schema.ipynb #0728d333
@@ -422,8 +449,10 @@ class GradExplosionRule(Rule): max_norm: float = Field(100.0, gt=0)
 class ThroughputDropRule(Rule):
     min_ratio: float = Field(0.5, gt=0, le=1)  # of the running median of the rows before the drop
     window: int = Field(20, ge=2)
-    warmup: int = Field(5, ge=0)      # logged rows never judged nor counted: compilation, caches and workers warm up in them
-    patience: PositiveInt = 3         # rows in a row below the ratio: a drop, not a blip (a checkpoint, a busy neighbour)
+    # logged rows never judged nor counted: compilation, caches and workers warm up in them
+    warmup: int = Field(5, ge=0)
+    # rows in a row below the ratio: a drop, not a blip (a checkpoint, a busy neighbour)
+    patience: PositiveInt = 3
 class DataStarvationRule(Rule): max_share: float = Field(0.5, gt=0, le=1)  # of step time waiting for data
 class GPUMemoryRule(Rule): max_pct: float = Field(95.0, gt=0, le=100)
 class GPUUtilizationRule(Rule): min_pct: float = Field(20.0, ge=0, le=100)
@@ -478,8 +507,10 @@ class ProfileConfig(Section):
     with_stack: bool = False
 
 # %% ../../nbs/01a_config.schema.ipynb #ff0b3ff8
-# What a run may change when it is resumed: how its data is loaded (samples draw their randomness from their keys, not from
-# the loader), on how many processes, devices and threads it runs (the sampler's position is global). Anything else starts a new run.
+# What a run may change when it is resumed: how its data is loaded (samples draw their randomness from their keys, not
+# from
+# the loader), on how many processes, devices and threads it runs (the sampler's position is global). Anything else
+# starts a new run.
 RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefetch_factor", "data.pin_memory",
                      "distributed.enabled", "distributed.world_size", "distributed.num_nodes", "distributed.backend",
                      "distributed.timeout_s", "resources.cpu", "resources.gpu_ids", "resources.num_threads")
@@ -499,7 +530,8 @@ class Config(Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    _origin: tuple = PrivateAttr(default=("<config>", {}, ()))  # (file, key lines, overridden keys), set by validate_config
+    # (file, key lines, overridden keys), set by validate_config
+    _origin: tuple = PrivateAttr(default=("<config>", {}, ()))
 
     def to_dict(self, redacted:bool=True) -> dict:
         """The resolved config as plain YAML/JSON types, with the file's key names; secret values (any key at any
@@ -530,7 +562,9 @@ class Config(Section):
         for key in keys: d[key.split(".")[0]].pop(key.split(".")[1], None)
         return sha256_json(d)[:16]
 
-    resume_hash = property(resume_hash_without, doc="Hash without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume hash.")
+    resume_hash = property(resume_hash_without,
+                           doc="Hash without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume "
+                               "hash.")
 
     def save(self, path:str|Path) -> Path:
         "Write the resolved config atomically, with its hash in a header comment."
@@ -538,7 +572,8 @@ class Config(Section):
 
 # %% ../../nbs/01a_config.schema.ipynb #943c9bb3
 def locate(key:str, source:str="<config>", lines:dict|None=None, overridden:tuple=()) -> tuple[str, int|None]:
-    "(where, line) of a key's problem: the command line for an override, else the file and the line of the key or its closest parent."
+    """(where, line) of a key's problem: the command line for an override, else the file and the line of the key or its
+    closest parent."""
     if any(key == k or key.startswith(k + ".") for k in overridden): return f"command line: {key}", None
     line = next((lines[k] for k in _prefixes(key) if k in (lines or {})), None)
     return (f"{source}, line {line}: {key}" if line else f"{source}: {key}"), line
@@ -553,15 +588,20 @@ def _prefixes(key:str) -> list[str]:
 def check_paths(self:Config) -> list[ConfigError]:
     "Problems with data directories, which must exist before training (not before checking)."
     own_data = is_import_path(self.data.dataset)  # the user's dataset function: no prepared split folders to find
-    shards = self.data.shards and not own_data  # the shards alone are enough: `<data_dir>/shards/<split>` (02f_data.shards)
-    problems = [ConfigError(f"shards not found: {p}", "data.shards", f"run `tp prepare --data-dir {self.data.data_dir} --shards` first, "
-                            "or set data.shards: false") for p in (Path(self.data.data_dir)/"shards"/s for s in ("train", "val")) if shards and not p.is_dir()]
+    # the shards alone are enough: `<data_dir>/shards/<split>` (02f_data.shards)
+    shards = self.data.shards and not own_data
+    problems = [ConfigError(f"shards not found: {p}", "data.shards",
+                            f"run `tp prepare --data-dir {self.data.data_dir} --shards` first, "
+                            "or set data.shards: false")
+                            for p in (Path(self.data.data_dir)/"shards"/s for s in ("train", "val")) if shards
+                            and not p.is_dir()]
     for split, path in () if own_data or shards else self.data.split_dirs().items():
         key = f"data.{split}_dir"
         if path.is_dir(): continue
         if getattr(self.data, f"{split}_dir") is None:
             problems.append(ConfigError(f"directory not found: {path}, the {split} split under data.data_dir", key,
-                f"run `tp prepare --data-dir {self.data.data_dir}` first, or set data.data_dir or {key} to where it is"))
+                f"run `tp prepare --data-dir {self.data.data_dir}` first, or set data.data_dir or {key} to where it "
+                f"is"))
         else: problems.append(ConfigError(f"directory not found: {path}", key,
                                           "run `tp prepare` first, or point the key at an existing directory"))
     if self.model.pretrained:
@@ -573,23 +613,27 @@ def check_paths(self:Config) -> list[ConfigError]:
 
 @patch
 def validate(self:Config) -> list[str]:
-    "The seed's API: the remaining problems as strings (types and values were checked at load)."
+    "The remaining problems as strings (types and values were checked at load)."
     return [str(p) for p in self.check_paths()]
 
 # %% ../../nbs/01a_config.schema.ipynb #36b44ccf
 @patch
 def check_imports(self:Config) -> list[ConfigError]:
-    "Problems with the code a config names (imports only, nothing called): model and dataset import paths, torchvision names."
+    """Problems with the code a config names (imports only, nothing called): model and dataset import paths,
+    torchvision names."""
     problems = []
     arch = self.model.architecture
     try:
         if is_import_path(arch):
             if not callable(factory := import_object(arch, "model.architecture")):
-                raise ConfigError(f"{arch} is a {type(factory).__name__}, not a class or function", "model.architecture",
+                raise ConfigError(f"{arch} is a {type(factory).__name__}, not a class or function",
+                                  "model.architecture",
                                   "name an nn.Module class or a function that returns one")
         elif arch not in ARCHITECTURES and arch not in (names := torchvision_classifiers()):
-            raise ConfigError(f"unknown architecture {arch!r}{did_you_mean(arch, [*ARCHITECTURES, *names])}", "model.architecture",
-                              "use mlp, small_cnn, a torchvision classification model (e.g. resnet18, vit_b_16) or package.module:Name")
+            raise ConfigError(f"unknown architecture {arch!r}{did_you_mean(arch, [*ARCHITECTURES, *names])}",
+                              "model.architecture",
+                              "use mlp, small_cnn, a torchvision classification model (e.g. resnet18, vit_b_16) or "
+                              "package.module:Name")
     except ConfigError as e: problems.append(e)
     for key, path in (("data.dataset", self.data.dataset), ("training.loss.type", self.training.loss.type)):
         if is_import_path(path):

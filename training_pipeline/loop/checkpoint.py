@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
-import signal
 import stat
 import threading
 import time
@@ -20,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json, clean_tmp_dirs,
-                                    fault_point, sha256_file)
+from ..core import (CheckpointError, atomic_dir, atomic_write, atomic_write_json, fault_point,
+                                    sha256_file)
 from ..models.factory import is_pickle_file, legacy_head_names
 from ..safe_files import (check_fields, file_inside, plain_name, read_json, read_safetensors,
                                           safetensors_index, sha256_nofollow, shown, walk_entries)
@@ -52,8 +50,10 @@ def flatten_state(obj, prefix:str="") -> tuple[dict[str, torch.Tensor], object]:
         if isinstance(o, list): return [walk(v, f"{key}.{i}") for i, v in enumerate(o)]
         if isinstance(o, dict):
             if all(isinstance(k, str) for k in o): return {k: walk(v, f"{key}.{k}") for k, v in o.items()}
-            return {"__items__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(o.items())]}
-        raise CheckpointError(f"cannot store {type(o).__name__} at {key or 'the top level'} without pickle", "checkpoint",
+            return {"__items__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i,
+                                  (k, v) in enumerate(o.items())]}
+        raise CheckpointError(f"cannot store {type(o).__name__} at {key or 'the top level'} without pickle",
+                              "checkpoint",
                               "give the object a state_dict of tensors, numbers, strings, lists and dicts")
     return tensors, walk(obj, prefix)
 
@@ -96,18 +96,22 @@ def _write_state(d:Path, name:str, obj) -> list[str]:
     (d/f"{name}.json").write_text(json.dumps(skeleton))
     return files
 
-def save_checkpoint(root:str|Path, step:int, model_state:dict, optimizer_state:dict|None=None, scheduler_state:dict|None=None,
+def save_checkpoint(root:str|Path, step:int, model_state:dict, optimizer_state:dict|None=None,
+                    scheduler_state:dict|None=None,
                     scaler_state:dict|None=None, rng:dict|None=None, trainer_state:dict|None=None) -> Path:
     "Write checkpoint `root/step-<step>` from state dicts (all on CPU); returns its path."
     from training_pipeline.core import safetensors_bytes
     target = Path(root)/f"step-{step:08d}"
     with atomic_dir(target, replace=True) as d:
-        (d/"model.safetensors").write_bytes(safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model_state.items()}))
+        (d/"model.safetensors").write_bytes(safetensors_bytes({k: v.detach().cpu().contiguous() for k,
+                                                               v in model_state.items()}))
         files = ["model.safetensors"]
         fault_point("checkpoint", "between-files")
-        for name, obj in (("optimizer", optimizer_state), ("scheduler", scheduler_state), ("scaler", scaler_state), ("rng", rng)):
+        for name, obj in (("optimizer", optimizer_state), ("scheduler", scheduler_state), ("scaler", scaler_state),
+                          ("rng", rng)):
             if obj is not None: files += _write_state(d, name, obj)
-        (d/"trainer.json").write_text(json.dumps({"format": FORMAT_VERSION, "step": step, **(trainer_state or {})}, default=_json_default))
+        (d/"trainer.json").write_text(json.dumps({"format": FORMAT_VERSION, "step": step, **(trainer_state or {})},
+                                                 default=_json_default))
         files.append("trainer.json")
         manifest = {"format": FORMAT_VERSION, "step": step, "created": time.time(),
                     "files": [{"path": f, "sha256": sha256_file(d/f), "size": (d/f).stat().st_size} for f in files]}
@@ -153,7 +157,8 @@ def verify_checkpoint(path:str|Path) -> dict:
     "The manifest of a checkpoint directory once it, its files and their contents check (above); else CheckpointError."
     path = Path(path)
     if path.is_symlink(): raise _refuse("the checkpoint directory is a symbolic link", path, "give the directory")
-    if not path.is_dir(): raise CheckpointError("checkpoint not found", str(path), "give a checkpoints/step-N directory")
+    if not path.is_dir():
+        raise CheckpointError("checkpoint not found", str(path), "give a checkpoints/step-N directory")
     manifest = read_manifest(path)
     listed = {e["path"] for e in manifest["files"]}
     for name, st in walk_entries(path):  # lstat only: nothing is opened before it is known to be a regular file here
@@ -285,18 +290,22 @@ def build_index(entries:list[dict], monitor:str|None, mode:str, best_model:bool,
     "index.json from the summaries of committed checkpoints, oldest first (a local or a remote run's)."
     best = _best(entries, monitor, mode, 1)
     return {"format": FORMAT_VERSION, "checkpoints": entries, "last": entries[-1]["name"] if entries else None,
-            "best": {"name": best[0]["name"], "monitor": monitor, "mode": mode, "value": best[0]["metrics"][monitor]} if best else None,
+            "best": {"name": best[0]["name"], "monitor": monitor, "mode": mode, "value": best[0]["metrics"][monitor]}
+            if best else None,
             "best_model": "best_model.safetensors" if best_model else None, "resumed_from": resumed_from}
 
 def _best(entries, monitor, mode, n):
-    scored = [e for e in entries if monitor and isinstance(e["metrics"].get(monitor), (int, float)) and math.isfinite(e["metrics"][monitor])]
+    scored = [e for e in entries if monitor and isinstance(e["metrics"].get(monitor), (int, float))
+              and math.isfinite(e["metrics"][monitor])]
     return sorted(scored, key=lambda e: e["metrics"][monitor], reverse=(mode == "max"))[:n]
 
 def prune_checkpoints(root:str|Path, keep_last:int, keep_best:int=0, monitor:str|None=None, mode:str="min",
                       protect=()) -> list[str]:
     "Delete committed checkpoints beyond the last `keep_last` and best `keep_best`, never those in `protect`."
     entries = [checkpoint_summary(c) for c in list_checkpoints(root)]
-    keep = {e["name"] for e in entries[-keep_last:]} | {e["name"] for e in _best(entries, monitor, mode, keep_best)} | set(protect)
+    keep = {e["name"] for e in entries[-keep_last:]} | {e["name"]
+                                                        for e in _best(entries, monitor, mode,
+                                                                       keep_best)} | set(protect)
     removed = []
     for e in entries:
         if e["name"] not in keep: shutil.rmtree(Path(root)/e["name"]); removed.append(e["name"])
@@ -326,7 +335,8 @@ def export_best_model(ckpt:str|Path, root:str|Path, spec:dict) -> Path:
     return root/"best_model.safetensors"
 
 # %% ../../nbs/04e_loop.checkpoint.ipynb #8061f817
-def commit_checkpoint(root:str|Path, step:int, state:dict, spec:dict, keep_last:int, keep_best:int=0, monitor:str|None=None,
+def commit_checkpoint(root:str|Path, step:int, state:dict, spec:dict, keep_last:int, keep_best:int=0,
+                      monitor:str|None=None,
                       mode:str="min", resumed_from:str|None=None, export_best:bool=False) -> tuple[Path, list[str]]:
     """One checkpoint, all the way: saved (atomic, manifest last), exported as the best model when it is the best (or
     none was yet), the old ones pruned — only after the new one is committed, never it, the one resumed from or one the
@@ -343,7 +353,8 @@ def commit_checkpoint(root:str|Path, step:int, state:dict, spec:dict, keep_last:
 def spec_candidates(weights:Path) -> list[Path]:
     "Where the model.json of some weights can be: beside them, or the run's (for checkpoints/step-N/model.safetensors)."
     weights = Path(weights)
-    return [weights.parent/"model.json", weights.parent.parent/"model.json", weights.parent.parent.parent/"artifacts"/"model.json"]
+    return [weights.parent/"model.json", weights.parent.parent/"model.json",
+            weights.parent.parent.parent/"artifacts"/"model.json"]
 
 def check_state_fits(state:dict, own:dict, where:str, what:str="weights",
                      fix:str="load the weights with the model.json they were saved with") -> dict:
@@ -357,21 +368,26 @@ def check_state_fits(state:dict, own:dict, where:str, what:str="weights",
         examples = ([f"{k} missing" for k in missing[:2]] + [f"{shown(k)} unexpected" for k in unexpected[:2]] +
                     [f"{k} is {show(state[k])}, not {show(own[k])}" for k in (shaped + typed)[:2]])
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shaped)} wrongly shaped and {len(typed)}"
-        raise CheckpointError(f"{what} do not fit the model: {counts} wrongly typed tensor(s) (e.g. {'; '.join(examples[:3])})", where, fix)
+        raise CheckpointError(f"{what} do not fit the model: {counts} wrongly typed tensor(s) (e.g. "
+                              f"{'; '.join(examples[:3])})", where, fix)
     return state
 
 def load_exported_model(weights:str|Path, spec:dict|None=None, model=None):
-    "(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json, tensors checked; `model`: the caller's."
+    """(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json, tensors checked;
+    `model`: the caller's."""
     from training_pipeline.models.factory import model_from_spec
     weights, again = Path(weights), "export or register the model again"
     if spec is None:
         spec_path = next((p for p in spec_candidates(weights) if p.exists()), None)
-        if spec_path is None: raise CheckpointError("no model.json for these weights", str(weights), "keep model.json next to the exported weights")
+        if spec_path is None:
+            raise CheckpointError("no model.json for these weights", str(weights),
+                                  "keep model.json next to the exported weights")
         spec = read_json(spec_path, fix="keep the model.json its run wrote beside the weights")
         if not isinstance(spec, dict): raise CheckpointError("model.json is not an object", str(spec_path), again)
         if spec_path.parent != weights.parent: spec = {k: v for k, v in spec.items() if k != "sha256"}  # another file's
     if spec.get("sha256") and sha256_nofollow(weights, fix=again) != spec["sha256"]:
-        raise CheckpointError("weights do not match the sha256 in model.json", str(weights), "the file was changed or truncated: export it again")
+        raise CheckpointError("weights do not match the sha256 in model.json", str(weights),
+                              "the file was changed or truncated: export it again")
     try: model = model_from_spec(spec, model)  # a built-in, torchvision, Hugging Face or the user's own model
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         what = f"model.json does not describe a model ({type(e).__name__}: {shown(str(e))})"
@@ -405,21 +421,25 @@ def _is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 def full_states(trainer) -> tuple[dict, dict]:
-    "The model's and optimizer's states as full tensors. Under FSDP a collective: every process calls it; rank 0 gets them."
+    """The model's and optimizer's states as full tensors. Under FSDP a collective: every process calls it; rank 0 gets
+    them."""
     if _is_fsdp(trainer.accelerator):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-        return get_state_dict(trainer.model, trainer.opt.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_state_dict(trainer.model, trainer.opt.optimizer,
+                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return trainer.accelerator.unwrap_model(trainer.model).state_dict(), trainer.opt.state_dict()
 
 def load_full_states(trainer, model_state:dict, optimizer_state:dict|None):
     "Load full model/optimizer states (as `full_states` returns them), sharding them again under FSDP."
     if _is_fsdp(trainer.accelerator):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        set_state_dict(trainer.model, trainer.opt.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state or {},
+        set_state_dict(trainer.model, trainer.opt.optimizer, model_state_dict=model_state,
+                       optim_state_dict=optimizer_state or {},
                        options=StateDictOptions(full_state_dict=True))
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.load_state_dict(legacy_head_names(model_state, model.state_dict()))  # a resnet run checkpointed when its head was fc.1
+    # a resnet run checkpointed when its head was fc.1
+    model.load_state_dict(legacy_head_names(model_state, model.state_dict()))
     if optimizer_state is not None: trainer.opt.load_state_dict(optimizer_state)
 
 def rank_rng_states(trainer, generator:torch.Generator|None) -> dict:
@@ -431,32 +451,38 @@ def rank_rng_states(trainer, generator:torch.Generator|None) -> dict:
 
 # %% ../../nbs/04e_loop.checkpoint.ipynb #613f8723
 def trainer_state(trainer, position:tuple[int, int]|None=None, reason:str="", context:dict|None=None) -> dict|None:
-    """Everything a checkpoint holds of a trainer, as `save_checkpoint`'s arguments: model, optimizer, scheduler, scaler,
+    """Everything a checkpoint holds of a trainer, as `save_checkpoint`'s arguments: model, optimizer, scheduler,
+    scaler,
     every rank's RNG, position (epoch, batches done in it), metrics, callback states and the sampler. A collective:
     every process calls it; the main process gets the state, the others None. `restore_trainer` is its inverse."""
     t, train_dl = trainer, trainer.loaders["train"]
     model_state, optimizer_state = full_states(t)
-    rng = rank_rng_states(t, None)  # nothing draws on the loader's generator that a resume must restore: samples draw on their keys
+    # nothing draws on the loader's generator that a resume must restore: samples draw on their keys
+    rng = rank_rng_states(t, None)
     if not t.is_main: return None
     epoch, done = position or (t.epoch + 1, 0)
     # validation metrics are recorded only where they were just measured (at an epoch's end), never stale mid-epoch
-    fresh = {k: v for k, v in t.metrics.items() if isinstance(v, (int, float)) and (done == 0 or k.startswith("train_"))}
+    fresh = {k: v for k, v in t.metrics.items() if isinstance(v, (int, float))
+             and (done == 0 or k.startswith("train_"))}
     return dict(
         model_state=model_state, optimizer_state=optimizer_state,
         scheduler_state=t.scheduler.state_dict() if t.scheduler is not None else None,
         scaler_state=t.accelerator.scaler.state_dict() if getattr(t.accelerator, "scaler", None) is not None else None,
         rng=rng,
-        trainer_state={"epoch": epoch, "batches_done": done, "global_step": t.global_step, "micro_splits": t.micro_splits,
+        trainer_state={"epoch": epoch, "batches_done": done, "global_step": t.global_step,
+                       "micro_splits": t.micro_splits,
                        "n_epochs": t.n_epochs, "reason": reason, "metrics": fresh,
                        "callbacks": {cb.name: cb.state_dict() for cb in t.cbs if cb.state_dict()},
-                       "sampler": train_dl.sampler.state_dict(batches_done=done, batch_size=train_dl.batch_size), **(context or {})})
+                       "sampler": train_dl.sampler.state_dict(batches_done=done, batch_size=train_dl.batch_size),
+                       **(context or {})})
 
 # %% ../../nbs/04e_loop.checkpoint.ipynb #1c4e8ee8
 def restore_trainer(trainer, state:dict) -> tuple[int, int]:
     "Load a checkpoint's states into a freshly built trainer; returns (epoch, batches done in it) to fit from."
     t = state["trainer"]
     load_full_states(trainer, state["model"], state["optimizer"])
-    if trainer.scheduler is not None and state["scheduler"] is not None: trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.scheduler is not None and state["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
     scaler = getattr(trainer.accelerator, "scaler", None)
     if scaler is not None and state["scaler"] is not None: scaler.load_state_dict(state["scaler"])
     trainer.global_step, trainer.micro_splits = t["global_step"], t["micro_splits"]
@@ -467,7 +493,8 @@ def restore_trainer(trainer, state:dict) -> tuple[int, int]:
     train_dl.sampler.load_state_dict(t["sampler"])  # refuses data of another size; another number of processes is fine
     rank, ranks = trainer.accelerator.process_index, state["rng"].get("ranks") or []
     set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"], train_dl.generator)  # its own, if it had one
-    if rank >= max(len(ranks), 1):  # a process the checkpoint did not have (more processes now): its own stream, not rank 0's
+    # a process the checkpoint did not have (more processes now): its own stream, not rank 0's
+    if rank >= max(len(ranks), 1):
         seed = int(torch.randint(0, 2**31, ())) + rank
         torch.manual_seed(seed); np.random.seed(seed); random.seed(seed)
     return t["epoch"], t["batches_done"]

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .events import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
+from .events import (CancelBatchException, CancelEpochException, CancelFitException,
                                            CancelTrainException, CancelValidateException, EVENTS)
 from ..core import ConfigError, TrainingError, UsageError, did_you_mean, patch
 from ..models.tasks import (MODEL_LOSS, Task, make_task, unpack_output)
@@ -28,7 +28,8 @@ def resolve_precision(mixed_precision:str, cpu:bool) -> str:
         if cpu: return "no"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if mixed_precision == "fp16" and cpu:
-        raise ConfigError("fp16 mixed precision needs a GPU", "training.mixed_precision", "use bf16 or no on a CPU (or auto)")
+        raise ConfigError("fp16 mixed precision needs a GPU", "training.mixed_precision",
+                          "use bf16 or no on a CPU (or auto)")
     return mixed_precision
 
 def make_accelerator(mixed_precision:str="no", cpu:bool|None=None, **kwargs):
@@ -61,11 +62,13 @@ def with_labels(inputs, target, target_key:str="target"):
 
 def _no_model_loss(output) -> ConfigError:
     return ConfigError(f"training.loss is the model's own, but its output ({type(output).__name__}) has no loss",
-                       "training.loss.type", "pass the labels the model takes (a mapping batch with data.target_key naming "
+                       "training.loss.type",
+                       "pass the labels the model takes (a mapping batch with data.target_key naming "
                        "its labels argument), or set training.loss.type to the task's loss (e.g. cross_entropy)")
 
 def call_model(model, inputs):
-    "The model on a batch's inputs: `model(x)`, `model(*xs)`, `model(**kw)`, or `model(*args, labels=y)` (`with_labels`)."
+    """The model on a batch's inputs: `model(x)`, `model(*xs)`, `model(**kw)`, or `model(*args, labels=y)`
+    (`with_labels`)."""
     if isinstance(inputs, dict) and "_args" in inputs:
         return model(*inputs["_args"], **{k: v for k, v in inputs.items() if k != "_args"})
     if isinstance(inputs, dict): return model(**inputs)
@@ -102,7 +105,8 @@ class Trainer:
         self.model_loss_used = loss_func is MODEL_LOSS  # the labels go into the model, its output's loss is the loss
         self.val_every = 1  # epochs between validations (and the last epoch's)
         self.epoch, self.n_epochs, self.iter, self.global_step, self.micro_splits = 0, 0, 0, 0, 1
-        self.epoch_base = 1  # rows and events number epochs from 1, as people do (0: a run recorded by an older version)
+        # rows and events number epochs from 1, as people do (0: a run recorded by an older version)
+        self.epoch_base = 1
         self.training, self.split, self.start_iter, self.stop = False, None, 0, None
         self.metrics, self.history, self.events = {}, [], []
         self.cbs = []
@@ -113,7 +117,8 @@ class Trainer:
     @property
     def is_main(self) -> bool: return self.accelerator.is_main_process
     @property
-    def epoch_number(self) -> int: return self.epoch + self.epoch_base  # the epoch as rows, events and the console count it
+    # the epoch as rows, events and the console count it
+    def epoch_number(self) -> int: return self.epoch + self.epoch_base
     @property
     def lr(self) -> float: return self.opt.param_groups[0]["lr"]
     @property
@@ -127,8 +132,10 @@ def add_cbs(self:Trainer, cbs):
     for cb in cbs:
         for name in dir(type(cb)):  # a misspelt event (`after_bach`) would never be called: say so now
             if name.startswith(("before_", "after_")) and name not in _EVENT_NAMES:
-                raise UsageError(f"callback {type(cb).__name__} has a method {name} that no event calls{did_you_mean(name, EVENTS)}",
-                                 "callbacks", f"name it after an event: {', '.join(EVENTS[:4])}, ... (loop.events.EVENTS)")
+                raise UsageError(f"callback {type(cb).__name__} has a method {name} that no event "
+                                 f"calls{did_you_mean(name, EVENTS)}",
+                                 "callbacks",
+                                 f"name it after an event: {', '.join(EVENTS[:4])}, ... (loop.events.EVENTS)")
         cb.trainer = self; self.cbs.append(cb)
     self.cbs.sort(key=lambda c: c.order)
     return self
@@ -158,7 +165,8 @@ def _with_events(self:Trainer, f, event_type:str, ex, final=lambda: None):
 @patch
 def log_row(self:Trainer, split:str, **metrics):
     "Record metrics for `split` at the current step and tell the callbacks."
-    self.row = {"step": self.global_step, "epoch": self.epoch_number, "split": split, "time": round(time.time(), 3), **metrics}
+    self.row = {"step": self.global_step, "epoch": self.epoch_number, "split": split, "time": round(time.time(), 3),
+                **metrics}
     self.history.append(self.row)
     self.metrics.update({f"{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     self("after_log")
@@ -166,7 +174,8 @@ def log_row(self:Trainer, split:str, **metrics):
 @patch
 def log_event(self:Trainer, kind:str, **details):
     "Record an event (checkpoint, backoff, early stop ...): kept in `events` and passed to callbacks."
-    self.event = {"time": round(time.time(), 3), "event": kind, "step": self.global_step, "epoch": self.epoch_number, **details}
+    self.event = {"time": round(time.time(), 3), "event": kind, "step": self.global_step, "epoch": self.epoch_number,
+                  **details}
     self.events.append(self.event)
     for cb in self.cbs:
         if hasattr(type(cb), "on_event") and cb.runs_here: cb.on_event(self.event)
@@ -174,7 +183,8 @@ def log_event(self:Trainer, kind:str, **details):
 # %% ../../nbs/04b_loop.trainer.ipynb #8f89e9c2
 @patch
 def fit(self:Trainer, n_epochs:int, start_epoch:int=0, start_iter:int=0):
-    "Train for epochs `start_epoch`..`n_epochs - 1` (from batch `start_iter` of the first one). `self.stop` holds the `CancelFitException` that ended it early, if one did."
+    """Train for epochs `start_epoch`..`n_epochs - 1` (from batch `start_iter` of the first one). `self.stop` holds the
+    `CancelFitException` that ended it early, if one did."""
     self.n_epochs, self.epoch, self.start_iter, self.stop = n_epochs, start_epoch, start_iter, None
     try: self._with_events(self._do_fit, "fit", CancelFitException)
     finally: self("cleanup_fit")
@@ -202,8 +212,10 @@ def _do_train(self:Trainer):
     if hasattr(sampler, "set_epoch"): sampler.set_epoch(self.epoch)  # ResumableSampler, DistributedSampler
     if self.start_iter:
         if not hasattr(sampler, "resume"):
-            raise TrainingError(f"resuming in the middle of an epoch needs a ResumableSampler, the train loader has a {type(sampler).__name__}",
-                                "train loader", "use training_pipeline.fit, which rebuilds plain DataLoaders around one")
+            raise TrainingError(f"resuming in the middle of an epoch needs a ResumableSampler, the train loader has a "
+                                f"{type(sampler).__name__}",
+                                "train loader",
+                                "use training_pipeline.fit, which rebuilds plain DataLoaders around one")
         sampler.resume(self.start_iter, self.dl.batch_size)
     self.n_iter = self.start_iter + len(self.dl)
     self._with_events(self._all_batches, "train", CancelTrainException)
@@ -216,8 +228,10 @@ def _do_validate(self:Trainer, split:str="val"):
     self.dl = self.loaders[split]
     self.n_iter = len(self.dl)
     self.eval_model = self.accelerator.unwrap_model(self.model)
-    if self.accelerator.num_processes > 1:  # BatchNorm's running stats: each process updated its own in its last training step
-        for buf in self.eval_model.buffers(): torch.distributed.broadcast(buf, src=0)  # evaluate the model the checkpoint holds
+    # BatchNorm's running stats: each process updated its own in its last training step
+    if self.accelerator.num_processes > 1:
+        # evaluate the model the checkpoint holds
+        for buf in self.eval_model.buffers(): torch.distributed.broadcast(buf, src=0)
     try:
         with torch.no_grad(): self._with_events(self._all_batches, "validate", CancelValidateException)
     finally: self.training = training
@@ -232,7 +246,8 @@ def _all_batches(self:Trainer):
         except StopIteration: break
         self.batch_start = time.perf_counter()
         self.data_wait = self.batch_start - t0
-        self.xb, self.yb = split_batch(batch, self.target_key)  # moved to the device inside the batch phase, so callbacks can time it
+        # moved to the device inside the batch phase, so callbacks can time it
+        self.xb, self.yb = split_batch(batch, self.target_key)
         self._with_events(self._do_one_batch_with_backoff, "batch", CancelBatchException)
         self.iter += 1
 
@@ -298,14 +313,16 @@ def _step(self:Trainer):
     self.opt.step()
     self.opt.zero_grad()
     self.global_step += 1
-    self.stepped = True  # callbacks that act per optimizer step after the batch's metrics are in check this in after_batch
+    # callbacks that act per optimizer step after the batch's metrics are in check this in after_batch
+    self.stepped = True
     self("after_step")  # the scheduler steps here
 
 # %% ../../nbs/04b_loop.trainer.ipynb #77465259
 @patch
 def _do_one_batch_with_backoff(self:Trainer):
     from accelerate.utils import send_to_device
-    self.xb, self.yb = send_to_device(self.xb, self.device, non_blocking=True), send_to_device(self.yb, self.device, non_blocking=True)
+    self.xb, self.yb = send_to_device(self.xb, self.device, non_blocking=True), send_to_device(self.yb, self.device,
+                                                                                               non_blocking=True)
     self("after_transfer")
     while True:
         self.chunks_done = 0
@@ -313,7 +330,8 @@ def _do_one_batch_with_backoff(self:Trainer):
         except torch.OutOfMemoryError:
             if self.micro_splits * 2 > len(self.yb):
                 raise TrainingError(f"out of memory even with one sample per micro-batch (batch {len(self.yb)})",
-                                    f"epoch {self.epoch}, step {self.global_step}", "use a smaller model or input size") from None
+                                    f"epoch {self.epoch}, step {self.global_step}",
+                                    "use a smaller model or input size") from None
             partial = self.training and (self.chunks_done > 0 or self.iter % self.grad_accum > 0)
             self.opt.zero_grad()
             if torch.cuda.is_available(): torch.cuda.empty_cache()
@@ -345,7 +363,8 @@ def _reduce_sums(self:Trainer, sums:dict, **scalars) -> tuple[dict, list[float]]
 
 @patch
 def any_process(self:Trainer, flag) -> bool:
-    "Whether `flag` (a bool or a 0-d tensor) holds on any process: callbacks whose decision must be the same everywhere ask this."
+    """Whether `flag` (a bool or a 0-d tensor) holds on any process: callbacks whose decision must be the same
+    everywhere ask this."""
     if self.accelerator.num_processes == 1 or not torch.distributed.is_initialized(): return bool(flag)
     t = torch.as_tensor(flag, device=self.device).to(torch.int32).reshape(1)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
