@@ -33,18 +33,21 @@ class ProgressCallback(Callback):
     def _open(self, desc:str):
         from tqdm.auto import tqdm
         self.bar = tqdm(total=self.n_iter, desc=desc, leave=self.leave, disable=progress_disabled(), dynamic_ncols=True)
+        self.pending, self.shown = 0, time.perf_counter()
 
     def before_train(self): self._open(f"epoch {self.epoch + 1}/{self.n_epochs}")
     def before_validate(self):
         self._train_bar, self.bar = self.bar, None
         self._open(f"  {self.split}")
-    def after_batch(self):
-        if self.bar is not None: self.bar.update(1)
+    def after_batch(self):  # the bar moves ten times a second at most: more is invisible, and costs every batch
+        self.pending += 1
+        if self.bar is not None and (now := time.perf_counter()) - self.shown >= 0.1:
+            self.bar.update(self.pending); self.pending, self.shown = 0, now
     def after_log(self):
         if self.bar is not None and self.row["split"] == "train":
             self.bar.set_postfix(loss=f"{self.row['loss']:.4f}", refresh=False)
     def _close(self):
-        if self.bar is not None: self.bar.close()
+        if self.bar is not None: self.bar.update(self.pending); self.bar.close()
         self.bar = None
     after_train = after_validate = after_cancel_train = after_cancel_validate = _close
 

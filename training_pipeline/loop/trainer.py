@@ -5,12 +5,15 @@
 # %% ../../nbs/04b_loop.trainer.ipynb #41bad1f2
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from contextlib import nullcontext
 from typing import Callable
 
 import torch
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DistributedType, send_to_device
 from torch import nn
 
 from .events import (CancelBatchException, CancelEpochException, CancelFitException,
@@ -19,7 +22,8 @@ from ..core import ConfigError, TrainingError, UsageError, did_you_mean, patch
 from ..models.tasks import (MODEL_LOSS, Task, make_task, unpack_output)
 
 # %% auto #0
-__all__ = ['resolve_precision', 'make_accelerator', 'split_batch', 'with_labels', 'call_model', 'chunk_batch', 'Trainer']
+__all__ = ['resolve_precision', 'make_accelerator', 'plain_optimizer', 'split_batch', 'with_labels', 'call_model', 'chunk_batch',
+           'Trainer']
 
 # %% ../../nbs/04b_loop.trainer.ipynb #3b395a90
 def resolve_precision(mixed_precision:str, cpu:bool) -> str:
@@ -40,6 +44,19 @@ def make_accelerator(mixed_precision:str="no", cpu:bool|None=None, **kwargs):
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     if int(os.environ.get("WORLD_SIZE", "1")) == 1: AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision=resolve_precision(mixed_precision, cpu), **kwargs)
+
+# %% ../../nbs/04b_loop.trainer.ipynb #ae995171
+def plain_optimizer(opt) -> torch.optim.Optimizer|None:
+    """The optimizer inside Accelerate's wrapper when stepping it directly does what the wrapper would: no fp16 loss
+    scaler, no XLA, not DeepSpeed's (which steps inside backward), a `zero_grad(set_to_none=...)`; else None. The
+    wrapper's `step` asks the import system whether an optional package is installed, twice per call: a third of a
+    millisecond per step, the framework's largest per-step cost on a small model."""
+    if type(opt) is not AcceleratedOptimizer or opt.scaler is not None: return None
+    if opt.accelerator_state.distributed_type == DistributedType.XLA: return None
+    inner = opt.optimizer
+    if type(inner).__module__.startswith("lomo_optim"): return None  # LOMO's step is a no-op: it updates in backward
+    return inner if "set_to_none" in inspect.signature(inner.zero_grad).parameters else None
+
 
 # %% ../../nbs/04b_loop.trainer.ipynb #6d284456
 def split_batch(batch, target_key:str="target") -> tuple[object, torch.Tensor]:
@@ -100,6 +117,8 @@ class Trainer:
                  target_key:str="target"): # where mapping batches keep the target
         self.accelerator = accelerator or make_accelerator()
         self.model, self.opt = self.accelerator.prepare(model, optimizer)
+        self.is_main = self.accelerator.is_main_process  # asked by callbacks every batch: read once
+        self.plain_opt = plain_optimizer(self.opt)
         self.loaders, self.loss_func, self.task, self.logger = loaders, loss_func, make_task(task), logger
         self.grad_accum, self.target_key = grad_accum, target_key
         self.model_loss_used = loss_func is MODEL_LOSS  # the labels go into the model, its output's loss is the loss
@@ -114,8 +133,6 @@ class Trainer:
 
     @property
     def device(self): return self.accelerator.device
-    @property
-    def is_main(self) -> bool: return self.accelerator.is_main_process
     @property
     # the epoch as rows, events and the console count it
     def epoch_number(self) -> int: return self.epoch + self.epoch_base
@@ -138,10 +155,16 @@ def add_cbs(self:Trainer, cbs):
                                  f"name it after an event: {', '.join(EVENTS[:4])}, ... (loop.events.EVENTS)")
         cb.trainer = self; self.cbs.append(cb)
     self.cbs.sort(key=lambda c: c.order)
+    self._index_events()
     return self
 
 @patch
-def remove_cb(self:Trainer, cb): self.cbs.remove(cb); cb.trainer = None
+def remove_cb(self:Trainer, cb): self.cbs.remove(cb); cb.trainer = None; self._index_events()
+
+@patch
+def _index_events(self:Trainer):
+    "For each event, the callbacks that handle it, in order: a batch's nine events call only those."
+    self.handlers = {event: [cb for cb in self.cbs if hasattr(type(cb), event)] for event in EVENTS}
 
 @patch
 def cb(self:Trainer, name:str):
@@ -150,8 +173,9 @@ def cb(self:Trainer, name:str):
 
 @patch
 def __call__(self:Trainer, event:str):
-    if event not in _EVENT_NAMES: raise ValueError(f"unknown event {event!r}{did_you_mean(event, EVENTS)}")
-    for cb in self.cbs: cb(event)
+    handlers = self.handlers.get(event)
+    if handlers is None: raise ValueError(f"unknown event {event!r}{did_you_mean(event, EVENTS)}")
+    for cb in handlers: cb(event)
 
 @patch
 def _with_events(self:Trainer, f, event_type:str, ex, final=lambda: None):
@@ -310,8 +334,9 @@ def _do_one_batch(self:Trainer): self._train_batch() if self.training else self.
 @patch
 def _step(self:Trainer):
     self("before_step")  # gradient clipping, the non-finite guard
-    self.opt.step()
-    self.opt.zero_grad()
+    if self.plain_opt is not None and self.accelerator.sync_gradients:
+        self.plain_opt.step(); self.plain_opt.zero_grad(set_to_none=True)
+    else: self.opt.step(); self.opt.zero_grad()
     self.global_step += 1
     # callbacks that act per optimizer step after the batch's metrics are in check this in after_batch
     self.stepped = True
@@ -320,9 +345,8 @@ def _step(self:Trainer):
 # %% ../../nbs/04b_loop.trainer.ipynb #77465259
 @patch
 def _do_one_batch_with_backoff(self:Trainer):
-    from accelerate.utils import send_to_device
-    self.xb, self.yb = send_to_device(self.xb, self.device, non_blocking=True), send_to_device(self.yb, self.device,
-                                                                                               non_blocking=True)
+    self.xb = send_to_device(self.xb, self.device, non_blocking=True)
+    self.yb = send_to_device(self.yb, self.device, non_blocking=True)
     self("after_transfer")
     while True:
         self.chunks_done = 0
