@@ -48,7 +48,8 @@ class _OldPath(importlib.abc.Loader):
         return old
     def exec_module(self, module): pass
     def get_code(self, fullname):  # `python -m <old path>` runs the first module as __main__, in its own package
-        return compile(f"import runpy; runpy.run_module({self.targets[0]!r}, run_name='__main__', alter_sys=True)", fullname, "exec")
+        return compile(f"import runpy; runpy.run_module({self.targets[0]!r}, run_name='__main__', alter_sys=True)",
+                       fullname, "exec")
 
 class _OldPaths(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):

@@ -95,7 +95,8 @@ def after_log(self:MonitorCallback):
 def on_event(self:MonitorCallback, event:dict):
     if not self.trainer.is_main: return  # alerts go out from the main process only (see after_log)
     if event["event"] in ("diverged", "nonfinite_loss_skipped") and self._rule("nonfinite_loss"):
-        self.alert("nonfinite_loss", event.get("loss"), "finite", f"the training loss is {event.get('loss')}", stoppable=False)
+        self.alert("nonfinite_loss", event.get("loss"), "finite", f"the training loss is {event.get('loss')}",
+                   stoppable=False)
 
 @patch
 def alert(self:MonitorCallback, rule:str, value, threshold, message:str, stoppable:bool=True):

@@ -21,7 +21,8 @@ class SchedulerCallback(Callback):
     steps_scheduler = True  # `Trainer.scheduler` is this callback's: checkpoints save and restore it
     def __init__(self, scheduler, interval:str="epoch", monitor:str="val_loss"):
         if interval not in ("step", "epoch", "plateau"):
-            raise ConfigError(f"scheduler interval must be step, epoch or plateau, got {interval!r}", "scheduler", "use one of them")
+            raise ConfigError(f"scheduler interval must be step, epoch or plateau, got {interval!r}", "scheduler",
+                              "use one of them")
         self.scheduler, self.interval, self.monitor = scheduler, interval, monitor
     def before_epoch(self): self.validated = False
     def after_validate(self):

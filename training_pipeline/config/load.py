@@ -85,7 +85,8 @@ def read_text_file(path:str|Path, what:str="config", max_bytes:int=MAX_CONFIG_BY
     try: data = path.read_bytes()
     except OSError as e: raise ConfigError(f"cannot read {what}: {e.strerror}", str(path), "check the file's permissions")
     if len(data) > max_bytes:
-        raise ConfigError(f"{what} file is too large ({len(data)} bytes)", str(path), f"a {what} is at most {max_bytes} bytes of YAML")
+        raise ConfigError(f"{what} file is too large ({len(data)} bytes)", str(path),
+                          f"a {what} is at most {max_bytes} bytes of YAML")
     try: text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x})", str(path),
@@ -242,7 +243,8 @@ def _task_problems(raw:dict) -> list[tuple[str, str, str]]:
         plain = name.split("_", 1)[1]
         if plain not in TASK_METRICS[task] and plain not in extra:
             problems.append((key, f"{task} does not log {name}",
-                             f"monitor one of {', '.join('val_' + m for m in TASK_METRICS[task])}, or add it to training.metrics"))
+                             f"monitor one of {', '.join('val_' + m for m in TASK_METRICS[task])}, or add it to "
+                             "training.metrics"))
     return problems
 
 # %% ../../nbs/01b_config.load.ipynb #a06a2c03

@@ -26,7 +26,8 @@ def check_strategy(config:Config, cpu:bool):
         raise ConfigError("distributed.backend=nccl needs CUDA GPUs, and this run is on CPU", "distributed.backend",
                           "use gloo (or auto) for CPU processes")
     if d.backend == "mpi" and not torch.distributed.is_mpi_available():
-        raise ConfigError("distributed.backend=mpi, but this torch was built without MPI", "distributed.backend", "use auto, gloo or nccl")
+        raise ConfigError("distributed.backend=mpi, but this torch was built without MPI", "distributed.backend",
+                          "use auto, gloo or nccl")
     if d.strategy == "fsdp":
         if cpu:
             raise ConfigError("distributed.strategy=fsdp needs CUDA GPUs (on CPU Accelerate would silently train plain DDP)",
@@ -97,7 +98,8 @@ def launch_distributed(args, program:list[str], env:dict|None=None) -> int:
     the config overrides and the world it runs in; `args` holds the command's distributed options (`tp train`, `tp lr-find`)."""
     import subprocess
     if not args.gpus or args.gpus < 1:
-        raise UsageError("--distributed needs --gpus N (processes per node)", f"tp {args.command}", "e.g. --distributed --gpus 2 --cpu")
+        raise UsageError("--distributed needs --gpus N (processes per node)", f"tp {args.command}",
+                         "e.g. --distributed --gpus 2 --cpu")
     world = args.gpus * args.nodes
     from training_pipeline.config.load import load_config
     # a config or strategy that cannot run fails here, once, not in each of the N processes

@@ -19,7 +19,8 @@ __all__ = ['make_optimizer', 'make_scheduler', 'WarmupCosine']
 def make_optimizer(opt_cfg, params, lr:float) -> torch.optim.Optimizer:
     "SGD, Adam or AdamW from an optimizer config section."
     if opt_cfg.type == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
+        return torch.optim.SGD(params, lr=lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay,
+                               nesterov=opt_cfg.nesterov)
     cls = torch.optim.Adam if opt_cfg.type == "adam" else torch.optim.AdamW
     return cls(params, lr=lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
 
@@ -28,7 +29,8 @@ def make_scheduler(sched_cfg, optimizer, epochs:int, steps_per_epoch:int, lr:flo
     t = sched_cfg.type
     if t == "none": return None, None
     if t == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=sched_cfg.T_max or epochs, eta_min=sched_cfg.eta_min), "epoch"
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=sched_cfg.T_max or epochs,
+                                                          eta_min=sched_cfg.eta_min), "epoch"
     if t == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched_cfg.step_size, gamma=sched_cfg.gamma), "epoch"
     if t == "onecycle":
