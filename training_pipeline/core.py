@@ -58,7 +58,8 @@ class PipelineError(Exception):
                  fix:str|None=None, # How the user can fix it
                  exit_code:int|None=None): # Overrides the class's exit code
         if where is None and fix is None and what.startswith("Caught ") and "\nOriginal Traceback" in what:
-            # raised in a DataLoader worker, torch re-raises it as `type(e)(text of the worker's traceback)`: our one line is its last
+            # raised in a DataLoader worker, torch re-raises it as `type(e)(text of the worker's traceback)`:
+            # our one line is its last
             what = what.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
         self.what, self.where, self.fix = what, where, fix
         if exit_code is not None: self.exit_code = exit_code
@@ -70,6 +71,7 @@ class PipelineError(Exception):
         if self.fix: msg += f": {self.fix}"
         return msg
 
+# %% ../nbs/00_core.ipynb #e58da8dc
 class UsageError(PipelineError):
     "The command line was used wrongly."
     exit_code = EXIT_USAGE
@@ -108,11 +110,12 @@ def did_you_mean(word:str, choices) -> str:
 URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def refuse_url(value, where:str):
-    "Raise `NotBuiltError` if `value` is a URL (`s3://bucket/jobs`) where only a path on this machine can go (runs and checkpoints take URLs)."
+    """Raise `NotBuiltError` if `value` is a URL (`s3://bucket/jobs`) where only a path on this machine can go (runs and
+    checkpoints take URLs)."""
     if isinstance(value, str) and URL_PATTERN.match(value):
         scheme = value.split("://", 1)[0]
-        raise NotBuiltError(f"object storage ({scheme}://) is not supported here: {value} would become a local folder named {scheme}:", where,
-                            "use a local or mounted path")
+        raise NotBuiltError(f"object storage ({scheme}://) is not supported here: {value} would become a local folder "
+                            f"named {scheme}:", where, "use a local or mounted path")
 
 # %% ../nbs/00_core.ipynb #c174f414
 def patch(f):
@@ -204,6 +207,7 @@ def atomic_dir(path:str|Path, # The directory to create (or replace)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
+# %% ../nbs/00_core.ipynb #f61762e6
 def clean_tmp_dirs(parent:str|Path):
     "Remove leftovers of interrupted `atomic_dir` commits in `parent`; returns their names."
     parent = Path(parent)
@@ -253,7 +257,8 @@ def sha256_json(obj:Any) -> str:
 
 # %% ../nbs/00_core.ipynb #860e82f4
 def _pickle_header(head:bytes) -> bool:
-    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"  # raw pickle, torch zip
+    # a raw pickle (protocol 2 to 5), or torch's zip format
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
 
 def is_safetensors_bytes(data:bytes, size:int|None=None) -> bool:
     "Whether bytes start like a safetensors file: an 8-byte header length that fits, then a JSON object."
@@ -266,7 +271,8 @@ def is_pickle_bytes(data:bytes, size:int|None=None) -> bool:
     return _pickle_header(data[:4]) and not is_safetensors_bytes(data, size)
 
 def _unshared(tensors:dict) -> dict:
-    "Tensors that share memory (tied weights: a language model's embedding and output layer) as copies: safetensors stores each once."
+    """Tensors that share memory (tied weights: a language model's embedding and output layer) as copies: safetensors
+    stores each once."""
     seen, out = set(), {}
     for k, v in tensors.items():
         ptr = v.untyped_storage().data_ptr() if v.numel() else None
@@ -275,7 +281,8 @@ def _unshared(tensors:dict) -> dict:
     return out
 
 def safetensors_bytes(tensors:dict, metadata:dict|None=None) -> bytes:
-    "`safetensors.torch.save`, with tied tensors stored as copies and the header padded so the file never starts like a pickle."
+    """`safetensors.torch.save`, with tied tensors stored as copies and the header padded so the file never starts
+    like a pickle."""
     from safetensors.torch import save
     tensors = _unshared(tensors)
     data, pad = save(tensors, metadata), 0
@@ -356,18 +363,17 @@ IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Z
 
 def snake_case(name:str) -> str:
     "'MeanSquaredError' -> 'mean_squared_error' (class names as metric and callback names)."
-    import re
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 def is_import_path(name) -> bool:
     "Whether `name` looks like `package.module:attribute`."
-    import re
     return isinstance(name, str) and re.match(IMPORT_PATH, name) is not None
 
 def is_hf_architecture(name) -> bool:
     "A Hugging Face model: `transformers:Class` in a config, or a class from the transformers package (`fit`)."
     return isinstance(name, str) and name.split(":", 1)[0].split(".", 1)[0] == "transformers"
 
+# %% ../nbs/00_core.ipynb #f69bc3f1
 OPTIONAL_EXTRAS = {"transformers": "hf", "tokenizers": "hf", "litdata": "shards", "s3fs": "s3", "gcsfs": "gcs"}
 
 def import_object(path:str, key:str="import path"):
@@ -382,9 +388,9 @@ def import_object(path:str, key:str="import path"):
         if e.name in OPTIONAL_EXTRAS:  # a package of one of our extras (transformers for `transformers:Class` models)
             raise ConfigError(f"{path} needs the {e.name} package, which is not installed", key,
                               f"pip install 'training_pipeline[{OPTIONAL_EXTRAS[e.name]}]'") from None
-        if e.name and module_name.startswith(e.name) and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise ConfigError(f"module {e.name!r} not found (importing {path})", key,
-                              "check the spelling; the module must be importable from the working directory or PYTHONPATH") from None
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ConfigError(f"module {e.name!r} not found (importing {path})", key, "check the spelling; the module "
+                              "must be importable from the working directory or PYTHONPATH") from None
         raise ConfigError(f"importing {module_name} failed: {e}", key, "install the missing package") from None
     except Exception as e:
         raise ConfigError(f"importing {module_name} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}", key,
@@ -453,6 +459,7 @@ def scrub(text:str) -> str:
     text = URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
     return URL_QUERY_VALUE.sub(lambda m: f"{m['name']}={REDACTED}" if is_secret_key(m["name"][1:]) else m[0], text)
 
+# %% ../nbs/00_core.ipynb #d0747f5b
 def redact(obj, remember:bool=True):
     """A copy of `obj` (mappings, lists, strings at any depth) with secret values replaced; they are remembered for
     `scrub`, and so is the value of each environment variable a `*_env` key names (the name itself is kept)."""
@@ -511,7 +518,7 @@ class ScrubFilter(logging.Filter):
 
 # %% ../nbs/00_core.ipynb #dab6e568
 def lazy_attributes(package:str, modules:tuple) -> Callable:
-    """A package's `__getattr__`: `from training_pipeline.config.load import load_config` finds the name in the package's
+    """A package's `__getattr__`: `from training_pipeline.config import load_config` finds the name in the package's
     modules, in order, importing them only when asked (so `tp --help` imports no torch)."""
     import importlib
     def __getattr__(name:str):
@@ -535,7 +542,8 @@ def fault_spec(area:str) -> tuple[str, int|None]|None:
 _fault_hits: dict = {}
 
 def fault_point(area:str, name:str):
-    "Tests kill this process with SIGKILL here: `TP_FAULT=<area>:<name>` the first time it is reached, `<area>:<name>@N` the N-th."
+    """Tests kill this process with SIGKILL here: `TP_FAULT=<area>:<name>` the first time it is reached,
+    `<area>:<name>@N` the N-th."""
     spec = fault_spec(area)
     if spec is None or spec[0] != name: return
     _fault_hits[area, name] = _fault_hits.get((area, name), 0) + 1

@@ -29,6 +29,7 @@ def join_records(batches:list[dict], per_token:bool=False) -> dict:
         out[key] = torch.cat(pieces)
     return out
 
+# %% ../../nbs/06e_callback.gather.ipynb #1d2d5a49
 class GatherPreds(Callback):
     """Collects a validation pass's predictions as the task records them (`Task.prediction_record`: raw outputs, or
     compact records for a vocabulary), gathered across processes; `outputs` and `targets` as tensors when recorded."""
@@ -39,7 +40,8 @@ class GatherPreds(Callback):
     def after_validate(self):
         acc, per_token = self.trainer.accelerator, self.task.per_token
         def gathered(key, t):
-            if per_token and t.ndim == 2: t = acc.pad_across_processes(t, dim=1, pad_index=IGNORE_INDEX if key == "targets" else 0)
+            if per_token and t.ndim == 2:
+                t = acc.pad_across_processes(t, dim=1, pad_index=IGNORE_INDEX if key == "targets" else 0)
             return acc.gather_for_metrics(t).cpu()
         self.record = {k: gathered(k, t) for k, t in join_records(self.batches, per_token).items()}
         self.outputs = self.record.get("outputs", torch.empty(0))
@@ -56,6 +58,7 @@ def outputs(self:Trainer, split:str="test") -> tuple[torch.Tensor, torch.Tensor]
 
 @patch
 def predict(self:Trainer, split:str="test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "(scores, predictions, targets) on `split`: class probabilities and classes, label probabilities and labels, or values."
+    """(scores, predictions, targets) on `split`: class probabilities and classes, label probabilities and labels, or
+    values."""
     out, targets = self.outputs(split)
     return self.task.scores(out), self.task.decode(out), targets

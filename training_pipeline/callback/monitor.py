@@ -29,58 +29,75 @@ class MonitorCallback(Callback):
         self.cfg, self.run_id, self.run_dir, self.retries = alerts_cfg, run_id, str(run_dir), retries
         self.last_sent, self.sent, self.stop_rule = {}, [], None
         self.losses = deque(maxlen=max(alerts_cfg.rules.loss_spike.window, 2))
-        self.rates = deque(maxlen=alerts_cfg.rules.throughput_drop.window)  # the baseline: rows after warm-up, before any drop
+        # the throughput baseline: rows after warm-up, before any drop
+        self.rates = deque(maxlen=alerts_cfg.rules.throughput_drop.window)
         self.rows_seen, self.slow = 0, []  # throughput rows so far; the current streak of slow ones
         self.epoch_losses = []
 
-    def _rule(self, name): r = getattr(self.cfg.rules, name); return r if r.enabled else None
+    def _rule(self, name):
+        rule = getattr(self.cfg.rules, name)
+        return rule if rule.enabled else None
 
-    def _throughput_drop(self, r, rate:float) -> list[tuple]:
-        "The throughput rule: after `warmup` rows, `patience` rows in a row below `min_ratio` x the median of the rows before them."
+    def _throughput_drop(self, rule, rate:float) -> list[tuple]:
+        "After `warmup` rows, `patience` rows in a row below `min_ratio` x the median of the rows before them."
         self.rows_seen += 1
-        if self.rows_seen <= r.warmup: return []
-        limit = r.min_ratio * statistics.median(self.rates) if len(self.rates) >= 3 else None
+        if self.rows_seen <= rule.warmup: return []
+        limit = rule.min_ratio * statistics.median(self.rates) if len(self.rates) >= 3 else None
         if limit is None or rate >= limit:  # normal speed: the streak (if any) was a blip, and joins the baseline
             self.rates.extend(self.slow + [rate]); self.slow = []
             return []
         self.slow.append(rate)
-        if len(self.slow) < r.patience: return []
-        fired = [("throughput_drop", rate, limit, f"throughput fell to {rate:.0f} samples/s for {len(self.slow)} logged rows "
-                                                  f"(from a median of {statistics.median(self.rates):.0f})")]
+        if len(self.slow) < rule.patience: return []
+        median = statistics.median(self.rates)
+        fired = [("throughput_drop", rate, limit, f"throughput fell to {rate:.0f} samples/s for {len(self.slow)} "
+                                                  f"logged rows (from a median of {median:.0f})")]
         self.rates.extend(self.slow); self.slow = []  # the slower speed becomes the new normal: one alert per drop
         return fired
 
-    def check_row(self, row:dict) -> list[tuple]:
-        "(rule, value, threshold, message) for every rule this train row breaks."
-        fired = []
-        loss = row.get("loss")
-        if (r := self._rule("loss_spike")) and loss is not None:
-            if len(self.losses) >= max(r.warmup, 2):
-                mean = statistics.fmean(self.losses); limit = mean * (1 + r.rtol)
-                if loss > limit: fired.append(("loss_spike", loss, limit, f"loss jumped to {loss:.4g} from a running mean of {mean:.4g}"))
-            self.losses.append(loss)
-        if (r := self._rule("grad_explosion")) and row.get("grad_norm") is not None and row["grad_norm"] > r.max_norm:
-            fired.append(("grad_explosion", row["grad_norm"], r.max_norm, f"gradient norm {row['grad_norm']:.4g}"))
-        if (r := self._rule("throughput_drop")) and row.get("samples_per_s") and "epoch_time_s" not in row:  # an epoch row spans startup
-            fired += self._throughput_drop(r, row["samples_per_s"])
-        if (r := self._rule("data_starvation")) and row.get("data_wait_share") is not None and row["data_wait_share"] > r.max_share:
-            fired.append(("data_starvation", row["data_wait_share"], r.max_share,
-                          f"{100 * row['data_wait_share']:.0f}% of the time went waiting for data: more loader workers? (`tp tune-loader`)"))
-        if (r := self._rule("loss_stall")) and "epoch_time_s" in row and loss is not None:
-            self.epoch_losses.append(loss)
-            if len(self.epoch_losses) > r.patience:
-                change = abs(self.epoch_losses[-1] - self.epoch_losses[-1 - r.patience])
-                if change < r.min_delta:
-                    fired.append(("loss_stall", change, r.min_delta, f"train loss changed by {change:.4g} in {r.patience} epoch(s)"))
-        if torch.cuda.is_available():  # skipped cleanly on CPU: there is no GPU to watch
-            if (r := self._rule("gpu_memory")):
-                pct = 100 * torch.cuda.memory_reserved() / torch.cuda.get_device_properties(0).total_memory
-                if pct > r.max_pct: fired.append(("gpu_memory", round(pct, 1), r.max_pct, f"GPU memory at {pct:.0f}%"))
-            if (r := self._rule("gpu_utilization")):
-                try: util = torch.cuda.utilization()
-                except Exception: util = None  # NVML unavailable
-                if util is not None and util < r.min_pct: fired.append(("gpu_utilization", util, r.min_pct, f"GPU utilization {util}%"))
-        return fired
+# %% ../../nbs/06i_callback.monitor.ipynb #27206309
+@patch
+def check_row(self:MonitorCallback, row:dict) -> list[tuple]:
+    "(rule, value, threshold, message) for every rule this train row breaks."
+    fired = []
+    loss = row.get("loss")
+    if (rule := self._rule("loss_spike")) and loss is not None:
+        if len(self.losses) >= max(rule.warmup, 2):
+            mean = statistics.fmean(self.losses); limit = mean * (1 + rule.rtol)
+            if loss > limit:
+                fired.append(("loss_spike", loss, limit,
+                              f"loss jumped to {loss:.4g} from a running mean of {mean:.4g}"))
+        self.losses.append(loss)
+    if (rule := self._rule("grad_explosion")) and row.get("grad_norm") is not None and row["grad_norm"] > rule.max_norm:
+        fired.append(("grad_explosion", row["grad_norm"], rule.max_norm, f"gradient norm {row['grad_norm']:.4g}"))
+    if (rule := self._rule("throughput_drop")) and row.get("samples_per_s") and "epoch_time_s" not in row:
+        fired += self._throughput_drop(rule, row["samples_per_s"])
+    share = row.get("data_wait_share")
+    if (rule := self._rule("data_starvation")) and share is not None and share > rule.max_share:
+        fired.append(("data_starvation", share, rule.max_share, f"{100 * share:.0f}% of the time went waiting for "
+                                                               "data: more loader workers? (`tp tune-loader`)"))
+    if (rule := self._rule("loss_stall")) and "epoch_time_s" in row and loss is not None:
+        self.epoch_losses.append(loss)
+        if len(self.epoch_losses) > rule.patience:
+            change = abs(self.epoch_losses[-1] - self.epoch_losses[-1 - rule.patience])
+            if change < rule.min_delta:
+                fired.append(("loss_stall", change, rule.min_delta,
+                              f"train loss changed by {change:.4g} in {rule.patience} epoch(s)"))
+    if torch.cuda.is_available(): fired += self._gpu_rules()  # skipped cleanly on CPU: there is no GPU to watch
+    return fired
+
+# %% ../../nbs/06i_callback.monitor.ipynb #1ee58a5b
+@patch
+def _gpu_rules(self:MonitorCallback) -> list[tuple]:
+    fired = []
+    if (rule := self._rule("gpu_memory")):
+        pct = 100 * torch.cuda.memory_reserved() / torch.cuda.get_device_properties(0).total_memory
+        if pct > rule.max_pct: fired.append(("gpu_memory", round(pct, 1), rule.max_pct, f"GPU memory at {pct:.0f}%"))
+    if (rule := self._rule("gpu_utilization")):
+        try: util = torch.cuda.utilization()
+        except Exception: util = None  # NVML unavailable
+        if util is not None and util < rule.min_pct:
+            fired.append(("gpu_utilization", util, rule.min_pct, f"GPU utilization {util}%"))
+    return fired
 
 # %% ../../nbs/06i_callback.monitor.ipynb #7516a6ef
 @patch
@@ -88,7 +105,8 @@ def after_log(self:MonitorCallback):
     if self.row["split"] != "train": return
     if self.trainer.is_main:  # not main_process_only: every process joins the broadcast below
         for rule, value, threshold, message in self.check_row(self.row): self.alert(rule, value, threshold, message)
-    self.stop_rule = broadcast_from_main(self.stop_rule)  # the main process decides; every process stops at the same step
+    # the main process decides; every process stops at the same step
+    self.stop_rule = broadcast_from_main(self.stop_rule)
     if self.stop_rule: raise CancelFitException("alert", rule=self.stop_rule)
 
 @patch
@@ -104,11 +122,12 @@ def alert(self:MonitorCallback, rule:str, value, threshold, message:str, stoppab
     now = time.monotonic()
     if now - self.last_sent.get(rule, -math.inf) < self.cfg.cooldown_s: return
     self.last_sent[rule] = now
-    t = self.trainer
-    alert = {"run_id": self.run_id, "rule": rule, "step": t.global_step, "epoch": t.epoch_number, "value": value,
-             "threshold": threshold, "message": message, "run_dir": self.run_dir, "action": getattr(self.cfg.rules, rule).action}
-    t.logger(f"ALERT {alert_text(alert)}")
-    delivered = deliver_alert(self.cfg, alert, self.retries, t.logger)
-    t.log_event("alert", **{k: v for k, v in alert.items() if k not in ("step", "epoch")}, delivered=delivered)
+    trainer = self.trainer
+    alert = {"run_id": self.run_id, "rule": rule, "step": trainer.global_step, "epoch": trainer.epoch_number,
+             "value": value, "threshold": threshold, "message": message, "run_dir": self.run_dir,
+             "action": getattr(self.cfg.rules, rule).action}
+    trainer.logger(f"ALERT {alert_text(alert)}")
+    delivered = deliver_alert(self.cfg, alert, self.retries, trainer.logger)
+    trainer.log_event("alert", **{k: v for k, v in alert.items() if k not in ("step", "epoch")}, delivered=delivered)
     self.sent.append(alert)
     if stoppable and alert["action"] == "stop" and self.stop_rule is None: self.stop_rule = rule

@@ -19,7 +19,8 @@ __all__ = ['REPEAT_WINDOW_S', 'ignoring_repeats', 'PreemptionCallback', 'stop_fo
 REPEAT_WINDOW_S = 5.0  # a second SIGTERM this soon after the first is the same signal delivered twice
 
 def ignoring_repeats(previous, since:float):
-    "A SIGTERM handler that drops repeats until `REPEAT_WINDOW_S` after `since`, then acts as `previous` (a handler, SIG_DFL or SIG_IGN)."
+    """A SIGTERM handler that drops repeats until `REPEAT_WINDOW_S` after `since`, then acts as `previous` (a handler,
+    SIG_DFL or SIG_IGN)."""
     def handler(signum, frame):
         if time.monotonic() - since <= REPEAT_WINDOW_S or previous == signal.SIG_IGN: return
         if callable(previous): return previous(signum, frame)
@@ -28,7 +29,7 @@ def ignoring_repeats(previous, since:float):
 
 # %% ../../nbs/06ea_callback.preemption.ipynb #c92ebd3f
 class PreemptionCallback(Callback):
-    "Signals during a fit (SIGTERM, SIGINT) become a stop at the next step boundary, agreed by every process (see above)."
+    "Signals during a fit (SIGTERM, SIGINT) become a stop at the next step boundary, agreed by every process."
     order = 27  # before the checkpoint policy (28), which saves for it
     def before_fit(self):
         self.trainer.preempted, self.signal, self.previous = None, None, {}

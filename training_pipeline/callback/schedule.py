@@ -34,7 +34,8 @@ class SchedulerCallback(Callback):
         if self.interval == "epoch": self.scheduler.step()
 
 class GradNormCallback(Callback):
-    "Clips gradients to `max_norm` (their norm before clipping becomes `grad_norm`), or only measures the norm on logging steps."
+    """Clips gradients to `max_norm` (their norm before clipping becomes `grad_norm`), or only measures the norm on
+    logging steps."""
     order = -15
     def __init__(self, max_norm:float|None=None, log_every:int=50): self.max_norm, self.log_every = max_norm, log_every
     def before_step(self):

@@ -22,7 +22,8 @@ class CancelTrainException(Exception): "Skip the rest of this epoch's training p
 class CancelValidateException(Exception): "Skip the rest of this validation."
 class CancelEpochException(Exception): "Skip the rest of this epoch."
 class CancelFitException(Exception):
-    "Stop training; `after_fit` still runs. `reason` (early_stop, alert, preempted ...) and `details` say why, for whoever reads the result."
+    """Stop training; `after_fit` still runs. `reason` (early_stop, alert, preempted ...) and `details` say why, for
+    whoever reads the result."""
     def __init__(self, reason:str|None=None, **details):
         super().__init__(reason or "fit cancelled"); self.reason, self.details = reason, details
 
@@ -42,7 +43,7 @@ def _snake(name:str) -> str: return snake_case(name.removesuffix("Callback")) or
 class Callback:
     "Base class: define methods named after events; `order` sorts callbacks (lower runs first)."
     order = 0
-    main_process_only = False  # True: called on the main process only (a writer: the run store, progress bars, the profiler)
+    main_process_only = False  # True: called on the main process only (a writer: the run store, progress, the profiler)
     trainer = None
 
     @property
@@ -65,8 +66,8 @@ class Callback:
         except CONTROL_FLOW: raise
         except Exception as e:
             if _is_oom(e): raise
-            raise CallbackError(f"{type(e).__name__}: {' '.join(str(e).split())}", f"callback {self.name}, event {event}",
-                                "see the traceback with --debug") from e
+            raise CallbackError(f"{type(e).__name__}: {' '.join(str(e).split())}",
+                                f"callback {self.name}, event {event}", "see the traceback with --debug") from e
 
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state:dict): pass

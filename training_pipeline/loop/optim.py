@@ -34,15 +34,17 @@ def make_scheduler(sched_cfg, optimizer, epochs:int, steps_per_epoch:int, lr:flo
     if t == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched_cfg.step_size, gamma=sched_cfg.gamma), "epoch"
     if t == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=sched_cfg.max_lr or lr, total_steps=max(epochs * steps_per_epoch, 1),
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=sched_cfg.max_lr or lr,
+                                                   total_steps=max(epochs * steps_per_epoch, 1),
                                                    pct_start=sched_cfg.pct_start), "step"
     if t == "warmup_cosine":
         total, warmup = max(epochs * steps_per_epoch, 1), int(sched_cfg.warmup_epochs * steps_per_epoch)
         floor = sched_cfg.eta_min / lr
         return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, floor)), "step"
     if t == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=sched_cfg.mode, factor=sched_cfg.factor,
-                                                          patience=sched_cfg.patience, min_lr=sched_cfg.min_lr), "plateau"
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=sched_cfg.mode, factor=sched_cfg.factor,
+                                                             patience=sched_cfg.patience, min_lr=sched_cfg.min_lr)
+        return plateau, "plateau"
     raise ConfigError(f"unknown scheduler {t!r}", "training.lr_scheduler.type", "see the config reference")
 
 class WarmupCosine:
