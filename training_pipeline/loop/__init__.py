@@ -8,6 +8,6 @@ __all__ = []
 # %% ../../nbs/04_loop.ipynb #a2b6d950
 from ..core import lazy_attributes
 
-# `from training_pipeline.loop import Trainer` imports the module that defines it on first use: `tp --help` reads no torch
+# `from training_pipeline.loop import Trainer` imports the module that defines it on first use (`tp --help`: no torch)
 __getattr__ = lazy_attributes(__name__, ('events', 'trainer', 'optim', 'preflight', 'checkpoint', 'checks',
                                          'distributed'))
