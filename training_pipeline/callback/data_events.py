@@ -15,8 +15,9 @@ __all__ = ['DataEventsCallback']
 # %% ../../nbs/06m_callback.data_events.ipynb #ef315428
 class DataEventsCallback(Callback):
     """Says where the data lives as training starts (in memory or streamed, and why: one line in the log and a
-    `data_placement` event) and records the bad samples that streamed splits skipped (`bad_samples_skipped`), read from the
-    datasets' shared marks after each phase. Each process counts its own loaders' samples; the run store writes rank 0's."""
+    `data_placement` event) and records the bad samples that streamed splits skipped (`bad_samples_skipped`), read from
+    the datasets' shared marks after each phase. Each process counts its own loaders' samples; the run store writes rank
+    0's."""
     def __init__(self, placement:dict|None=None): self.placement, self.reported = placement or {}, {}
     def before_fit(self):
         if not self.placement: return
@@ -28,6 +29,6 @@ class DataEventsCallback(Callback):
         skipped = getattr(self.trainer.loaders[split].dataset, "skipped", None)
         files = skipped() if callable(skipped) else []
         if len(files) > self.reported.get(split, 0):
-            self.trainer.log_event("bad_samples_skipped", split=split, count=len(files), new=len(files) - self.reported.get(split, 0),
-                                   files=files[:20])
+            new = len(files) - self.reported.get(split, 0)
+            self.trainer.log_event("bad_samples_skipped", split=split, count=len(files), new=new, files=files[:20])
             self.reported[split] = len(files)

@@ -16,7 +16,8 @@ __all__ = ['FaultInjection']
 
 # %% ../../nbs/06l_callback.fault.ipynb #8144f4e6
 class FaultInjection(Callback):
-    "Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, hang@S, sleep=SECONDS per batch (@S: from step S)."
+    """Test hook (only with TP_FAULT=train:...): transient@S, always@S, kill@S, killrank1@S, hang@S, sleep=SECONDS per
+    batch (@S: from step S)."""
     order = 90
     _fired = set()  # per process: a transient fault fires once, so the retry can succeed
     def __init__(self, kind:str, step:int|None=None):  # core.fault_spec("train") parses TP_FAULT
@@ -33,7 +34,8 @@ class FaultInjection(Callback):
 
     def after_batch(self):
         import time, signal
-        if self.sleep and (self.step is None or self.global_step >= self.step): time.sleep(self.sleep)  # sleep=S@N: from step N on
+        if self.sleep and (self.step is None or self.global_step >= self.step):  # sleep=S@N: from step N on
+            time.sleep(self.sleep)
         if not self.training or self.step is None or self.global_step != self.step or not self.stepped: return
         if self.kind.startswith("slowdata="): return
         if self.kind == "kill" or (self.kind == "killrank1" and self.trainer.accelerator.process_index == 1):

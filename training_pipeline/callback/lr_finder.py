@@ -18,11 +18,15 @@ __all__ = ['LRFinder', 'smooth', 'smoothed_loss', 'suggest_lr']
 
 # %% ../../nbs/06n_callback.lr_finder.ipynb #de571667
 class LRFinder(Callback):
-    "Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_steps` steps; record the loss; stop on divergence."
+    """Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_steps` steps; record the loss; stop on
+    divergence."""
     order = -10  # sets the rate before anything else reads it
-    def __init__(self, start_lr:float=LR_FIND_START, end_lr:float=LR_FIND_END, num_steps:int=LR_FIND_STEPS, diverge:float=4.0, beta:float=0.9):
-        if not 0 < start_lr < end_lr: raise UsageError(f"the rates must rise: start {start_lr}, end {end_lr}", "lr-find", "give 0 < start_lr < end_lr")
-        if num_steps < 10: raise UsageError(f"{num_steps} steps are too few to read a loss curve", "lr-find", "give at least 10 steps")
+    def __init__(self, start_lr:float=LR_FIND_START, end_lr:float=LR_FIND_END, num_steps:int=LR_FIND_STEPS,
+                 diverge:float=4.0, beta:float=0.9):
+        if not 0 < start_lr < end_lr:
+            raise UsageError(f"the rates must rise: start {start_lr}, end {end_lr}", "lr-find", "give 0 < start_lr < end_lr")
+        if num_steps < 10:
+            raise UsageError(f"{num_steps} steps are too few to read a loss curve", "lr-find", "give at least 10 steps")
         self.start_lr, self.end_lr, self.num_steps, self.diverge, self.beta = start_lr, end_lr, num_steps, diverge, beta
 
     def lr_at(self, i:int) -> float: return self.start_lr * (self.end_lr / self.start_lr) ** (i / (self.num_steps - 1))
@@ -35,7 +39,8 @@ class LRFinder(Callback):
             for group in self.trainer.opt.param_groups: group["lr"] = self.lr_at(len(self.lrs))
 
     def after_step(self):
-        loss = float(self.trainer.accelerator.reduce(self.trainer.loss.detach().float(), "mean"))  # the same on every process
+        # the same on every process
+        loss = float(self.trainer.accelerator.reduce(self.trainer.loss.detach().float(), "mean"))
         self.lrs.append(self.lr_at(len(self.lrs))); self.losses.append(loss)
         self.running = self.beta * self.running + (1 - self.beta) * loss
         running = self.running / (1 - self.beta ** len(self.losses))
@@ -59,7 +64,8 @@ def smoothed_loss(losses:list[float]) -> list[float]:
 def suggest_lr(lrs:list[float], losses:list[float], min_descent:float=0.1) -> tuple[float|None, str]:
     "(suggested rate or None, why): the steepest descent of the smoothed loss before its minimum."
     n = len(losses)
-    if n < 10: return None, f"only {n} steps were recorded before the loss diverged: start from a lower rate (--start-lr)"
+    if n < 10:
+        return None, f"only {n} steps were recorded before the loss diverged: start from a lower rate (--start-lr)"
     curve = smoothed_loss(losses)
     finite = [i for i in range(n) if math.isfinite(curve[i])]
     lowest = min(finite, key=lambda i: curve[i])
@@ -69,8 +75,10 @@ def suggest_lr(lrs:list[float], losses:list[float], min_descent:float=0.1) -> tu
         return None, (f"no clear descent: the smoothed loss fell by {max(descent, 0):.1%} at most between rates "
                       f"{lrs[0]:.2g} and {lrs[-1]:.2g} (a suggestion needs {min_descent:.0%})")
     if lowest < max(3, n // 20):
-        return None, f"the loss is lowest at the first steps (rate {lrs[lowest]:.2g}): every rate tried is too high; start lower (--start-lr)"
+        return None, (f"the loss is lowest at the first steps (rate {lrs[lowest]:.2g}): every rate tried is too high; "
+                      "start lower (--start-lr)")
     slopes = {i: (curve[i + 1] - curve[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1]) for i in range(1, lowest)
               if math.isfinite(curve[i - 1]) and math.isfinite(curve[i + 1])}
     steepest = min(slopes, key=slopes.get)
-    return lrs[steepest], f"steepest descent of the smoothed loss (step {steepest} of {n}; lowest loss at rate {lrs[lowest]:.2g})"
+    return lrs[steepest], (f"steepest descent of the smoothed loss (step {steepest} of {n}; "
+                           f"lowest loss at rate {lrs[lowest]:.2g})")

@@ -23,21 +23,25 @@ class TrialPruningCallback(Callback):
         self.ref, self.monitor, self.config_values, self._trial = ref, monitor, config_values, None
 
     def before_fit(self):
-        "Every process checks that its config holds the trial's parameters and says so in its log; the main one keeps the trial."
+        """Every process checks that its config holds the trial's parameters and says so in its log; the main one keeps
+        the trial."""
         study, trial = self.ref.open()
         self.monitor = study.user_attrs.get("metric", self.monitor)
         if self.config_values is not None:
             mine = {k: self.config_values.get(k) for k in trial.params}
             if mine != trial.params:
-                raise UsageError(f"process {self.trainer.accelerator.process_index} trains {mine}, not trial {self.ref.number}'s {trial.params}",
-                                 str(self.ref), "start trials with tp tune, which passes each trial's values as overrides")
-            self.trainer.logger(f"trial {self.ref.number} of study {study.study_name} on process {self.trainer.accelerator.process_index}: "
+                raise UsageError(f"process {self.trainer.accelerator.process_index} trains {mine}, "
+                                 f"not trial {self.ref.number}'s {trial.params}", str(self.ref),
+                                 "start trials with tp tune, which passes each trial's values as overrides")
+            process = self.trainer.accelerator.process_index
+            self.trainer.logger(f"trial {self.ref.number} of study {study.study_name} on process {process}: "
                                 + " ".join(f"{k}={v}" for k, v in mine.items()))
         if self.trainer.is_main: self._trial = trial
 
     def after_epoch(self):
         fresh = getattr(self.trainer, "row", None) or {}
-        validated = fresh.get("split") == self.monitor.split("_", 1)[0] and fresh.get("epoch") == self.trainer.epoch_number
+        split = self.monitor.split("_", 1)[0]
+        validated = fresh.get("split") == split and fresh.get("epoch") == self.trainer.epoch_number
         if not validated: return  # every process sees the same rows, so all return here together
         prune, value = False, self.trainer.metrics.get(self.monitor)
         if self.trainer.is_main and value is not None:

@@ -33,5 +33,6 @@ class TrackersCallback(Callback):
     order = 25
     def after_log(self):
         values = {f"{self.row['split']}/{k}": v for k, v in self.row.items()
-                  if k not in ("step", "epoch", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+                  if k not in ("step", "epoch", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and math.isfinite(v)}
         self.trainer.accelerator.log(values, step=self.row["step"])

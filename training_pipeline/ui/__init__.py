@@ -8,4 +8,5 @@ __all__ = []
 # %% ../../nbs/10_ui.ipynb #7d6e85e4
 from ..core import lazy_attributes
 
-__getattr__ = lazy_attributes(__name__, ('index', 'pages', 'server'))  # `from training_pipeline.ui.index import X`
+# `training_pipeline.ui.RunIndex` imports the module that defines it on first use
+__getattr__ = lazy_attributes(__name__, ('synthetic', 'index', 'pages', 'server'))
