@@ -8,4 +8,4 @@ __all__ = []
 # %% ../../nbs/01_config.ipynb #08aa5d1d
 from ..core import lazy_attributes
 
-__getattr__ = lazy_attributes(__name__, ('schema', 'load'))  # `from training_pipeline.config.load import X`
+__getattr__ = lazy_attributes(__name__, ('sections', 'schema', 'load'))  # `from training_pipeline.config.load import X`
