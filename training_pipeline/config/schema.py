@@ -16,7 +16,7 @@ from ..core import (ConfigError, atomic_write, did_you_mean, import_object, is_i
                                     sha256_json)
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'Config', 'locate']
+__all__ = ['RESUMABLE_CHANGES', 'LATER_KEYS', 'Config', 'locate']
 
 # %% ../../nbs/01b_config.schema.ipynb #ff0b3ff8
 # What a run may change when it is resumed: how its data is loaded (samples draw their randomness from their keys, not
@@ -26,6 +26,10 @@ __all__ = ['RESUMABLE_CHANGES', 'Config', 'locate']
 RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefetch_factor", "data.pin_memory",
                      "distributed.enabled", "distributed.world_size", "distributed.num_nodes", "distributed.backend",
                      "distributed.timeout_s", "resources.cpu", "resources.gpu_ids", "resources.num_threads")
+
+# Settings added after runs were recorded without them: left out of the hashes while at their default, so such a
+# run keeps its hash and resumes with a config that does not use the new setting
+LATER_KEYS = {"training.compile": "no"}
 
 class Config(Section):
     "A validated training config: every section, and the seed."
@@ -54,8 +58,13 @@ class Config(Section):
 
     def _hashed(self) -> dict:
         """What the hashes cover: the redacted config (a changed secret is the same run), without how storage is reached
-        (endpoint, credentials), which may change between a run and its resume."""
-        return {k: v for k, v in self.to_dict().items() if k != "storage"}
+        (endpoint, credentials), which may change between a run and its resume; a setting added later while at its
+        default (`LATER_KEYS`)."""
+        hashed = {k: v for k, v in self.to_dict().items() if k != "storage"}
+        for key, default in LATER_KEYS.items():
+            section, name = key.split(".")
+            if hashed[section].get(name) == default: del hashed[section][name]
+        return hashed
 
     def to_yaml(self) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 

@@ -318,7 +318,7 @@ class TrainingConfig(Section):
     lr_scheduler: SchedulerConfig = Field(default_factory=NoSchedulerConfig)
     optimizer: OptimizerConfig = Field(default_factory=AdamWConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    # the seed's `true` means "the best the hardware offers" (bf16 or fp16 on GPU, off on CPU)
+    # `true` means "the best the hardware offers" (bf16 or fp16 on GPU, off on CPU)
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     gradient_accumulation_steps: PositiveInt = 1
     max_grad_norm: float|None = Field(None, gt=0)
@@ -328,6 +328,8 @@ class TrainingConfig(Section):
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
     task: Literal["classification", "regression", "multilabel", "causal_lm", "token_classification"] = "classification"
     metrics: list[str] = []  # more validation metrics: torchmetrics class names or import paths
+    # torch.compile: false, true (its default mode) or a mode; whether it can work here is checked before training
+    compile: Literal["no", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "no"
 
     @model_validator(mode="after")
     def _task_default_loss(self):
@@ -337,6 +339,11 @@ class TrainingConfig(Section):
     @field_validator("mixed_precision", mode="before")
     def _bool_precision(cls, v):
         if isinstance(v, bool): return "auto" if v else "no"
+        return lower_choice(v)
+
+    @field_validator("compile", mode="before")
+    def _bool_compile(cls, v):
+        if isinstance(v, bool): return "default" if v else "no"
         return lower_choice(v)
 
 # %% ../../nbs/01a_config.sections.ipynb #de0b8ffc

@@ -420,24 +420,27 @@ def _is_fsdp(accelerator) -> bool:
     from accelerate.utils import DistributedType
     return accelerator.distributed_type == DistributedType.FSDP
 
+def _uncompiled(model): return getattr(model, "_orig_mod", model)  # torch.compile's wrapper names keys `_orig_mod.`
+
 def full_states(trainer) -> tuple[dict, dict]:
     """The model's and optimizer's states as full tensors. Under FSDP a collective: every process calls it; rank 0 gets
     them."""
     if _is_fsdp(trainer.accelerator):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-        return get_state_dict(trainer.model, trainer.opt.optimizer,
+        return get_state_dict(_uncompiled(trainer.model), trainer.opt.optimizer,
                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return trainer.accelerator.unwrap_model(trainer.model).state_dict(), trainer.opt.state_dict()
+    return trainer.accelerator.unwrap_model(trainer.model,
+                                            keep_torch_compile=False).state_dict(), trainer.opt.state_dict()
 
 def load_full_states(trainer, model_state:dict, optimizer_state:dict|None):
     "Load full model/optimizer states (as `full_states` returns them), sharding them again under FSDP."
     if _is_fsdp(trainer.accelerator):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        set_state_dict(trainer.model, trainer.opt.optimizer, model_state_dict=model_state,
+        set_state_dict(_uncompiled(trainer.model), trainer.opt.optimizer, model_state_dict=model_state,
                        optim_state_dict=optimizer_state or {},
                        options=StateDictOptions(full_state_dict=True))
         return
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     # a resnet run checkpointed when its head was fc.1
     model.load_state_dict(legacy_head_names(model_state, model.state_dict()))
     if optimizer_state is not None: trainer.opt.load_state_dict(optimizer_state)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
 from contextlib import nullcontext
 from typing import Callable
 
 import torch
+from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, send_to_device
 from torch import nn
 
@@ -22,8 +25,8 @@ from ..core import ConfigError, TrainingError, UsageError, did_you_mean, patch
 from ..models.tasks import (MODEL_LOSS, Task, make_task, unpack_output)
 
 # %% auto #0
-__all__ = ['resolve_precision', 'make_accelerator', 'plain_optimizer', 'split_batch', 'with_labels', 'call_model', 'chunk_batch',
-           'Trainer']
+__all__ = ['COMPILE_MODES', 'resolve_precision', 'make_accelerator', 'plain_optimizer', 'compile_problem', 'dynamo_plugin',
+           'split_batch', 'with_labels', 'call_model', 'chunk_batch', 'Trainer']
 
 # %% ../../nbs/04b_loop.trainer.ipynb #3b395a90
 def resolve_precision(mixed_precision:str, cpu:bool) -> str:
@@ -38,9 +41,6 @@ def resolve_precision(mixed_precision:str, cpu:bool) -> str:
 
 def make_accelerator(mixed_precision:str="no", cpu:bool|None=None, **kwargs):
     "An Accelerator with these settings; in a single process, replacing any earlier one."
-    import os
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     if int(os.environ.get("WORLD_SIZE", "1")) == 1: AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision=resolve_precision(mixed_precision, cpu), **kwargs)
@@ -56,6 +56,30 @@ def plain_optimizer(opt) -> torch.optim.Optimizer|None:
     inner = opt.optimizer
     if type(inner).__module__.startswith("lomo_optim"): return None  # LOMO's step is a no-op: it updates in backward
     return inner if "set_to_none" in inspect.signature(inner.zero_grad).parameters else None
+
+
+# %% ../../nbs/04b_loop.trainer.ipynb #738c32c9
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+def compile_problem(mode:str, cpu:bool) -> ConfigError|None:
+    "Why `training.compile: mode` cannot work on this machine (Inductor needs a C++ compiler on CPUs, Triton on GPUs)."
+    if mode == "no": return None
+    fix = "install one, or set training.compile: false"
+    if cpu:
+        from torch._inductor.cpp_builder import get_cpp_compiler  # a few seconds to import: only when compiling
+        try: get_cpp_compiler()
+        except Exception: return ConfigError("training.compile needs a C++ compiler on a CPU (g++, or the one in $CXX)",
+                                             "training.compile", fix)
+        return None
+    from torch.utils._triton import has_triton
+    if not has_triton(): return ConfigError("training.compile needs Triton for this GPU", "training.compile", fix)
+    return None
+
+def dynamo_plugin(mode:str):
+    "Accelerate's plugin that compiles the model in `prepare` (TorchInductor, `mode`), or None for `no`."
+    if mode == "no": return None
+    from accelerate.utils import TorchDynamoPlugin
+    return TorchDynamoPlugin(backend="inductor", mode=mode)
 
 
 # %% ../../nbs/04b_loop.trainer.ipynb #6d284456
@@ -251,7 +275,8 @@ def _do_validate(self:Trainer, split:str="val"):
     self.model.eval()
     self.dl = self.loaders[split]
     self.n_iter = len(self.dl)
-    self.eval_model = self.accelerator.unwrap_model(self.model)
+    # compiled, unless distributed (unwrapping a compiled DDP model keeping the compilation rewires it)
+    self.eval_model = self.accelerator.unwrap_model(self.model, keep_torch_compile=self.accelerator.num_processes == 1)
     # BatchNorm's running stats: each process updated its own in its last training step
     if self.accelerator.num_processes > 1:
         # evaluate the model the checkpoint holds

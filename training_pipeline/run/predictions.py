@@ -62,7 +62,7 @@ def test_predictions(trainer, store):
     step = int(ck.name.split("-")[1]) if ck else None
     if ck is None or step == trainer.global_step or _is_fsdp(trainer.accelerator): return
     verify_checkpoint(ck)
-    model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).eval()
+    model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)).eval()
     model.load_state_dict(load_safetensors(ck/"model.safetensors", "checkpoint weights"))
     record, loss = records_on_main(model, trainer.loaders["test"], trainer)
     save_predictions(store, "test_best", record, weights=f"best checkpoint {ck.name} ({best['monitor']} {best['value']:.4g})",
