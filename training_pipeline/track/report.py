@@ -23,19 +23,17 @@ from ..core import (CheckpointError, NotBuiltError, PipelineError, UsageError, a
                                     is_import_path, redact_argv)
 from ..loop.checkpoint import read_index, spec_candidates, verify_checkpoint
 from ..safe_files import read_json
-from .evaluation import (HEADLINE, Evaluation, evaluate, load_predictions, metrics_table,
-                                                read_test_split)
-from ..models.tasks import PER_CLASS_LIMIT
+from .evaluation import HEADLINE, Evaluation, evaluate, load_predictions, read_test_split
 from .store import epoch_offset, read_jsonl
 
 # %% auto #0
 __all__ = ['PREDICTIONS', 'SYSTEM_CURVES', 'NOT_CURVES', 'EPOCH_FIELDS', 'TEMPLATES', 'PAGE', 'RunData', 'load_run',
            'stored_predictions', 'final_weights', 'early_stop_text', 'summary_table', 'curve_keys', 'learning_curves',
-           'step_time_figure', 'confusion_figure', 'roc_pr_figures', 'worst_images_figure', 'predicted_vs_true_figure',
-           'residuals_figure', 'per_label_figure', 'evaluation_parts', 'class_balance_figure', 'target_table',
-           'events_table', 'checkpoints_table', 'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext',
-           'describe_weights', 'users_data', 'resolve', 'evaluations', 'template_path', 'template_kernels',
-           'execute_template', 'notebook_to_html', 'build_report']
+           'step_time_figure', 'class_balance_figure', 'target_table', 'events_table', 'checkpoints_table',
+           'lineage_table', 'show', 'show_table', 'show_parts', 'ReportContext', 'describe_weights', 'users_data',
+           'resolve', 'evaluations', 'template_path', 'template_kernels', 'execute_template', 'notebook_to_html',
+           'build_report', 'confusion_figure', 'evaluation_parts', 'per_label_figure', 'predicted_vs_true_figure',
+           'residuals_figure', 'roc_pr_figures', 'worst_images_figure']
 
 # %% ../../nbs/05i_track.report.ipynb #d28d134b
 @dataclass
@@ -102,7 +100,7 @@ def _trial(trial:dict) -> str:
                         for k, v in (trial.get("params") or {}).items())
     return f"study {trial.get('study')}, trial {trial.get('number')}" + (f": {params}" if params else "")
 
-# %% ../../nbs/05i_track.report.ipynb #8ccb07a8
+# %% ../../nbs/05i_track.report.ipynb #e7251661
 def final_weights(run:RunData) -> str:
     "Which weights the run's test_* metrics come from: the final model (they are measured at the end of the fit)."
     final = next((p for p in stored_predictions(run.dir) if p["name"] == "test_final"), None)
@@ -118,7 +116,7 @@ def early_stop_text(run:RunData) -> str:
         best = f" ({stop['monitor']} best at epoch {stop['best_epoch'] + epoch_offset(run.meta)})"
     return f"yes: after epoch {done} of {planned}{best}" if done is not None and planned else f"yes{best}"
 
-# %% ../../nbs/05i_track.report.ipynb #abdc7bb7
+# %% ../../nbs/05i_track.report.ipynb #1f8f70a9
 def summary_table(run:RunData, evaluations:list|tuple=()) -> pd.DataFrame:
     """One row per fact: status, duration, epochs, best metric and where, the last validation, the test metrics of each
     set of weights (named), throughput, early stop, alerts."""
@@ -203,147 +201,12 @@ def step_time_figure(metrics:pd.DataFrame, offset:int=0):
     fig.update_layout(barmode="stack", xaxis_title="epoch", yaxis_title="seconds", height=320, margin=dict(t=30))
     return fig
 
-# %% ../../nbs/05i_track.report.ipynb #ec6a4740
-def _title(fig, what:str, ev:Evaluation):
-    "Every evaluation figure names the weights it shows."
-    fig.update_layout(title=dict(text=f"{what} · {html.escape(ev.weights)}" if ev.weights else what, font_size=14))
-    return fig
-
-def confusion_figure(ev:Evaluation):
-    "The confusion matrix as a heatmap: true classes down, predicted across."
-    import plotly.graph_objects as go
-    cm = ev.confusion()
-    fig = go.Figure(go.Heatmap(z=cm, x=ev.classes, y=ev.classes, colorscale="Blues", text=cm, texttemplate="%{text}",
-                               hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
-    fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=440,
-                      margin=dict(t=50))
-    return _title(fig, "confusion matrix", ev)
-
-# %% ../../nbs/05i_track.report.ipynb #c44f1b81
-def roc_pr_figures(ev:Evaluation):
-    "ROC and precision-recall curves (binary tasks), with AUC and average precision."
-    import plotly.graph_objects as go
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-    score, truth = ev.probs[:, 1], ev.targets == 1
-    fpr, tpr, _ = roc_curve(truth, score); prec, rec, _ = precision_recall_curve(truth, score)
-    roc = go.Figure(go.Scatter(x=fpr, y=tpr, mode="lines", name="ROC"))
-    roc.update_layout(xaxis_title="false positive rate", yaxis_title="true positive rate", height=380)
-    pr = go.Figure(go.Scatter(x=rec, y=prec, mode="lines", name="PR"))
-    pr.update_layout(xaxis_title="recall", yaxis_title="precision", height=380)
-    return (_title(roc, f"ROC (AUC {roc_auc_score(truth, score):.4f}, positive class {ev.classes[1]!r})", ev),
-            _title(pr, f"precision-recall (AP {average_precision_score(truth, score):.4f})", ev))
-
-# %% ../../nbs/05i_track.report.ipynb #185071e0
-def worst_images_figure(ev:Evaluation, n:int=16):
-    "The misclassified test images with the highest confidence in the wrong class."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    wrong = np.flatnonzero(ev.preds != ev.targets)
-    if ev.inputs is None or not len(wrong): return None
-    worst = wrong[np.argsort(-ev.probs[wrong, ev.preds[wrong]])][:n]
-    cols = min(8, len(worst)); rows = math.ceil(len(worst) / cols)
-    titles = [f"{ev.classes[ev.targets[i]]}→{ev.classes[ev.preds[i]]} ({ev.probs[i, ev.preds[i]]:.2f})" for i in worst]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles)
-    for k, i in enumerate(worst):
-        img = ev.inputs[i]
-        z = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-        trace = go.Heatmap(z=z, colorscale="gray_r", showscale=False) if img.shape[0] == 1 else go.Image(z=z)
-        fig.add_trace(trace, row=k // cols + 1, col=k % cols + 1)
-    fig.update_xaxes(visible=False); fig.update_yaxes(visible=False, autorange="reversed")
-    fig.update_layout(height=150 * rows + 80, margin=dict(t=70, l=10, r=10, b=10))
-    fig.update_annotations(font_size=10)
-    return _title(fig, "most confidently misclassified: true → predicted (confidence)", ev)
-
-# %% ../../nbs/05i_track.report.ipynb #586076eb
-def _values(ev:Evaluation) -> tuple[np.ndarray, np.ndarray]:
-    "(predicted, true) as flat arrays."
-    return ev.preds.reshape(-1).astype(float), ev.targets.reshape(-1).astype(float)
-
-def predicted_vs_true_figure(ev:Evaluation):
-    "Predicted against true values, with the diagonal of a perfect model."
-    import plotly.graph_objects as go
-    pred, true = _values(ev)
-    lo, hi = float(min(pred.min(), true.min())), float(max(pred.max(), true.max()))
-    fig = go.Figure([go.Scatter(x=true, y=pred, mode="markers", name="test samples", marker=dict(size=6, opacity=0.7),
-                                hovertemplate="true %{x:.4g}, predicted %{y:.4g}<extra></extra>"),
-                     go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="predicted = true",
-                                line=dict(dash="dash", color="#888"))])
-    fig.update_layout(xaxis_title="true", yaxis_title="predicted", height=440, margin=dict(t=50))
-    return _title(fig, f"predicted vs true (RMSE {ev.metrics['rmse']:.4g}, R² {ev.metrics['r2']:.4g})", ev)
-
-def residuals_figure(ev:Evaluation):
-    "Residual (predicted - true) against the prediction, and the residuals' histogram."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    pred, true = _values(ev)
-    residual = pred - true
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
-                        subplot_titles=["residual vs predicted", "residual histogram"])
-    fig.add_trace(go.Scatter(x=pred, y=residual, mode="markers", name="residual", marker=dict(size=6, opacity=0.7),
-                             hovertemplate="predicted %{x:.4g}, residual %{y:.4g}<extra></extra>"), row=1, col=1)
-    fig.add_hline(y=0, line_dash="dash", line_color="#888", row=1, col=1)
-    fig.add_trace(go.Histogram(x=residual, name="residuals", nbinsx=min(40, max(5, len(residual) // 4))), row=1, col=2)
-    fig.update_xaxes(title_text="predicted", row=1, col=1)
-    fig.update_yaxes(title_text="predicted − true", row=1, col=1)
-    fig.update_xaxes(title_text="predicted − true", row=1, col=2); fig.update_yaxes(title_text="samples", row=1, col=2)
-    fig.update_layout(height=400, showlegend=False, margin=dict(t=70))
-    return _title(fig, f"residuals (mean {residual.mean():.4g}, MAE {ev.metrics['mae']:.4g})", ev)
-
-# %% ../../nbs/05i_track.report.ipynb #6353c290
-def per_label_figure(ev:Evaluation):
-    "Multilabel: precision, recall and F1 of each label, as grouped bars."
-    import plotly.graph_objects as go
-    table = ev.per_label()
-    fig = go.Figure([go.Bar(x=table.index.tolist(), y=table[k], name=k) for k in ("precision", "recall", "f1")])
-    fig.update_layout(barmode="group", xaxis_title="label", yaxis_title="score", yaxis_range=[0, 1.05], height=380,
-                      margin=dict(t=50))
-    return _title(fig, f"per-label precision, recall, F1 (micro F1 {ev.metrics['f1']:.4f})", ev)
-
-# %% ../../nbs/05i_track.report.ipynb #032135a4
-def _capitalized(text:str) -> str: return text[:1].upper() + text[1:]
-
-def _per_class_or_summary(ev:Evaluation) -> pd.DataFrame:
-    "The per-class table, or for more than PER_CLASS_LIMIT classes the most frequent and the weakest."
-    return ev.per_class() if len(ev.per_class()) <= PER_CLASS_LIMIT else ev.class_summary()
-
-# %% ../../nbs/05i_track.report.ipynb #ef757180
-def _classifier_parts(ev:Evaluation) -> list[tuple[str, object]]:
-    "A classifier's per-class table and confusion matrix, ROC/PR when binary, and its worst images when it has them."
-    parts = [("table", (ev.per_class(), f"Per class · {ev.weights}")), ("figure", confusion_figure(ev))]
-    if len(ev.classes) == 2 and len(np.unique(ev.targets)) == 2: parts += [("figure", f) for f in roc_pr_figures(ev)]
-    if ev.inputs is not None:
-        fig = worst_images_figure(ev)
-        parts += [("markdown", "Most confidently misclassified test images:"), ("figure", fig)] if fig is not None \
-                 else [("markdown", "_No misclassified test image._")]
-    return parts
-
-# %% ../../nbs/05i_track.report.ipynb #970e9b32
-def evaluation_parts(ev:Evaluation) -> list[tuple[str, object]]:
-    """What the report shows of one evaluation, in order: ('markdown', text), ('table', (DataFrame, caption)),
-    ('figure', fig)."""
-    weights = ev.weights
-    count = (f"{len(ev.targets)} test sequences, {int(ev.counted.sum())} counted tokens" if ev.per_token
-             else f"{len(ev.targets)} test samples")
-    parts = [("markdown", f"### {_capitalized(weights)}\n\n{count}; {ev.source}.")]
-    if not len(ev.targets): return parts
-    parts.append(("table", (metrics_table([ev]), f"Test metrics · {weights}")))
-    if ev.per_token:
-        what = "labels" if ev.task == "token_classification" else "tokens"
-        caption = f"The most frequent errors among the counted {what} (true → predicted) · {weights}"
-        parts.append(("table", (ev.token_errors(), caption)))
-        if ev.task == "token_classification":
-            parts.append(("table", (_per_class_or_summary(ev), f"Per label · {weights}")))
-    elif ev.task == "classification" and (ev.outputs is None or len(ev.classes) > PER_CLASS_LIMIT):  # a vocabulary
-        caption = f"The 10 most frequent classes and the 10 with the lowest F1 · {weights}"
-        parts.append(("table", (ev.class_summary(), caption)))
-    elif ev.task == "classification": parts += _classifier_parts(ev)
-    elif ev.task == "regression":
-        parts += [("figure", predicted_vs_true_figure(ev)), ("figure", residuals_figure(ev)),
-                  ("table", (ev.largest_errors(), f"Largest errors (sample = index in the test split) · {weights}"))]
-    else:
-        parts += [("table", (ev.per_label(), f"Per-label precision, recall, F1 · {weights}")),
-                  ("figure", per_label_figure(ev))]
-    return parts
+# %% ../../nbs/05i_track.report.ipynb #fb9d9f8c
+from .evaluation_figures import (confusion_figure, evaluation_parts, per_label_figure,
+                                                        predicted_vs_true_figure, residuals_figure, roc_pr_figures,
+                                                        worst_images_figure)
+_all_ = ["confusion_figure", "evaluation_parts", "per_label_figure", "predicted_vs_true_figure", "residuals_figure",
+         "roc_pr_figures", "worst_images_figure"]
 
 # %% ../../nbs/05i_track.report.ipynb #ba24a225
 def class_balance_figure(statistics:dict):
@@ -385,7 +248,7 @@ def events_table(run:RunData) -> pd.DataFrame:
                      "details": ", ".join(_detail(k, v, offset) for k, v in details.items())[:160]})
     return pd.DataFrame(rows, columns=columns)
 
-# %% ../../nbs/05i_track.report.ipynb #b877f5c6
+# %% ../../nbs/05i_track.report.ipynb #cf7bb6e6
 def _position(checkpoint:dict) -> str:
     "Where in training a checkpoint was saved, as a person counts epochs: 'end of epoch 4', 'epoch 5, batch 12'."
     epoch, done = checkpoint.get("epoch"), checkpoint.get("batches_done")
@@ -494,7 +357,7 @@ def users_data(run:RunData|None) -> str|None:
         return "the datasets given to `fit(...)`"
     return None
 
-# %% ../../nbs/05i_track.report.ipynb #ef3160a6
+# %% ../../nbs/05i_track.report.ipynb #a04c3a16
 def resolve(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data_dir:str|Path|None=None) -> ReportContext:
     """The run, the evaluation and the data a report covers. A run's stored test predictions are used when there are
     some (no model rebuild, no data needed); otherwise, and for --checkpoint, the weights are evaluated on the test
@@ -634,7 +497,7 @@ def _kernel_stderr_to(log:Path):
         finally: os.dup2(saved, 2); os.close(saved)
     log.unlink()  # kept only when the execution failed (the exception skips this line)
 
-# %% ../../nbs/05i_track.report.ipynb #3e3b31ff
+# %% ../../nbs/05i_track.report.ipynb #3256f273
 def build_report(run_dir:str|Path|None=None, checkpoint:str|Path|None=None, data_dir:str|Path|None=None,
                  out:str|Path|None=None) -> tuple[Path, Path]:
     "Execute the report template with papermill and write (report.html, executed report.ipynb)."
