@@ -10,4 +10,4 @@ from ..core import lazy_attributes
 
 # `training_pipeline.track.RunStore` imports the module that defines it on first use: `tp --help` reads no torch
 __getattr__ = lazy_attributes(__name__, ('store', 'resume', 'storage', 'alerts', 'watch', 'dashboard', 'evaluation',
-                                         'run_files', 'report', 'trial', 'registry'))
+                                         'evaluation_figures', 'run_files', 'report', 'trial', 'registry'))
