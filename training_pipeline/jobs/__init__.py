@@ -8,4 +8,5 @@ __all__ = []
 # %% ../../nbs/08_jobs.ipynb #acc969fe
 from ..core import lazy_attributes
 
-__getattr__ = lazy_attributes(__name__, ('queue', 'worker', 'slurm', 'commands', 'dashboard'))  # `from training_pipeline.jobs.queue import X`
+# `from training_pipeline.jobs.queue import X`
+__getattr__ = lazy_attributes(__name__, ('queue', 'worker', 'slurm', 'commands', 'dashboard'))
