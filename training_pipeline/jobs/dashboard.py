@@ -87,7 +87,6 @@ class JobsDashboard:
         self._stop = False
         self._thread = threading.Thread(target=self.watch, args=(interval_s,), daemon=True); self._thread.start()
         return self
-
     def stop(self): self._stop = True
 
     def _ipython_display_(self):
