@@ -34,7 +34,7 @@ setuptools.setup(
     ],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
-    package_data={cfg["lib_path"]: ["notebooks/*.ipynb", "ui_assets/*"]},
+    package_data={cfg["lib_path"]: ["notebooks/*.ipynb", "ui_assets/*", "export_assets/*"]},
     install_requires=requirements("requirements"),
     # every `<name>_requirements` of settings.ini is the extra `<name>`: dev, datasets, bench, shards, s3, gcs, hf
     extras_require={key.removesuffix("_requirements"): requirements(key) for key in cfg if key.endswith("_requirements")

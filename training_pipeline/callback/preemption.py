@@ -13,7 +13,7 @@ from ..core import on_main_thread
 from ..loop.events import Callback, CancelFitException
 
 # %% auto #0
-__all__ = ['REPEAT_WINDOW_S', 'ignoring_repeats', 'PreemptionCallback', 'stop_for_preemption']
+__all__ = ['REPEAT_WINDOW_S', 'ignoring_repeats', 'given_back', 'PreemptionCallback', 'stop_for_preemption']
 
 # %% ../../nbs/06ea_callback.preemption.ipynb #d505aedd
 REPEAT_WINDOW_S = 5.0  # a second SIGTERM this soon after the first is the same signal delivered twice
@@ -25,7 +25,14 @@ def ignoring_repeats(previous, since:float):
         if time.monotonic() - since <= REPEAT_WINDOW_S or previous == signal.SIG_IGN: return
         if callable(previous): return previous(signum, frame)
         signal.signal(signum, previous); os.kill(os.getpid(), signum)  # SIG_DFL: the default action, as if never caught
+    handler.since = since
     return handler
+
+def given_back(current, previous):
+    """What a signal goes back to when a handler set for a while is removed: `previous`, but still dropping repeats
+    when `current` was dropping them (a SIGTERM acted on: its repeat may arrive as the process exits)."""
+    since = getattr(current, "since", None)
+    return previous if since is None else ignoring_repeats(previous, since)
 
 # %% ../../nbs/06ea_callback.preemption.ipynb #c92ebd3f
 class PreemptionCallback(Callback):

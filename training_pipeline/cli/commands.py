@@ -14,6 +14,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+from ..callback.preemption import given_back
 from .parser import build_parser
 from ..core import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, URL_PATTERN, ConfigError, DataError,
                                     PipelineError, TrainingError, UsageError, on_main_thread, redact, redact_argv,
@@ -56,7 +57,7 @@ def main(argv:list[str]|None=None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread() else None
     try: return _main(argv)
     finally:
-        if previous is not None: signal.signal(signal.SIGTERM, previous)
+        if previous is not None: signal.signal(signal.SIGTERM, given_back(signal.getsignal(signal.SIGTERM), previous))
 
 # %% ../../nbs/11b_cli.commands.ipynb #0171bbe4
 def _main(argv:list[str]|None) -> int:

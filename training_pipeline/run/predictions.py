@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import copy
-import math
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -22,10 +20,10 @@ __all__ = ['save_predictions', 'records_on_main', 'test_predictions']
 # %% ../../nbs/07a_run.predictions.ipynb #353692a1
 def save_predictions(store, name:str, record:dict, **info):
     "A split's prediction record (`Task.prediction_record`) as safetensors, with a JSON note of which weights made it."
-    d = store.artifacts_dir/"predictions"
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write(d/f"{name}.safetensors", safetensors_bytes({k: v.contiguous() for k, v in record.items()}))
-    atomic_write_json(d/f"{name}.json", {"samples": len(record["targets"]), **info})
+    folder = store.artifacts_dir/"predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder/f"{name}.safetensors", safetensors_bytes({k: v.contiguous() for k, v in record.items()}))
+    atomic_write_json(folder/f"{name}.json", {"samples": len(record["targets"]), **info})
 
 def records_on_main(model, loader, trainer) -> tuple[dict, float]:
     "(prediction record, mean loss as the run weighs it) of a model over a loader's dataset, in this process alone."
@@ -37,15 +35,17 @@ def records_on_main(model, loader, trainer) -> tuple[dict, float]:
     with torch.no_grad(), trainer.accelerator.autocast():
         for batch in plain:
             x, y = split_batch(send_to_device(batch, trainer.device), trainer.target_key)
-            logits, own = unpack_output(call_model(model, with_labels(x, y, trainer.target_key) if trainer.model_loss_used else x))
-            loss, w = own if trainer.model_loss_used else trainer.loss_func(logits, y), float(task.weight(y))
-            total, weight = total + float(loss) * w, weight + w
+            inputs = with_labels(x, y, trainer.target_key) if trainer.model_loss_used else x
+            logits, own = unpack_output(call_model(model, inputs))
+            loss, items = own if trainer.model_loss_used else trainer.loss_func(logits, y), float(task.weight(y))
+            total, weight = total + float(loss) * items, weight + items
             batches.append({k: v.cpu() for k, v in task.prediction_record(logits.float(), y).items()})
     return join_records(batches, task.per_token), total / max(weight, 1)
 
 # %% ../../nbs/07a_run.predictions.ipynb #9962fe31
 def test_predictions(trainer, store):
-    "Evaluate the final model on test (a logged row) and store its predictions, and the best checkpoint's when it differs."
+    """Evaluate the final model on test (a logged row) and store its predictions, and the best checkpoint's when it
+    differs."""
     from training_pipeline.loop.checkpoint import _is_fsdp, verify_checkpoint
     from training_pipeline.models.factory import load_safetensors
     from training_pipeline.callback.gather import GatherPreds
@@ -58,12 +58,12 @@ def test_predictions(trainer, store):
     save_predictions(store, "test_final", gather.record, weights=f"final model (step {trainer.global_step})",
                      step=trainer.global_step, metrics=row, loss=row.get("loss"))
     best = read_index(store.checkpoints_dir).get("best") or {}
-    ck = store.checkpoints_dir/best["name"] if best.get("name") else None
-    step = int(ck.name.split("-")[1]) if ck else None
-    if ck is None or step == trainer.global_step or _is_fsdp(trainer.accelerator): return
-    verify_checkpoint(ck)
+    checkpoint = store.checkpoints_dir/best["name"] if best.get("name") else None
+    step = int(checkpoint.name.split("-")[1]) if checkpoint else None
+    if checkpoint is None or step == trainer.global_step or _is_fsdp(trainer.accelerator): return
+    verify_checkpoint(checkpoint)
     model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)).eval()
-    model.load_state_dict(load_safetensors(ck/"model.safetensors", "checkpoint weights"))
+    model.load_state_dict(load_safetensors(checkpoint/"model.safetensors", "checkpoint weights"))
     record, loss = records_on_main(model, trainer.loaders["test"], trainer)
-    save_predictions(store, "test_best", record, weights=f"best checkpoint {ck.name} ({best['monitor']} {best['value']:.4g})",
-                     step=step, checkpoint=ck.name, loss=loss)
+    weights = f"best checkpoint {checkpoint.name} ({best['monitor']} {best['value']:.4g})"
+    save_predictions(store, "test_best", record, weights=weights, step=step, checkpoint=checkpoint.name, loss=loss)

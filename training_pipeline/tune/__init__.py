@@ -8,4 +8,5 @@ __all__ = []
 # %% ../../nbs/09_tune.ipynb #74d76e88
 from ..core import lazy_attributes
 
-__getattr__ = lazy_attributes(__name__, ('sweep', 'search'))  # `from training_pipeline.tune.search import X`
+# `from training_pipeline.tune.search import X`
+__getattr__ = lazy_attributes(__name__, ('sweep', 'search'))
