@@ -131,12 +131,21 @@ def follow_buckets(args, remote:dict):
             keep_pulling(url, interval_s=interval, log=lambda message: print(message, file=sys.stderr))
 
 # %% ../../nbs/11b_cli.commands.ipynb #d2873bec
+def _problem_of(check, *args) -> PipelineError|None:
+    "The error a check raises, as a value."
+    try: check(*args)
+    except PipelineError as e: return e
+    return None
+
 @handles("config check")
 def cmd_config_check(args) -> int:
     "Validate a config; print it resolved (stdout) and warnings about missing data (stderr)."
     from training_pipeline.config.load import load_config
     config = load_config(args.path, args.overrides)
     problems = config.check_imports()  # the code the config names must import, as `tp train` will need it
+    if config.training.compile != "no":  # can it compile here (imports torch only then)
+        from training_pipeline.run.recipe import check_compile
+        problems += [p for p in [_problem_of(check_compile, config)] if p is not None]
     if len(problems) == 1: raise problems[0]
     if problems: raise ConfigError(f"{len(problems)} problems", args.path, "see below", problems=problems)
     source = args.path + (f" + {len(args.overrides)} override(s)" if args.overrides else "")

@@ -33,7 +33,7 @@ __all__ = ['FIT_SHORTCUTS', 'OPTIMIZER_TYPES', 'fit_config', 'given_objects', 'f
 FIT_SHORTCUTS = {"epochs": "training.epochs", "batch_size": "training.batch_size",
                  "learning_rate": "training.learning_rate",
                  "task": "training.task", "experiment": "experiment.name", "runs_dir": "experiment.runs_dir",
-                 "seed": "seed",
+                 "seed": "seed", "compile": "training.compile",
                  "target_key": "data.target_key"}
 
 def _model_path(model:torch.nn.Module) -> str:
