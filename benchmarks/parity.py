@@ -1,15 +1,23 @@
 """Trainer vs a hand-written PyTorch loop vs PyTorch Lightning: same model, data, seed and batches, alternating runs.
 
-Workload: the small CNN on MNIST-5k (28x28, 3500 training images), batch 64, AdamW, validation each
-epoch. The Trainer runs with its default callbacks (metrics, progress, run-directory writing,
-non-finite guard). Lightning (the benchmark-only extra: `pip install -e ".[bench]"`) runs its own
-training_step/optimizer loop over the Trainer's DataLoader, without the extras the others don't have
-(progress bar, logger, checkpointing, model summary, sanity validation). Without Lightning installed the
-script says so and runs the other two. Prints, last line:
+Workloads:
+- cnn: the small CNN on MNIST-5k (28x28, 3500 training images), batch 64, AdamW, validation each epoch;
+- tiny: a 32-64-10 MLP on 8192 random vectors, batch 64: a step of a fraction of a millisecond, so what the
+  framework costs per step is all that shows.
+The Trainer runs with its default callbacks (metrics, progress, run-directory writing, non-finite guard). Lightning
+(the benchmark-only extra: `pip install -e ".[bench]"`) runs its own training_step/optimizer loop over the Trainer's
+DataLoader, without the extras the others don't have (progress bar, logger, checkpointing, model summary, sanity
+validation). Without Lightning installed the script says so and runs the others.
+With --compile (the default) the CNN also runs compiled (torch.compile, Inductor): the Trainer with
+`training.compile` (its dynamo plugin and CompileCallback) and Lightning with `torch.compile(model)` before `fit`;
+the seconds spent in batches that compiled are reported and left out of their times.
+Prints, last line:
     max_abs_loss_diff=<x> max_abs_param_diff=<y> ratio=<median Trainer/raw wall time> ratio_min=<fastest/fastest>
-    overhead_ms_per_step=<z> [lightning_ratio=... lightning_ratio_min=... lightning_max_abs_loss_diff=...
-    lightning_max_abs_param_diff=...]
-Run: .venv/bin/python benchmarks/parity.py [--runs 5] [--epochs 2] [--warmup 1] [--data-dir DIR]"""
+    overhead_ms_per_step=<z> tiny_ratio=... tiny_overhead_ms_per_step=... tiny_max_abs_loss_diff=...
+    tiny_max_abs_param_diff=... [lightning_ratio=... lightning_ratio_min=... lightning_max_abs_loss_diff=...
+    lightning_max_abs_param_diff=... tiny_lightning_ratio=...] [compile_speedup=<compiled Trainer steps/s ÷ raw eager
+    steps/s> compile_s=<seconds compiling, median> [lightning_compile_speedup=...]]
+Run: .venv/bin/python benchmarks/parity.py [--runs 5] [--epochs 2] [--warmup 1] [--data-dir DIR] [--no-compile]"""
 import argparse
 import logging
 import statistics
@@ -32,7 +40,9 @@ from training_pipeline.models.factory import SmallCNN
 from training_pipeline.data.prepare import prepare_data
 from training_pipeline.track.store import RunStore
 from training_pipeline.callback.run_store import RunStoreCallback
-from training_pipeline.loop.trainer import Trainer, make_accelerator
+from training_pipeline.loop.trainer import Trainer, dynamo_plugin, make_accelerator
+from training_pipeline.callback.compile import CompileCallback, dynamo_counts
+from training_pipeline.data.sampling import ArrayDataset, resumable_loader
 
 try:
     import pytorch_lightning as pl
@@ -49,15 +59,26 @@ def config_for(data_dir):
                                      "test_dir": None, "num_workers": 0, "pin_memory": False, "persistent_workers": False}})
 
 
-def new_model():
+class TinyData:
+    "The tiny workload's splits, in memory, read like the prepared data (`datasets`, `loader`)."
+    def __init__(self):
+        g = torch.Generator().manual_seed(SEED)
+        x, y = torch.randn(9216, 32, generator=g), torch.randint(0, 10, (9216,), generator=g)
+        self.datasets = {"train": ArrayDataset(x[:8192], y[:8192]), "val": ArrayDataset(x[8192:], y[8192:])}
+    def loader(self, split, batch_size, data_cfg=None, seed=0, even=True):
+        return resumable_loader(self.datasets[split], batch_size, split == "train", seed, even=even)
+
+
+def new_model(workload="cnn"):
     set_seed(SEED)
-    model = SmallCNN(1, 10, dropout=0.1)
+    model = SmallCNN(1, 10, dropout=0.1) if workload == "cnn" else \
+        nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
     return model, torch.optim.AdamW(model.parameters(), lr=LR)
 
 
-def raw_loop(data, epochs):
+def raw_loop(data, epochs, workload="cnn"):
     "The loop a careful person writes by hand: same permutation per epoch, same arithmetic, no framework."
-    model, opt = new_model()
+    model, opt = new_model(workload)
     x, y = data.datasets["train"].x, data.datasets["train"].y
     xv, yv = data.datasets["val"].x, data.datasets["val"].y
     loss_fn, losses = nn.CrossEntropyLoss(), []
@@ -81,17 +102,19 @@ def raw_loop(data, epochs):
     return losses, model
 
 
-def trainer_loop(data, epochs, cfg, runs_dir):
-    model, opt = new_model()
+def trainer_loop(data, epochs, cfg, runs_dir, workload="cnn", compile_mode="no"):
+    "The Trainer as the recipe builds it; returns (epoch losses, model, steps, seconds spent in compiling batches)."
+    model, opt = new_model(workload)
     store = RunStore.create(runs_dir, cfg)
     loaders = {s: data.loader(s, BATCH, cfg.data, seed=SEED, even=(s == "train")) for s in ("train", "val")}
+    compiling = [CompileCallback()] if compile_mode != "no" else []
     t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, logger=lambda *_: None,
                 cbs=[MetricsCallback(log_every=50), GradNormCallback(log_every=50), NonFiniteLossCallback("stop"),
-                     ProgressCallback(), RunStoreCallback(store)],
-                accelerator=make_accelerator(cpu=True))
+                     ProgressCallback(), RunStoreCallback(store), *compiling],
+                accelerator=make_accelerator(cpu=True, dynamo_plugin=dynamo_plugin(compile_mode)))
     t.fit(epochs)
     losses = [r["loss"] for r in t.history if r["split"] == "train" and "epoch_time_s" in r]
-    return losses, t.model, t.global_step
+    return losses, t.model, t.global_step, compiling[0].seconds if compiling else 0.0
 
 
 if pl is not None:
@@ -124,15 +147,28 @@ if pl is not None:
                           batch_size=len(y))
 
 
-def lightning_loop(data, epochs, cfg):
-    model, opt = new_model()
-    lit = LitClassifier(model, opt)
+    class CompileTimer(pl.Callback):
+        "The seconds of the batches during which dynamo compiled (the Trainer's CompileCallback, for Lightning)."
+        seconds = 0.0
+        def on_train_batch_start(self, *args): self._before = (dynamo_counts()["compiles"], time.perf_counter())
+        on_validation_batch_start = on_train_batch_start
+        def on_train_batch_end(self, *args):
+            if dynamo_counts()["compiles"] != self._before[0]: self.seconds += time.perf_counter() - self._before[1]
+        on_validation_batch_end = on_train_batch_end
+
+
+def lightning_loop(data, epochs, cfg, workload="cnn", compiled=False):
+    "Lightning's loop; returns (epoch losses, model, steps, seconds spent in compiling batches)."
+    model, opt = new_model(workload)
+    lit = LitClassifier(torch.compile(model) if compiled else model, opt)
+    timer = CompileTimer()
     loaders = {s: data.loader(s, BATCH, cfg.data, seed=SEED, even=(s == "train")) for s in ("train", "val")}
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False)  # keep our sampler: the batches must be the others' batches
+                         use_distributed_sampler=False,  # keep our sampler: the batches must be the others' batches
+                         callbacks=[timer] if compiled else [])
     trainer.fit(lit, loaders["train"], loaders["val"])
-    return lit.epoch_losses, lit.model, trainer.global_step
+    return lit.epoch_losses, getattr(lit.model, "_orig_mod", lit.model), trainer.global_step, timer.seconds
 
 
 def quiet_lightning():
@@ -147,46 +183,76 @@ def quiet_lightning():
 def max_param_diff(a, b): return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
+def compare(name, data, cfg, runs, epochs, tmp, compile_cnn=False):
+    "Alternating runs of each loop on one workload; returns {column: [seconds]}, the parity diffs and the steps."
+    times, diffs, steps = {}, {}, None
+    def timed(column, loop, *args):
+        t0 = time.perf_counter(); out = loop(*args); wall = time.perf_counter() - t0
+        compile_s = out[3] if len(out) > 3 else 0.0
+        times.setdefault(column, []).append(wall - compile_s)
+        if compile_s: times.setdefault(column + "_compile_s", []).append(compile_s)
+        return out
+    for _ in range(runs):
+        raw_losses, raw_model = timed("raw", raw_loop, data, epochs, name)
+        tr_losses, tr_model, steps, _ = timed("trainer", trainer_loop, data, epochs, cfg, f"{tmp}/runs", name)
+        diffs.setdefault("loss", []).append(max(abs(a - b) for a, b in zip(raw_losses, tr_losses, strict=True)))
+        diffs.setdefault("param", []).append(max_param_diff(raw_model, tr_model))
+        if compile_cnn: timed("compiled", trainer_loop, data, epochs, cfg, f"{tmp}/runs", name, "default")
+        if pl is None: continue
+        lit_losses, lit_model, lit_steps, _ = timed("lightning", lightning_loop, data, epochs, cfg, name)
+        assert lit_steps == steps, f"Lightning ran {lit_steps} steps, the Trainer {steps}"
+        diffs.setdefault("lit_loss", []).append(max(abs(a - b) for a, b in zip(raw_losses, lit_losses, strict=True)))
+        diffs.setdefault("lit_param", []).append(max_param_diff(raw_model, lit_model))
+        if compile_cnn: timed("lightning_compiled", lightning_loop, data, epochs, cfg, name, True)
+    return times, diffs, steps
+
+
+def summary(prefix, times, diffs, steps):
+    "The result keys of one workload (`prefix`: '' for the CNN, 'tiny_' for the tiny model)."
+    med = statistics.median
+    keys = {"max_abs_loss_diff": max(diffs["loss"]), "max_abs_param_diff": max(diffs["param"]),
+            "ratio": f"{med(times['trainer']) / med(times['raw']):.4f}",
+            "ratio_min": f"{min(times['trainer']) / min(times['raw']):.4f}",  # the least disturbed run of each
+            "overhead_ms_per_step": f"{(med(times['trainer']) - med(times['raw'])) / steps * 1000:.3f}"}
+    if "lightning" in times:
+        keys.update(lightning_ratio=f"{med(times['lightning']) / med(times['raw']):.4f}",
+                    lightning_ratio_min=f"{min(times['lightning']) / min(times['raw']):.4f}",
+                    lightning_max_abs_loss_diff=max(diffs["lit_loss"]),
+                    lightning_max_abs_param_diff=max(diffs["lit_param"]))
+    if "compiled" in times:  # steps per second ÷ the raw eager loop's: the inverse ratio of times
+        keys.update(compile_speedup=f"{med(times['raw']) / med(times['compiled']):.4f}",
+                    compile_s=f"{med(times['compiled_compile_s']):.2f}")
+    if "lightning_compiled" in times:
+        keys.update(lightning_compile_speedup=f"{med(times['raw']) / med(times['lightning_compiled']):.4f}",
+                    lightning_compile_s=f"{med(times['lightning_compiled_compile_s']):.2f}")
+    print(f"{prefix or 'cnn_'}: {steps} steps, per-run seconds "
+          + " ".join(f"{k} {[round(t, 3) for t in v]}" for k, v in times.items()))
+    return {prefix + k: v for k, v in keys.items()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first (0: CI, which checks the parity only)")
     ap.add_argument("--data-dir", default=None, help="a prepared mnist5k data dir (default: prepared into a temp dir)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled runs")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or prepare_data(f"{tmp}/data", "mnist5k")["data_dir"]
         cfg = config_for(data_dir)
-        data = build_data(cfg)
-        if pl is None: print("pytorch-lightning is not installed (pip install -e \".[bench]\"): comparing raw loop and Trainer only")
+        workloads = {"": (build_data(cfg), "cnn"), "tiny_": (TinyData(), "tiny")}
+        if pl is None: print("pytorch-lightning is not installed (pip install -e \".[bench]\"): no Lightning columns")
         else: quiet_lightning()
-        if args.warmup:  # untimed (allocator, kernels)
-            raw_loop(data, args.warmup); trainer_loop(data, args.warmup, cfg, f"{tmp}/runs")
-            if pl is not None: lightning_loop(data, args.warmup, cfg)
-        raw_t, tr_t, lit_t, diffs, pdiffs, lit_diffs, lit_pdiffs = [], [], [], [], [], [], []
-        for _ in range(args.runs):
-            t0 = time.perf_counter(); raw_losses, raw_model = raw_loop(data, args.epochs); raw_t.append(time.perf_counter() - t0)
-            t0 = time.perf_counter(); tr_losses, tr_model, steps = trainer_loop(data, args.epochs, cfg, f"{tmp}/runs"); tr_t.append(time.perf_counter() - t0)
-            diffs.append(max(abs(a - b) for a, b in zip(raw_losses, tr_losses, strict=True)))
-            pdiffs.append(max_param_diff(raw_model, tr_model))
-            if pl is None: continue
-            t0 = time.perf_counter(); lit_losses, lit_model, lit_steps = lightning_loop(data, args.epochs, cfg); lit_t.append(time.perf_counter() - t0)
-            assert lit_steps == steps, f"Lightning ran {lit_steps} steps, the Trainer {steps}"
-            lit_diffs.append(max(abs(a - b) for a, b in zip(raw_losses, lit_losses, strict=True)))
-            lit_pdiffs.append(max_param_diff(raw_model, lit_model))
-        med = statistics.median
-        ratio = med(tr_t) / med(raw_t)
-        ratio_min = min(tr_t) / min(raw_t)  # the least disturbed run of each: robust to a noisy, shared machine
-        overhead = (med(tr_t) - med(raw_t)) / steps * 1000
-        lit_median = f", Lightning median {med(lit_t):.3f} s" if lit_t else ""
-        print(f"raw loop median {med(raw_t):.3f} s, Trainer median {med(tr_t):.3f} s{lit_median}, "
-              f"{steps} steps, {args.runs} runs each, torch threads {torch.get_num_threads()}")
-        lit_runs = f" lightning {[round(t, 3) for t in lit_t]}" if lit_t else ""
-        print(f"per-run seconds raw {[round(t, 3) for t in raw_t]} trainer {[round(t, 3) for t in tr_t]}{lit_runs}")
-        lit_line = (f" lightning_ratio={med(lit_t) / med(raw_t):.4f} lightning_ratio_min={min(lit_t) / min(raw_t):.4f} "
-                    f"lightning_max_abs_loss_diff={max(lit_diffs)} lightning_max_abs_param_diff={max(lit_pdiffs)}") if lit_t else ""
-        print(f"max_abs_loss_diff={max(diffs)} max_abs_param_diff={max(pdiffs)} ratio={ratio:.4f} ratio_min={ratio_min:.4f} "
-              f"overhead_ms_per_step={overhead:.3f}{lit_line}")
+        keys = {}
+        for prefix, (data, name) in workloads.items():
+            if args.warmup:  # untimed (allocator, kernels)
+                raw_loop(data, args.warmup, name); trainer_loop(data, args.warmup, cfg, f"{tmp}/runs", name)
+                if pl is not None: lightning_loop(data, args.warmup, cfg, name)
+            times, diffs, steps = compare(name, data, cfg, args.runs, args.epochs, tmp, args.compile and name == "cnn")
+            keys.update(summary(prefix, times, diffs, steps))
+        print(f"{args.runs} runs each, {args.epochs} epochs, torch threads {torch.get_num_threads()}")
+        print(" ".join(f"{k}={v}" for k, v in keys.items()))
 
 
 if __name__ == "__main__":
