@@ -9,5 +9,5 @@ __all__ = []
 from ..core import lazy_attributes
 
 # `training_pipeline.data.DataLayout` imports the module that defines it on first use: `tp --help` reads no torch
-__getattr__ = lazy_attributes(__name__, ('layout', 'preprocess', 'text', 'prepare', 'validation', 'shards', 'sampling',
-                                         'loaders'))
+__getattr__ = lazy_attributes(__name__, ('table_files', 'layout', 'preprocess', 'text', 'prepare', 'validation',
+                                         'shards', 'sampling', 'streamed_tables', 'loaders'))

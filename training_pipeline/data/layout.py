@@ -5,7 +5,6 @@
 # %% ../../nbs/02a_data.layout.ipynb #2dea5ad0
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -23,16 +22,18 @@ from ..core import (SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, EXIT_USAGE, DataErr
                                     progress_disabled, sha256_bytes, sha256_dir, sha256_json)
 from ..safe_files import read_json
 
+def _usage(what, where, fix): return DataError(what, str(where), fix, exit_code=EXIT_USAGE)
+
 # %% auto #0
-__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'MAX_COLUMNS', 'MAX_LINE_BYTES', 'MAX_PARQUET_FOOTER', 'TASKS', 'MAX_AUTO_CLASSES',
-           'MAX_IMAGE_PIXELS', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT', 'TEXT_MIN_DISTINCT_RATIO', 'TEXT_MIN_WORDS',
-           'SCHEMA_VERSION', 'MAX_CATEGORIES', 'QUANTILES', 'SPLIT_IDENTITY', 'DataLayout', 'TabularData',
-           'ImageSample', 'ImageData', 'check_csv_shape', 'check_parquet_schema', 'duplicate_columns', 'read_table',
-           'is_numeric', 'infer_task', 'check_target', 'empty_columns', 'infinite_counts', 'check_features',
-           'tabular_from_file', 'read_image', 'write_png', 'scan_image_folder', 'images_from_folder', 'load_builtin',
-           'content_hashes', 'drop_duplicates', 'stratified_split', 'quantile_bins', 'split_positions', 'text_profile',
-           'is_free_text', 'text_columns', 'infer_tabular_schema', 'infer_image_schema', 'load_schema',
-           'column_statistics', 'target_statistics', 'class_distribution', 'dataset_version', 'now_iso']
+__all__ = ['SPLITS', 'IMAGE_EXTENSIONS', 'TASKS', 'MAX_AUTO_CLASSES', 'MAX_IMAGE_PIXELS', 'BUILTIN_DATASETS', 'TEXT_MIN_DISTINCT',
+           'TEXT_MIN_DISTINCT_RATIO', 'TEXT_MIN_WORDS', 'SCHEMA_VERSION', 'MAX_CATEGORIES', 'QUANTILES',
+           'SPLIT_IDENTITY', 'DataLayout', 'TabularData', 'ImageSample', 'ImageData', 'is_numeric', 'infer_task',
+           'check_target', 'empty_columns', 'infinite_counts', 'check_features', 'tabular_from_file', 'read_image',
+           'write_png', 'scan_image_folder', 'images_from_folder', 'load_builtin', 'content_hashes', 'drop_duplicates',
+           'stratified_split', 'quantile_bins', 'split_positions', 'text_profile', 'is_free_text', 'text_columns',
+           'infer_tabular_schema', 'infer_image_schema', 'load_schema', 'column_statistics', 'target_statistics',
+           'class_distribution', 'dataset_version', 'now_iso', 'MAX_COLUMNS', 'MAX_LINE_BYTES', 'MAX_PARQUET_FOOTER',
+           'check_csv_shape', 'check_parquet_schema', 'duplicate_columns', 'read_table']
 
 # %% ../../nbs/02a_data.layout.ipynb #d402700d
 SPLITS = ("train", "val", "test")
@@ -109,120 +110,11 @@ class ImageData:
     @property
     def kind(self): return "image"
 
-# %% ../../nbs/02a_data.layout.ipynb #71a1392d
-def _usage(what, where, fix): return DataError(what, str(where), fix, exit_code=EXIT_USAGE)
-
-MAX_COLUMNS = 10_000            # a wider table is refused from its header alone, before it is read
-MAX_LINE_BYTES = 16 * 2**20     # a longer CSV line is refused: no table needs one, and pandas would hold it whole
-MAX_PARQUET_FOOTER = 64 * 2**20  # the schema and row-group index of a Parquet file; a real one is kilobytes
-
-def _first_long_line(path:Path, limit:int=MAX_LINE_BYTES, block:int=4 * 2**20) -> int|None:
-    "The number of the first line longer than `limit` bytes, or None; one pass in blocks (`block` < `limit`), in C."
-    line, since_newline = 1, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            first = chunk.find(b"\n")
-            if (since_newline + (len(chunk) if first == -1 else first)) > limit: return line
-            if first == -1: since_newline += len(chunk); continue
-            line += chunk.count(b"\n")  # a line inside one block is shorter than the block, so shorter than the limit
-            since_newline = len(chunk) - chunk.rfind(b"\n") - 1
-    return None
-
-def check_csv_shape(path:Path):
-    "`DataError` (exit 2) for a CSV wider than `MAX_COLUMNS` (its header, read first) or a line over `MAX_LINE_BYTES`."
-    with open(path, "rb") as f:
-        header = b""
-        while not header.strip() and (raw := f.readline(MAX_LINE_BYTES + 1)): header = raw
-    if len(header) > MAX_LINE_BYTES:
-        raise _usage(f"the header line is longer than {MAX_LINE_BYTES // 2**20} MiB", path,
-                     "is this a CSV? a table has a header of column names")
-    columns = len(next(csv.reader([header.decode("utf-8", errors="replace")]), []))
-    if columns > MAX_COLUMNS:
-        raise _usage(f"{columns:,} columns (at most {MAX_COLUMNS:,})", path,
-                     "select the columns to learn from, or reduce them first (e.g. PCA)")
-    if (line := _first_long_line(path)) is not None:
-        raise _usage(f"line {line} is longer than {MAX_LINE_BYTES // 2**20} MiB", path,
-                     "split the file's long values, or check that it is a CSV")
-
-# %% ../../nbs/02a_data.layout.ipynb #9606b88b
-def check_parquet_schema(path:Path):
-    """`DataError` (exit 2) for a Parquet file that is no table of plain columns, from its footer alone: too large a
-    footer, more than `MAX_COLUMNS` columns, or a nested or binary column (struct, list, map, bytes), named."""
-    import pyarrow as pa, pyarrow.parquet as pq
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 8)); tail = f.read(8)
-    if size < 12 or tail[4:] != b"PAR1":
-        raise _usage("not a readable Parquet file (no PAR1 footer)", path, "give a .parquet file, or a CSV")
-    if int.from_bytes(tail[:4], "little") > MAX_PARQUET_FOOTER:
-        raise _usage(f"Parquet footer of {int.from_bytes(tail[:4], 'little'):,} bytes", path,
-                     "a table's schema takes kilobytes: check the file")
-    try: schema = pq.read_schema(path)
-    except Exception as e:
-        raise _usage(f"not a readable Parquet file: {' '.join(str(e).split())[:120]}", path, "check the file") from None
-    if len(schema) > MAX_COLUMNS:
-        raise _usage(f"{len(schema):,} columns (at most {MAX_COLUMNS:,})", path, "select the columns to learn from")
-    plain = lambda t: not (pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) or
-                           pa.types.is_fixed_size_binary(t) or pa.types.is_dictionary(t) and not plain(t.value_type))
-    for field in schema:
-        if not plain(field.type):
-            raise _usage(f"column {field.name!r} is {field.type} (nested or binary)", path,
-                         "flatten it into plain columns (numbers, text, booleans), or drop it")
-
-# %% ../../nbs/02a_data.layout.ipynb #7ef2bd1c
-def _read_csv(path:Path) -> pd.DataFrame:
-    "A UTF-8, comma-separated file as a DataFrame; each way pandas can fail is one line (exit 2)."
-    head = path.read_bytes()[:65536]
-    try: head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if len(head) < 65536 or e.start < len(head) - 4:  # not a multi-byte character cut by the 64 KiB sample
-            raise _usage(f"not UTF-8 text (byte {e.start} is {head[e.start]:#04x})", path,
-                         "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
-    try: df = pd.read_csv(path, encoding="utf-8", encoding_errors="strict")
-    except UnicodeDecodeError as e:
-        raise _usage(f"not UTF-8 text (byte {e.start})", path, "re-save it as UTF-8") from None
-    except pd.errors.EmptyDataError:
-        raise _usage("file has no columns", path, "give a CSV with a header row") from None
-    except pd.errors.ParserError as e:
-        raise _usage(f"not a valid CSV: {' '.join(str(e).split())}", path,
-                     "check quoting and the number of fields per line") from None
-    if df.shape[1] == 1:
-        only = str(df.columns[0])
-        for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
-            if sep in only:
-                raise _usage(f"the header {only[:60]!r} looks {name}-delimited, but CSV files here are comma-separated",
-                             path, f"convert it to commas (e.g. pandas.read_csv(f, sep={sep!r}).to_csv(...))")
-    return df
-
-# %% ../../nbs/02a_data.layout.ipynb #93a47bd8
-def duplicate_columns(path:str|Path) -> dict[str, int]:
-    "Column names a CSV's header repeats, with their counts; names are compared trimmed, as `tp prepare` trims them."
-    from collections import Counter
-    if Path(path).suffix.lower() in (".parquet", ".pq"): return {}  # pyarrow refuses repeated names itself
-    # the header row as written: pandas would rename a repeat `a.1`
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        names = next((row for row in csv.reader(f) if row), [])
-    return {n: k for n, k in Counter(n.strip() for n in names).items() if k > 1}
-
-def read_table(path:str|Path, allow_duplicate_columns:bool=False) -> pd.DataFrame:
-    """Read a CSV or Parquet file; raise `DataError` with a clear line when it can't be used (or repeats a column name,
-    unless allowed)."""
-    path = Path(path)
-    if not path.exists(): raise _usage("file not found", path, "check the path")
-    if path.is_dir(): raise _usage("expected a file, got a directory", path, "give a CSV or Parquet file")
-    if path.stat().st_size == 0: raise _usage("file is empty", path, "give a file with a header row and data rows")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        check_parquet_schema(path)
-        try: df = pd.read_parquet(path)
-        except Exception as e:
-            raise _usage(f"not a readable Parquet file: {' '.join(str(e).split())[:120]}", path,
-                         "check the file") from None
-    else: check_csv_shape(path); df = _read_csv(path)
-    if not allow_duplicate_columns and (dups := duplicate_columns(path)):
-        first, repeats = next(iter(dups)), ", ".join(f"{n!r} ({k} times)" for n, k in dups.items())
-        raise _usage(f"column name(s) repeated in the header: {repeats}", path,
-                     f"rename or drop the repeats (pandas would silently read the second {first!r} as '{first}.1')")
-    return df
+# %% ../../nbs/02a_data.layout.ipynb #8c5fc07c
+from .table_files import (MAX_COLUMNS, MAX_LINE_BYTES, MAX_PARQUET_FOOTER, check_csv_shape,
+                                                check_parquet_schema, duplicate_columns, read_table)
+_all_ = ["MAX_COLUMNS", "MAX_LINE_BYTES", "MAX_PARQUET_FOOTER", "check_csv_shape", "check_parquet_schema",
+         "duplicate_columns", "read_table"]  # still importable from here, where the other modules find them
 
 # %% ../../nbs/02a_data.layout.ipynb #6462cb0b
 TASKS = ("auto", "classification", "regression")

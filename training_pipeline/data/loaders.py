@@ -15,26 +15,23 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core import (EXIT_USAGE, ConfigError, DataError, atomic_dir, atomic_write, atomic_write_json,
-                                    import_object, is_import_path, patch, progress_disabled, sha256_bytes, sha256_file,
-                                    sha256_json)
+from ..core import (EXIT_USAGE, ConfigError, DataError, atomic_write, atomic_write_json, import_object,
+                                    is_import_path, patch, progress_disabled, sha256_bytes, sha256_json)
 from .layout import SPLITS, DataLayout, load_schema, read_image, read_table
 from .shards import (ShardError, image_files as class_folder_images, recorded_version,
                                            shard_datasets, shards_dir)
 from .preprocess import ImagePreprocessor, TabularPreprocessor
 from .sampling import ArrayDataset, augment_by_key, resumable_loader, sample_index
-from ..safe_files import read_json
 
 # %% auto #0
-__all__ = ['TABLE_CHUNK_ROWS', 'TABLE_FIT_ROWS', 'STAT_SAMPLES', 'TensorCache', 'split_fingerprint', 'image_tensor',
-           'decode_image_file', 'image_files', 'read_image_split', 'data_placement', 'table_file', 'table_rows',
-           'table_chunks', 'DataBundle', 'build_data', 'SampleError', 'StreamedImages', 'fit_streamed', 'shard_labels',
-           'StreamedShards', 'fit_table_sample', 'StreamedTable', 'write_table_rows', 'streamed_table',
-           'user_dataset_version', 'user_data', 'user_bundle']
+__all__ = ['STAT_SAMPLES', 'TensorCache', 'split_fingerprint', 'image_tensor', 'decode_image_file', 'image_files',
+           'read_image_split', 'data_placement', 'DataBundle', 'build_data', 'SampleError', 'StreamedImages',
+           'fit_streamed', 'shard_labels', 'StreamedShards', 'user_dataset_version', 'user_data', 'user_bundle',
+           'TABLE_CHUNK_ROWS', 'TABLE_FIT_ROWS', 'StreamedTable', 'fit_table_sample', 'streamed_table', 'table_chunks',
+           'table_file', 'table_rows', 'write_table_rows']
 
 # %% ../../nbs/02h_data.loaders.ipynb #ef056134
 class TensorCache:
@@ -139,40 +136,12 @@ def data_placement(data_cfg, decoded:dict[str, int]) -> dict:
     return {"streamed": streamed, "splits": list(decoded), "decoded_bytes": total, "memory_budget_mb": budget,
             "reason": reason, "line": line}
 
-# %% ../../nbs/02h_data.loaders.ipynb #b1c31575
-TABLE_CHUNK_ROWS = 16_384  # rows read, preprocessed and written at a time when a table is streamed
-TABLE_FIT_ROWS = 100_000   # a streamed train table beyond this fits its preprocessing on a seeded sample of this many
-
-def table_file(split_dir:Path) -> Path:
-    "A split's table: `data.parquet` when there is one (read by row groups), else `data.csv`."
-    return split_dir/"data.parquet" if (split_dir/"data.parquet").exists() else split_dir/"data.csv"
-
-def table_rows(path:Path) -> int:
-    "The number of data rows of a CSV (counted in 1 MiB blocks: quoted line breaks make it an estimate) or a Parquet."
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
-    with open(path, "rb") as f: lines = sum(block.count(b"\n") for block in iter(lambda: f.read(2**20), b""))
-    return max(lines - 1, 0)
-
-def table_chunks(path:Path, schema:dict, rows:int=TABLE_CHUNK_ROWS):
-    """DataFrames of up to `rows` rows, in file order, never the whole table: Parquet by record batches, CSV through
-    pandas' chunked reader with the feature columns' types pinned from the schema (numbers as float64, the rest as
-    text), so no chunk guesses a column's type differently from the others; the preprocessing casts numbers to float64
-    anyway."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows): yield batch.to_pandas()
-        return
-    numeric = ("int", "uint", "float", "Int", "UInt", "Float")
-    skip = {schema.get("target"), *schema.get("text_columns", [])}
-    dtypes = {c: ("float64" if str(kind).startswith(numeric) else "str")
-              for c, kind in schema.get("dtypes", {}).items() if c not in skip}
-    try:
-        yield from pd.read_csv(path, chunksize=rows, dtype=dtypes, encoding="utf-8", encoding_errors="strict")
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise DataError(f"cannot read it in chunks: {' '.join(str(e).split())[:160]}", str(path),
-                        "run `tp validate` and fix the file", exit_code=EXIT_USAGE) from None
+# %% ../../nbs/02h_data.loaders.ipynb #5ae6b32a
+from .streamed_tables import TABLE_CHUNK_ROWS, TABLE_FIT_ROWS, StreamedTable, fit_table_sample
+from .streamed_tables import streamed_table, table_chunks, table_file, table_rows
+from .streamed_tables import write_table_rows
+_all_ = ["TABLE_CHUNK_ROWS", "TABLE_FIT_ROWS", "StreamedTable", "fit_table_sample", "streamed_table", "table_chunks",
+         "table_file", "table_rows", "write_table_rows"]  # still importable from here
 
 # %% ../../nbs/02h_data.loaders.ipynb #f416eed5
 @dataclass
@@ -465,84 +434,6 @@ def _streamed_image_bundle(schema, version, datasets:dict, config, pre, shape, p
     fit_streamed(pre, datasets["train"], seed=config.seed)
     datasets["train"].augment = pre.augment
     return DataBundle("image", schema["classes"], datasets, pre, version, shape, schema, placement=placement)
-
-# %% ../../nbs/02h_data.loaders.ipynb #e1e505a0
-def fit_table_sample(pre:TabularPreprocessor, path:Path, schema:dict, rows:int, seed:int=0,
-                     max_rows:int=TABLE_FIT_ROWS) -> TabularPreprocessor:
-    "Fit `pre` on a streamed train table: all of it up to `max_rows` rows, else on a seeded sample of about that many."
-    keep = min(1.0, max_rows / max(rows, 1))
-    rng = np.random.default_rng(seed)
-    parts = [c if keep == 1.0 else c[rng.random(len(c)) < keep] for c in table_chunks(path, schema)]
-    sample = pd.concat(parts, ignore_index=True)
-    return pre.fit(sample, fitted_on=None if keep == 1.0 else {"rows": len(sample), "of": rows, "seed": seed})
-
-# %% ../../nbs/02h_data.loaders.ipynb #c2d27ba6
-class StreamedTable(Dataset):
-    """A table split preprocessed once, chunk by chunk, into two flat files of fixed-size rows (float32 features,
-    labels); each sample is one positioned read (`os.pread`), so a shuffled order costs the same as a sequential one,
-    and what a process holds does not grow with the table."""
-    def __init__(self, x_path:Path, y_path:Path, rows:int, features:int, y_dtype:str):
-        self.x_path, self.y_path, self.rows, self.features = Path(x_path), Path(y_path), rows, features
-        self.x_dtype, self.y_dtype = torch.float32, getattr(torch, y_dtype)
-        self._files, self._pid = None, None
-
-    def __len__(self): return self.rows
-    def _fds(self):
-        if self._pid != os.getpid():  # one pair of descriptors per process (a forked worker opens its own)
-            self._files = (os.open(self.x_path, os.O_RDONLY), os.open(self.y_path, os.O_RDONLY))
-            self._pid = os.getpid()
-        return self._files
-
-    def _read(self, fd, indices, width:int, dtype) -> torch.Tensor:
-        size = width * dtype.itemsize
-        data = bytearray(b"".join(os.pread(fd, size, i * size) for i in indices))
-        if not len(indices): return torch.empty(0, width, dtype=dtype)
-        return torch.frombuffer(data, dtype=dtype).view(len(indices), width)
-
-    takes_sample_keys = True  # nothing random in a row: a key is its index
-
-    def __getitems__(self, keys):
-        indices = [sample_index(k) for k in keys]
-        if any(not 0 <= i < self.rows for i in indices): raise IndexError(f"row index out of range 0..{self.rows - 1}")
-        fx, fy = self._fds()
-        return self._read(fx, indices, self.features, self.x_dtype), self._read(fy, indices, 1, self.y_dtype)[:, 0]
-
-    def __getitem__(self, i):
-        x, y = self.__getitems__([i]); return x[0], y[0]
-
-    @property
-    def y(self) -> torch.Tensor:
-        "All labels (one small column: what `tune-loader` and summaries read)."
-        return torch.frombuffer(bytearray(self.y_path.read_bytes()), dtype=self.y_dtype)
-
-    def __getstate__(self): return {**self.__dict__, "_files": None, "_pid": None}  # descriptors don't travel
-
-# %% ../../nbs/02h_data.loaders.ipynb #2b721e6c
-def write_table_rows(path:Path, schema:dict, pre:TabularPreprocessor, out:Path,
-                     chunk_rows:int=TABLE_CHUNK_ROWS) -> dict:
-    """Preprocess a table chunk by chunk into `out`/x.f32 and `out`/y.bin (the folder appears whole, or not at all);
-    their layout."""
-    from tqdm.auto import tqdm
-    rows, y_dtype = 0, "int64" if pre.task == "classification" else "float32"
-    with atomic_dir(out, replace=True) as tmp:
-        with open(tmp/"x.f32", "wb") as fx, open(tmp/"y.bin", "wb") as fy:
-            for chunk in tqdm(table_chunks(path, schema, chunk_rows), desc=f"preprocessing {path.parent.name}",
-                              disable=progress_disabled(), leave=False):
-                x, y = np.ascontiguousarray(pre.features(chunk), np.float32), np.ascontiguousarray(pre.labels(chunk))
-                y_dtype = str(y.dtype); fx.write(x.tobytes()); fy.write(y.tobytes()); rows += len(x)
-        layout = {"rows": rows, "features": len(pre.feature_names), "y_dtype": y_dtype,
-                  "sha256": {f: sha256_file(tmp/f) for f in ("x.f32", "y.bin")}}
-        atomic_write_json(tmp/"layout.json", layout)
-    return layout
-
-def streamed_table(path:Path, schema:dict, pre:TabularPreprocessor, out:Path,
-                   chunk_rows:int=TABLE_CHUNK_ROWS) -> StreamedTable:
-    "The split's rows from `out` when they are there and verify (sha256, one sequential read), else preprocessed now."
-    try:
-        layout = read_json(out/"layout.json", error=DataError)
-        if any(sha256_file(out/f) != h for f, h in layout["sha256"].items()): raise ValueError("corrupt")
-    except (OSError, ValueError, KeyError, DataError): layout = write_table_rows(path, schema, pre, out, chunk_rows)
-    return StreamedTable(out/"x.f32", out/"y.bin", layout["rows"], layout["features"], layout["y_dtype"])
 
 # %% ../../nbs/02h_data.loaders.ipynb #ee14c06d
 def _remove_in(path:Path, owner:int):
