@@ -18,13 +18,15 @@ __all__ = ['LRFinder', 'smooth', 'smoothed_loss', 'suggest_lr']
 
 # %% ../../nbs/06n_callback.lr_finder.ipynb #de571667
 class LRFinder(Callback):
-    """Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_steps` steps; record the loss; stop on
+    """Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_steps` steps; record the loss; stop
+    on
     divergence."""
     order = -10  # sets the rate before anything else reads it
     def __init__(self, start_lr:float=LR_FIND_START, end_lr:float=LR_FIND_END, num_steps:int=LR_FIND_STEPS,
                  diverge:float=4.0, beta:float=0.9):
         if not 0 < start_lr < end_lr:
-            raise UsageError(f"the rates must rise: start {start_lr}, end {end_lr}", "lr-find", "give 0 < start_lr < end_lr")
+            raise UsageError(f"the rates must rise: start {start_lr}, end {end_lr}", "lr-find",
+                             "give 0 < start_lr < end_lr")
         if num_steps < 10:
             raise UsageError(f"{num_steps} steps are too few to read a loss curve", "lr-find", "give at least 10 steps")
         self.start_lr, self.end_lr, self.num_steps, self.diverge, self.beta = start_lr, end_lr, num_steps, diverge, beta

@@ -30,23 +30,30 @@ def check_strategy(config:Config, cpu:bool):
                           "use auto, gloo or nccl")
     if d.strategy == "fsdp":
         if cpu:
-            raise ConfigError("distributed.strategy=fsdp needs CUDA GPUs (on CPU Accelerate would silently train plain DDP)",
+            raise ConfigError("distributed.strategy=fsdp needs CUDA GPUs (on CPU Accelerate would silently train "
+                              "plain DDP)",
                               "distributed.strategy", "use ddp for CPU processes, or run on GPUs")
         f = d.fsdp
         if f.state_dict_type == "sharded":
-            raise NotBuiltError("sharded FSDP checkpoints are not built: checkpoints gather full tensors", "distributed.fsdp.state_dict_type",
+            raise NotBuiltError("sharded FSDP checkpoints are not built: checkpoints gather full tensors",
+                                "distributed.fsdp.state_dict_type",
                                 "use full")
         if f.sharding_strategy not in ("full_shard", "shard_grad_op"):
             raise ConfigError(f"distributed.fsdp.sharding_strategy={f.sharding_strategy} is not available with FSDP2",
-                              "distributed.fsdp.sharding_strategy", "use full_shard or shard_grad_op (no_shard is what ddp does)")
+                              "distributed.fsdp.sharding_strategy",
+                              "use full_shard or shard_grad_op (no_shard is what ddp does)")
         if f.auto_wrap_policy == "transformer":
-            raise ConfigError("auto_wrap_policy=transformer needs transformer layer classes, and the models here are CNNs and MLPs",
+            raise ConfigError("auto_wrap_policy=transformer needs transformer layer classes, and the models here are "
+                              "CNNs and MLPs",
                               "distributed.fsdp.auto_wrap_policy", "use size or none")
     if d.strategy == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
-            raise ConfigError("distributed.strategy=deepspeed, but the deepspeed package is not installed", "distributed.strategy",
+            raise ConfigError("distributed.strategy=deepspeed, but the deepspeed package is not installed",
+                              "distributed.strategy",
                               "pip install deepspeed (GPUs only), or use ddp or fsdp")
-        if cpu: raise ConfigError("distributed.strategy=deepspeed needs CUDA GPUs", "distributed.strategy", "use ddp on CPU")
+        if cpu:
+            raise ConfigError("distributed.strategy=deepspeed needs CUDA GPUs", "distributed.strategy",
+                              "use ddp on CPU")
         raise NotBuiltError("checkpoints of DeepSpeed engines are not built (they are saved in DeepSpeed's own format)",
                             "distributed.strategy", "use fsdp, whose checkpoints are plain safetensors")
 
@@ -59,7 +66,8 @@ def strategy_plugins(config:Config) -> dict:
     f = d.fsdp
     return {"fsdp_plugin": FullyShardedDataParallelPlugin(
         fsdp_version=2, reshard_after_forward=f.sharding_strategy == "full_shard",
-        auto_wrap_policy="size_based_wrap" if f.auto_wrap_policy == "size" else "no_wrap", min_num_params=f.min_num_params,
+        auto_wrap_policy="size_based_wrap" if f.auto_wrap_policy == "size" else "no_wrap",
+        min_num_params=f.min_num_params,
         state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False,
         # parameters stay fp32 and mixed precision comes from autocast: FSDP casting parameters to bf16 but not
         # BatchNorm's running statistics fails every CNN here ("running_mean to have type BFloat16"; seen on an H200)
@@ -70,8 +78,10 @@ def verify_strategy(accelerator, config:Config):
     from accelerate.utils import DistributedType
     wanted = {"fsdp": DistributedType.FSDP, "deepspeed": DistributedType.DEEPSPEED}.get(config.distributed.strategy)
     if wanted is not None and accelerator.distributed_type != wanted:
-        raise ConfigError(f"distributed.strategy={config.distributed.strategy}, but Accelerate is running {accelerator.distributed_type.value}",
-                          "distributed.strategy", "start the processes with `tp train --distributed`, torchrun or accelerate launch on GPUs")
+        raise ConfigError(f"distributed.strategy={config.distributed.strategy}, but Accelerate is running "
+                          f"{accelerator.distributed_type.value}",
+                          "distributed.strategy",
+                          "start the processes with `tp train --distributed`, torchrun or accelerate launch on GPUs")
 
 # %% ../../nbs/04g_loop.distributed.ipynb #4dc6e5bb
 def broadcast_from_main(obj):
@@ -94,8 +104,10 @@ def init_process_group(cpu:bool, timeout_s:float):
 
 # %% ../../nbs/04g_loop.distributed.ipynb #f07b7d78
 def launch_distributed(args, program:list[str], env:dict|None=None) -> int:
-    """Run `program` (`-m module args...`) on N processes per node through `accelerate launch` (gloo on CPUs with --cpu), with
-    the config overrides and the world it runs in; `args` holds the command's distributed options (`tp train`, `tp lr-find`)."""
+    """Run `program` (`-m module args...`) on N processes per node through `accelerate launch` (gloo on CPUs with
+    --cpu), with
+    the config overrides and the world it runs in; `args` holds the command's distributed options (`tp train`, `tp
+    lr-find`)."""
     import subprocess
     if not args.gpus or args.gpus < 1:
         raise UsageError("--distributed needs --gpus N (processes per node)", f"tp {args.command}",
@@ -105,7 +117,8 @@ def launch_distributed(args, program:list[str], env:dict|None=None) -> int:
     # a config or strategy that cannot run fails here, once, not in each of the N processes
     check_strategy(load_config(args.config, args.overrides), cpu=args.cpu or not torch.cuda.is_available())
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
-           "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip", args.master_addr,
+           "--num_machines", str(args.nodes), "--machine_rank", str(args.node_rank), "--main_process_ip",
+           args.master_addr,
            "--main_process_port", str(args.master_port), "--dynamo_backend", "no", "--mixed_precision", "no",
            *program, *args.overrides,
            "distributed.enabled=true", f"distributed.world_size={world}", f"distributed.num_nodes={args.nodes}",

@@ -12,7 +12,8 @@ __all__ = ['EVENTS', 'CONTROL_FLOW', 'CancelBatchException', 'CancelTrainExcepti
            'CancelEpochException', 'CancelFitException', 'CallbackError', 'raised_by_callback', 'Callback']
 
 # %% ../../nbs/04a_loop.events.ipynb #18901965
-EVENTS = ("before_fit", "before_epoch", "before_train", "before_batch", "after_transfer", "after_pred", "after_loss", "before_backward",
+EVENTS = ("before_fit", "before_epoch", "before_train", "before_batch", "after_transfer", "after_pred", "after_loss",
+          "before_backward",
           "after_backward", "before_step", "after_step", "after_batch", "after_train", "before_validate",
           "after_validate", "after_epoch", "after_fit", "after_log", "cleanup_fit",
           "after_cancel_batch", "after_cancel_train", "after_cancel_validate", "after_cancel_epoch", "after_cancel_fit")
