@@ -101,6 +101,7 @@ def with_labels(inputs, target, target_key:str="target"):
     if isinstance(inputs, dict): return {**inputs, target_key: target}
     return {"_args": inputs if isinstance(inputs, tuple) else (inputs,), "labels": target}
 
+# %% ../../nbs/04b_loop.trainer.ipynb #a496af2e
 def _no_model_loss(output) -> ConfigError:
     return ConfigError(f"training.loss is the model's own, but its output ({type(output).__name__}) has no loss",
                        "training.loss.type",
@@ -195,6 +196,7 @@ def cb(self:Trainer, name:str):
     "The callback called `name` (e.g. 'early_stopping'), or None."
     return next((c for c in self.cbs if c.name == name), None)
 
+# %% ../../nbs/04b_loop.trainer.ipynb #44dbb156
 @patch
 def __call__(self:Trainer, event:str):
     handlers = self.handlers.get(event)
@@ -228,62 +230,28 @@ def log_event(self:Trainer, kind:str, **details):
     for cb in self.cbs:
         if hasattr(type(cb), "on_event") and cb.runs_here: cb.on_event(self.event)
 
-# %% ../../nbs/04b_loop.trainer.ipynb #8f89e9c2
+# %% ../../nbs/04b_loop.trainer.ipynb #3c744737
 @patch
-def fit(self:Trainer, n_epochs:int, start_epoch:int=0, start_iter:int=0):
-    """Train for epochs `start_epoch`..`n_epochs - 1` (from batch `start_iter` of the first one). `self.stop` holds the
-    `CancelFitException` that ended it early, if one did."""
-    self.n_epochs, self.epoch, self.start_iter, self.stop = n_epochs, start_epoch, start_iter, None
-    try: self._with_events(self._do_fit, "fit", CancelFitException)
-    finally: self("cleanup_fit")
-    return self
+def _reduce_sums(self:Trainer, sums:dict, **scalars) -> tuple[dict, list[float]]:
+    """A task's metric sums and some scalars (loss, sample count) added up over processes, in one collective (counts
+    stay exact in float64 up to 2**53); returns (sums, scalars in the order given)."""
+    scalars = {k: torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for k, v in scalars.items()}
+    if self.accelerator.num_processes == 1: return sums, [v.item() for v in scalars.values()]
+    sums = {**sums, **{f"_{k}": v for k, v in scalars.items()}}
+    flat = torch.cat([v.double().flatten() for v in sums.values()])
+    flat = self.accelerator.reduce(flat, reduction="sum")
+    out, i = {}, 0
+    for k, v in sums.items(): out[k] = flat[i:i + v.numel()].view(v.shape).to(v.dtype); i += v.numel()
+    return {k: v for k, v in out.items() if not k.startswith("_")}, [out[f"_{k}"].item() for k in scalars]
 
 @patch
-def _do_fit(self:Trainer):
-    for epoch in range(self.epoch, self.n_epochs):
-        self.epoch = epoch
-        self._with_events(self._do_epoch, "epoch", CancelEpochException)
-        self.start_iter = 0
-
-@patch
-def _do_epoch(self:Trainer):
-    self._do_train()
-    if "val" in self.loaders and ((self.epoch + 1) % self.val_every == 0 or self.epoch + 1 == self.n_epochs):
-        self._do_validate("val")
-
-@patch
-def _do_train(self:Trainer):
-    self.training, self.split = True, "train"
-    self.model.train()
-    self.dl = self.loaders["train"]
-    sampler = self.dl.sampler
-    if hasattr(sampler, "set_epoch"): sampler.set_epoch(self.epoch)  # ResumableSampler, DistributedSampler
-    if self.start_iter:
-        if not hasattr(sampler, "resume"):
-            raise TrainingError(f"resuming in the middle of an epoch needs a ResumableSampler, the train loader has a "
-                                f"{type(sampler).__name__}",
-                                "train loader",
-                                "use training_pipeline.fit, which rebuilds plain DataLoaders around one")
-        sampler.resume(self.start_iter, self.dl.batch_size)
-    self.n_iter = self.start_iter + len(self.dl)
-    self._with_events(self._all_batches, "train", CancelTrainException)
-
-@patch
-def _do_validate(self:Trainer, split:str="val"):
-    training = self.training
-    self.training, self.split = False, split
-    self.model.eval()
-    self.dl = self.loaders[split]
-    self.n_iter = len(self.dl)
-    # compiled, unless distributed (unwrapping a compiled DDP model keeping the compilation rewires it)
-    self.eval_model = self.accelerator.unwrap_model(self.model, keep_torch_compile=self.accelerator.num_processes == 1)
-    # BatchNorm's running stats: each process updated its own in its last training step
-    if self.accelerator.num_processes > 1:
-        # evaluate the model the checkpoint holds
-        for buf in self.eval_model.buffers(): torch.distributed.broadcast(buf, src=0)
-    try:
-        with torch.no_grad(): self._with_events(self._all_batches, "validate", CancelValidateException)
-    finally: self.training = training
+def any_process(self:Trainer, flag) -> bool:
+    """Whether `flag` (a bool or a 0-d tensor) holds on any process: callbacks whose decision must be the same
+    everywhere ask this."""
+    if self.accelerator.num_processes == 1 or not torch.distributed.is_initialized(): return bool(flag)
+    t = torch.as_tensor(flag, device=self.device).to(torch.int32).reshape(1)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 # %% ../../nbs/04b_loop.trainer.ipynb #ad8aeb08
 @patch
@@ -389,32 +357,67 @@ def _do_one_batch_with_backoff(self:Trainer):
                            micro_splits=self.micro_splits, dropped_partial_group=partial)
             if partial: raise CancelBatchException()
 
+# %% ../../nbs/04b_loop.trainer.ipynb #8f89e9c2
+@patch
+def fit(self:Trainer, n_epochs:int, start_epoch:int=0, start_iter:int=0):
+    """Train for epochs `start_epoch`..`n_epochs - 1` (from batch `start_iter` of the first one). `self.stop` holds the
+    `CancelFitException` that ended it early, if one did."""
+    self.n_epochs, self.epoch, self.start_iter, self.stop = n_epochs, start_epoch, start_iter, None
+    try: self._with_events(self._do_fit, "fit", CancelFitException)
+    finally: self("cleanup_fit")
+    return self
+
+@patch
+def _do_fit(self:Trainer):
+    for epoch in range(self.epoch, self.n_epochs):
+        self.epoch = epoch
+        self._with_events(self._do_epoch, "epoch", CancelEpochException)
+        self.start_iter = 0
+
+@patch
+def _do_epoch(self:Trainer):
+    self._do_train()
+    if "val" in self.loaders and ((self.epoch + 1) % self.val_every == 0 or self.epoch + 1 == self.n_epochs):
+        self._do_validate("val")
+
+# %% ../../nbs/04b_loop.trainer.ipynb #1d6adb51
+@patch
+def _do_train(self:Trainer):
+    self.training, self.split = True, "train"
+    self.model.train()
+    self.dl = self.loaders["train"]
+    sampler = self.dl.sampler
+    if hasattr(sampler, "set_epoch"): sampler.set_epoch(self.epoch)  # ResumableSampler, DistributedSampler
+    if self.start_iter:
+        if not hasattr(sampler, "resume"):
+            raise TrainingError(f"resuming in the middle of an epoch needs a ResumableSampler, the train loader has a "
+                                f"{type(sampler).__name__}",
+                                "train loader",
+                                "use training_pipeline.fit, which rebuilds plain DataLoaders around one")
+        sampler.resume(self.start_iter, self.dl.batch_size)
+    self.n_iter = self.start_iter + len(self.dl)
+    self._with_events(self._all_batches, "train", CancelTrainException)
+
+@patch
+def _do_validate(self:Trainer, split:str="val"):
+    training = self.training
+    self.training, self.split = False, split
+    self.model.eval()
+    self.dl = self.loaders[split]
+    self.n_iter = len(self.dl)
+    # compiled, unless distributed (unwrapping a compiled DDP model keeping the compilation rewires it)
+    self.eval_model = self.accelerator.unwrap_model(self.model, keep_torch_compile=self.accelerator.num_processes == 1)
+    # BatchNorm's running stats: each process updated its own in its last training step
+    if self.accelerator.num_processes > 1:
+        # evaluate the model the checkpoint holds
+        for buf in self.eval_model.buffers(): torch.distributed.broadcast(buf, src=0)
+    try:
+        with torch.no_grad(): self._with_events(self._all_batches, "validate", CancelValidateException)
+    finally: self.training = training
+
 # %% ../../nbs/04b_loop.trainer.ipynb #5625aecd
 @patch
 def validate(self:Trainer, split:str="val") -> dict:
     "Metrics of the current model on `split`; logged as a row of that split."
     self._do_validate(split)
     return {k: v for k, v in self.row.items() if k not in ("step", "epoch", "split", "time")}
-
-# %% ../../nbs/04b_loop.trainer.ipynb #3c744737
-@patch
-def _reduce_sums(self:Trainer, sums:dict, **scalars) -> tuple[dict, list[float]]:
-    """A task's metric sums and some scalars (loss, sample count) added up over processes, in one collective (counts
-    stay exact in float64 up to 2**53); returns (sums, scalars in the order given)."""
-    scalars = {k: torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for k, v in scalars.items()}
-    if self.accelerator.num_processes == 1: return sums, [v.item() for v in scalars.values()]
-    sums = {**sums, **{f"_{k}": v for k, v in scalars.items()}}
-    flat = torch.cat([v.double().flatten() for v in sums.values()])
-    flat = self.accelerator.reduce(flat, reduction="sum")
-    out, i = {}, 0
-    for k, v in sums.items(): out[k] = flat[i:i + v.numel()].view(v.shape).to(v.dtype); i += v.numel()
-    return {k: v for k, v in out.items() if not k.startswith("_")}, [out[f"_{k}"].item() for k in scalars]
-
-@patch
-def any_process(self:Trainer, flag) -> bool:
-    """Whether `flag` (a bool or a 0-d tensor) holds on any process: callbacks whose decision must be the same
-    everywhere ask this."""
-    if self.accelerator.num_processes == 1 or not torch.distributed.is_initialized(): return bool(flag)
-    t = torch.as_tensor(flag, device=self.device).to(torch.int32).reshape(1)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
