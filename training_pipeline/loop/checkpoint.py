@@ -206,6 +206,7 @@ def tensor_refs(skeleton, what:str, path) -> set[str]:
         elif tag != "__float__": stack.extend(o[tag])
     return refs
 
+# %% ../../nbs/04e_loop.checkpoint.ipynb #e61daa1b
 def check_contents(path:Path, names:set):
     "Inside the files: safetensors headers, bounded JSON, each state's tensors named by its JSON, trainer.json fields."
     for required in ("model.safetensors", "trainer.json"):
@@ -260,6 +261,7 @@ def latest_good_checkpoint(root:str|Path, on_fallback=None, older_than:Path|None
             if on_fallback: on_fallback(ck, e)
     return None
 
+# %% ../../nbs/04e_loop.checkpoint.ipynb #91214081
 def _object_or_empty(path:Path) -> dict:
     "A JSON file's object, or {} if unreadable or not one: a damaged checkpoint still gets its line in the index."
     try: found = read_json(path)
@@ -372,6 +374,7 @@ def check_state_fits(state:dict, own:dict, where:str, what:str="weights",
                               f"{'; '.join(examples[:3])})", where, fix)
     return state
 
+# %% ../../nbs/04e_loop.checkpoint.ipynb #90664af1
 def load_exported_model(weights:str|Path, spec:dict|None=None, model=None):
     """(eval-mode model, spec) from best_model.safetensors (or model.safetensors) and its model.json, tensors checked;
     `model`: the caller's."""
