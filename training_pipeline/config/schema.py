@@ -12,17 +12,18 @@ from pydantic import Field, PrivateAttr
 
 from .sections import *
 from .sections import ARCHITECTURES, torchvision_classifiers
-from ..core import (ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch, redact,
+from ..core import (ConfigError, atomic_write, did_you_mean, import_object, is_import_path, patch,
+                                    redact,
                                     sha256_json)
 
 # %% auto #0
 __all__ = ['RESUMABLE_CHANGES', 'LATER_KEYS', 'Config', 'locate']
 
-# %% ../../nbs/01b_config.schema.ipynb #ff0b3ff8
+# %% ../../nbs/01b_config.schema.ipynb #19d31692
 # What a run may change when it is resumed: how its data is loaded (samples draw their randomness from their keys, not
 # from
-# the loader), on how many processes, devices and threads it runs (the sampler's position is global). Anything else
-# starts a new run.
+# the loader), on how many processes, devices and threads it runs (the sampler's position is global). Anything
+# else starts a new run.
 RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefetch_factor", "data.pin_memory",
                      "distributed.enabled", "distributed.world_size", "distributed.num_nodes", "distributed.backend",
                      "distributed.timeout_s", "resources.cpu", "resources.gpu_ids", "resources.num_threads")
@@ -31,6 +32,7 @@ RESUMABLE_CHANGES = ("data.num_workers", "data.persistent_workers", "data.prefet
 # run keeps its hash and resumes with a config that does not use the new setting
 LATER_KEYS = {"training.compile": "no"}
 
+# %% ../../nbs/01b_config.schema.ipynb #e75a8a20
 class Config(Section):
     "A validated training config: every section, and the seed."
     seed: int = Field(42, ge=0)
@@ -56,40 +58,48 @@ class Config(Section):
         d = self.model_dump(mode="json", by_alias=True)
         return redact(d) if redacted else d
 
-    def _hashed(self) -> dict:
-        """What the hashes cover: the redacted config (a changed secret is the same run), without how storage is reached
-        (endpoint, credentials), which may change between a run and its resume; a setting added later while at its
-        default (`LATER_KEYS`)."""
-        hashed = {k: v for k, v in self.to_dict().items() if k != "storage"}
-        for key, default in LATER_KEYS.items():
-            section, name = key.split(".")
-            if hashed[section].get(name) == default: del hashed[section][name]
-        return hashed
-
-    def to_yaml(self) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
     @property
     def hash(self) -> str:
         "Stable content hash of the resolved config (16 hex digits)."
         return sha256_json(self._hashed())[:16]
 
-    def resumable_settings(self) -> dict:
-        "The values of `RESUMABLE_CHANGES`: how data is loaded and on how many processes, which a resume may change."
-        return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in RESUMABLE_CHANGES}
+    @property
+    def resume_hash(self) -> str:
+        "Hash without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume hash."
+        return self.resume_hash_without()
 
-    def resume_hash_without(self, keys=RESUMABLE_CHANGES) -> str:
-        "Hash of the config without `keys`: the settings a resume may change, or those an older run recorded as such."
-        d = self._hashed()
-        for key in keys: d[key.split(".")[0]].pop(key.split(".")[1], None)
-        return sha256_json(d)[:16]
+# %% ../../nbs/01b_config.schema.ipynb #5f2becbe
+@patch
+def _hashed(self:Config) -> dict:
+    """What the hashes cover: the redacted config (a changed secret is the same run), without how storage is reached
+    (endpoint, credentials), which may change between a run and its resume; a setting added later while at its
+    default (`LATER_KEYS`)."""
+    hashed = {k: v for k, v in self.to_dict().items() if k != "storage"}
+    for key, default in LATER_KEYS.items():
+        section, name = key.split(".")
+        if hashed[section].get(name) == default: del hashed[section][name]
+    return hashed
 
-    resume_hash = property(resume_hash_without,
-                           doc="Hash without `RESUMABLE_CHANGES`: a run resumes only with a config of the same resume "
-                               "hash.")
+@patch
+def to_yaml(self:Config) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
-    def save(self, path:str|Path) -> Path:
-        "Write the resolved config atomically, with its hash in a header comment."
-        return atomic_write(path, f"# config hash: {self.hash}\n" + self.to_yaml())
+
+@patch
+def resumable_settings(self:Config) -> dict:
+    "The values of `RESUMABLE_CHANGES`: how data is loaded and on how many processes, which a resume may change."
+    return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in RESUMABLE_CHANGES}
+
+@patch
+def resume_hash_without(self:Config, keys=RESUMABLE_CHANGES) -> str:
+    "Hash of the config without `keys`: the settings a resume may change, or those an older run recorded as such."
+    d = self._hashed()
+    for key in keys: d[key.split(".")[0]].pop(key.split(".")[1], None)
+    return sha256_json(d)[:16]
+
+@patch
+def save(self:Config, path:str|Path) -> Path:
+    "Write the resolved config atomically, with its hash in a header comment."
+    return atomic_write(path, f"# config hash: {self.hash}\n" + self.to_yaml())
 
 # %% ../../nbs/01b_config.schema.ipynb #943c9bb3
 def locate(key:str, source:str="<config>", lines:dict|None=None, overridden:tuple=()) -> tuple[str, int|None]:

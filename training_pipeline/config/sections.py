@@ -14,7 +14,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
 from pydantic_core import PydanticCustomError
 
 from ..core import (DATA_DIR, RUNS_DIR, URL_PATTERN, default_num_workers, is_import_path,
-                                    snake_case)
+                                    patch, snake_case)
 
 # %% auto #0
 __all__ = ['Mode', 'METRIC_PATTERN', 'MetricName', 'PositiveInt', 'LocalPath', 'STORAGE_SCHEMES', 'RunsLocation', 'ARCHITECTURES',
@@ -114,11 +114,10 @@ class DriftConfig(Section):
     significance: float = Field(0.01, gt=0, lt=0.5)
     max_rows: int = Field(50_000, ge=100)  # per split, sampled beyond this
 
-# %% ../../nbs/01a_config.sections.ipynb #3fd4f064
+# %% ../../nbs/01a_config.sections.ipynb #68e42740
 class DataConfig(Section):
     # a built-in dataset `tp prepare` makes (digits, breast_cancer, wine, mnist5k: the prepared splits are read), or
-    # your own:
-    # an import path package.module:name called with init_args, returning {"train": Dataset, "val": ..., "test": ...}
+    # your own: an import path package.module:name called with init_args, returning {"train": Dataset, "val": ...}
     dataset: str|None = None
     init_args: dict[str, Any] = {}
     # the target's key in mapping batches (the other entries are forward's keyword arguments)
@@ -128,21 +127,18 @@ class DataConfig(Section):
     train_dir: LocalPath|None = None
     val_dir: LocalPath|None = None
     test_dir: LocalPath|None = None
+    # auto: `default_num_workers()`, resolved on reading: the config says what ran
     num_workers: Annotated[int, BeforeValidator(lambda v: default_num_workers() if v == "auto" else v)] = Field(
-        "auto", ge=0,
-        validate_default=True)  # auto: `default_num_workers()`, resolved on reading: the config says what ran
+        "auto", ge=0, validate_default=True)
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: PositiveInt = 2
     cache: bool = True  # cache decoded/preprocessed tensors under <data_dir>/cache
     # auto: keep the splits in memory when, decoded, they fit memory_budget_mb, else stream them (images decoded per
-    # sample
-    # in the loader workers, tables read by rows from a preprocessed file); true / false force one or the other
+    # sample in the loader workers, tables read by rows from a preprocessed file); true / false force one or the other
     in_memory: Literal["auto", True, False] = "auto"
-    # 1024 MiB: about what the CUDA build of torch alone costs a training process (~1 GiB RSS, ENVIRONMENT.md), so by
-    # default
-    # in-memory data at most doubles a run's footprint; beyond that streaming's flat memory is worth its per-sample
-    # decoding
+    # 1024 MiB: about what the CUDA build of torch alone costs a training process (~1 GiB resident), so in-memory data
+    # at most doubles a run's footprint by default; beyond that streaming's flat memory is worth decoding per sample
     memory_budget_mb: float = Field(1024, gt=0)
     # a sample that cannot be decoded in a streamed split: fail naming its file, or skip it (replaced by the next good
     # sample, counted in the run's events.jsonl); in-memory splits are decoded up front and always fail
@@ -156,16 +152,19 @@ class DataConfig(Section):
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
-    def split_dir(self, split:str) -> Path:
-        "Where `split` (train, val or test) is read from: its `<split>_dir` key, else `<data_dir>/processed/<split>`."
-        given = getattr(self, f"{split}_dir")
-        return Path(given) if given is not None else Path(self.data_dir)/"processed"/split
+# %% ../../nbs/01a_config.sections.ipynb #79875bb5
+@patch
+def split_dir(self:DataConfig, split:str) -> Path:
+    "Where `split` (train, val or test) is read from: its `<split>_dir` key, else `<data_dir>/processed/<split>`."
+    given = getattr(self, f"{split}_dir")
+    return Path(given) if given is not None else Path(self.data_dir)/"processed"/split
 
-    def split_dirs(self) -> dict[str, Path]:
-        "The split folders training reads: train and val, and test when it is given or is there."
-        dirs = {s: self.split_dir(s) for s in ("train", "val", "test")}
-        if self.test_dir is None and not dirs["test"].is_dir(): del dirs["test"]
-        return dirs
+@patch
+def split_dirs(self:DataConfig) -> dict[str, Path]:
+    "The split folders training reads: train and val, and test when it is given or is there."
+    dirs = {s: self.split_dir(s) for s in ("train", "val", "test")}
+    if self.test_dir is None and not dirs["test"].is_dir(): del dirs["test"]
+    return dirs
 
 # %% ../../nbs/01a_config.sections.ipynb #84609ff2
 # Every architecture the model factory (03a_models.factory) builds; it tests that it covers exactly these.
