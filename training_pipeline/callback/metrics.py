@@ -87,7 +87,8 @@ def _interval(self:MetricsCallback) -> Running:
 def _restore(self:MetricsCallback, state:dict):
     "The epoch and interval of a checkpoint; its mark (an older checkpoint has none: the epoch's minus the interval's)."
     device, task = self.trainer.device, self.task
-    self.epoch_sums, self.interval = Running.from_state(state, "e", device, task), Running.from_state(state, "i", device, task)
+    self.epoch_sums, self.interval = Running.from_state(state, "e", device, task), Running.from_state(state, "i",
+                                                                                                      device, task)
     if state.get("m_sums") is not None: self.mark = task.upgrade(_sums_from_state(state["m_sums"], device))
     elif self.interval.sums is not None and self.epoch_sums.sums is not None:
         self.mark = {k: v - self.interval.sums[k] for k, v in self.epoch_sums.sums.items()}
@@ -120,13 +121,13 @@ def after_batch(self:MetricsCallback):
 
 @patch
 def _add_validation(self:MetricsCallback, pred, yb, weight):
-    v = self.valid
-    if v.sums is None: v.sums = self._new_sums(pred)
-    self.task.update(v.sums, pred, yb)
-    v.loss += self.trainer.loss.double() * weight; v.weight += weight; v.samples += len(yb)
+    valid = self.valid
+    if valid.sums is None: valid.sums = self._new_sums(pred)
+    self.task.update(valid.sums, pred, yb)
+    valid.loss += self.trainer.loss.double() * weight; valid.weight += weight; valid.samples += len(yb)
     if self.extra_names:
         if self.extra is None: self.extra = self._new_metrics(pred)
-        for m in self.extra.values(): m.update(*metric_inputs(self.task, pred.detach(), yb, m))
+        for metric in self.extra.values(): metric.update(*metric_inputs(self.task, pred.detach(), yb, metric))
 
 # %% ../../nbs/06c_callback.metrics.ipynb #bf5266dc
 @patch
@@ -151,6 +152,7 @@ def _log_train(self:MetricsCallback, run:Running, epoch_row=False):
     if getattr(self.trainer, "grad_norm", None) is not None: row["grad_norm"] = float(self.trainer.grad_norm)
     self.trainer.log_row("train", **row)
 
+# %% ../../nbs/06c_callback.metrics.ipynb #51874755
 @patch
 def before_validate(self:MetricsCallback):
     self.valid = Running(torch.zeros((), dtype=torch.float64, device=self.trainer.device))
@@ -158,10 +160,12 @@ def before_validate(self:MetricsCallback):
 
 @patch
 def after_validate(self:MetricsCallback):
-    v = self.valid
-    if v.sums is None and self.template is not None: v.sums = self.task.new_sums(self.template)  # no batch here
-    if v.sums is None: return  # nothing to validate on (an empty split, before any training)
-    sums, (loss, weight, n) = self.trainer._reduce_sums(v.sums, loss=v.loss, weight=v.weight, n=v.samples)
+    valid = self.valid
+    # no batch on this process: it still takes part in the sums, with zeros of the outputs' shape
+    if valid.sums is None and self.template is not None: valid.sums = self.task.new_sums(self.template)
+    if valid.sums is None: return  # nothing to validate on (an empty split, before any training)
+    sums, (loss, weight, n) = self.trainer._reduce_sums(valid.sums, loss=valid.loss, weight=valid.weight,
+                                                        n=valid.samples)
     mean = loss / max(weight, 1)
     row = {"loss": mean, **self.task.compute(sums), **self.task.from_loss(mean)}
     row.setdefault("samples", int(n))

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from ..loop.events import Callback
-from ..core import atomic_write, atomic_write_json
-from ..data.sampling import collate_batches
+from ..core import atomic_write, atomic_write_json, patch
 
 # %% auto #0
 __all__ = ['PHASES', 'StepTimer', 'ProfilerCallback']
@@ -21,7 +21,7 @@ __all__ = ['PHASES', 'StepTimer', 'ProfilerCallback']
 PHASES = ("data", "h2d", "forward", "backward", "optimizer")
 
 class StepTimer(Callback):
-    "Per-phase step time, added to the train rows (time_data_s, time_h2d_s, time_forward_s, time_backward_s, time_optimizer_s)."
+    "Per-phase step time, added to the train rows as `time_<phase>_s` (data, h2d, forward, backward, optimizer)."
     order = -15  # adds its sums to a row before the run store (20) and trackers (25) write it
 
     def before_fit(self):
@@ -31,20 +31,12 @@ class StepTimer(Callback):
 
     def _mark(self):
         if not self.cuda: return time.perf_counter()
-        e = torch.cuda.Event(enable_timing=True); e.record(); return e
+        event = torch.cuda.Event(enable_timing=True); event.record(); return event
 
     def _add(self, phase, start, end):
         if self.cuda: self.pending.append((phase, start, end))
         else:
             for sums in (self.interval, self.epoch_sums): sums[phase] += end - start
-
-    def _drain(self):
-        "Read the CUDA events recorded so far (one synchronization, at logging time)."
-        if not self.pending: return
-        self.pending[-1][2].synchronize()
-        for phase, start, end in self.pending:
-            for sums in (self.interval, self.epoch_sums): sums[phase] += start.elapsed_time(end) / 1000
-        self.pending = []
 
     def before_train(self): self.epoch_sums = dict.fromkeys(PHASES, 0.0)
     def before_batch(self):
@@ -60,13 +52,25 @@ class StepTimer(Callback):
     def before_step(self): self.t_step = self._mark()
     def after_step(self): self._add("optimizer", self.t_step, self._mark())
 
-    def after_log(self):
-        row = self.trainer.row
-        if row["split"] != "train": return
-        self._drain()
-        sums = self.epoch_sums if "epoch_time_s" in row else self.interval
-        row.update({f"time_{p}_s": round(v, 6) for p, v in sums.items()})
-        self.interval = dict.fromkeys(PHASES, 0.0)
+# %% ../../nbs/06j_callback.profiling.ipynb #1fe785bf
+@patch
+def _drain(self:StepTimer):
+    "Read the CUDA events recorded so far (one synchronization, at logging time)."
+    if not self.pending: return
+    self.pending[-1][2].synchronize()
+    for phase, start, end in self.pending:
+        for sums in (self.interval, self.epoch_sums): sums[phase] += start.elapsed_time(end) / 1000
+    self.pending = []
+
+@patch
+def after_log(self:StepTimer):
+    "Adds the phases' sums since the last train row (the epoch's, to the epoch's row) to the row being logged."
+    row = self.trainer.row
+    if row["split"] != "train": return
+    self._drain()
+    sums = self.epoch_sums if "epoch_time_s" in row else self.interval
+    row.update({f"time_{p}_s": round(v, 6) for p, v in sums.items()})
+    self.interval = dict.fromkeys(PHASES, 0.0)
 
 # %% ../../nbs/06j_callback.profiling.ipynb #562c443d
 class ProfilerCallback(Callback):
@@ -78,12 +82,14 @@ class ProfilerCallback(Callback):
         self.prof = None
 
     def before_fit(self):
-        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.trainer.device.type == "cuda" else [])
+        cfg, on_gpu = self.cfg, self.trainer.device.type == "cuda"
         self.trace_dir.mkdir(parents=True, exist_ok=True)
-        self.prof = profile(activities=activities, schedule=schedule(wait=self.cfg.wait, warmup=self.cfg.warmup, active=self.cfg.active,
-                            repeat=self.cfg.repeat), on_trace_ready=tensorboard_trace_handler(str(self.trace_dir)),
-                            record_shapes=self.cfg.record_shapes, profile_memory=self.cfg.profile_memory, with_stack=self.cfg.with_stack)
+        steps = schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active, repeat=cfg.repeat)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+        self.prof = profile(activities=activities, schedule=steps,
+                            on_trace_ready=tensorboard_trace_handler(str(self.trace_dir)),
+                            record_shapes=cfg.record_shapes, profile_memory=cfg.profile_memory,
+                            with_stack=cfg.with_stack)
         self.prof.__enter__()
 
     def after_step(self):

@@ -5,6 +5,7 @@
 # %% ../../nbs/01c_config.load.ipynb #25e29224
 from __future__ import annotations
 
+import copy
 import re
 import reprlib
 import typing
@@ -14,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..core import ConfigError, did_you_mean, is_hf_architecture, is_import_path, redact
+from ..core import (ConfigError, atomic_write, did_you_mean, is_hf_architecture, is_import_path,
+                                    redact)
 from .schema import (LOSSES, TASK_LOSSES, TASK_METRICS, Config, locate, lower_choice,
                                              metric_name)
 
@@ -31,8 +33,14 @@ MAX_YAML_DEPTH = 100      # nesting levels; deeper would exhaust Python's recurs
 class YAMLBudgetError(yaml.MarkedYAMLError):
     "A YAML document past the loader's budget (aliases, recursion or nesting); `note` says how to fix it."
 
+def _children(node) -> list:
+    "The nodes directly inside a composed node: a mapping's keys and values, a sequence's items."
+    if isinstance(node, yaml.MappingNode): return [n for pair in node.value for n in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+# %% ../../nbs/01c_config.load.ipynb #784fd499
 class SafeLoader(yaml.SafeLoader):
-    "yaml.SafeLoader that also reads 1e-3 / 5E+2 as floats (YAML 1.2), within a node and depth budget; no other change."
+    "yaml.SafeLoader plus YAML 1.2 floats (1e-3, 5E+2) and a node and depth budget; no other change."
     max_nodes, max_depth = MAX_YAML_NODES, MAX_YAML_DEPTH
 
     def compose_document(self):
@@ -45,7 +53,8 @@ class SafeLoader(yaml.SafeLoader):
             node = self.anchors.get(event.anchor)  # an undefined alias is the composer's own error
             if node is not None:
                 if not hasattr(node, "expanded"):
-                    raise YAMLBudgetError(None, None, f"recursive alias *{event.anchor} (it refers to a value that contains it)",
+                    raise YAMLBudgetError(None, None,
+                                          f"recursive alias *{event.anchor} (it refers to a value that contains it)",
                                           event.start_mark, "remove the alias: a config is a tree")
                 self._count(node.expanded, event.start_mark)
             return super().compose_node(parent, index)
@@ -55,18 +64,19 @@ class SafeLoader(yaml.SafeLoader):
                                   self.peek_event().start_mark, "flatten the structure: a config has a few levels")
         node = super().compose_node(parent, index)
         self._depth -= 1
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
-                   node.value if isinstance(node, yaml.SequenceNode) else []
-        node.expanded = 1 + sum(child.expanded for child in children)  # this value with every alias in it expanded
+        # this value with every alias in it expanded
+        node.expanded = 1 + sum(child.expanded for child in _children(node))
         self._count(1, node.start_mark)
         return node
 
     def _count(self, n:int, mark):
         self._expanded += n
         if self._expanded > self.max_nodes:
-            raise YAMLBudgetError(None, None, f"aliases expand the document past {self.max_nodes:,} values ('billion laughs'?)", mark,
-                                  "write the values out instead of nesting aliases: a config needs a few hundred")
+            raise YAMLBudgetError(None, None,
+                                  f"aliases expand the document past {self.max_nodes:,} values ('billion laughs'?)",
+                                  mark, "write the values out instead of nesting aliases: a config needs a few hundred")
 
+# %% ../../nbs/01c_config.load.ipynb #fbc175d6
 SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
@@ -81,9 +91,11 @@ def read_text_file(path:str|Path, what:str="config", max_bytes:int=MAX_CONFIG_BY
     "The UTF-8 text of a small file, or a `ConfigError` saying why it can't be read."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"{what} file not found", str(path), "check the path")
-    if path.is_dir(): raise ConfigError(f"{what} path is a directory, not a file", str(path), "give the path of a YAML file")
+    if path.is_dir():
+        raise ConfigError(f"{what} path is a directory, not a file", str(path), "give the path of a YAML file")
     try: data = path.read_bytes()
-    except OSError as e: raise ConfigError(f"cannot read {what}: {e.strerror}", str(path), "check the file's permissions")
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror}", str(path), "check the file's permissions")
     if len(data) > max_bytes:
         raise ConfigError(f"{what} file is too large ({len(data)} bytes)", str(path),
                           f"a {what} is at most {max_bytes} bytes of YAML")
@@ -127,7 +139,8 @@ def parse_yaml(text:str, path:str="<string>") -> tuple[Any, dict]:
         tag = re.search(r"tag '([^']*)'", str(e.problem))
         tag = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "unknown"
         raise ConfigError(f"unsupported YAML tag {tag}", _where(path, e.problem_mark),
-                          "only plain YAML values are allowed (mappings, lists, strings, numbers, booleans); remove the tag") from None
+                          "only plain YAML values are allowed (mappings, lists, strings, numbers, booleans); remove "
+                          "the tag") from None
     except YAMLBudgetError as e:
         raise ConfigError(e.problem, _where(path, e.problem_mark), e.note) from None
     except yaml.reader.ReaderError as e:
@@ -143,7 +156,8 @@ def parse_yaml(text:str, path:str="<string>") -> tuple[Any, dict]:
 
 # %% ../../nbs/01c_config.load.ipynb #4296ae0d
 def read_yaml(path:str|Path, what:str="config") -> Any:
-    "The value of a small YAML file read like a config (bounded, safe, duplicate keys refused); `ConfigError` naming the file."
+    """The value of a small YAML file read like a config (bounded, safe, duplicate keys refused); `ConfigError` naming
+    the file."""
     return parse_yaml(read_text_file(path, what), str(path))[0]
 
 # %% ../../nbs/01c_config.load.ipynb #83042add
@@ -165,7 +179,6 @@ def parse_override(item:str) -> tuple[str, Any]:
 # %% ../../nbs/01c_config.load.ipynb #f0fc2d98
 def apply_overrides(raw:dict, overrides) -> dict:
     "A copy of `raw` with each `KEY=VALUE` applied."
-    import copy
     raw = copy.deepcopy(raw)
     for item in overrides: set_dotted(raw, *parse_override(item))
     return raw
@@ -184,8 +197,8 @@ def set_dotted(raw:dict, key:str, value, where:str="command line"):
 
 # %% ../../nbs/01c_config.load.ipynb #b7691a10
 def write_config_copy(config_path:str|Path, updates:dict, out:str|Path, comment:str) -> Path:
-    "A copy of the YAML config at `config_path` with dotted `updates` applied and `comment` as its first line (the file's own comments are not kept)."
-    from training_pipeline.core import atomic_write
+    """A copy of the YAML config at `config_path` with dotted `updates` applied and `comment` as its first line (the
+    file's own comments are not kept)."""
     config_path = Path(config_path)
     raw, _ = parse_yaml(read_text_file(config_path), str(config_path))
     for key, value in updates.items(): set_dotted(raw, key, value, str(config_path))
@@ -232,7 +245,8 @@ def _task_problems(raw:dict) -> list[tuple[str, str, str]]:
     task, loss = _raw(raw, "training.task"), _raw(raw, "training.loss.type")
     if task not in TASK_LOSSES: return []
     problems = []
-    if (isinstance(loss, str) and not is_import_path(loss) and loss.lower() in LOSSES and loss.lower() not in TASK_LOSSES[task]
+    if (isinstance(loss, str) and not is_import_path(loss) and loss.lower() in LOSSES
+        and loss.lower() not in TASK_LOSSES[task]
             and loss.lower() not in ("model", "auto")):
         problems.append(("training.loss.type", f"loss {loss} does not suit the task {task}",
                          f"use {' or '.join(TASK_LOSSES[task])}, or set training.task to the task of your data"))
@@ -325,6 +339,20 @@ _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60; _SHORT_REPR.maxlist, _SHORT_R
 
 def _shown(v) -> str: return "a mapping" if isinstance(v, dict) else _SHORT_REPR.repr(v)
 
+# %% ../../nbs/01c_config.load.ipynb #96df5588
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_WANTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",  # pydantic type errors
+           "string_type": "a string", "list_type": "a list", "model_type": "a mapping of keys",
+           "dict_type": "a mapping of keys", "finite_number": "a finite number", "int_from_float": "an integer"}
+
+def _unknown_key(loc:tuple, raw:dict, key:str, name:str) -> tuple[str, str, str]:
+    "(dotted key, what, fix) for a key the schema does not have: the closest valid key, and the valid keys there."
+    parent = _parent_model(loc, raw)
+    choices = _fields(parent) if parent else []
+    hint = did_you_mean(str(loc[-1]) if loc else "", choices)
+    fix = ("rename it" if hint else "remove it") + (f"; valid keys here: {', '.join(choices)}" if choices else "")
+    return key, f"unknown key {name!r}{hint}", fix
+
 # %% ../../nbs/01c_config.load.ipynb #e76dfeef
 def _describe(err:dict, raw:dict) -> tuple[str, str, str]:
     "(dotted key, what, fix) for one pydantic error."
@@ -332,13 +360,7 @@ def _describe(err:dict, raw:dict) -> tuple[str, str, str]:
     name = _short(key)
     kind, ctx, given = err["type"], {k: _num(v) for k, v in (err.get("ctx") or {}).items()}, err.get("input")
     shown = _shown(given)
-    last = str(err["loc"][-1]) if err["loc"] else ""
-    if kind == "extra_forbidden":
-        parent = _parent_model(err["loc"], raw)
-        choices = _fields(parent) if parent else []
-        hint = did_you_mean(last, choices)
-        return key, f"unknown key {name!r}{hint}", ("rename it" if hint else "remove it") + \
-               (f"; valid keys here: {', '.join(choices)}" if choices else "")
+    if kind == "extra_forbidden": return _unknown_key(err["loc"], raw, key, name)
     if kind == "missing":
         return key, f"required key {name!r} is missing", "add it"
     if kind == "invalid_choice":  # an unknown architecture, or an unknown `type` of a tagged section
@@ -349,15 +371,11 @@ def _describe(err:dict, raw:dict) -> tuple[str, str, str]:
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         return key, f"{name} must be one of {expected}, got {shown}", "use one of the listed values"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if kind in bounds:
+    if kind in _BOUNDS:
         limit = next(iter(ctx.values()))
-        return key, f"{name} must be {bounds[kind]} {limit}, got {shown}", f"set a value {bounds[kind]} {limit}"
-    types = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-             "string_type": "a string", "list_type": "a list", "model_type": "a mapping of keys",
-             "dict_type": "a mapping of keys", "finite_number": "a finite number", "int_from_float": "an integer"}
-    if kind in types or kind.endswith("_type"):
-        wanted = types.get(kind, kind.removesuffix("_type"))
+        return key, f"{name} must be {_BOUNDS[kind]} {limit}, got {shown}", f"set a value {_BOUNDS[kind]} {limit}"
+    if kind in _WANTED or kind.endswith("_type"):
+        wanted = _WANTED.get(kind, kind.removesuffix("_type"))
         quoted = isinstance(given, str) and kind in ("int_type", "float_type", "bool_type")
         return key, f"{name} must be {wanted}, got {type(given).__name__} {shown}", \
                f"write {wanted}" + (" without quotes (YAML: quotes make a string)" if quoted else "")
@@ -374,7 +392,8 @@ def with_hf_loss_default(raw:dict) -> dict:
     training = raw.get("training")
     loss = training.get("loss") if isinstance(training, dict) else None
     if (not is_hf_architecture(_raw(raw, "model.architecture")) or _raw(raw, "training.loss.type") is not None
-            or training is not None and not isinstance(training, dict) or loss is not None and not isinstance(loss, dict)):
+            or training is not None and not isinstance(training, dict) or loss is not None
+            and not isinstance(loss, dict)):
         return raw
     return {**raw, "training": {**(training or {}), "loss": {**(loss or {}), "type": "auto"}}}
 
@@ -415,4 +434,4 @@ def load_config(path:str|Path, overrides=()) -> Config:
     elif overrides and raw is None: raw = apply_overrides({}, overrides)
     return validate_config(raw, str(path), lines, overridden)
 
-Config.from_yaml = staticmethod(load_config)  # the seed's API: Config.from_yaml(path, overrides)
+Config.from_yaml = staticmethod(load_config)  # the older spelling: Config.from_yaml(path, overrides)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoint import check_state_fits
-from ..core import CheckpointError, PipelineError
+from ..core import CheckpointError
 from ..safe_files import check_fields, json_kind, shown
 
 # %% auto #0
@@ -132,22 +132,24 @@ def check_optimizer_state(saved, optimizer:torch.optim.Optimizer|None, model:tor
 # %% ../../nbs/04f_loop.checks.ipynb #1705cfdc
 def check_rng_state(rng, where:str):
     "Every generator state of rng.json (and of each rank's) sets a throwaway generator of its kind."
-    def one(s, label:str):
-        if not isinstance(s, dict) or not all(k in s for k in ("python", "numpy", "torch")):
+    def check_one(state, label:str):
+        if not isinstance(state, dict) or not all(k in state for k in ("python", "numpy", "torch")):
             raise _refuse(f"{label} is not a generator state (python, numpy, torch)", where)
         try:
-            random.Random().setstate(s["python"]); np.random.RandomState().set_state(s["numpy"])
-            torch.Generator().set_state(s["torch"])
-            if "loader" in s: torch.Generator().set_state(s["loader"])
-            byte_state = lambda t: isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
-            if "cuda" in s and not all(byte_state(t) for t in s["cuda"]): raise TypeError("a CUDA state: not 1-D uint8")
+            random.Random().setstate(state["python"]); np.random.RandomState().set_state(state["numpy"])
+            torch.Generator().set_state(state["torch"])
+            if "loader" in state: torch.Generator().set_state(state["loader"])
+            cuda = state.get("cuda", [])  # one 1-D uint8 tensor per device
+            if not all(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 1 for v in cuda):
+                raise TypeError("a CUDA state: not 1-D uint8")
         except (TypeError, ValueError, RuntimeError, IndexError, KeyError, OverflowError) as e:
             raise _refuse(f"{label} is not a generator state ({type(e).__name__}: {shown(str(e))})", where) from None
-    one(rng, "rng.json")
+    check_one(rng, "rng.json")
     ranks = rng.get("ranks") or []
     if not isinstance(ranks, list): raise _refuse("rng.json's ranks is not a list", where)
-    for i, s in enumerate(ranks): one(s, f"rng.json (rank {i})")
+    for i, rank_state in enumerate(ranks): check_one(rank_state, f"rng.json (rank {i})")
 
+# %% ../../nbs/04f_loop.checks.ipynb #56462140
 RESUME_FIELDS = {"epoch": "count", "batches_done": "count", "global_step": "count", "micro_splits": "count",
                  "sampler": "object", "metrics": "object", "callbacks": "object"}
 SAMPLER_FIELDS = {"epoch": "count", "seed": "int", "consumed": "count", "length": "count", "batches": "count?",

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 
 from ..core import ConfigError
@@ -41,21 +42,28 @@ def untouched(model:nn.Module):
         model.train(mode)
 
 # %% ../../nbs/04d_loop.preflight.ipynb #2ba5fba0
-def _shape(t) -> str: return "(" + ", ".join(map(str, t.shape)) + ")" if isinstance(t, torch.Tensor) else type(t).__name__
+def _shape(value) -> str:
+    return "(" + ", ".join(map(str, value.shape)) + ")" if isinstance(value, torch.Tensor) else type(value).__name__
 
 def mismatch_hint(task:Task, logits, target) -> tuple[str, str]:
     "(config key, how to fix) for outputs and targets that do not fit the task."
-    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor): return "training.task", "check the model and the data"
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return "training.task", "check the model and the data"
     if task.per_token and target.ndim != 2:
-        return "training.task", f"{task.name} needs (N, T) targets, one per token; for one target per sample use classification"
+        return "training.task", (f"{task.name} needs (N, T) targets, one per token; "
+                                 "for one target per sample use classification")
     if not task.per_token and logits.ndim == 3 and target.ndim == 2:
-        return "training.task", "outputs (N, T, V) and targets (N, T) are a token task: set training.task: causal_lm or token_classification"
+        return "training.task", ("outputs (N, T, V) and targets (N, T) are a token task: "
+                                 "set training.task: causal_lm or token_classification")
     classes = logits.shape[-1] if logits.ndim else 0
-    if task.name in ("classification", "causal_lm", "token_classification") and not target.is_floating_point() and target.numel():
-        top = int(target[target != IGNORE_INDEX].max()) if (target != IGNORE_INDEX).any() else -1
+    class_targets = task.name in ("classification", "causal_lm", "token_classification")
+    if class_targets and not target.is_floating_point() and target.numel():
+        counted = target != IGNORE_INDEX
+        top = int(target[counted].max()) if counted.any() else -1
         if top >= classes > 1:
-            return "model.num_classes", f"the targets go up to {top} but the model has {classes} outputs: give it {top + 1} " \
-                                        "(model.num_classes, or the vocabulary/num_labels in model.init_args)"
+            return "model.num_classes", (f"the targets go up to {top} but the model has {classes} outputs: "
+                                         f"give it {top + 1} (model.num_classes, or the vocabulary/num_labels in "
+                                         "model.init_args)")
     if task.name == "regression":
         return "model.init_args", "give the model as many outputs as the target has values per sample"
     return "training.task", "make the model's outputs, the targets and training.task agree (see the shapes)"
@@ -73,30 +81,51 @@ def _labels_are_inputs(inputs, target) -> bool:
 
 def _fail(step:str, error:Exception, task:Task, logits=None, target=None) -> ConfigError:
     key, fix = mismatch_hint(task, logits, target)
-    shapes = f"outputs {_shape(logits)}, targets {_shape(target)}" if logits is not None else f"targets {_shape(target)}"
+    shapes = f"targets {_shape(target)}" if logits is None else f"outputs {_shape(logits)}, targets {_shape(target)}"
     return ConfigError(f"the first batch fails in {step} ({shapes}, task {task.name}): {type(error).__name__}: "
                        f"{' '.join(str(error).split())[:160]}", f"{key} (preflight batch)", fix)
+
+# %% ../../nbs/04d_loop.preflight.ipynb #08bcb2f3
+def _first_batch(loader, target_key:str, device) -> tuple:
+    "The loader's first batch as (inputs, targets) on `device`."
+    with untouched(nn.Module()):  # an iterator draws its base seed from the global generator: put it back
+        try: x, y = split_batch(next(iter(loader)), target_key)
+        except StopIteration:
+            raise ConfigError("the train split is empty", "data (preflight batch)",
+                              "give the train split samples") from None
+    return send_to_device(x, device), send_to_device(y, device)
+
+def _labels_in(model:nn.Module, loss:Callable, task:Task, x, target_key:str) -> bool:
+    "Whether the model is given the labels: for its own loss, or for `auto` from a batch that can carry them."
+    key = target_key if isinstance(x, dict) else "labels"  # where the labels reach a model that computes its own loss
+    if loss is MODEL_LOSS and not _takes(model, key):
+        raise ConfigError(f"training.loss is the model's own, but its forward takes no {key!r} argument for the labels",
+                          "training.loss.type (preflight batch)",
+                          "set training.loss.type to the task's loss (e.g. cross_entropy)")
+    # `auto` hands the model its labels only from a mapping batch, and for causal_lm only labels that are the inputs:
+    # a Hugging Face causal LM shifts its labels itself, so targets already shifted would be shifted twice
+    auto_labels = isinstance(x, dict) and (task.name != "causal_lm" or task.shift)
+    return (loss is MODEL_LOSS or isinstance(loss, AutoLoss) and auto_labels) and _takes(model, key)
+
+def _check_metrics(task:Task, logits, target, metrics):
+    "The task's metric sums and the extra torchmetrics on the batch's outputs, as training computes them."
+    try:
+        sums = task.new_sums(logits.detach()); task.update(sums, logits.detach(), target); task.compute(sums)
+        for name in metrics:
+            metric = make_metric(name, task, logits.detach())
+            metric.update(*metric_inputs(task, logits.detach(), target, metric)); metric.compute()
+    except ConfigError: raise
+    except Exception as e: raise _fail("the metrics", e, task, logits, target) from None
 
 # %% ../../nbs/04d_loop.preflight.ipynb #9f9f7a91
 def preflight(model:nn.Module, loader, task:Task, loss:Callable, target_key:str="target", metrics=(),
               device:torch.device|str="cpu", log:Callable=lambda line: None) -> Callable:
     "Try one batch of `loader` through forward, loss, metrics and backward; return the loss to train with (see above)."
-    with untouched(nn.Module()):  # an iterator draws its base seed from the global generator: put it back
-        try: x, y = split_batch(next(iter(loader)), target_key)
-        except StopIteration: raise ConfigError("the train split is empty", "data (preflight batch)", "give the train split samples") from None
-    from accelerate.utils import send_to_device
-    x, y = send_to_device(x, device), send_to_device(y, device)
+    x, y = _first_batch(loader, target_key, device)
     if task.name == "causal_lm" and _labels_are_inputs(x, y):
         task.shift = True
         log("causal_lm: the labels are the inputs (Hugging Face's convention): the task shifts them by one token")
-    key = target_key if isinstance(x, dict) else "labels"  # where the labels reach a model that computes its own loss
-    if loss is MODEL_LOSS and not _takes(model, key):
-        raise ConfigError(f"training.loss is the model's own, but its forward takes no {key!r} argument for the labels",
-                          "training.loss.type (preflight batch)", "set training.loss.type to the task's loss (e.g. cross_entropy)")
-    # `auto` hands the model its labels only from a mapping batch, and for causal_lm only labels that are the inputs:
-    # a Hugging Face causal LM shifts its labels itself, so targets already shifted would be shifted twice
-    auto_labels = isinstance(x, dict) and (task.name != "causal_lm" or task.shift)
-    labels_in = (loss is MODEL_LOSS or isinstance(loss, AutoLoss) and auto_labels) and _takes(model, key)
+    labels_in = _labels_in(model, loss, task, x, target_key)
     model.to(device)
     with untouched(model):
         model.train()
@@ -105,18 +134,14 @@ def preflight(model:nn.Module, loader, task:Task, loss:Callable, target_key:str=
         logits, own = unpack_output(out)
         if isinstance(loss, AutoLoss):
             loss = MODEL_LOSS if own is not None else loss.default
-            log("training.loss auto: " + ("the model's own loss" if loss is MODEL_LOSS else f"the task's ({task.default_loss})"))
+            chosen = "the model's own loss" if loss is MODEL_LOSS else f"the task's ({task.default_loss})"
+            log(f"training.loss auto: {chosen}")
         if loss is MODEL_LOSS and own is None: raise _no_model_loss(out)
         try: value = own if loss is MODEL_LOSS else loss(logits, y)
         except Exception as e: raise _fail("the loss", e, task, logits, y) from None
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise _fail("the loss", TypeError(f"it returned {_shape(value)}, not one number"), task, logits, y)
-        try:
-            sums = task.new_sums(logits.detach()); task.update(sums, logits.detach(), y); task.compute(sums)
-            for name in metrics:
-                m = make_metric(name, task, logits.detach()); m.update(*metric_inputs(task, logits.detach(), y, m)); m.compute()
-        except ConfigError: raise
-        except Exception as e: raise _fail("the metrics", e, task, logits, y) from None
+        _check_metrics(task, logits, y, metrics)
         try: value.backward()
         except Exception as e: raise _fail("backward", e, task, logits, y) from None
     return loss
