@@ -431,7 +431,7 @@ class ValidationConfig(Section):
 
 class ResourcesConfig(Section):
     gpu_ids: list[Annotated[int, Field(ge=0)]]|None = None
-    fp16: bool|None = None  # the seed's switch; `true` asks for fp16 mixed precision
+    fp16: bool|None = None  # an older switch; `true` asks for fp16 mixed precision
     allow_tf32: bool = False
     cpu: bool = False  # train on CPU even when a GPU is present
     num_threads: PositiveInt|None = None
@@ -447,7 +447,7 @@ class LossSpikeRule(Rule):
     rtol: float = Field(2.0, gt=0)  # spike: loss > mean * (1 + rtol)
     warmup: int = Field(1, ge=0)
 class LossStallRule(Rule):
-    patience: PositiveInt = 10  # epochs (the seed's max_loss_stall_epochs)
+    patience: PositiveInt = 10  # epochs without improvement (an older name: max_loss_stall_epochs)
     min_delta: float = Field(0.001, ge=0)
 class GradExplosionRule(Rule): max_norm: float = Field(100.0, gt=0)
 class ThroughputDropRule(Rule):
