@@ -31,3 +31,10 @@ def test_quick_start_has_exactly_two_commands():
     commands = [l.split("#")[0].strip() for l in block.splitlines() if l.split("#")[0].strip()]
     assert commands == ["bash .ci/demo", "bash .ci/test"]
     assert (REPO / ".ci" / "run").read_text().strip().endswith("exec bash .ci/test")
+
+
+def test_every_notebook_the_readme_names_exists():
+    "The feature map links each feature to the notebook that documents it: a renamed notebook must not leave it dangling."
+    links = re.findall(r"\]\((nbs/[^)#]+)\)", (REPO / "README.md").read_text())
+    assert len(links) > 20, links
+    assert [link for link in links if not (REPO / link).is_file()] == []
