@@ -96,7 +96,9 @@ class ArrayDataset(Dataset):
     def __getitem__(self, key):
         x, y = self.__getitems__([key]); return x[0], y[0]
     def __getitems__(self, keys):
-        idx = torch.as_tensor([sample_index(k) for k in keys], dtype=torch.long)
+        # a batch of keys from one sampler is all SampleKeys or all indices: one test, not one per key
+        keyed_batch = len(keys) > 0 and isinstance(keys[0], SampleKey)
+        idx = torch.as_tensor([k.index for k in keys] if keyed_batch else [int(k) for k in keys], dtype=torch.long)
         x = self.x[idx]
         if self.augment is not None: x = torch.stack(augment_by_key(self.augment, keys, x))
         if self.batch_transform is not None: x = self.batch_transform(x)
