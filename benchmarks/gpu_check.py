@@ -2,7 +2,8 @@
 loop, the FSDP strategy end to end with a kill and resume, and the GPU monitor rules.
 
 Part 1 — Trainer vs a raw PyTorch loop on the GPU, side by side, alternating, median of --runs runs, for
-precision no / bf16 / fp16: ResNet-18 (grayscale stem) on MNIST-5k, batch 256. Per precision: samples/s of
+precision no / bf16 / fp16, and bf16 compiled (`training.compile`: default and max-autotune-no-cudagraphs modes,
+compile time left out): ResNet-18 (grayscale stem) on MNIST-5k, batch 256. Per precision: samples/s of
 each, their ratio, peak CUDA memory (torch.cuda.max_memory_allocated) of each, final train loss of each.
 Part 2 — `tp train` end to end on the GPU (bf16) and through `torchrun --nproc_per_node 1` with
 distributed.strategy=fsdp: killed at a step (TP_FAULT=train:kill@S), resumed (--resume auto, in place),
@@ -35,7 +36,8 @@ from training_pipeline.core import set_seed  # noqa: E402
 from training_pipeline.data.loaders import build_data  # noqa: E402
 from training_pipeline.models.factory import model_from_config  # noqa: E402
 from training_pipeline.data.prepare import prepare_data  # noqa: E402
-from training_pipeline.loop.trainer import Trainer, make_accelerator  # noqa: E402
+from training_pipeline.loop.trainer import Trainer, dynamo_plugin, make_accelerator  # noqa: E402
+from training_pipeline.callback.compile import CompileCallback  # noqa: E402
 
 BATCH, LR, SEED = 256, 1e-3, 0
 
@@ -78,33 +80,41 @@ def raw_loop(cfg, data, epochs, precision):
     return seen / (time.perf_counter() - t0), float(total) / len(y)
 
 
-def trainer_loop(cfg, data, epochs, precision, guards=False):
+def trainer_loop(cfg, data, epochs, precision, guards=False, compile_mode="no"):
+    "samples/s (the batches that compiled left out: their seconds are CompileCallback's) and the last epoch's loss."
     model, opt = new_model(cfg, data)
     loaders = {"train": data.loader("train", BATCH, cfg.data, seed=SEED, even=True)}
     # guards: the callbacks `tp train` adds — the non-finite loss guard (a host sync per step) and the step timer
     extra = [NonFiniteLossCallback("stop"), StepTimer()] if guards else []
-    t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, logger=lambda *_: None, accelerator=make_accelerator(precision, cpu=False),
-                cbs=[MetricsCallback(log_every=50), GradNormCallback(log_every=50), ProgressCallback(), *extra])
+    compiling = [CompileCallback()] if compile_mode != "no" else []
+    accelerator = make_accelerator(precision, cpu=False, dynamo_plugin=dynamo_plugin(compile_mode))
+    t = Trainer(model, loaders, nn.CrossEntropyLoss(), opt, logger=lambda *_: None, accelerator=accelerator,
+                cbs=[MetricsCallback(log_every=50), GradNormCallback(log_every=50), ProgressCallback(), *extra,
+                     *compiling])
     torch.cuda.synchronize(); t0 = time.perf_counter()
     t.fit(epochs)
     torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0 - (compiling[0].seconds if compiling else 0.0)
     seen = sum(r["samples"] for r in t.history if r["split"] == "train" and "epoch_time_s" in r)
-    return seen / (time.perf_counter() - t0), [r["loss"] for r in t.history if r["split"] == "train" and "epoch_time_s" in r][-1]
+    return seen / seconds, [r["loss"] for r in t.history if r["split"] == "train" and "epoch_time_s" in r][-1]
 
 
 def part1(data_dir, runs, epochs):
     cfg = config_for(data_dir)
     data = build_data(cfg)
-    for precision, guards in (("no", False), ("no", True), ("bf16", False), ("fp16", False)):
-        raw_loop(cfg, data, 1, precision); trainer_loop(cfg, data, 1, precision, guards)  # warm-up: cuDNN autotune, allocator
+    # (precision, guards, training.compile): the last two compile with TorchInductor (Triton kernels on the GPU)
+    for precision, guards, mode in (("no", False, "no"), ("no", True, "no"), ("bf16", False, "no"), ("fp16", False, "no"),
+                                    ("bf16", False, "default"), ("bf16", False, "max-autotune-no-cudagraphs")):
+        # warm-up: cuDNN autotune, allocator
+        raw_loop(cfg, data, 1, precision); trainer_loop(cfg, data, 1, precision, guards, mode)
         raw, tr, mem_raw, mem_tr, losses = [], [], [], [], None
         for _ in range(runs):
             torch.cuda.reset_peak_memory_stats(); r, raw_loss = raw_loop(cfg, data, epochs, precision)
             mem_raw.append(torch.cuda.max_memory_allocated()); raw.append(r)
-            torch.cuda.reset_peak_memory_stats(); t, tr_loss = trainer_loop(cfg, data, epochs, precision, guards)
+            torch.cuda.reset_peak_memory_stats(); t, tr_loss = trainer_loop(cfg, data, epochs, precision, guards, mode)
             mem_tr.append(torch.cuda.max_memory_allocated()); tr.append(t)
             losses = (round(raw_loss, 4), round(tr_loss, 4))
-        report(part="throughput", precision=precision, guards=guards, raw_samples_per_s=round(statistics.median(raw)),
+        report(part="throughput", precision=precision, guards=guards, compile=mode, raw_samples_per_s=round(statistics.median(raw)),
                trainer_samples_per_s=round(statistics.median(tr)), trainer_over_raw_time=round(statistics.median(raw) / statistics.median(tr), 4),
                peak_mem_mib_raw=round(max(mem_raw) / 2**20), peak_mem_mib_trainer=round(max(mem_tr) / 2**20),
                final_loss_raw_trainer=losses, runs=runs, epochs=epochs)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -421,6 +422,10 @@ def key_words(name) -> list[str]:
 
 def is_secret_key(name) -> bool:
     "Whether a config/option key names a secret (see above)."
+    return _is_secret_name(str(name))
+
+@functools.lru_cache(maxsize=4096)  # every logged row asks again about the same few keys
+def _is_secret_name(name:str) -> bool:
     words = key_words(name)
     if not words or words[-1] == "env" or "_".join(words) in HARMLESS_KEYS: return False
     for i, word in enumerate(words):

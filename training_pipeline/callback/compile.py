@@ -5,6 +5,7 @@
 # %% ../../nbs/06o_callback.compile.ipynb #e65e54f0
 from __future__ import annotations
 
+import logging
 import time
 
 from ..loop.events import Callback
@@ -24,7 +25,10 @@ def dynamo_counts() -> dict:
 class CompileCallback(Callback):
     "Finds the batches during which dynamo compiled, logs each as a `compiled` event and keeps it out of throughput."
     order = -20  # before the metrics (-10), whose clocks it moves past a compiling batch
-    def before_fit(self): self.start_counts, self.seconds = dynamo_counts(), 0.0
+    def before_fit(self):
+        self.start_counts, self.seconds = dynamo_counts(), 0.0
+        if self.trainer.device.type == "cpu":  # Inductor on CPU warns that it found no CUDA runtime: none is needed
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
     def before_batch(self): self.compiles, self.started = dynamo_counts()["compiles"], time.perf_counter()
 
