@@ -1,7 +1,7 @@
 """`training.compile`: a compiled run killed with SIGKILL mid-epoch resumes bitwise-equal to an uninterrupted compiled
 run; its checkpoints hold the module's own names, so the best model loads into the eager class; the compile time is
-its own event; `tp config check` and `tp train` refuse, in one line and before anything is written, a compile that
-cannot work here."""
+its own event; DDP on two CPU processes compiles and trains; `tp config check` and `tp train` refuse, in one line and
+before anything is written, a compile that cannot work here."""
 import json
 import os
 import shutil
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TP, check_run_dir, data_overrides, run_tp
+from conftest import REPO, TP, check_run_dir, data_overrides, free_port, run_tp
 from test_resume import assert_bitwise_equal, completed_run, final_state, metric_rows
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
@@ -72,3 +72,17 @@ def test_a_compile_that_cannot_work_here_is_one_line_before_anything_is_written(
     assert not (tmp_path / "runs").exists()
     r = run_tp("config", "check", REPO / "config" / "test.yaml", "training.compile=false", env=no_compiler)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_compiled_run_on_two_cpu_processes_with_ddp(tmp_path, prepared):
+    r = train(tmp_path, prepared("digits"), "training.epochs=1", "--distributed", "--gpus", "2", "--cpu",
+              "--master-port", free_port())
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = completed_run(tmp_path)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["world_size"], meta["summary"]["val_accuracy"] > 0.8) == (2, True), meta
+    compiled = [e for e in events(run_dir) if e["event"] == "compiled"]
+    assert compiled and compiled[0]["split"] == "train", compiled
+    weights = load_file(run_dir / "checkpoints" / "best_model.safetensors")
+    assert weights and not any(k.startswith(("_orig_mod", "module.")) for k in weights), list(weights)[:3]
+    check_run_dir(run_dir)
