@@ -106,7 +106,10 @@ def lr_find_command(args) -> int:
     config = load_config(args.config, args.overrides)
     result = lr_find(config, args.start_lr, args.end_lr, args.steps)
     from accelerate import PartialState
-    if not PartialState().is_main_process: return EXIT_OK  # every process has the same curve: the main one reports
+    if not PartialState().is_main_process:  # every process has the same curve: the main one reports
+        # and the others leave at once, without interpreter teardown: torch's C++ threads can abort a finished rank
+        # there ("terminate called without an active exception"), which the launcher reports as the run failing
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(EXIT_OK)
     page = lr_find_html(result, Path(args.out or Path(args.config).stem + ".lr-find.html"),
                         f"Learning-rate finder: {config.experiment.name}")
     if result.suggestion is None:
