@@ -13,12 +13,14 @@ With --compile (the default) the CNN also runs compiled (torch.compile, Inductor
 the seconds spent in batches that compiled are reported and left out of their times.
 Prints, last line:
     max_abs_loss_diff=<x> max_abs_param_diff=<y> ratio=<median Trainer/raw wall time> ratio_min=<fastest/fastest>
+    ratio_paired=<median of each Trainer run / the raw run just before it>
     overhead_ms_per_step=<z> tiny_ratio=... tiny_overhead_ms_per_step=... tiny_max_abs_loss_diff=...
     tiny_max_abs_param_diff=... [lightning_ratio=... lightning_ratio_min=... lightning_max_abs_loss_diff=...
     lightning_max_abs_param_diff=... tiny_lightning_ratio=...] [compile_speedup=<compiled Trainer steps/s ÷ raw eager
     steps/s> compile_s=<seconds compiling, the first compiled run's> [lightning_compile_speedup=...]]
 Run: .venv/bin/python benchmarks/parity.py [--runs 5] [--epochs 2] [--warmup 1] [--data-dir DIR] [--no-compile]"""
 import argparse
+import gc
 import logging
 import statistics
 import tempfile
@@ -41,7 +43,7 @@ from training_pipeline.data.prepare import prepare_data
 from training_pipeline.track.store import RunStore
 from training_pipeline.callback.run_store import RunStoreCallback
 from training_pipeline.loop.trainer import Trainer, dynamo_plugin, make_accelerator
-from training_pipeline.callback.compile import CompileCallback, dynamo_counts
+from training_pipeline.callback.compile import CompileCallback, compile_count
 from training_pipeline.data.sampling import ArrayDataset, resumable_loader
 
 try:
@@ -150,10 +152,10 @@ if pl is not None:
     class CompileTimer(pl.Callback):
         "The seconds of the batches during which dynamo compiled (the Trainer's CompileCallback, for Lightning)."
         seconds = 0.0
-        def on_train_batch_start(self, *args): self._before = (dynamo_counts()["compiles"], time.perf_counter())
+        def on_train_batch_start(self, *args): self._before = (compile_count(), time.perf_counter())
         on_validation_batch_start = on_train_batch_start
         def on_train_batch_end(self, *args):
-            if dynamo_counts()["compiles"] != self._before[0]: self.seconds += time.perf_counter() - self._before[1]
+            if compile_count() != self._before[0]: self.seconds += time.perf_counter() - self._before[1]
         on_validation_batch_end = on_train_batch_end
 
 
@@ -187,6 +189,7 @@ def compare(name, data, cfg, runs, epochs, tmp, compile_cnn=False):
     "Alternating runs of each loop on one workload; returns {column: [seconds]}, the parity diffs and the steps."
     times, diffs, steps = {}, {}, None
     def timed(column, loop, *args):
+        gc.collect()  # the garbage of the loop before is not this one's to collect
         t0 = time.perf_counter(); out = loop(*args); wall = time.perf_counter() - t0
         compile_s = out[3] if len(out) > 3 else 0.0
         times.setdefault(column, []).append(wall - compile_s)
@@ -215,6 +218,8 @@ def summary(prefix, times, diffs, steps):
     keys = {"max_abs_loss_diff": max(diffs["loss"]), "max_abs_param_diff": max(diffs["param"]),
             "ratio": f"{med(times['trainer']) / med(times['raw']):.4f}",
             "ratio_min": f"{min(times['trainer']) / min(times['raw']):.4f}",  # the least disturbed run of each
+            # each run beside the raw run just before it: a machine that slows for a while slows both
+            "ratio_paired": f"{med(t / r for t, r in zip(times['trainer'], times['raw'])):.4f}",
             "overhead_ms_per_step": f"{(med(times['trainer']) - med(times['raw'])) / steps * 1000:.3f}"}
     if "lightning" in times:
         keys.update(lightning_ratio=f"{med(times['lightning']) / med(times['raw']):.4f}",

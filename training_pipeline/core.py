@@ -311,16 +311,17 @@ def set_seed(seed:int, # Seed for python, numpy, torch (CPU and every CUDA devic
 # %% ../nbs/00_core.ipynb #f44828ee
 def git_info(path:str|Path=".") -> dict:
     "The git commit and dirty flag of the repository containing `path` (Nones outside git)."
-    def git(*args):
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
-    try:
-        sha = git("rev-parse", "HEAD")
-        if sha.returncode != 0: return {"git_sha": None, "git_dirty": None}
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_sha": None, "git_dirty": None}
+    unknown = {"git_sha": None, "git_dirty": None}
+    try:  # one git call: the commit is a header line, each changed tracked file a line of its own
+        out = subprocess.run(["git", "-C", str(path), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError): return unknown
+    lines = out.stdout.splitlines() if out.returncode == 0 else []
+    sha = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    if sha is None or sha == "(initial)": return unknown  # outside git, or no commit yet
+    return {"git_sha": sha, "git_dirty": any(not line.startswith("#") for line in lines)}
 
+@functools.lru_cache(maxsize=64)  # reading a distribution's metadata costs a millisecond; every run asks
 def package_version(name:str) -> str|None:
     "Installed version of a distribution, without importing it."
     try: return metadata.version(name)
@@ -436,7 +437,10 @@ def _is_secret_name(name:str) -> bool:
 
 def is_env_key(name) -> bool:
     "Whether a key names an environment variable with a secret (`password_env`): its value is shown, the secret not."
-    return key_words(name)[-1:] == ["env"]
+    return _is_env_name(str(name))
+
+@functools.lru_cache(maxsize=4096)  # redacting a config asks about each of its few hundred keys, every run
+def _is_env_name(name:str) -> bool: return key_words(name)[-1:] == ["env"]
 
 # %% ../nbs/00_core.ipynb #dbef485a
 _remembered: set[str] = set()

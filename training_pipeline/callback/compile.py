@@ -11,15 +11,19 @@ import time
 from ..loop.events import Callback
 
 # %% auto #0
-__all__ = ['dynamo_counts', 'CompileCallback']
+__all__ = ['dynamo_counts', 'compile_count', 'CompileCallback']
 
 # %% ../../nbs/06o_callback.compile.ipynb #b72798e3
 def dynamo_counts() -> dict:
     "How often dynamo compiled in this process, the graph breaks it found and the graphs it made (its own counters)."
     from torch._dynamo.utils import compilation_time_metrics, counters
-    return {"compiles": len(compilation_time_metrics.get("_compile.compile_inner", ())),
-            "graph_breaks": sum(counters["graph_break"].values()),
+    return {"compiles": compile_count(), "graph_breaks": sum(counters["graph_break"].values()),
             "graphs": int(counters["stats"].get("unique_graphs", 0))}
+
+def compile_count() -> int:
+    "How often dynamo compiled in this process: what every batch asks, so only that."
+    from torch._dynamo.utils import compilation_time_metrics  # imported already by then: a dictionary lookup
+    return len(compilation_time_metrics.get("_compile.compile_inner", ()))
 
 # %% ../../nbs/06o_callback.compile.ipynb #c413d5e6
 class CompileCallback(Callback):
@@ -30,12 +34,11 @@ class CompileCallback(Callback):
         if self.trainer.device.type == "cpu":  # Inductor on CPU warns that it found no CUDA runtime: none is needed
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
-    def before_batch(self): self.compiles, self.started = dynamo_counts()["compiles"], time.perf_counter()
+    def before_batch(self): self.compiles, self.started = compile_count(), time.perf_counter()
 
     def after_batch(self):
-        counts = dynamo_counts()
-        if counts["compiles"] == self.compiles: return  # the usual case: nothing compiled
-        seconds = time.perf_counter() - self.started
+        if compile_count() == self.compiles: return  # the usual case: nothing compiled
+        seconds, counts = time.perf_counter() - self.started, dynamo_counts()
         self.seconds += seconds
         split = "train" if self.training else self.trainer.split
         again = {k: v - self.start_counts[k] for k, v in counts.items()}

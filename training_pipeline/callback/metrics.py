@@ -58,6 +58,7 @@ class MetricsCallback(Callback):
         self.extra_names, self.log_every, self.template, self.mark = list(extra), log_every, None, None
 
     def before_train(self):
+        self.train_task = self.task.for_training()  # the sums train rows need (a classification's: its accuracy)
         self.epoch_sums, self.interval, self.mark = Running(), Running(), None
         resumed, self._resumed = getattr(self, "_resumed", None), None
         if resumed and self.start_iter:  # continuing an epoch from a checkpoint: its sums so far come back
@@ -70,10 +71,10 @@ class MetricsCallback(Callback):
 
     def load_state_dict(self, state:dict): self._resumed = state or None
 
-    def _new_sums(self, output):
+    def _new_sums(self, output, task:Task):
         # the output's shape: for a process that sees no batch
         if self.template is None: self.template = output[:0].detach()
-        return self.task.new_sums(output)
+        return task.new_sums(output)
 
 # %% ../../nbs/06c_callback.metrics.ipynb #98665961
 @patch
@@ -86,7 +87,7 @@ def _interval(self:MetricsCallback) -> Running:
 @patch
 def _restore(self:MetricsCallback, state:dict):
     "The epoch and interval of a checkpoint; its mark (an older checkpoint has none: the epoch's minus the interval's)."
-    device, task = self.trainer.device, self.task
+    device, task = self.trainer.device, self.train_task
     self.epoch_sums, self.interval = Running.from_state(state, "e", device, task), Running.from_state(state, "i",
                                                                                                       device, task)
     if state.get("m_sums") is not None: self.mark = task.upgrade(_sums_from_state(state["m_sums"], device))
@@ -104,11 +105,11 @@ def after_cancel_batch(self:MetricsCallback): self.cancelled = True  # a skipped
 def after_batch(self:MetricsCallback):
     if self.cancelled: return
     trainer = self.trainer
-    task, pred, yb = trainer.task, trainer.pred, trainer.yb
+    pred, yb = trainer.pred, trainer.yb
+    if not trainer.training: return self._add_validation(pred, yb, trainer.task.weight(yb))
+    task, epoch = self.train_task, self.epoch_sums
     weight = task.weight(yb)
-    if not trainer.training: return self._add_validation(pred, yb, weight)
-    epoch = self.epoch_sums
-    if epoch.sums is None: epoch.sums = self._new_sums(pred)
+    if epoch.sums is None: epoch.sums = self._new_sums(pred, task)
     task.update(epoch.sums, pred, yb)
     loss = trainer.loss.detach() * weight
     for run in (epoch, self.interval):
@@ -122,7 +123,7 @@ def after_batch(self:MetricsCallback):
 @patch
 def _add_validation(self:MetricsCallback, pred, yb, weight):
     valid = self.valid
-    if valid.sums is None: valid.sums = self._new_sums(pred)
+    if valid.sums is None: valid.sums = self._new_sums(pred, self.task)
     self.task.update(valid.sums, pred, yb)
     valid.loss += self.trainer.loss.double() * weight; valid.weight += weight; valid.samples += len(yb)
     if self.extra_names:
@@ -142,11 +143,11 @@ def after_train(self:MetricsCallback):
 def _log_train(self:MetricsCallback, run:Running, epoch_row=False):
     elapsed = max(time.perf_counter() - run.since, 1e-9)
     sums, (loss, weight, n) = self.trainer._reduce_sums(run.sums, loss=run.loss, weight=run.weight, n=run.samples)
-    mean = loss / max(weight, 1)
-    metrics = {**self.task.compute(sums), **self.task.from_loss(mean)}
-    row = {"loss": mean, **{k: metrics[k] for k in self.task.train_metrics}, "lr": self.trainer.lr,
+    mean, task = loss / max(weight, 1), self.train_task
+    metrics = {**task.compute(sums), **task.from_loss(mean)}
+    row = {"loss": mean, **{k: metrics[k] for k in task.train_metrics}, "lr": self.trainer.lr,
            "samples_per_s": round(n / elapsed, 2)}
-    if self.task.per_token: row["tokens_per_s"] = round(weight / elapsed, 2)  # counted target tokens
+    if task.per_token: row["tokens_per_s"] = round(weight / elapsed, 2)  # counted target tokens
     row.update(data_wait_s=round(run.wait, 6), data_wait_share=round(run.wait / elapsed, 4))
     if epoch_row: row.update(epoch_time_s=round(elapsed, 3), samples=int(n))  # samples seen by all processes
     if getattr(self.trainer, "grad_norm", None) is not None: row["grad_norm"] = float(self.trainer.grad_norm)

@@ -22,8 +22,7 @@ class RunStoreCallback(Callback):
     def before_fit(self):
         t = self.trainer  # the plan, so that watchers can show progress and an ETA
         steps_per_epoch = math.ceil(len(t.loaders["train"]) / t.grad_accum)
-        self.store.update(planned_epochs=t.n_epochs, planned_steps=t.n_epochs * steps_per_epoch)
-        self.store.heartbeat(force=True)
+        self.store.heartbeat(force=True, planned_epochs=t.n_epochs, planned_steps=t.n_epochs * steps_per_epoch)
     def after_log(self): self.store.append_metrics(self.row)
     def on_event(self, event:dict): self.store.append_event(event)
     def after_batch(self): self.store.heartbeat()

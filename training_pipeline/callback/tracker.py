@@ -75,14 +75,17 @@ class NonFiniteLossCallback(Callback):
     """A NaN/inf training loss either stops the run (exit 1, before the bad gradient reaches the weights) or skips the
     optimizer step. The loss is checked on the device as it comes (`after_loss`) and read once per optimizer step, in
     `before_step`: by then the backward pass is queued, so the read does not stall the GPU the way a read right after
-    the forward pass would. With gradient accumulation the whole group is skipped."""
+    the forward pass would. A loss on the CPU is read at once: nothing to wait for, and no kernels. With gradient
+    accumulation the whole group is skipped."""
     order = -20
     def __init__(self, action:str="stop"): self.action, self.skipped, self.bad = action, 0, None
 
     def after_loss(self):
         if not self.training: return
-        bad = ~torch.isfinite(self.loss.detach()).all()
-        self.bad = bad if self.bad is None else self.bad | bad  # stays on the device
+        loss = self.loss.detach()
+        if loss.device.type == "cpu" and loss.numel() == 1: bad = not math.isfinite(loss.item())  # no wait on a CPU
+        else: bad = ~torch.isfinite(loss).all()  # stays on the device
+        self.bad = bad if self.bad is None else self.bad | bad
 
     def before_step(self):
         bad, self.bad = self.bad, None

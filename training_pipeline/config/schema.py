@@ -81,7 +81,10 @@ def _hashed(self:Config) -> dict:
     return hashed
 
 @patch
-def to_yaml(self:Config) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+def to_yaml(self:Config) -> str:
+    # libyaml's emitter where PyYAML has it (the same text, 10x faster: every run writes its config)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(self.to_dict(), Dumper=dumper, sort_keys=False, allow_unicode=True)
 
 
 @patch

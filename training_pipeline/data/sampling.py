@@ -93,6 +93,10 @@ class ArrayDataset(Dataset):
     def __init__(self, x:torch.Tensor, y:torch.Tensor, augment:Callable|None=None, batch_transform:Callable|None=None):
         self.x, self.y, self.augment, self.batch_transform = x, y, augment, batch_transform
     def __len__(self): return len(self.y)
+    @property
+    def needs_sample_keys(self) -> bool:
+        "Only augmentation draws per sample: without it plain indices do (no key object per sample)."
+        return self.augment is not None
     def __getitem__(self, key):
         x, y = self.__getitems__([key]); return x[0], y[0]
     def __getitems__(self, keys):
@@ -236,10 +240,13 @@ def resumable_loader(dataset, batch_size:int, shuffle:bool, seed:int=0, num_repl
                      pin_memory:bool=False, collate_fn=collate_batches, worker_init_fn=None,
                      drop_last:bool=False) -> DataLoader:
     """A DataLoader over `dataset` with a `ResumableSampler` handing out `SampleKey`s and seeded workers: what every
-    training split is read through. A dataset that does not take keys is wrapped in a `SeededDataset`."""
-    sampler = ResumableSampler(len(dataset), shuffle, seed, num_replicas, rank, even, batch_size, keys=True)
+    training split is read through. A dataset that does not take keys is wrapped in a `SeededDataset`; one that says
+    it draws nothing at random (`needs_sample_keys` False) gets plain indices."""
+    dataset = keyed(dataset)
+    keys = getattr(dataset, "needs_sample_keys", True)
+    sampler = ResumableSampler(len(dataset), shuffle, seed, num_replicas, rank, even, batch_size, keys=keys)
     extra = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor,
              "worker_init_fn": worker_init_fn or seed_worker} if num_workers > 0 else {}
-    return DataLoader(keyed(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_fn, pin_memory=bool(pin_memory and torch.cuda.is_available()),
                       drop_last=drop_last, generator=torch.Generator().manual_seed(seed), **extra)

@@ -91,6 +91,7 @@ class StreamedTable(Dataset):
         return torch.frombuffer(data, dtype=dtype).view(len(indices), width)
 
     takes_sample_keys = True  # nothing random in a row: a key is its index
+    needs_sample_keys = False
 
     def __getitems__(self, keys):
         indices = [sample_index(k) for k in keys]

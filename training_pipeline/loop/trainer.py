@@ -25,8 +25,8 @@ from ..core import ConfigError, TrainingError, UsageError, did_you_mean, patch
 from ..models.tasks import (MODEL_LOSS, Task, make_task, unpack_output)
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'resolve_precision', 'make_accelerator', 'plain_optimizer', 'compile_problem', 'dynamo_plugin',
-           'split_batch', 'with_labels', 'call_model', 'chunk_batch', 'Trainer']
+__all__ = ['COMPILE_MODES', 'resolve_precision', 'make_accelerator', 'plain_optimizer', 'plain_backward', 'compile_problem',
+           'dynamo_plugin', 'split_batch', 'with_labels', 'call_model', 'chunk_batch', 'Trainer']
 
 # %% ../../nbs/04b_loop.trainer.ipynb #3b395a90
 def resolve_precision(mixed_precision:str, cpu:bool) -> str:
@@ -56,6 +56,13 @@ def plain_optimizer(opt) -> torch.optim.Optimizer|None:
     inner = opt.optimizer
     if type(inner).__module__.startswith("lomo_optim"): return None  # LOMO's step is a no-op: it updates in backward
     return inner if "set_to_none" in inspect.signature(inner.zero_grad).parameters else None
+
+def plain_backward(accelerator) -> bool:
+    """Whether `loss.backward()` does what `accelerator.backward(loss)` would: no fp16 loss scaler, not DeepSpeed or
+    Megatron-LM, and Accelerate's own accumulation off (the trainer accumulates itself). Accelerate divides the loss by
+    its accumulation steps on every call, 1 included: a kernel and an autograd node per step for nothing."""
+    return (accelerator.scaler is None and accelerator.gradient_accumulation_steps == 1
+            and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM))
 
 
 # %% ../../nbs/04b_loop.trainer.ipynb #738c32c9
@@ -143,7 +150,7 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator()
         self.model, self.opt = self.accelerator.prepare(model, optimizer)
         self.is_main = self.accelerator.is_main_process  # asked by callbacks every batch: read once
-        self.plain_opt = plain_optimizer(self.opt)
+        self.plain_opt, self.plain_backward = plain_optimizer(self.opt), plain_backward(self.accelerator)
         self.loaders, self.loss_func, self.task, self.logger = loaders, loss_func, make_task(task), logger
         self.grad_accum, self.target_key = grad_accum, target_key
         self.model_loss_used = loss_func is MODEL_LOSS  # the labels go into the model, its output's loss is the loss
@@ -296,10 +303,11 @@ def _forward(self:Trainer, model, x, y, weight:float=1.0):
 @patch
 def _eval_batch(self:Trainer):
     "Validation: the unwrapped model (no collective inside, so ranks may see different batch counts), no gradients."
-    self.stepped, n, preds, total = False, len(self.yb), [], 0.0
+    self.stepped, n, preds, total = False, len(self.yb), [], None
     for self.xc, self.yc in self._micro_batches():
         self._forward(self.eval_model, self.xc, self.yc, len(self.yc) / n if self.micro_splits > 1 else 1.0)
-        preds.append(self.pred.detach()); total = total + self.loss.detach()
+        loss = self.loss.detach()
+        preds.append(self.pred.detach()); total = loss if total is None else total + loss
     self.pred, self.loss = (torch.cat(preds) if len(preds) > 1 else preds[0]), total
 
 # %% ../../nbs/04b_loop.trainer.ipynb #2b405379
@@ -308,14 +316,16 @@ def _train_batch(self:Trainer):
     "Training: forward and backward per micro-batch, gradients synced once per accumulation group, then a step."
     self.stepped = False
     group, boundary = self._accumulation_group()
-    n, preds, total, pieces = len(self.yb), [], 0.0, self._micro_batches()
+    n, preds, total, pieces = len(self.yb), [], None, self._micro_batches()
     for i, (self.xc, self.yc) in enumerate(pieces):
         sync = boundary and i == len(pieces) - 1  # only the last backward of a group all-reduces the gradients
         with nullcontext() if sync else self.accelerator.no_sync(self.model):
             self._forward(self.model, self.xc, self.yc, len(self.yc) / n if self.micro_splits > 1 else 1.0)
-            preds.append(self.pred.detach()); total = total + self.loss.detach()
+            loss = self.loss.detach()
+            preds.append(self.pred.detach()); total = loss if total is None else total + loss
             self("before_backward")
-            self.accelerator.backward(self.loss / group if group > 1 else self.loss)
+            loss = self.loss / group if group > 1 else self.loss
+            loss.backward() if self.plain_backward else self.accelerator.backward(loss)
             self.chunks_done = i + 1
             self("after_backward")
     self.pred, self.loss = (torch.cat(preds) if len(preds) > 1 else preds[0]), total

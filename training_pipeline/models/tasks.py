@@ -5,6 +5,7 @@
 # %% ../../nbs/03b_models.tasks.ipynb #ca0c9e30
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Mapping
@@ -17,10 +18,10 @@ from ..core import IGNORE_INDEX, ConfigError, did_you_mean, import_object, is_im
 
 # %% auto #0
 __all__ = ['PER_CLASS_LIMIT', 'TASKS', 'LEGACY_TASKS', 'MODEL_LOSS', 'class_count_metrics', 'confusion_metrics', 'Task',
-           'BinaryLoss', 'Classification', 'Regression', 'Multilabel', 'MultilabelLoss', 'TokenCrossEntropy',
-           'TokenTask', 'CausalLM', 'TokenClassification', 'make_task', 'ModelLoss', 'AutoLoss', 'loss_compatible',
-           'make_loss', 'AlignedLoss', 'probabilities', 'metric_class', 'make_metric', 'metric_inputs', 'metric_value',
-           'unpack_output', 'output_width', 'build_components', 'task_and_loss']
+           'BinaryLoss', 'Classification', 'TrainAccuracy', 'Regression', 'Multilabel', 'MultilabelLoss',
+           'TokenCrossEntropy', 'TokenTask', 'CausalLM', 'TokenClassification', 'make_task', 'ModelLoss', 'AutoLoss',
+           'loss_compatible', 'make_loss', 'AlignedLoss', 'probabilities', 'metric_class', 'make_metric',
+           'metric_inputs', 'metric_value', 'unpack_output', 'output_width', 'build_components', 'task_and_loss']
 
 # %% ../../nbs/03b_models.tasks.ipynb #15f47931
 PER_CLASS_LIMIT = 50  # per-class lists in metric rows (and per-class tables in reports) only up to this many classes
@@ -66,6 +67,9 @@ class Task:
     def update(self, sums:dict, output:torch.Tensor, target:torch.Tensor): raise NotImplementedError
     def compute(self, sums:dict) -> dict: raise NotImplementedError
     def upgrade(self, sums:dict) -> dict: return sums  # sums a checkpoint of an older version saved, in today's form
+    def for_training(self) -> Task:
+        "The task whose sums train rows add up on every training batch: only what `train_metrics` need (here: all)."
+        return self
     def prediction_record(self, output:torch.Tensor, target:torch.Tensor) -> dict[str, torch.Tensor]:
         "What a run stores of a batch's predictions (artifacts/predictions): here the raw outputs and the targets."
         return {"outputs": output.float(), "targets": target}
@@ -124,6 +128,29 @@ class Classification(Task):
         if "cm" not in sums: return sums
         cm = sums["cm"]
         return {"hit": cm.diag(), "true": cm.sum(1), "predicted": cm.sum(0), "top5": sums["top5"]}
+
+# %% ../../nbs/03b_models.tasks.ipynb #7de4cdab
+@patch
+def for_training(self:Classification) -> Task: return TrainAccuracy(self)
+
+class TrainAccuracy(Task):
+    """What a classification's train rows show, its accuracy, from hits and samples: five small kernels per batch where
+    the full sums (per-class counts for macro F1, top-5) take twelve. Validation rows still get every metric."""
+    name, train_metrics = "train_accuracy", ("accuracy",)
+    def __init__(self, task:Classification): self.task = task
+    def weight(self, target): return self.task.weight(target)
+    def new_sums(self, output):
+        return {k: torch.zeros((), dtype=torch.long, device=output.device) for k in ("correct", "n")}
+    def update(self, sums, output, target):
+        hits = self.task.decode(output) == target
+        sums["correct"] += hits.sum(); sums["n"] += hits.numel()
+    def compute(self, sums):
+        n = int(sums["n"]); return {"accuracy": int(sums["correct"]) / max(n, 1), "samples": n}
+    def upgrade(self, sums):
+        "The full sums of a checkpoint saved by an earlier version, as hits and samples."
+        if "correct" in sums: return sums
+        sums = self.task.upgrade(sums)
+        return {"correct": sums["hit"].sum(), "n": sums["true"].sum()}
 
 # %% ../../nbs/03b_models.tasks.ipynb #78b0affa
 def _match_shapes(output, target):
@@ -204,6 +231,13 @@ class TokenTask(Classification):
     def weight(self, target):
         if self.shift: target = target[:, 1:]
         return (target != IGNORE_INDEX).sum()
+    def for_training(self):
+        "Token accuracy only: the per-class counts are for validation rows."
+        if not self.per_class: return self
+        light = copy.copy(self); light.per_class = False
+        return light
+    def upgrade(self, sums):
+        return sums if self.per_class else {k: sums[k] for k in ("tokens", "correct")}
 
     def new_sums(self, output):
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=output.device)

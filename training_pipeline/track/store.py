@@ -124,12 +124,12 @@ def update(self:RunStore, **fields):
     self.meta.update(fields); self._write_meta()
 
 @patch
-def heartbeat(self:RunStore, force:bool=False):
-    "Refresh the heartbeat if the last one is older than HEARTBEAT_S."
+def heartbeat(self:RunStore, force:bool=False, **fields):
+    "Refresh the heartbeat if the last one is older than HEARTBEAT_S (with `force`: now, with other `fields` at once)."
     beat = time.monotonic()
     if force or beat - self._last_beat >= self.HEARTBEAT_S:
         self._last_beat = beat
-        self.update(heartbeat=now(), pid=os.getpid())
+        self.update(heartbeat=now(), pid=os.getpid(), **fields)
 
 @patch
 def _append(self:RunStore, path:Path, obj:dict):
