@@ -13,11 +13,11 @@ With --compile (the default) the CNN also runs compiled (torch.compile, Inductor
 the seconds spent in batches that compiled are reported and left out of their times.
 Prints, last line:
     max_abs_loss_diff=<x> max_abs_param_diff=<y> ratio=<median Trainer/raw wall time> ratio_min=<fastest/fastest>
-    ratio_paired=<median of each Trainer run / the raw run just before it>
-    overhead_ms_per_step=<z> tiny_ratio=... tiny_overhead_ms_per_step=... tiny_max_abs_loss_diff=...
-    tiny_max_abs_param_diff=... [lightning_ratio=... lightning_ratio_min=... lightning_max_abs_loss_diff=...
-    lightning_max_abs_param_diff=... tiny_lightning_ratio=...] [compile_speedup=<compiled Trainer steps/s ÷ raw eager
-    steps/s> compile_s=<seconds compiling, the first compiled run's> [lightning_compile_speedup=...]]
+    ratio_paired=<median over rounds of Trainer/raw in the round> overhead_ms_per_step=<z> tiny_ratio=...
+    tiny_overhead_ms_per_step=... tiny_max_abs_loss_diff=... tiny_max_abs_param_diff=... [lightning_ratio=...
+    lightning_ratio_min=... lightning_ratio_paired=... lightning_max_abs_loss_diff=... lightning_max_abs_param_diff=...
+    tiny_lightning_ratio=...] [compile_speedup=<compiled Trainer steps/s ÷ raw eager steps/s> compile_s=<seconds
+    compiling, the first compiled run's> [lightning_compile_speedup=...]]
 Run: .venv/bin/python benchmarks/parity.py [--runs 5] [--epochs 2] [--warmup 1] [--data-dir DIR] [--no-compile]"""
 import argparse
 import gc
@@ -56,9 +56,10 @@ SEED, BATCH, LR = 0, 64, 3e-3
 
 def config_for(data_dir):
     d = Path(data_dir)
+    data = {"data_dir": str(d), "train_dir": f"{d}/processed/train", "val_dir": f"{d}/processed/val",
+            "test_dir": None, "num_workers": 0, "pin_memory": False, "persistent_workers": False}
     return validate_config({"experiment": {"name": "parity"}, "model": {"architecture": "small_cnn"}, "seed": SEED,
-                            "data": {"data_dir": str(d), "train_dir": f"{d}/processed/train", "val_dir": f"{d}/processed/val",
-                                     "test_dir": None, "num_workers": 0, "pin_memory": False, "persistent_workers": False}})
+                            "data": data})
 
 
 class TinyData:
@@ -100,7 +101,8 @@ def raw_loop(data, epochs, workload="cnn"):
         losses.append(float(total) / n)
         model.eval()
         with torch.no_grad():
-            correct = sum((model(xv[i:i + BATCH]).argmax(-1) == yv[i:i + BATCH]).sum() for i in range(0, len(yv), BATCH))
+            correct = sum((model(xv[i:i + BATCH]).argmax(-1) == yv[i:i + BATCH]).sum()
+                          for i in range(0, len(yv), BATCH))
     return losses, model
 
 
@@ -145,8 +147,8 @@ if pl is not None:
         def validation_step(self, batch, batch_idx):
             x, y = batch
             logits = self(x)
-            self.log_dict({"val_loss": self.loss_fn(logits, y), "val_accuracy": (logits.argmax(-1) == y).float().mean()},
-                          batch_size=len(y))
+            accuracy = (logits.argmax(-1) == y).float().mean()
+            self.log_dict({"val_loss": self.loss_fn(logits, y), "val_accuracy": accuracy}, batch_size=len(y))
 
 
     class CompileTimer(pl.Callback):
@@ -218,12 +220,13 @@ def summary(prefix, times, diffs, steps):
     keys = {"max_abs_loss_diff": max(diffs["loss"]), "max_abs_param_diff": max(diffs["param"]),
             "ratio": f"{med(times['trainer']) / med(times['raw']):.4f}",
             "ratio_min": f"{min(times['trainer']) / min(times['raw']):.4f}",  # the least disturbed run of each
-            # each run beside the raw run just before it: a machine that slows for a while slows both
+            # each run beside the raw run of its round: a machine that slows for a while slows both
             "ratio_paired": f"{med(t / r for t, r in zip(times['trainer'], times['raw'])):.4f}",
             "overhead_ms_per_step": f"{(med(times['trainer']) - med(times['raw'])) / steps * 1000:.3f}"}
     if "lightning" in times:
         keys.update(lightning_ratio=f"{med(times['lightning']) / med(times['raw']):.4f}",
                     lightning_ratio_min=f"{min(times['lightning']) / min(times['raw']):.4f}",
+                    lightning_ratio_paired=f"{med(t / r for t, r in zip(times['lightning'], times['raw'])):.4f}",
                     lightning_max_abs_loss_diff=max(diffs["lit_loss"]),
                     lightning_max_abs_param_diff=max(diffs["lit_param"]))
     if "compiled" in times:  # steps per second ÷ the raw eager loop's: the inverse ratio of times
@@ -241,7 +244,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first (0: CI, which checks the parity only)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed epochs of each loop first (0: CI, which checks the parity only)")
     ap.add_argument("--data-dir", default=None, help="a prepared mnist5k data dir (default: prepared into a temp dir)")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled runs")
     args = ap.parse_args()
