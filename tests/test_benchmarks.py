@@ -90,3 +90,12 @@ def test_lm_parity_benchmark_runs_and_is_bitwise_equal():
     last = dict(kv.split("=") for kv in out.splitlines()[-1].split())
     assert float(last["max_abs_loss_diff"]) == 0.0 and float(last["max_abs_param_diff"]) == 0.0, last
     assert {"ratio", "hf_ratio", "trainer_vs_hf", "metrics_cost"} <= set(last), last
+
+
+def test_compile_step_benchmark_runs():
+    "The eager variants only: compiling is tests/test_compile.py's (CI time)."
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compile_step.py"), "--runs", "1", "--steps", "2",
+                          "--variants", "eager", "eager_channels_last"], capture_output=True, text=True, check=True).stdout
+    rows = {line.split()[0]: line for line in out.splitlines() if "ms/step" in line}
+    assert set(rows) == {"eager", "eager_channels_last"}, out
+    assert "x eager" in rows["eager_channels_last"], out
