@@ -52,8 +52,10 @@ def test_image_decode_benchmark_runs():
 
 
 def test_streaming_memory_benchmark_runs(tmp_path):
-    # (--shards adds two runs streamed from shards: that path is tested in test_shards_cli, so CI does not time it here again)
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "streaming_memory.py"), "--sizes", "100", "200", "--out", str(tmp_path)],
+    # (--shards adds two runs streamed from shards: that path is tested in test_shards_cli, so CI does not time it here
+    # again)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "streaming_memory.py"), "--sizes", "100", "200",
+                          "--out", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert "tree_ratio=" in out.splitlines()[-1], out
 
@@ -65,8 +67,9 @@ def test_shards_read_benchmark_runs():
 
 
 def test_streaming_workers_benchmark_runs(prepared, tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "streaming_workers.py"), "--data", str(prepared("digits")),
-                          "--rounds", "1", "--batches", "5", "--budget-s", "2", "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "streaming_workers.py"),
+                          "--data", str(prepared("digits")), "--rounds", "1", "--batches", "5", "--budget-s", "2",
+                          "--out", str(tmp_path)],
                          capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"}).stdout
     assert "ratio=" in out.splitlines()[-1] and "wait_share_recommended=" in out.splitlines()[-1], out[-1500:]
 
@@ -78,7 +81,8 @@ def test_ui_index_benchmark_runs():
 
 
 def test_remote_checkpoint_benchmark_runs():
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "remote_checkpoint.py"), "1", "--model", "resnet18"],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "remote_checkpoint.py"), "1",
+                          "--model", "resnet18"],
                          capture_output=True, text=True, check=True).stdout
     assert "remote_blocked_s=" in out.splitlines()[-1], out
 
@@ -95,7 +99,8 @@ def test_lm_parity_benchmark_runs_and_is_bitwise_equal():
 def test_compile_step_benchmark_runs():
     "The eager variants only: compiling is tests/test_compile.py's (CI time)."
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compile_step.py"), "--runs", "1", "--steps", "2",
-                          "--variants", "eager", "eager_channels_last"], capture_output=True, text=True, check=True).stdout
+                          "--variants", "eager", "eager_channels_last"],
+                         capture_output=True, text=True, check=True).stdout
     rows = {line.split()[0]: line for line in out.splitlines() if "ms/step" in line}
     assert set(rows) == {"eager", "eager_channels_last"}, out
     assert "x eager" in rows["eager_channels_last"], out
