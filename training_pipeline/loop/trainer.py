@@ -324,8 +324,8 @@ def _train_batch(self:Trainer):
             loss = self.loss.detach()
             preds.append(self.pred.detach()); total = loss if total is None else total + loss
             self("before_backward")
-            loss = self.loss / group if group > 1 else self.loss
-            loss.backward() if self.plain_backward else self.accelerator.backward(loss)
+            group_share = self.loss / group if group > 1 else self.loss  # this batch's part of the group's mean
+            group_share.backward() if self.plain_backward else self.accelerator.backward(group_share)
             self.chunks_done = i + 1
             self("after_backward")
     self.pred, self.loss = (torch.cat(preds) if len(preds) > 1 else preds[0]), total
